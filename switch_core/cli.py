@@ -1,0 +1,92 @@
+"""The ``switch-kd`` command line: one subcommand per pipeline stage.
+
+DVC stages, Prefect tasks and users all call these same subcommands. Every subcommand that reads the configuration
+accepts ``--params`` (default ``params.yaml``), ``--preset`` and repeatable ``--set key.path=value``; the validated
+:class:`~switch_core.config.Config` reaches the command as ``args.config`` and the project root (the folder of the
+params file) as ``args.project_root``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from switch_core.config import ConfigError, load_config
+
+# (subcommand, module under switch_core.commands, one-line help); order = pipeline order.
+COMMANDS: list[tuple[str, str, str]] = [
+    ("prepare-data", "prepare_data", "load, validate and split the instruction data"),
+    ("setup-teacher", "setup_teacher", "materialise the teacher checkpoint (embedded SmolLM2, HF, GGUF or tiny)"),
+    ("build-student", "build_student", "build the student (layer-pruned teacher, HF model or fresh config)"),
+    ("sft", "sft", "supervised fine-tuning of the teacher or warm-up of the student"),
+    ("seqkd-data", "seqkd_data", "generate the teacher's responses for SeqKD once"),
+    ("distill", "distill", "run one distillation run (a method from params.yaml `runs`)"),
+    ("rollout", "rollout", "SWITCH rollouts for a prompts file"),
+    ("calibrate", "calibrate", "find tau0 for a target teacher share"),
+    ("evaluate", "evaluate", "evaluate a model on benchmark sets"),
+    ("report", "report", "tables and plots comparing evaluated models"),
+    ("pipeline", "pipeline", "run every stage in order, skipping finished ones"),
+    ("show-config", "show_config", "print the resolved configuration"),
+]
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("configuration")
+    group.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    group.add_argument("--preset", default=None, help="preset name (presets/NAME.yaml) or path, applied on top")
+    group.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one key, e.g. --set optim.lr=1e-4 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="switch-kd", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name, help_text in COMMANDS:
+        module = importlib.import_module(f"switch_core.commands.{module_name}")
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0])
+        if getattr(module, "USES_CONFIG", True):
+            _add_config_options(p)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def _resolve_config(args: argparse.Namespace) -> None:
+    params = Path(args.params)
+    if not params.exists() and args.params == "params.yaml":
+        params = None  # schema defaults; the project root is the working directory
+    args.config = load_config(params, preset=args.preset, overrides=args.overrides)
+    args.project_root = (params.resolve().parent if params else Path.cwd()).resolve()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``switch-kd`` console script; returns the exit status."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if getattr(args._module, "USES_CONFIG", True):
+            _resolve_config(args)
+        return int(args._module.run(args) or 0)
+    except (ValueError, FileNotFoundError) as err:  # our error classes subclass ValueError
+        if args.debug or os.environ.get("SWITCHKD_DEBUG"):
+            traceback.print_exc()
+        kind = "configuration error" if isinstance(err, ConfigError) else "error"
+        print(f"switch-kd {args.command}: {kind}: {err}", file=sys.stderr)
+        if not args.debug:
+            print("(run with --debug for the full traceback)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"switch-kd {args.command}: interrupted; finished work is kept, re-run to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,495 @@
+"""The validated configuration of a switch-kd run (the schema of ``params.yaml``).
+
+Resolution order, later wins: the schema defaults below, ``params.yaml``, the preset file it names (or ``--preset``),
+then ``--set key.path=value`` overrides. Everything is validated once, here, at the edge: an unknown key, a wrong type
+or an out-of-range value raises :class:`ConfigError` with one line per problem naming the key path, the bad value, the
+allowed range and, for a typo, the nearest valid key.
+
+Defaults are the embedded default (SmolLM2-135M-Instruct teacher, a layer-pruned student, the procedural instruction
+suite). Hyperparameters whose source is a paper or a reference implementation cite it (method.md = the project's
+method notes, shared/docs/method.md).
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MethodName = Literal["sft", "kd", "seqkd", "imitkd", "gkd", "distillm", "switch", "minillm"]
+DivergenceName = Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd"]
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message is ready to show to the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Training data: where it comes from, how it is split and tokenised (method.md §5.1–5.3)."""
+
+    source: Literal["embedded", "minillm", "dolly_raw", "hf"] = "embedded"
+    path: str | None = Field(None, description="File/folder (minillm, dolly_raw) or dataset name/folder (hf).")
+    hf_split: str = "train"
+    hf_config: str | None = None
+    embedded_size: int = Field(720, ge=10, description="Number of generated examples for source=embedded.")
+    limit: int | None = Field(None, ge=1, description="Seeded subsample of the loaded records before splitting.")
+    dev_size: int = Field(60, ge=1, description="Examples held out for dev loss / dev ROUGE-L (model selection).")
+    test_size: int = Field(60, ge=0, description="Examples held out as the run's own test benchmark.")
+    split_seed: int = 0
+    max_length: int = Field(512, ge=2, description="Prompt + response + EOS tokens (method.md §5.3).")
+    max_prompt_length: int = Field(256, ge=1, description="Prompt tokens; longer prompts keep their head.")
+    prompt_format: Literal["minillm", "chat_template"] = "minillm"
+    on_bad_rows: Literal["error", "skip"] = "error"
+
+    @model_validator(mode="after")
+    def _lengths(self) -> DataConfig:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(
+                f"data.max_prompt_length ({self.max_prompt_length}) must be < data.max_length ({self.max_length}): "
+                "the response needs at least one token"
+            )
+        if self.source != "embedded" and not self.path:
+            raise ValueError(f"data.path is required when data.source = {self.source!r}")
+        return self
+
+
+class TinyModelConfig(_Strict):
+    """A tiny random model (smoke tests, CI): architecture and sizes."""
+
+    arch: Literal["gpt2", "opt", "llama"] = "llama"
+    hidden: int = Field(64, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    vocab_size: int = Field(512, ge=64, description="Size of the byte-level BPE trained on the training split.")
+    seed: int = 0
+
+
+class TeacherConfig(_Strict):
+    """The teacher: the embedded SmolLM2-135M-Instruct, any HF causal LM, a GGUF file, or a tiny random model."""
+
+    source: Literal["embedded", "hf", "gguf", "tiny"] = "embedded"
+    name_or_path: str | None = None
+    gguf_file: str | None = None
+    tiny: TinyModelConfig = TinyModelConfig()
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Frozen teacher's dtype.")
+    sft: bool = Field(True, description="Fine-tune the teacher on the training split before distillation.")
+
+    @model_validator(mode="after")
+    def _needs_path(self) -> TeacherConfig:
+        if self.source in ("hf", "gguf") and not self.name_or_path:
+            raise ValueError(f"teacher.name_or_path is required when teacher.source = {self.source!r}")
+        if self.source == "gguf" and not self.gguf_file:
+            raise ValueError("teacher.gguf_file is required when teacher.source = 'gguf'")
+        return self
+
+
+class StudentConfig(_Strict):
+    """The student: a layer-pruned copy of the teacher, any HF causal LM, or a fresh model from a config."""
+
+    init: Literal["prune", "hf", "config", "tiny"] = "prune"
+    name_or_path: str | None = Field(None, description="HF name/folder (init=hf) or config folder/json (init=config).")
+    keep_layers: int | list[int] = Field(6, description="init=prune: a count (evenly spaced) or explicit indices.")
+    config_overrides: dict[str, Any] = Field(default_factory=dict, description="init=config: config fields to set.")
+    tiny: TinyModelConfig = TinyModelConfig(hidden=32, layers=1, heads=2, seed=1)
+    warmup: bool = Field(True, description="SFT warm-up ('init') before distillation (method.md §1.2, §6.7).")
+
+    @field_validator("keep_layers")
+    @classmethod
+    def _positive(cls, v: int | list[int]) -> int | list[int]:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be >= 1")
+        if isinstance(v, list) and (not v or min(v) < 0 or len(set(v)) != len(v)):
+            raise ValueError("must be a non-empty list of distinct layer indices >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _needs_path(self) -> StudentConfig:
+        if self.init in ("hf", "config") and not self.name_or_path:
+            raise ValueError(f"student.name_or_path is required when student.init = {self.init!r}")
+        return self
+
+
+class OptimConfig(_Strict):
+    """Optimisation of one training run (AdamW + cosine, method.md §6.8 'Settings shared by all runs')."""
+
+    lr: float = Field(5e-4, gt=0)
+    lr_min: float = Field(1e-7, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    batch_size: int = Field(8, ge=1, description="Global batch (sequences per optimizer step).")
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward pass; accumulation makes up the rest.")
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    grad_clip: float = Field(1.0, gt=0)
+    eval_every: int | None = Field(None, ge=1, description="Also evaluate on dev every N steps (always per epoch).")
+    eval_examples: int = Field(32, ge=1, description="Dev examples used for dev ROUGE-L.")
+    log_every: int = Field(10, ge=1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False
+    seed: int = Field(10, description="Training seed (DistiLLM scripts use 10).")
+
+    @model_validator(mode="after")
+    def _batch(self) -> OptimConfig:
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"optim.batch_size ({self.batch_size}) must be a multiple of optim.micro_batch_size "
+                f"({self.micro_batch_size})"
+            )
+        if self.lr_min > self.lr:
+            raise ValueError(f"optim.lr_min ({self.lr_min}) must be <= optim.lr ({self.lr})")
+        return self
+
+
+class RolloutConfig(_Strict):
+    """The SWITCH rollout engine (method.md §1): gate, threshold schedule, strategy and sampling."""
+
+    strategy: Literal["switch", "student", "teacher", "random", "mixture"] = "switch"
+    schedule: Literal["exponential", "linear", "constant"] = "exponential"
+    tau0: float | None = Field(None, ge=0, le=math.log(2), description="JSD threshold at t=0; None = calibrate.")
+    target_teacher_share: float = Field(0.53, ge=0, le=1, description="Calibration target (method.md §1.1 item 4).")
+    decay: float = Field(0.1, ge=0, description="λ of τ_t = τ0·exp(−λ·t), per response token.")
+    horizon: int | None = Field(None, ge=1, description="T of the linear schedule; default max_new_tokens.")
+    random_rate: float = Field(0.5, ge=0, le=1, description="strategy=random: teacher probability per token.")
+    mixture_alpha: float = Field(0.2, ge=0, le=1, description="strategy=mixture: α of α·p + (1−α)·q.")
+    max_new_tokens: int = Field(256, ge=1)
+    greedy: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0, description="0 = off.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    calibration_prompts: int = Field(32, ge=1)
+    batch_size: int = Field(8, ge=1, description="Prompts per rollout batch.")
+
+
+class MethodConfig(_Strict):
+    """How one distillation method builds its batches and its loss (method.md §6)."""
+
+    loss: DivergenceName | Literal["ce"] = "fkl"
+    kd_ratio: float = Field(1.0, ge=0, le=1, description="L = (1−kd_ratio)·CE + kd_ratio·D (method.md §6).")
+    beta: float = Field(0.1, ge=0, le=1, description="Generalised JSD β (GKD; DistiLLM js_distance lam=0.9).")
+    alpha: float = Field(0.1, ge=0, le=1, description="Skew α of SKL/SRKL (DistiLLM --skew-alpha).")
+    data: Literal["ground_truth", "seqkd", "rollout", "mixed", "adaptive"] = "ground_truth"
+    on_policy_fraction: float = Field(0.5, ge=0, le=1, description="GKD λ: probability of a rollout batch.")
+    replay: bool = Field(False, description="Train on batches drawn from a FIFO replay buffer of rollouts.")
+    replay_capacity: int = Field(1000, ge=1)
+    init_threshold: float = Field(0.0, ge=0, le=1, description="DistiLLM adaptive φ start.")
+    loss_eps: float = Field(0.1, ge=0, description="DistiLLM adaptive: raise φ when val loss grows by > eps.")
+    reuse_rollout_teacher_logits: bool = Field(True, description="switch: skip the second teacher forward.")
+
+
+def _default_methods() -> dict[str, MethodConfig]:
+    """Per-method defaults, from the reference implementations (method.md §6)."""
+    return {
+        "sft": MethodConfig(loss="ce", kd_ratio=0.0),
+        "kd": MethodConfig(loss="fkl"),
+        "seqkd": MethodConfig(loss="fkl", data="seqkd"),
+        "imitkd": MethodConfig(loss="fkl", data="rollout", replay=True),
+        "gkd": MethodConfig(loss="jsd", beta=0.1, data="mixed", on_policy_fraction=0.5, replay=True),
+        "distillm": MethodConfig(loss="skl", alpha=0.1, data="adaptive", replay=True),
+        "switch": MethodConfig(loss="skl", alpha=0.1, data="rollout"),
+        "minillm": MethodConfig(loss="rkl", data="rollout"),
+    }
+
+
+class DistillRun(_Strict):
+    """One named training run: a method, its starting checkpoint, and config overrides for that run only."""
+
+    method: MethodName
+    init_from: str = Field("student-sft", description="'student-init', 'student-sft' or another run's name.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted keys, e.g. {'rollout.tau0': 0.3}.")
+
+
+def _default_runs() -> dict[str, DistillRun]:
+    return {m: DistillRun(method=m) for m in ("sft", "kd", "seqkd", "imitkd", "gkd", "distillm", "switch")}
+
+
+class EvalConfig(_Strict):
+    """Benchmark evaluation protocol (method.md §5.4–5.5)."""
+
+    benchmarks: list[str] = Field(default_factory=lambda: ["embedded"])
+    data_dir: str = Field("../shared/data", description="Folder holding the MiniLLM-format benchmark sets.")
+    seeds: list[int] = Field(default_factory=lambda: [10, 20, 30, 40, 50])
+    limit: int | None = Field(None, ge=1, description="Examples per benchmark (seeded subsample); None = all.")
+    max_prompt_length: int = Field(256, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    no_repeat_ngram_size: int = Field(6, ge=0)
+    batch_size: int = Field(16, ge=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("needs at least one seed")
+        return v
+
+
+class TrackingConfig(_Strict):
+    """Where metrics go. MLflow is wired in by the orchestration layer; switch_core only sees a Tracker."""
+
+    backend: Literal["mlflow", "jsonl", "none"] = "mlflow"
+    mlflow_uri: str | None = Field(None, description="None = sqlite store in the project folder.")
+    experiment: str = "switch-kd"
+
+
+class Config(_Strict):
+    """A fully resolved switch-kd configuration."""
+
+    preset: str | None = Field(None, description="Name in presets/ or path of a params file applied on top.")
+    run_dir: str = Field("runs/default", description="Where stage outputs go, relative to the project root.")
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    teacher_optim: OptimConfig = OptimConfig(lr=5e-5, epochs=2)
+    warmup_optim: OptimConfig = OptimConfig(lr=5e-4, epochs=2)
+    optim: OptimConfig = OptimConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    methods: dict[str, MethodConfig] = Field(default_factory=_default_methods)
+    runs: dict[str, DistillRun] = Field(default_factory=_default_runs)
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: dict[str, MethodConfig]) -> dict[str, MethodConfig]:
+        known = MethodName.__args__  # type: ignore[attr-defined]
+        for name in v:
+            if name not in known:
+                raise ValueError(f"unknown method {name!r}{_did_you_mean(name, known)}; methods are {', '.join(known)}")
+        return v
+
+    @model_validator(mode="after")
+    def _runs_resolve(self) -> Config:
+        bases = {"student-init", "student-sft"}
+        for name, run in self.runs.items():
+            if name in bases:
+                raise ValueError(f"runs.{name}: the names {sorted(bases)} are reserved for the student checkpoints")
+            if run.init_from not in bases and run.init_from not in self.runs:
+                valid = sorted(bases | set(self.runs) - {name})
+                raise ValueError(
+                    f"runs.{name}.init_from = {run.init_from!r} is neither a student checkpoint nor a run"
+                    f"{_did_you_mean(run.init_from, valid)}; valid: {', '.join(valid)}"
+                )
+        for name in self.runs:  # cycle check
+            seen, cur = {name}, self.runs[name].init_from
+            while cur in self.runs:
+                if cur in seen:
+                    raise ValueError(f"runs.{name}: init_from forms a cycle through {cur!r}")
+                seen.add(cur)
+                cur = self.runs[cur].init_from
+        return self
+
+    def run_config(self, run_name: str) -> Config:
+        """The config of one named run: this config with the run's ``overrides`` applied and validated.
+
+        Raises:
+            ConfigError: unknown run name, or an override that does not validate.
+        """
+        if run_name not in self.runs:
+            raise ConfigError(f"unknown run {run_name!r}{_did_you_mean(run_name, list(self.runs))}")
+        overrides = self.runs[run_name].overrides
+        if not overrides:
+            return self
+        return validate_dict(apply_overrides(self.model_dump(), overrides), origin=f"runs.{run_name}.overrides")
+
+    def method_config(self, run_name: str) -> MethodConfig:
+        """The MethodConfig of a named run (after its overrides)."""
+        cfg = self.run_config(run_name)
+        return cfg.methods.get(cfg.runs[run_name].method, _default_methods()[cfg.runs[run_name].method])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading, merging, overrides, error messages
+
+
+def _did_you_mean(word: str, candidates: Any) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base``; dicts merge, everything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``a.b.c=value`` (value parsed as YAML: numbers, booleans, lists, null).
+
+    Raises:
+        ConfigError: when there is no ``=`` or the key is empty.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key.path=value, got {text!r} (example: --set optim.lr=1e-4)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({err})") from err
+    return key.strip(), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``{"optim.lr": 1e-4}``) in a copy of a config dict; unknown paths are kept so that
+    validation reports them with a did-you-mean hint."""
+    out = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        node = out
+        parts = dotted.split(".")
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])} is a value, not a section: cannot set {dotted}")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _fields_at(path: tuple[Any, ...]) -> list[str]:
+    """Valid keys of the section at ``path`` (for did-you-mean hints)."""
+    model: Any = Config
+    for part in path:
+        if isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields:
+            ann = model.model_fields[part].annotation
+            model = ann
+        elif model in (dict[str, MethodConfig],):
+            model = MethodConfig
+        elif model in (dict[str, DistillRun],):
+            model = DistillRun
+        else:
+            return []
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def format_validation_error(err: ValidationError, origin: str) -> str:
+    """One line per problem: key path, bad value, what is allowed, nearest valid key for typos."""
+    lines = [f"invalid configuration ({origin}):"]
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal"))))
+        path = ".".join(str(p) for p in loc) or "<root>"
+        value = e.get("input")
+        if e["type"] == "extra_forbidden":
+            hint = _did_you_mean(loc[-1], _fields_at(loc[:-1]))
+            valid = ", ".join(_fields_at(loc[:-1]))
+            lines.append(f"  - {path}: unknown key{hint}; valid keys here: {valid}")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "literal_error":
+            expected = e.get("ctx", {}).get("expected", "")
+            options = [o.strip(" '") for o in str(expected).replace(" or ", ",").split(",")]
+            msg = f"must be one of {expected}{_did_you_mean(value, options)}"
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        lines.append(f"  - {path}{shown}: {msg}")
+    return "\n".join(lines)
+
+
+def validate_dict(data: dict[str, Any], origin: str = "config") -> Config:
+    """Validate a raw config dict into a :class:`Config`.
+
+    Raises:
+        ConfigError: with one line per problem (see :func:`format_validation_error`).
+    """
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, origin)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def resolve_preset(preset: str, base_dir: Path) -> Path:
+    """Path of a preset given by name (``presets/<name>.yaml``) or by path.
+
+    Raises:
+        ConfigError: when neither exists; lists the available presets.
+    """
+    candidates = [Path(preset), base_dir / preset, base_dir / "presets" / f"{preset}.yaml", PRESETS_DIR / f"{preset}.yaml"]
+    for cand in candidates:
+        if cand.is_file():
+            return cand.resolve()
+    available = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")) if PRESETS_DIR.is_dir() else []
+    raise ConfigError(
+        f"preset {preset!r} not found{_did_you_mean(preset, available)}; available presets: {', '.join(available)}"
+    )
+
+
+def load_config(
+    params: str | Path | None = "params.yaml",
+    *,
+    preset: str | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> Config:
+    """Load and validate a configuration.
+
+    Args:
+        params: the params file (DVC's ``params.yaml``); None = schema defaults only.
+        preset: a preset name or path applied on top of ``params`` (default: the file's own ``preset`` key).
+        overrides: ``["a.b=value", ...]`` (CLI ``--set``) or ``{"a.b": value}``, applied last.
+
+    Returns:
+        The validated :class:`Config`; ``preset`` holds the preset that was applied.
+
+    Raises:
+        ConfigError: a missing file, invalid YAML, or any validation problem.
+    """
+    base_dir = Path(params).resolve().parent if params else Path.cwd()
+    data: dict[str, Any] = Config().model_dump()
+    origin = "defaults"
+    if params is not None:
+        data = deep_merge(data, _read_yaml(Path(params)))
+        origin = str(params)
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(o) for o in overrides)
+    overrides = dict(overrides or {})
+    chosen = preset or overrides.get("preset") or data.get("preset")
+    if chosen:
+        preset_path = resolve_preset(str(chosen), base_dir)
+        data = deep_merge(data, _read_yaml(preset_path))
+        data["preset"] = str(chosen)
+        origin += f" + preset {preset_path.name}"
+    if overrides:
+        data = apply_overrides(data, overrides)
+        origin += " + --set " + " ".join(f"{k}={v}" for k, v in overrides.items())
+    return validate_dict(data, origin)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten a nested dict into dotted keys (for MLflow params and DVC)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
