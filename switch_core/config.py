@@ -133,6 +133,17 @@ class OptimConfig(_Strict):
     eval_every: int | None = Field(None, ge=1, description="Also evaluate on dev every N steps (always per epoch).")
     eval_examples: int = Field(32, ge=1, description="Dev examples used for dev ROUGE-L.")
     log_every: int = Field(10, ge=1)
+    save_every: int | None = Field(
+        None, ge=1, description="Also save a resumable training state every N steps (always at each epoch end)."
+    )
+    select_by: Literal["auto", "rouge_l", "loss"] = Field(
+        "auto",
+        description="Best-checkpoint criterion on dev; auto = dev loss for the student warm-up, dev ROUGE-L otherwise "
+        "(method.md §5.6).",
+    )
+    loss_chunk_tokens: int = Field(
+        1024, ge=1, description="Response tokens per chunk of the full-vocabulary loss (bounds the logits' memory)."
+    )
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False
     seed: int = Field(10, description="Training seed (DistiLLM scripts use 10).")
@@ -172,7 +183,9 @@ class RolloutConfig(_Strict):
 class MethodConfig(_Strict):
     """How one distillation method builds its batches and its loss (method.md §6)."""
 
-    loss: DivergenceName | Literal["ce"] = "fkl"
+    loss: DivergenceName | Literal["ce"] = Field(
+        "fkl", description="Divergence to the teacher; 'ce' = plain cross-entropy on the batch's labels (no teacher)."
+    )
     kd_ratio: float = Field(1.0, ge=0, le=1, description="L = (1−kd_ratio)·CE + kd_ratio·D (method.md §6).")
     beta: float = Field(0.1, ge=0, le=1, description="Generalised JSD β (GKD; DistiLLM js_distance lam=0.9).")
     alpha: float = Field(0.1, ge=0, le=1, description="Skew α of SKL/SRKL (DistiLLM --skew-alpha).")
@@ -183,19 +196,35 @@ class MethodConfig(_Strict):
     init_threshold: float = Field(0.0, ge=0, le=1, description="DistiLLM adaptive φ start.")
     loss_eps: float = Field(0.1, ge=0, description="DistiLLM adaptive: raise φ when val loss grows by > eps.")
     reuse_rollout_teacher_logits: bool = Field(True, description="switch: skip the second teacher forward.")
+    teacher_logits_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="dtype of the kept rollout teacher logits (bfloat16 halves their memory)."
+    )
+    rollout_strategy: Literal["switch", "student", "teacher", "random", "mixture"] | None = Field(
+        None, description="Generator of rollout batches; None = rollout.strategy."
+    )
 
 
 def _default_methods() -> dict[str, MethodConfig]:
-    """Per-method defaults, from the reference implementations (method.md §6)."""
+    """Per-method defaults, from the reference implementations (method.md §6).
+
+    - imitkd, gkd, distillm sample pure student rollouts; their rollouts go through the FIFO replay buffer and the
+      trained batch is drawn from it, as in DistiLLM's ``finetune.py`` (method.md §6.4, §6.6, §6.9 item 3). For GKD
+      ``replay=False`` gives the GKD paper's / TRL's variant (train on the fresh rollout).
+    - switch trains on fresh SWITCH rollouts with DistiLLM's skew KL (α = 0.1): the paper does not say which loss it
+      used (method.md §1.2), and keeping DistiLLM's loss makes the comparison with DistiLLM isolate the generator.
+      Ablate with ``methods.switch.loss`` (fkl, jsd, srkl...) and the engine's strategies with ``rollout.strategy``.
+    """
     return {
         "sft": MethodConfig(loss="ce", kd_ratio=0.0),
         "kd": MethodConfig(loss="fkl"),
         "seqkd": MethodConfig(loss="fkl", data="seqkd"),
-        "imitkd": MethodConfig(loss="fkl", data="rollout", replay=True),
-        "gkd": MethodConfig(loss="jsd", beta=0.1, data="mixed", on_policy_fraction=0.5, replay=True),
-        "distillm": MethodConfig(loss="skl", alpha=0.1, data="adaptive", replay=True),
+        "imitkd": MethodConfig(loss="fkl", data="rollout", replay=True, rollout_strategy="student"),
+        "gkd": MethodConfig(
+            loss="jsd", beta=0.1, data="mixed", on_policy_fraction=0.5, replay=True, rollout_strategy="student"
+        ),
+        "distillm": MethodConfig(loss="skl", alpha=0.1, data="adaptive", replay=True, rollout_strategy="student"),
         "switch": MethodConfig(loss="skl", alpha=0.1, data="rollout"),
-        "minillm": MethodConfig(loss="rkl", data="rollout"),
+        "minillm": MethodConfig(loss="rkl", data="rollout", rollout_strategy="student"),
     }
 
 

@@ -4,24 +4,18 @@ Everything here (templates, word lists, sentences) is written by the switch-kd p
 suite lets the whole pipeline (SFT, distillation, SWITCH rollouts, evaluation) run without any downloaded data, and
 its answers are exact, so a model's output can be verified, not only scored with ROUGE-L.
 
-Nine task families (the record's ``category``), each with three or four phrasings of the instruction; some phrasings
+Nine task families (the record's ``category``), each with 3-12 phrasings of the instruction; some phrasings
 put the data in the ``input`` field, so both MiniLLM prompt templates (method.md §5.2) occur:
 
-============================  ==========================================================  =====================
-family                        example                                                     response length
-============================  ==========================================================  =====================
-``arithmetic``                "What is 417 plus 86?" -> "503" (add, subtract, multiply)   1-2 words
-``number_to_words``           "Write the number 3456 in words." ->                        1-7 words
-                              "three thousand four hundred fifty-six"
-``spell_word``                spell "garden" separated by hyphens -> "g-a-r-d-e-n"        4-12 letters
-``reverse_words``             "stone river apple" -> "apple river stone"                  3-9 words
-``sort_numbers``              "42, 7, 19" ascending -> "7, 19, 42"                        4-14 numbers
-``change_case``               a generated sentence -> the same in upper or lower case    6-9 words
-``repeat_phrase``             repeat "blue river" 3 times -> "blue river, blue river, ..." 4-30 words
-``count_range``               count from 5 to 23 in steps of 6 -> "5, 11, 17, 23"         10-45 numbers
-``multiplication_table``      table of 7 up to 7 x 12 -> "7 x 1 = 7" ... one line each   50-100 words (100+
-                                                                                          tokens)
-============================  ==========================================================  =====================
+- ``arithmetic``: add, subtract or multiply two numbers ("What is 417 plus 86?" -> "503"); 1 word.
+- ``number_to_words``: a number below 10000 in words (3456 -> "three thousand four hundred fifty-six"); 1-5 words.
+- ``spell_word``: spell a word with a named separator ("garden", hyphens -> "g-a-r-d-e-n"); 5-10 letters.
+- ``reverse_words``: reverse a list of words ("stone river apple" -> "apple river stone"); 3-9 words.
+- ``sort_numbers``: sort 4-14 numbers ascending or descending ("42, 7, 19" -> "7, 19, 42").
+- ``change_case``: rewrite a generated sentence in upper or lower case; 7-8 words.
+- ``repeat_phrase``: repeat a two-word phrase 2-15 times, comma-separated; 4-30 words.
+- ``count_range``: count from a to b in steps of k ("5, 11, 17, 23"); 10-45 numbers.
+- ``multiplication_table``: "7 x 1 = 7" ... "7 x m = 7m", one line each, m in 10..20; 50-100 words, 100+ tokens.
 
 Record ``i`` of the suite belongs to family ``i mod 9`` (so every prefix is balanced over families) and is drawn from
 its own ``random.Random`` seeded with the string ``"switch-kd-embedded:{seed}:{i}"``. Hence ids
@@ -29,6 +23,7 @@ its own ``random.Random`` seeded with the string ``"switch-kd-embedded:{seed}:{i
 suite of size ``n >= m`` equal the suite of size ``m``. :func:`describe_embedded_suite` returns the family list,
 counts and response-length statistics for the README.
 """
+
 from __future__ import annotations
 
 import random
@@ -42,6 +37,8 @@ from switch_core.data.records import InstructionRecord
 DEFAULT_SUITE_SIZE = 1800
 """Default number of records of the embedded suite (200 per family)."""
 
+# Word lists written for this module (kept compact: fmt off).
+# fmt: off
 _NOUNS = (
     "river", "stone", "apple", "garden", "window", "lantern", "mountain", "teacher", "student", "bicycle", "candle",
     "forest", "harbor", "pencil", "rabbit", "kettle", "ladder", "meadow", "orchard", "pillow", "rocket", "saddle",
@@ -49,8 +46,9 @@ _NOUNS = (
     "kitten", "library", "market", "needle", "ocean", "planet", "puzzle", "signal", "blanket", "compass", "dolphin",
 )
 _ADJECTIVES = (
-    "blue", "quiet", "small", "bright", "heavy", "gentle", "old", "green", "silver", "narrow", "warm", "tiny", "golden",
-    "brave", "clever", "distant", "empty", "fresh", "hidden", "lucky", "polite", "rapid", "sturdy", "wooden", "yellow",
+    "blue", "quiet", "small", "bright", "heavy", "gentle", "old", "green", "silver", "narrow", "warm", "tiny",
+    "golden", "brave", "clever", "distant", "empty", "fresh", "hidden", "lucky", "polite", "rapid", "sturdy",
+    "wooden", "yellow",
 )
 _VERBS = (
     "rests", "waits", "sleeps", "shines", "glows", "sits", "stands", "turns", "hums", "drifts", "leans", "hides",
@@ -59,15 +57,17 @@ _VERBS = (
 _PREPOSITIONS = ("near", "under", "behind", "beside", "above", "inside", "below", "across")
 _ADVERBS = ("quietly", "slowly", "calmly", "softly", "patiently", "gently", "happily", "silently")
 _DETERMINERS = ("the", "every", "one", "this", "that")
-_SPELL_WORDS = _NOUNS + (
+_EXTRA_SPELL_WORDS = (
     "alphabet", "umbrella", "elephant", "notebook", "sandwich", "triangle", "calendar", "keyboard", "mushroom",
-    "question", "sunflower", "waterfall", "butterfly", "chocolate", "adventure", "lighthouse", "strawberry", "telescope",
+    "question", "sunflower", "waterfall", "butterfly", "chocolate", "adventure", "lighthouse", "strawberry",
+    "telescope",
 )
-
 _ONES = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
     "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
 )
+# fmt: on
+_SPELL_WORDS = _NOUNS + _EXTRA_SPELL_WORDS
 _TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
 
 # One generated example: (instruction, input, reference).
@@ -294,15 +294,29 @@ class _Family:
 
 
 _FAMILIES = (
-    _Family("arithmetic", "add, subtract or multiply two numbers", 12, _arithmetic),
-    _Family("number_to_words", "write a number below 10000 in English words", len(_NUMBER_WORDS_PHRASINGS), _number_words),
+    _Family(
+        "arithmetic",
+        "add, subtract or multiply two numbers",
+        sum(len(p) for p in _ARITHMETIC_PHRASINGS.values()),
+        _arithmetic,
+    ),
+    _Family(
+        "number_to_words", "write a number below 10000 in English words", len(_NUMBER_WORDS_PHRASINGS), _number_words
+    ),
     _Family("spell_word", "spell a word letter by letter with a named separator", len(_SPELL_PHRASINGS), _spell_word),
     _Family("reverse_words", "reverse a list of words", len(_REVERSE_PHRASINGS), _reverse_words),
     _Family("sort_numbers", "sort a list of numbers ascending or descending", len(_SORT_PHRASINGS), _sort_numbers),
-    _Family("change_case", "rewrite a sentence in upper or lower case", 6, _change_case),
+    _Family(
+        "change_case",
+        "rewrite a sentence in upper or lower case",
+        sum(len(p) for p in _CASE_PHRASINGS.values()),
+        _change_case,
+    ),
     _Family("repeat_phrase", "repeat a two-word phrase N times", len(_REPEAT_PHRASINGS), _repeat_phrase),
     _Family("count_range", "count from a to b in steps of k", len(_COUNT_PHRASINGS), _count_range),
-    _Family("multiplication_table", "multiplication table of n up to n x m", len(_TABLE_PHRASINGS), _multiplication_table),
+    _Family(
+        "multiplication_table", "multiplication table of n up to n x m", len(_TABLE_PHRASINGS), _multiplication_table
+    ),
 )
 
 EMBEDDED_FAMILIES: tuple[str, ...] = tuple(f.name for f in _FAMILIES)

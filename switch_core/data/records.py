@@ -4,6 +4,7 @@ A record is what the MiniLLM / DistiLLM evaluation data calls a row (method.md ย
 ``output`` (one string, or a list of reference strings for S-NI) and the pre-formatted ``prompt``. Training uses the
 first reference as the response; ROUGE-L takes the max over all references (method.md ยง5.5).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,0 +1,238 @@
+"""Tokenisation for training and generation: prompt-masked labels with EOS kept, right/left padding, label shift.
+
+Layout of one training example (method.md §5.2-5.3; landscape.md §4 item 4)::
+
+    input_ids = prompt_ids[:max_prompt_length] + response_ids[:budget] + [eos]
+    labels    = [-100] * len(prompt part)      + response_ids[:budget] + [eos]
+    budget    = max_length - len(prompt part) - 1        (so the whole example is <= max_length tokens)
+
+Labels are aligned with ``input_ids`` (Hugging Face convention); the shift-by-one happens once, in
+:func:`shift_labels`. EOS is a label even when ``pad_token_id == eos_token_id``: padding is masked by position in
+:func:`collate_train`, never by comparing ids with the pad id (landscape.md pain point 10). Token ids are Python
+``int`` / ``torch.long``, never a narrow dtype (pain point 25). An example whose prompt or response would be empty is
+an :class:`EmptyExampleError` naming the record id, never a silent empty example (pain point 9).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+IGNORE_INDEX = -100
+"""Label value ignored by the loss (``torch.nn.functional.cross_entropy(ignore_index=-100)``)."""
+
+
+class EmptyExampleError(ValueError):
+    """Truncation or empty text leaves a prompt or response with no tokens; ``record_id`` names the example."""
+
+    def __init__(self, message: str, *, record_id: str | None = None) -> None:
+        super().__init__(message)
+        self.record_id = record_id
+
+
+@dataclass(frozen=True)
+class TrainExample:
+    """One tokenised training example.
+
+    Attributes:
+        id: record id.
+        input_ids: prompt + response + EOS token ids, length ``<= max_length``.
+        labels: same length; ``-100`` on the prompt, the response ids and EOS after it.
+        prompt_length: number of prompt tokens (the ``-100`` head of ``labels``).
+        response_truncated: True if response tokens were cut to fit ``max_length``.
+    """
+
+    id: str
+    input_ids: list[int]
+    labels: list[int]
+    prompt_length: int
+    response_truncated: bool = False
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        """The prompt token ids (input to rollouts / generation)."""
+        return self.input_ids[: self.prompt_length]
+
+    @property
+    def response_ids(self) -> list[int]:
+        """Response token ids including the final EOS."""
+        return self.input_ids[self.prompt_length :]
+
+
+def _name(record_id: str | None) -> str:
+    return f"example {record_id!r}" if record_id is not None else "example"
+
+
+def tokenize_prompt(prompt: str, tokenizer: Any, *, max_prompt_length: int, record_id: str | None = None) -> list[int]:
+    """Token ids of a prompt, truncated to its first ``max_prompt_length`` tokens (MiniLLM keeps the head, §5.3).
+
+    The prompt is encoded with ``add_special_tokens=True`` (BOS when the tokenizer adds one) unless the text already
+    starts with the tokenizer's BOS string (chat templates that render BOS themselves), so BOS is never doubled.
+
+    Args:
+        prompt: prompt text.
+        tokenizer: Hugging Face tokenizer.
+        max_prompt_length: maximum number of prompt tokens, >= 1.
+        record_id: id used in error messages.
+
+    Returns:
+        ``list[int]`` of length ``1..max_prompt_length``.
+
+    Raises:
+        ValueError: ``max_prompt_length < 1``.
+        EmptyExampleError: the prompt has no token other than special tokens (empty text, or truncation keeping
+            only BOS).
+    """
+    if max_prompt_length < 1:
+        raise ValueError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (isinstance(bos, str) and bos and prompt.startswith(bos))
+    ids = [int(i) for i in tokenizer.encode(prompt, add_special_tokens=add_special)][:max_prompt_length]
+    special = set(tokenizer.all_special_ids)
+    if all(i in special for i in ids):
+        raise EmptyExampleError(
+            f"{_name(record_id)}: the prompt is empty after tokenisation/truncation to max_prompt_length="
+            f"{max_prompt_length} (prompt text {prompt[:60]!r}); fix the data or raise max_prompt_length",
+            record_id=record_id,
+        )
+    return ids
+
+
+def tokenize_example(
+    record_id: str,
+    prompt: str,
+    response: str,
+    tokenizer: Any,
+    *,
+    max_length: int,
+    max_prompt_length: int,
+) -> TrainExample:
+    """Tokenise one (prompt, response) pair for training (method.md §5.2-5.3).
+
+    The prompt is tokenised by :func:`tokenize_prompt`; the response without special tokens, truncated so that
+    ``prompt + response + EOS <= max_length``; EOS (``tokenizer.eos_token_id``) is appended and kept as a label.
+
+    Args:
+        record_id: id used in errors and stored in the example.
+        prompt: prompt text (e.g. from :func:`switch_core.data.prompts.format_prompt`).
+        response: reference response text, appended directly after the prompt.
+        tokenizer: Hugging Face tokenizer with an EOS token.
+        max_length: maximum total tokens (method.md §5.3: 512).
+        max_prompt_length: maximum prompt tokens (method.md §5.3: 256).
+
+    Returns:
+        A :class:`TrainExample` (ids are Python ints).
+
+    Raises:
+        ValueError: ``max_length < 2`` or the tokenizer has no EOS token.
+        EmptyExampleError: empty prompt (see :func:`tokenize_prompt`), empty response text, or no room left for a
+            single response token after the prompt and EOS; the message names ``record_id``.
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2 (a prompt token and EOS), got {max_length}")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no EOS token (eos_token_id is None); set tokenizer.eos_token")
+    prompt_ids = tokenize_prompt(prompt, tokenizer, max_prompt_length=max_prompt_length, record_id=record_id)
+    response_ids = [int(i) for i in tokenizer.encode(response, add_special_tokens=False)]
+    if not response_ids:
+        raise EmptyExampleError(f"{_name(record_id)}: the response is empty", record_id=record_id)
+    budget = max_length - len(prompt_ids) - 1
+    if budget < 1:
+        raise EmptyExampleError(
+            f"{_name(record_id)}: no room for a response token: prompt has {len(prompt_ids)} tokens, "
+            f"max_length={max_length} (needs prompt + >=1 response token + EOS); lower max_prompt_length "
+            "or raise max_length",
+            record_id=record_id,
+        )
+    kept = response_ids[:budget]
+    return TrainExample(
+        id=record_id,
+        input_ids=prompt_ids + kept + [int(eos)],
+        labels=[IGNORE_INDEX] * len(prompt_ids) + kept + [int(eos)],
+        prompt_length=len(prompt_ids),
+        response_truncated=len(kept) < len(response_ids),
+    )
+
+
+def collate_train(examples: Sequence[TrainExample], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad training examples into a batch.
+
+    Args:
+        examples: non-empty sequence of :class:`TrainExample`.
+        pad_token_id: id written into padded ``input_ids`` positions (may equal EOS; padding is masked by position).
+
+    Returns:
+        ``{"input_ids", "attention_mask", "labels"}``, each ``[B, L]`` ``torch.long`` with ``L`` the longest example;
+        ``attention_mask`` is 1 on real tokens and 0 on padding; ``labels`` is ``-100`` on padding.
+
+    Raises:
+        ValueError: no examples.
+    """
+    if not examples:
+        raise ValueError("collate_train needs at least one example")
+    length = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), length), int(pad_token_id), dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.tensor(example.input_ids, dtype=torch.long)
+        attention_mask[row, :n] = 1
+        labels[row, :n] = torch.tensor(example.labels, dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad prompts for batched generation (ARCHITECTURE.md: prompts are left-padded).
+
+    Args:
+        sequences: non-empty list of non-empty token-id lists.
+        pad_token_id: id written into padded positions.
+
+    Returns:
+        ``(input_ids, attention_mask)``, both ``[B, L]`` ``torch.long``; each row ends with its sequence and the
+        mask is 0 on the leading padding.
+
+    Raises:
+        ValueError: no sequences.
+        EmptyExampleError: a sequence is empty (its row would be all padding).
+    """
+    if not sequences:
+        raise ValueError("left_pad needs at least one sequence")
+    for row, seq in enumerate(sequences):
+        if len(seq) == 0:
+            raise EmptyExampleError(f"left_pad: sequence {row} is empty")
+    length = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), length), int(pad_token_id), dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, length - len(seq) :] = torch.tensor([int(i) for i in seq], dtype=torch.long)
+        attention_mask[row, length - len(seq) :] = 1
+    return input_ids, attention_mask
+
+
+def shift_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Next-token targets for logits of the same length: ``out[:, t] = labels[:, t + 1]``, ``out[:, -1] = -100``.
+
+    ``logits[:, t]`` (computed from tokens ``<= t``) predicts token ``t + 1``, so the loss is
+    ``cross_entropy(logits.flatten(0, 1), shift_labels(labels).flatten(), ignore_index=-100)``. This is the single
+    place the shift-by-one happens (ARCHITECTURE.md conventions).
+
+    Args:
+        labels: ``[B, L]`` integer labels aligned with ``input_ids`` (``-100`` where ignored).
+
+    Returns:
+        ``[B, L]`` tensor of the same dtype and device.
+
+    Raises:
+        ValueError: ``labels`` is not 2-D.
+    """
+    if labels.dim() != 2:
+        raise ValueError(f"labels must be [batch, length], got shape {tuple(labels.shape)}")
+    shifted = torch.full_like(labels, IGNORE_INDEX)
+    shifted[:, :-1] = labels[:, 1:]
+    return shifted

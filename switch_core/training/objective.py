@@ -1,0 +1,143 @@
+"""The loss of a batch with bounded memory: full-vocabulary logits only for a chunk of response tokens at a time.
+
+A causal LM's logits are ``output_head(last_hidden_state)``. Instead of materialising ``[B, L, V]`` logits for the
+student and the teacher (8 × 256 × 49,152 floats = 400 MB per copy, several copies inside a divergence), the loss
+takes the final hidden states of the response positions, ``[N, H]``, and walks over them in chunks of
+``chunk_tokens``: each chunk projects to logits, computes the per-token loss (:mod:`switch_core.training.losses`) and,
+when training, back-propagates it at once into the output head and into a detached copy of the hidden states.
+One final backward call then carries the accumulated hidden-state gradient through the transformer. Peak memory is
+one chunk of logits, and the output projection runs once forward and once backward (no recomputation).
+
+Normalisation (landscape.md pain points 8 and 29): the per-token losses are *summed* and scaled by
+``1 / N_global``, the number of response tokens in the whole global batch (all micro-batches of all processes), so
+the accumulated gradient is the gradient of the token mean of the global batch, whatever the micro-batch split and
+process count.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+from torch import Tensor, nn
+
+from switch_core.training.batches import TrainBatch
+from switch_core.training.losses import LossSpec, token_losses
+
+
+class OutputHeadError(ValueError):
+    """The model's logits are not ``output_head(base_model(...).last_hidden_state)`` (e.g. soft-capped logits)."""
+
+
+def final_hidden_states(model: nn.Module, batch: TrainBatch) -> Tensor:
+    """``[B, L, H]`` final hidden states (after the final norm) of a Hugging Face causal LM.
+
+    Runs ``model.base_model`` (``model.model`` for Llama/OPT, ``model.transformer`` for GPT-2) with the batch's
+    attention mask and position ids ``cumsum(mask) − 1`` and no KV cache.
+    """
+    out = model.base_model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+        use_cache=False,
+    )
+    return out.last_hidden_state
+
+
+def check_output_head(model: nn.Module, batch: TrainBatch, *, atol: float = 1e-4) -> None:
+    """Check that ``model.get_output_embeddings()(final_hidden_states)`` reproduces ``model(...).logits``.
+
+    Run once before training on a small batch: an architecture that post-processes its logits (soft-capping,
+    scaling) cannot use the chunked loss, and this says so instead of training on wrong logits.
+
+    Raises:
+        OutputHeadError: the two logits differ by more than ``atol`` (relative to their scale).
+    """
+    with torch.no_grad():
+        reference = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+            use_cache=False,
+        ).logits.float()
+        ours = model.get_output_embeddings()(final_hidden_states(model, batch)).float()
+    scale = reference.abs().max().clamp_min(1.0)
+    error = float((ours - reference).abs().max() / scale)
+    if error > atol:
+        raise OutputHeadError(
+            f"{type(model).__name__}: logits are not output_head(last_hidden_state) (relative difference {error:.2e}); "
+            "this architecture post-processes its logits, which the chunked loss does not support"
+        )
+
+
+def batch_loss(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    batch: TrainBatch,
+    spec: LossSpec,
+    *,
+    chunk_tokens: int,
+    scale: float | None = None,
+    backward: Callable[[Tensor], None] | None = None,
+    autocast: Callable[[], AbstractContextManager[None]] = nullcontext,
+) -> Tensor:
+    """Sum of the per-token losses over the batch's response tokens; optionally back-propagate ``scale ×`` it.
+
+    Teacher logits come from ``batch.teacher_logits`` when the batch carries them (kept from a SWITCH rollout: the
+    teacher's distributions on the same mixed prefix, method.md §1.3), else from a no-grad teacher forward.
+
+    Args:
+        student: the student (train or eval mode is the caller's choice).
+        teacher: the frozen teacher; may be None when ``spec.needs_teacher`` is False or the batch carries logits.
+        batch: the batch, on the student's device.
+        spec: the per-token loss.
+        chunk_tokens: response tokens per chunk of logits, >= 1.
+        scale: multiplier of the summed loss before back-propagation (``1 / N_global``); required with ``backward``.
+        backward: ``loss -> None`` that back-propagates a chunk's scaled loss (e.g. ``accelerator.backward``, which
+            applies fp16 loss scaling); None = no gradients (evaluation; call under ``torch.no_grad``).
+        autocast: context manager factory for the forward passes (e.g. ``accelerator.autocast``).
+
+    Returns:
+        0-dim float32 tensor (detached): the summed (unscaled) loss of the batch's response tokens.
+
+    Raises:
+        ValueError: ``backward`` without ``scale``, ``chunk_tokens < 1``, or a teacher needed but not given.
+    """
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    if backward is not None and scale is None:
+        raise ValueError("batch_loss with backward needs scale (1 / response tokens of the global batch)")
+    mask = batch.loss_mask
+    targets = batch.labels[:, 1:][mask]
+    total = torch.zeros((), dtype=torch.float32, device=batch.input_ids.device)
+    if targets.numel() == 0:
+        return total
+    kept = batch.packed_teacher_logits() if spec.needs_teacher else None
+    teacher_hidden = None
+    if spec.needs_teacher and kept is None:
+        if teacher is None:
+            raise ValueError(f"loss {spec.name!r} needs the teacher, but no teacher was given")
+        with torch.no_grad(), autocast():
+            teacher_hidden = final_hidden_states(teacher, batch.to(_device(teacher)))[:, :-1][mask.to(_device(teacher))]
+    with autocast():
+        hidden = final_hidden_states(student, batch)[:, :-1][mask]  # [N, H]
+    leaf = hidden.detach().requires_grad_(backward is not None)
+    student_head = student.get_output_embeddings()
+    for start in range(0, targets.numel(), chunk_tokens):
+        rows = slice(start, start + chunk_tokens)
+        teacher_logits = None
+        if kept is not None:
+            teacher_logits = kept[rows]
+        elif teacher_hidden is not None:
+            with torch.no_grad(), autocast():
+                teacher_logits = teacher.get_output_embeddings()(teacher_hidden[rows]).to(hidden.device)
+        with autocast():
+            student_logits = student_head(leaf[rows])
+        losses = token_losses(spec, student_logits, targets[rows], teacher_logits)
+        chunk_sum = losses.sum()
+        if backward is not None:
+            backward(chunk_sum * scale)
+        total = total + chunk_sum.detach().float()
+    if backward is not None:
+        torch.autograd.backward(hidden, leaf.grad)
+    return total
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

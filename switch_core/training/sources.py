@@ -1,0 +1,281 @@
+"""Batch sources: where each method's training batch comes from at each step (method.md §6).
+
+A method is a batch source plus a loss. Each step the loop hands the source this process's share of the step's
+ground-truth examples (ground-truth or SeqKD data, in the seeded epoch order); the source returns the batch to train
+on, chosen by the method's ``data`` mode:
+
+==============  ==============================================================================================
+``data``        batch of step ``k`` (1-based; ``r ~ U(0, 1)`` drawn per step, the same on every process)
+==============  ==============================================================================================
+ground_truth    the examples (SFT, KD §6.2; SeqKD §6.3 when the examples are the teacher's responses)
+seqkd           the same (the command loads the SeqKD data file as the examples)
+rollout         a fresh rollout of the examples' prompts; with ``replay``: pushed into the replay buffer and the
+                batch drawn from the buffer (ImitKD §6.4, DistiLLM ``finetune.py``'s "mixed" branch, §6.9 item 3)
+mixed           with probability λ = ``on_policy_fraction`` as ``rollout`` (with or without ``replay``), else the
+                examples (GKD §6.6)
+adaptive        DistiLLM's adaptive off-policy schedule (§6.7): ``s = φ·(1 − k / total_steps)``; if ``r < s`` or
+                (``r < φ`` and the buffer holds fewer than ``capacity``): a fresh rollout, pushed and trained on;
+                elif ``r < φ``: a batch drawn from the buffer; else the examples. After each dev evaluation, if
+                dev loss >= previous + ε then φ ← min(φ + 0.1, 1) and previous ← dev loss.
+==============  ==============================================================================================
+
+Rollouts come from :func:`switch_core.rollout.rollout` with the method's strategy (``student`` for ImitKD / GKD /
+DistiLLM; the configured SWITCH engine for ``switch``), always with the KV cache and the models in eval mode. When
+the fresh rollout itself is trained on and the loss needs the teacher, the teacher logits computed during the
+rollout are kept and the loss skips its own teacher forward pass (same frozen teacher, same prefix).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import nn
+
+from switch_core.config import MethodConfig, RolloutConfig
+from switch_core.data.tokenize import TrainExample, left_pad
+from switch_core.rollout import RolloutBatch, RolloutSettings, rollout
+from switch_core.training import seeding
+from switch_core.training.batches import Sequence1D, TrainBatch, batch_from_examples, batch_from_sequences
+from switch_core.training.replay import ReplayBuffer
+
+ADAPTIVE_PHI_STEP = 0.1
+"""DistiLLM ``finetune.py``: φ grows by 0.1 (capped at 1.0) when the dev loss rose by at least ε."""
+
+
+class MethodSetupError(ValueError):
+    """A method configuration that cannot run (e.g. the adaptive schedule without a replay buffer)."""
+
+
+class Action(str, Enum):
+    """What a step trains on."""
+
+    GROUND_TRUTH = "ground_truth"
+    ROLLOUT = "rollout"  # fresh rollout, trained on, not stored
+    ROLLOUT_STORE = "rollout_store"  # fresh rollout, pushed into the buffer and trained on (DistiLLM adaptive)
+    ROLLOUT_REPLAY = "rollout_replay"  # fresh rollout pushed into the buffer, batch drawn from the buffer
+    REPLAY = "replay"  # batch drawn from the buffer, no rollout
+
+
+def choose_action(method: MethodConfig, *, r: float, step: int, total_steps: int, phi: float, buffered: int) -> Action:
+    """The batch source of step ``step`` (module docstring table).
+
+    Args:
+        method: the method configuration (``data``, ``replay``, ``on_policy_fraction``, ``replay_capacity``).
+        r: the step's U(0, 1) draw.
+        step: 1-based optimizer step (DistiLLM's ``global_step``).
+        total_steps: optimizer steps of the run.
+        phi: DistiLLM's current φ (adaptive only).
+        buffered: sequences in the replay buffer.
+
+    Returns:
+        The :class:`Action`.
+    """
+    fresh = Action.ROLLOUT_REPLAY if method.replay else Action.ROLLOUT
+    if method.data in ("ground_truth", "seqkd"):
+        return Action.GROUND_TRUTH
+    if method.data == "rollout":
+        return fresh
+    if method.data == "mixed":
+        return fresh if r < method.on_policy_fraction else Action.GROUND_TRUTH
+    s = phi * (1.0 - step / total_steps)
+    if r < s or (r < phi and buffered < method.replay_capacity):
+        return Action.ROLLOUT_STORE
+    if r < phi:
+        return Action.REPLAY
+    return Action.GROUND_TRUTH
+
+
+def rollout_settings(
+    rollout_cfg: RolloutConfig,
+    method: MethodConfig,
+    *,
+    tau0: float | None,
+    pad_token_id: int,
+    stop_token_ids: Sequence[int],
+) -> RolloutSettings:
+    """Rollout settings of a method: ``rollout`` section + the method's strategy and kept-logits dtype.
+
+    ``tau0`` (given or calibrated) matters only for the ``switch`` strategy; None keeps the engine's default.
+    """
+    strategy = method.rollout_strategy or rollout_cfg.strategy
+    extra = {} if tau0 is None else {"tau0": float(tau0)}
+    return RolloutSettings(
+        pad_token_id=int(pad_token_id), strategy=strategy, schedule=rollout_cfg.schedule, decay=rollout_cfg.decay,
+        horizon=rollout_cfg.horizon, random_rate=rollout_cfg.random_rate, mixture_alpha=rollout_cfg.mixture_alpha,
+        max_new_tokens=rollout_cfg.max_new_tokens, greedy=rollout_cfg.greedy, temperature=rollout_cfg.temperature,
+        top_k=rollout_cfg.top_k, top_p=rollout_cfg.top_p, stop_token_ids=tuple(int(i) for i in stop_token_ids),
+        teacher_logits_dtype=method.teacher_logits_dtype, compute_divergence=strategy == "switch", **extra,
+    )
+
+
+@dataclass
+class SourceOutput:
+    """A step's training batch and what it came from.
+
+    Attributes:
+        batch: the batch (on the CPU or the rollout device).
+        action: where it came from.
+        stats: additive counters for logging, summed over processes by the loop: ``rollout_sequences``,
+            ``rollout_tokens``, ``teacher_tokens`` (SWITCH share = teacher_tokens / rollout_tokens),
+            ``rollout_seconds``.
+    """
+
+    batch: TrainBatch
+    action: Action
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def _sequences(rb: RolloutBatch) -> list[Sequence1D]:
+    """Unpadded prompt/response pairs of a rollout batch (the response keeps its stop token)."""
+    return [
+        Sequence1D(rb.prompt_ids[b][rb.prompt_mask[b].bool()], rb.tokens[b][rb.response_mask[b]])
+        for b in range(rb.tokens.shape[0])
+    ]
+
+
+def batch_from_rollout(rb: RolloutBatch) -> TrainBatch:
+    """The training batch of one rollout: prompt + mixed response, labels on every response token (stop included),
+    teacher logits kept when the rollout kept them (``rb.teacher_logits[:, t]`` predicts ``rb.tokens[:, t]``)."""
+    input_ids, attention_mask = rb.full_sequences()
+    labels = torch.cat(
+        [torch.full_like(rb.prompt_ids, -100), torch.where(rb.response_mask, rb.tokens, -100)], dim=1
+    )
+    return TrainBatch(input_ids, attention_mask, labels, rb.teacher_logits)
+
+
+class BatchSource:
+    """Produces each step's batch for one method; holds the replay buffer and DistiLLM's φ (resumable state).
+
+    Args:
+        method: the method configuration.
+        student: the student (rollouts are decoded with it in eval mode; its training flag is restored).
+        teacher: the teacher, or None for methods without rollouts.
+        settings: rollout settings (None for methods without rollouts).
+        pad_token_id: pad id of training batches.
+        seed: training seed; every random choice derives from it (:mod:`switch_core.training.seeding`).
+        total_steps: optimizer steps of the run (for the adaptive schedule).
+        rollout_batch_size: prompts per rollout call (``rollout.batch_size``).
+        keep_teacher_logits: keep the rollout's teacher logits for the loss when a fresh rollout is trained on.
+        rank: this process's index (for its replay-buffer draws).
+
+    Raises:
+        MethodSetupError: a rollout method without teacher or settings, or the adaptive schedule without replay.
+    """
+
+    def __init__(
+        self,
+        method: MethodConfig,
+        *,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        settings: RolloutSettings | None,
+        pad_token_id: int,
+        seed: int,
+        total_steps: int,
+        rollout_batch_size: int,
+        keep_teacher_logits: bool,
+        rank: int = 0,
+    ) -> None:
+        self.uses_rollouts = method.data in ("rollout", "mixed", "adaptive")
+        if self.uses_rollouts and (teacher is None or settings is None):
+            raise MethodSetupError(f"data={method.data!r} needs rollouts: give the teacher and rollout settings")
+        if method.data == "adaptive" and not method.replay:
+            raise MethodSetupError("data='adaptive' (DistiLLM) trains on replayed rollouts: set replay: true")
+        self.method = method
+        self.student, self.teacher, self.settings = student, teacher, settings
+        self.pad_token_id, self.seed, self.total_steps, self.rank = pad_token_id, seed, total_steps, rank
+        self.rollout_batch_size = rollout_batch_size
+        self.keep_teacher_logits = keep_teacher_logits
+        self.buffer = ReplayBuffer(method.replay_capacity) if method.replay and self.uses_rollouts else None
+        self.phi = method.init_threshold
+        self.prev_dev_loss: float | None = None
+
+    def next(self, step: int, examples: Sequence[TrainExample], offset: int) -> SourceOutput:
+        """The batch of optimizer step ``step`` (0-based) from this process's examples.
+
+        Args:
+            step: 0-based optimizer step.
+            examples: this process's share of the step's examples (non-empty).
+            offset: global index of ``examples[0]`` in the step's global batch (keys the rollout random streams, so
+                the same sequence gets the same rollout whatever the process count).
+        """
+        r = seeding.uniform(self.seed, seeding.Stream.SOURCE_CHOICE, step)
+        buffered = len(self.buffer) if self.buffer is not None else 0
+        action = choose_action(
+            self.method, r=r, step=step + 1, total_steps=self.total_steps, phi=self.phi, buffered=buffered
+        )
+        if action is Action.GROUND_TRUTH:
+            return SourceOutput(batch_from_examples(examples, self.pad_token_id), action)
+        if action is Action.REPLAY:
+            return SourceOutput(self._replay(step, len(examples)), action)
+        keep = self.keep_teacher_logits and action in (Action.ROLLOUT, Action.ROLLOUT_STORE)
+        batch, sequences, stats = self._rollout(step, examples, offset, keep)
+        if action is not Action.ROLLOUT:
+            self.buffer.push(sequences)
+        if action is Action.ROLLOUT_REPLAY:
+            batch = self._replay(step, len(examples))
+        return SourceOutput(batch, action, stats)
+
+    def _replay(self, step: int, count: int) -> TrainBatch:
+        drawn = self.buffer.sample(count, seeding.generator(self.seed, seeding.Stream.REPLAY, step, self.rank))
+        return batch_from_sequences(drawn, self.pad_token_id)
+
+    def _rollout(
+        self, step: int, examples: Sequence[TrainExample], offset: int, keep: bool
+    ) -> tuple[TrainBatch, list[Sequence1D], dict[str, float]]:
+        settings = dataclasses.replace(self.settings, keep_teacher_logits=keep)
+        device = next(self.student.parameters()).device
+        began = time.perf_counter()
+        chunks: list[RolloutBatch] = []
+        for start in range(0, len(examples), self.rollout_batch_size):
+            part = examples[start : start + self.rollout_batch_size]
+            prompt_ids, prompt_mask = left_pad([e.prompt_ids for e in part], self.pad_token_id)
+            gen = seeding.generator(self.seed, seeding.Stream.ROLLOUT, step, offset + start, device=device)
+            chunks.append(rollout(self.student, self.teacher, prompt_ids, prompt_mask, settings, generator=gen))
+        sequences = [s for rb in chunks for s in _sequences(rb)]
+        if len(chunks) == 1:
+            batch = batch_from_rollout(chunks[0])
+        else:
+            kept = [block for rb in chunks for block in rb.teacher_logits] if keep else None
+            batch = batch_from_sequences(sequences, self.pad_token_id, kept)
+        stats = {
+            "rollout_sequences": float(len(sequences)),
+            "rollout_tokens": float(sum(int(rb.response_mask.sum()) for rb in chunks)),
+            "teacher_tokens": float(sum(int((rb.teacher_chosen & rb.response_mask).sum()) for rb in chunks)),
+            "rollout_seconds": time.perf_counter() - began,
+        }
+        return batch, sequences, stats
+
+    def after_evaluation(self, dev_loss: float) -> None:
+        """DistiLLM's φ update after a dev evaluation (adaptive only; ``dev_loss`` = dev CE, as its ``evaluate``).
+
+        The first call (the evaluation before training) only records the loss.
+        """
+        if self.method.data != "adaptive" or not math.isfinite(dev_loss):
+            return
+        if self.prev_dev_loss is None:
+            self.prev_dev_loss = dev_loss
+        elif dev_loss >= self.prev_dev_loss + self.method.loss_eps:
+            self.phi = min(self.phi + ADAPTIVE_PHI_STEP, 1.0)
+            self.prev_dev_loss = dev_loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """Resumable state: φ, the previous dev loss and the replay buffer."""
+        return {
+            "phi": self.phi,
+            "prev_dev_loss": self.prev_dev_loss,
+            "buffer": self.buffer.state_dict() if self.buffer is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.phi = float(state["phi"])
+        self.prev_dev_loss = state["prev_dev_loss"]
+        if self.buffer is not None and state["buffer"] is not None:
+            self.buffer.load_state_dict(state["buffer"])

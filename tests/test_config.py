@@ -1,0 +1,93 @@
+"""Configuration: params.yaml and presets validate; bad values and typos get one clear line each."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from switch_core.config import Config, ConfigError, load_config, parse_override
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_params_yaml_is_the_schema_default():
+    """params.yaml (DVC's canonical file) spells out exactly the schema defaults."""
+    assert load_config(ROOT / "params.yaml") == Config()
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "presets").glob("*.yaml")))
+def test_every_preset_validates(preset):
+    cfg = load_config(ROOT / "params.yaml", preset=preset)
+    assert cfg.preset == preset
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("optim.lr=-1", ["optim.lr = -1", "greater than 0"]),
+        ("optim.lrr=1e-4", ["optim.lrr", "unknown key", "did you mean 'lr'"]),
+        ("rollout.tau0=-0.1", ["rollout.tau0 = -0.1", "greater than or equal to 0"]),
+        ("rollout.decay=-0.5", ["rollout.decay = -0.5"]),
+        ("data.max_prompt_length=512", ["max_prompt_length (512) must be < data.max_length (512)"]),
+        ("rollout.schedule=exponentail", ["rollout.schedule", "did you mean 'exponential'"]),
+        ("methods.gdk.beta=0.2", ["unknown method 'gdk'", "did you mean 'gkd'"]),
+        ("optim.batch_size=6", ["multiple of optim.micro_batch_size"]),
+        ("optim.epochs=two", ["optim.epochs = 'two'", "valid integer"]),
+    ],
+)
+def test_bad_values_name_the_key_value_and_range(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides=[override])
+    for fragment in expected:
+        assert fragment in str(err.value)
+
+
+def test_typo_in_params_file_is_reported_with_the_file(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"rollout": {"tau_0": 0.2}}))
+    with pytest.raises(ConfigError) as err:
+        load_config(params)
+    msg = str(err.value)
+    assert str(params) in msg and "rollout.tau_0" in msg and "did you mean 'tau0'" in msg
+
+
+def test_precedence_params_then_preset_then_set(tmp_path):
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "mine.yaml").write_text(yaml.safe_dump({"optim": {"lr": 2e-4, "epochs": 3}}))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"preset": "mine", "optim": {"lr": 1e-4, "seed": 7}}))
+    cfg = load_config(params, overrides=["optim.epochs=5"])
+    assert (cfg.optim.lr, cfg.optim.epochs, cfg.optim.seed) == (2e-4, 5, 7)
+    assert cfg.preset == "mine"
+
+
+def test_unknown_preset_lists_available():
+    with pytest.raises(ConfigError, match="available presets"):
+        load_config(None, preset="no-such-preset")
+
+
+def test_override_values_are_yaml():
+    assert parse_override("eval.seeds=[1, 2]") == ("eval.seeds", [1, 2])
+    assert parse_override("rollout.tau0=null") == ("rollout.tau0", None)
+    with pytest.raises(ConfigError, match="key.path=value"):
+        parse_override("optim.lr")
+
+
+def test_run_overrides_and_chains():
+    cfg = load_config(
+        None,
+        overrides={
+            "runs.switch-hi": {"method": "switch", "overrides": {"rollout.tau0": 0.4}},
+            "runs.switch-lo": {"method": "switch", "init_from": "switch-hi", "overrides": {"rollout.tau0": 0.1}},
+        },
+    )
+    assert cfg.run_config("switch-hi").rollout.tau0 == 0.4
+    assert cfg.run_config("switch-lo").rollout.tau0 == 0.1
+    assert cfg.rollout.tau0 is None
+    with pytest.raises(ConfigError, match="did you mean 'switch-hi'"):
+        cfg.run_config("switch-hii")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(None, overrides={"runs.a": {"method": "kd", "init_from": "b"}, "runs.b": {"method": "kd", "init_from": "a"}})
+    with pytest.raises(ConfigError, match="runs.bad.overrides"):
+        load_config(None, overrides={"runs.bad": {"method": "kd", "overrides": {"optim.lr": -1}}}).run_config("bad")
