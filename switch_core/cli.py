@@ -43,14 +43,18 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand registered."""
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The argument parser; only the chosen subcommand's module is imported (keeps ``--help`` fast)."""
     parser = argparse.ArgumentParser(prog="switch-kd", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name, help_text in COMMANDS:
+        if name not in argv:
+            sub.add_parser(name, help=help_text)
+            continue
         module = importlib.import_module(f"switch_core.commands.{module_name}")
-        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0])
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        p.formatter_class = argparse.RawDescriptionHelpFormatter
         if getattr(module, "USES_CONFIG", True):
             _add_config_options(p)
         module.add_arguments(p)
@@ -69,8 +73,11 @@ def _resolve_config(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``switch-kd`` console script; returns the exit status."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-shard bars drown our own progress bars
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         if getattr(args._module, "USES_CONFIG", True):
             _resolve_config(args)

@@ -1,4 +1,5 @@
 """Teacher/student compatibility check (switch_core.models.compat)."""
+
 from __future__ import annotations
 
 import json

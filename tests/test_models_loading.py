@@ -1,4 +1,5 @@
 """Loading by spec, atomic checkpoint folders, and the embedded teacher's error paths (no real weights needed)."""
+
 from __future__ import annotations
 
 import importlib.util

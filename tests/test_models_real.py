@@ -2,6 +2,7 @@
 
 The teacher is converted once into a temporary cache root and shared by the module (conversion about 30 s).
 """
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Student construction: evenly spaced layers, layer pruning, fresh models from configs, parameter counts."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,11 @@ from switch_core.models.tiny import tiny_causal_lm
 VOCAB = 120
 HIDDEN = 32
 # Decoder-layer list and the per-layer attention module of each family.
-LAYERS = {"gpt2": ("transformer.h", "attn"), "opt": ("model.decoder.layers", "self_attn"), "llama": ("model.layers", "self_attn")}
+LAYERS = {
+    "gpt2": ("transformer.h", "attn"),
+    "opt": ("model.decoder.layers", "self_attn"),
+    "llama": ("model.layers", "self_attn"),
+}
 
 
 def _layers(model, arch):
@@ -134,8 +139,13 @@ def test_prune_preserves_dtype_and_mode():
 
 @pytest.mark.parametrize(
     ("keep", "message"),
-    [([], "non-empty"), ([0, 5], r"out of range.*0\.\.4"), ([2, 1], "strictly increasing"), ([1, 1], "strictly"),
-     (7, "keep=7")],
+    [
+        ([], "non-empty"),
+        ([0, 5], r"out of range.*0\.\.4"),
+        ([2, 1], "strictly increasing"),
+        ([1, 1], "strictly"),
+        (7, "keep=7"),
+    ],
 )
 def test_prune_rejects_bad_selections(keep, message):
     with pytest.raises(StudentConfigError, match=message):

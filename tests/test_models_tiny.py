@@ -1,4 +1,5 @@
 """Tiny tokenizer and tiny random models (switch_core.models.tiny)."""
+
 from __future__ import annotations
 
 import pytest

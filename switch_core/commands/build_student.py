@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from transformers import AutoConfig
+
 from switch_core.config import Config
 from switch_core.layout import RunLayout
 from switch_core.models.checkpoint import save_pretrained_atomic
@@ -40,7 +42,8 @@ def build_student(config: Config, layout: RunLayout) -> Path:
         student = load_causal_lm(spec.name_or_path)
         student_tokenizer = load_tokenizer(spec.name_or_path)
     elif spec.init == "config":
-        student = model_from_config(spec.name_or_path, overrides=spec.config_overrides, seed=config.seed)
+        base = AutoConfig.from_pretrained(spec.name_or_path).to_dict()
+        student = model_from_config({**base, **spec.config_overrides}, seed=config.seed)
     else:
         student = tiny_causal_lm(
             spec.tiny.arch, teacher.config.vocab_size, hidden=spec.tiny.hidden, layers=spec.tiny.layers,
@@ -50,7 +53,7 @@ def build_student(config: Config, layout: RunLayout) -> Path:
     check_compatible(teacher, student, tokenizer, student_tokenizer)
     out = save_pretrained_atomic(student, student_tokenizer, layout.model("student-init"))
     n_t, n_s = count_parameters(teacher), count_parameters(student)
-    print(f"student: {type(student).__name__}, {n_s / 1e6:.1f}M parameters ({n_s / n_t:.0%} of the teacher) -> {out}")
+    print(f"student: {type(student).__name__}, {n_s / 1e6:.2f}M parameters ({n_s / n_t:.0%} of the teacher) -> {out}")
     return out
 
 

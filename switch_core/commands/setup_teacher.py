@@ -48,7 +48,7 @@ def setup_teacher(config: Config, layout: RunLayout) -> Path:
         tokenizer = load_tokenizer(path, gguf_file=gguf)
         model = load_causal_lm(path, gguf_file=gguf, dtype=spec.dtype)
     save_pretrained_atomic(model, tokenizer, out)
-    print(f"teacher: {type(model).__name__}, {count_parameters(model) / 1e6:.1f}M parameters -> {out}")
+    print(f"teacher: {type(model).__name__}, {count_parameters(model) / 1e6:.2f}M parameters -> {out}")
     return out
 
 

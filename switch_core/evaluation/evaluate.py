@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +39,8 @@ from switch_core.evaluation.metrics import (
     rouge_l,
 )
 
-log = logging.getLogger(__name__)
+class EvaluationError(ValueError):
+    """Evaluation settings that cannot work (no seed, batch size or limit below 1)."""
 
 METRICS_FILE = "metrics.json"
 GENERATIONS_FILE = "generations.jsonl"
@@ -83,12 +83,22 @@ class EvalProtocol:
     length_bucket_edges: tuple[int, ...] = DEFAULT_BUCKET_EDGES
     greedy: bool = False
 
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise EvaluationError("the evaluation needs at least one seed (eval.seeds / --seeds)")
+        if self.batch_size < 1:
+            raise EvaluationError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise EvaluationError(f"eval.limit / --limit must be >= 1 or unset, got {self.limit}")
+        length_buckets(self.length_bucket_edges)  # MetricInputError on bad edges, before any generation
+
     @classmethod
     def from_config(cls, config: EvalConfig, **overrides: Any) -> EvalProtocol:
         """Protocol from ``Config.eval``; ``overrides`` (e.g. ``seeds``, ``limit``, ``prompt_style``) win.
 
         Raises:
-            ValueError: ``seeds`` is empty.
+            EvaluationError: no seed, ``batch_size`` or ``limit`` below 1.
+            switch_core.evaluation.metrics.MetricInputError: length-bucket edges not strictly increasing.
         """
         values: dict[str, Any] = {
             "seeds": tuple(config.seeds),
@@ -101,11 +111,9 @@ class EvalProtocol:
             "batch_size": config.batch_size,
             "limit": config.limit,
         }
-        values.update({k: v for k, v in overrides.items()})
+        values.update(overrides)
         values["seeds"] = tuple(int(s) for s in values["seeds"])
         values["length_bucket_edges"] = tuple(int(e) for e in values.get("length_bucket_edges", DEFAULT_BUCKET_EDGES))
-        if not values["seeds"]:
-            raise ValueError("the evaluation needs at least one seed")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -403,7 +411,8 @@ def measure_throughput(
     *,
     max_new_tokens: int,
 ) -> dict[str, Any]:
-    """Tokens/s of batched generation at ``protocol.batch_size`` vs ``generate`` on one prompt at a time.
+    """Tokens/s of batched generation (``min(protocol.batch_size, len(prompts))`` per call) vs ``generate`` on one
+    prompt at a time.
 
     Both runs use the same prompts, settings (``max_new_tokens`` capped as given) and seed
     (``protocol.seeds[0]``), after a short warm-up call. Tokens are response tokens plus EOS (padding excluded).
@@ -416,12 +425,13 @@ def measure_throughput(
     kwargs["max_new_tokens"] = max_new_tokens
     kwargs.pop("batch_size")
     seed = protocol.seeds[0]
+    batch_size = min(protocol.batch_size, len(prompts))
     generate_batch(model, tokenizer, list(prompts[:1]), seed=seed, batch_size=1, **{**kwargs, "max_new_tokens": 2})
     report: dict[str, Any] = {"prompts": len(prompts), "max_new_tokens": max_new_tokens}
-    for name, batch_size in (("batched", protocol.batch_size), ("one_at_a_time", 1)):
-        result = generate_batch(model, tokenizer, prompts, seed=seed, batch_size=batch_size, **kwargs)
+    for name, size in (("batched", batch_size), ("one_at_a_time", 1)):
+        result = generate_batch(model, tokenizer, prompts, seed=seed, batch_size=size, **kwargs)
         report[name] = {
-            "batch_size": batch_size,
+            "batch_size": size,
             "tokens": result.generated_tokens,
             "seconds": result.seconds,
             "tokens_per_s": result.tokens_per_second,

@@ -33,6 +33,7 @@ class GenerationResult:
 
     Attributes:
         texts: decoded responses (cut at the first EOS, ``<n>`` -> newline, stripped).
+        token_ids: response token ids before the first EOS.
         response_lengths: response tokens before the first EOS (all generated tokens when there is none).
         prompt_lengths: prompt tokens after truncation to ``max_prompt_length``.
         stopped: whether the model produced an EOS token within ``max_new_tokens``.
@@ -40,6 +41,7 @@ class GenerationResult:
     """
 
     texts: list[str]
+    token_ids: list[list[int]]
     response_lengths: list[int]
     prompt_lengths: list[int]
     stopped: list[bool]
@@ -72,7 +74,7 @@ def eos_token_ids(model: PreTrainedModel, tokenizer: Any) -> list[int]:
     return ids
 
 
-def decode_response(token_ids: Sequence[int], tokenizer: Any, eos_ids: Sequence[int]) -> tuple[str, int, bool]:
+def decode_response(token_ids: Sequence[int], tokenizer: Any, eos_ids: Sequence[int]) -> tuple[str, list[int], bool]:
     """Post-process one generated sequence (method.md §5.4).
 
     Args:
@@ -81,16 +83,16 @@ def decode_response(token_ids: Sequence[int], tokenizer: Any, eos_ids: Sequence[
         eos_ids: ids that end the response.
 
     Returns:
-        ``(text, length, stopped)``: the text of the tokens before the first EOS decoded with
-        ``skip_special_tokens=True``, ``"<n>"`` replaced by ``"\\n"`` and stripped; the number of those tokens;
-        whether an EOS was found.
+        ``(text, kept, stopped)``: the text of the tokens before the first EOS decoded with
+        ``skip_special_tokens=True``, ``"<n>"`` replaced by ``"\\n"`` and stripped; those token ids; whether an EOS
+        was found.
     """
     ids = [int(t) for t in token_ids]
     eos = set(int(e) for e in eos_ids)
     cut = next((i for i, t in enumerate(ids) if t in eos), None)
     kept = ids if cut is None else ids[:cut]
     text = tokenizer.decode(kept, skip_special_tokens=True).replace("<n>", "\n").strip()
-    return text, len(kept), cut is not None
+    return text, kept, cut is not None
 
 
 def protocol_generation_config(
@@ -215,7 +217,7 @@ def generate_batch(
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     device = _model_device(model)
     texts: list[str] = [""] * len(prompts)
-    lengths = [0] * len(prompts)
+    kept: list[list[int]] = [[] for _ in prompts]
     stopped = [False] * len(prompts)
     seconds = 0.0
     rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
@@ -233,10 +235,10 @@ def generate_batch(
             seconds += time.perf_counter() - began
             generated = output[:, input_ids.shape[1] :].tolist()
             for row, ids in zip(rows, generated):
-                texts[row], lengths[row], stopped[row] = decode_response(ids, tokenizer, eos_ids)
+                texts[row], kept[row], stopped[row] = decode_response(ids, tokenizer, eos_ids)
             if on_batch is not None:
                 on_batch(len(rows))
-    return GenerationResult(texts, lengths, [len(e) for e in encoded], stopped, seconds)
+    return GenerationResult(texts, kept, [len(k) for k in kept], [len(e) for e in encoded], stopped, seconds)
 
 
 def generate_responses(

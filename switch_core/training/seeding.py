@@ -23,6 +23,7 @@ class Stream(IntEnum):
     REPLAY = 4
     CALIBRATION = 5
     DEV_SUBSET = 6
+    GLOBAL = 7
 
 
 def derive_seed(seed: int, stream: Stream, *keys: int) -> int:

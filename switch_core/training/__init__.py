@@ -1,0 +1,42 @@
+"""One training loop for SFT and every distillation method: a method is a batch source plus a per-token loss.
+
+- :mod:`.losses`: per-token CE / divergence mix (pure functions);
+- :mod:`.objective`: chunked full-vocabulary loss with global-token normalisation;
+- :mod:`.batches`, :mod:`.replay`, :mod:`.sources`: what each step trains on (ground truth, rollouts, replay,
+  GKD mix, DistiLLM's adaptive schedule);
+- :mod:`.optim`, :mod:`.state`, :mod:`.dev`, :mod:`.progress`, :mod:`.seeding`: AdamW + cosine, atomic resumable
+  state, dev metrics, console progress, derived random streams;
+- :mod:`.loop`: :func:`train`.
+"""
+from switch_core.training.batches import Sequence1D, TrainBatch, batch_from_examples, batch_from_sequences
+from switch_core.training.dev import DevData
+from switch_core.training.losses import LossSpec, token_losses
+from switch_core.training.loop import SUMMARY_FILE, TrainingSetupError, TrainJob, TrainResult, train
+from switch_core.training.objective import OutputHeadError, batch_loss
+from switch_core.training.replay import ReplayBuffer
+from switch_core.training.sources import Action, BatchSource, MethodSetupError, choose_action, rollout_settings
+from switch_core.training.state import StateError
+
+__all__ = [
+    "SUMMARY_FILE",
+    "Action",
+    "BatchSource",
+    "DevData",
+    "LossSpec",
+    "MethodSetupError",
+    "OutputHeadError",
+    "ReplayBuffer",
+    "Sequence1D",
+    "StateError",
+    "TrainBatch",
+    "TrainJob",
+    "TrainResult",
+    "TrainingSetupError",
+    "batch_from_examples",
+    "batch_from_sequences",
+    "batch_loss",
+    "choose_action",
+    "rollout_settings",
+    "token_losses",
+    "train",
+]

@@ -1,0 +1,439 @@
+"""The one training loop of switch-kd: SFT and every distillation method (a batch source + a per-token loss).
+
+Per optimizer step (global batch ``optim.batch_size`` sequences, ``batch_size / num_processes`` per process):
+
+1. the step's examples come from a seeded per-epoch permutation of the training examples;
+2. the method's :class:`~switch_core.training.sources.BatchSource` turns this process's share into the batch to
+   train on (ground truth, fresh rollout, replay buffer, GKD mix or DistiLLM's adaptive schedule);
+3. the response tokens of the *global* batch are counted (all-reduce), every micro-batch of
+   ``optim.micro_batch_size`` sequences back-propagates ``sum(per-token loss) / N_global``
+   (:func:`~switch_core.training.objective.batch_loss`), gradients are summed over processes (all-reduce), clipped
+   to ``optim.grad_clip``, and AdamW takes one step on the cosine schedule. The gradient is therefore that of the
+   token mean over the global batch, identical for any micro-batch split and process count (landscape.md pain
+   points 8, 29). Gradients are reduced explicitly rather than by DDP hooks, because the chunked loss runs several
+   backward calls per micro-batch;
+4. dev evaluation after every epoch, every ``optim.eval_every`` steps and at the last step (plus once before
+   training, which DistiLLM's adaptive schedule needs); the best checkpoint by ``select_by`` is written to the output
+   folder (``save_pretrained``, atomically);
+5. a resumable state after every epoch, every ``optim.save_every`` steps and at the end (:mod:`.state`).
+
+Every random choice derives from ``optim.seed`` (:mod:`.seeding`) or the saved RNG state, so ``resume`` reaches the
+weights of an uninterrupted run. The teacher is frozen: eval mode, ``requires_grad=False``, used under ``no_grad``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from accelerate import Accelerator
+from transformers import PreTrainedModel
+
+from switch_core.atomic import atomic_write_json
+from switch_core.config import EvalConfig, MethodConfig, OptimConfig, RolloutConfig
+from switch_core.data.tokenize import TrainExample, left_pad
+from switch_core.evaluation.generate import eos_token_ids
+from switch_core.models.checkpoint import save_pretrained_atomic
+from switch_core.rollout import calibrate_tau0
+from switch_core.tracking import NullTracker, Tracker
+from switch_core.training import seeding
+from switch_core.training.batches import batch_from_examples
+from switch_core.training.dev import DevData, dev_losses, dev_rouge_l
+from switch_core.training.losses import LossSpec
+from switch_core.training.objective import batch_loss, check_output_head
+from switch_core.training.optim import build_optimizer, build_scheduler
+from switch_core.training.progress import Progress
+from switch_core.training.sources import BatchSource, rollout_settings
+from switch_core.training.state import Resumable, clear_state, load_state, save_state
+
+SUMMARY_FILE = "train_summary.json"
+
+
+class TrainingSetupError(ValueError):
+    """The run cannot start: batch sizes that do not divide, too little data, a missing teacher..."""
+
+
+@dataclass
+class TrainJob:
+    """Everything one training run needs (the command modules build it from the configuration).
+
+    Attributes:
+        name: run name (``teacher``, ``student-sft`` or a ``runs`` key); tags progress lines and metrics.
+        student: the model to train (its weights are updated in place).
+        tokenizer: the shared tokenizer (saved with the checkpoint; pad/eos ids).
+        train: tokenised training examples (ground truth, or the SeqKD data).
+        dev: dev examples and the ROUGE-L subset.
+        optim: optimisation settings.
+        method: batch source and loss.
+        output_dir: where the best checkpoint and ``train_summary.json`` go (``models/<name>``).
+        state_dir: resumable state (``state/<name>``).
+        select_by: best-checkpoint criterion, ``rouge_l`` (higher is better) or ``loss`` (``dev/loss``, lower).
+        teacher: the frozen teacher, or None when the method needs none.
+        rollout: rollout engine settings (methods with rollouts).
+        generation: decoding settings of the dev ROUGE-L generations (the evaluation protocol's).
+        max_prompt_length: prompt truncation for dev generations.
+        resume: continue from ``state_dir`` when it holds a state (else start fresh).
+    """
+
+    name: str
+    student: PreTrainedModel
+    tokenizer: Any
+    train: list[TrainExample]
+    dev: DevData
+    optim: OptimConfig
+    method: MethodConfig
+    output_dir: Path
+    state_dir: Path
+    select_by: Literal["rouge_l", "loss"]
+    teacher: PreTrainedModel | None = None
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    generation: EvalConfig = field(default_factory=EvalConfig)
+    max_prompt_length: int = 256
+    resume: bool = False
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train` (also written as ``train_summary.json`` in the output folder)."""
+
+    name: str
+    steps: int
+    best_step: int
+    best_metrics: dict[str, float]
+    final_metrics: dict[str, float]
+    wall_seconds: float
+    tau0: float | None
+    output_dir: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "run": self.name, "steps": self.steps, "best_step": self.best_step, "best": self.best_metrics,
+            "final": self.final_metrics, "wall_seconds": round(self.wall_seconds, 3), "tau0": self.tau0,
+        }
+
+
+def _layout(optim: OptimConfig, world: int, n_train: int) -> tuple[int, int]:
+    """``(sequences per process per step, steps per epoch)``."""
+    if optim.batch_size % world:
+        raise TrainingSetupError(f"optim.batch_size={optim.batch_size} must be divisible by the {world} processes")
+    local = optim.batch_size // world
+    steps_per_epoch = n_train // optim.batch_size
+    if steps_per_epoch == 0:
+        raise TrainingSetupError(
+            f"{n_train} training examples are fewer than one batch (optim.batch_size={optim.batch_size})"
+        )
+    return local, steps_per_epoch
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    return torch.randperm(n, generator=seeding.generator(seed, seeding.Stream.DATA_ORDER, epoch)).tolist()
+
+
+def _all_reduce_gradients(params: Sequence[torch.nn.Parameter], accelerator: Accelerator) -> None:
+    """Sum gradients over processes in one flat buffer (missing gradients count as zeros)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="sum")
+    offset = 0
+    for p in params:
+        p.grad = flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+
+
+def _is_better(select_by: str, value: float, best: float | None) -> bool:
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value > best if select_by == "rouge_l" else value < best
+
+
+class _Run:
+    """State and steps of one :func:`train` call (kept small: each method is one job)."""
+
+    def __init__(self, job: TrainJob, accelerator: Accelerator, tracker: Tracker) -> None:
+        self.job, self.acc, self.tracker = job, accelerator, tracker
+        self.optim = job.optim
+        self.local_size, self.steps_per_epoch = _layout(job.optim, accelerator.num_processes, len(job.train))
+        self.total_steps = job.optim.max_steps or job.optim.epochs * self.steps_per_epoch
+        self.spec = LossSpec.from_method(job.method)
+        self.pad_id = job.tokenizer.pad_token_id if job.tokenizer.pad_token_id is not None else job.tokenizer.eos_token_id
+        self.uses_rollouts = job.method.data in ("rollout", "mixed", "adaptive")
+        if (self.spec.needs_teacher or self.uses_rollouts) and job.teacher is None:
+            raise TrainingSetupError(f"run {job.name!r}: method needs the teacher, but none was given")
+        self.student = job.student.to(accelerator.device)
+        self.teacher = job.teacher
+        if self.teacher is not None:
+            self.teacher = self.teacher.to(accelerator.device).eval().requires_grad_(False)
+        if job.optim.gradient_checkpointing:
+            self.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        probe = batch_from_examples(job.dev.examples[:1], self.pad_id).to(accelerator.device)
+        check_output_head(self.student, probe)
+        if self.teacher is not None and self.spec.needs_teacher:
+            check_output_head(self.teacher, probe, atol=1e-3)
+        self.params = [p for p in self.student.parameters() if p.requires_grad]
+        self.optimizer = accelerator.prepare_optimizer(build_optimizer(self.student, job.optim))
+        self.scheduler = build_scheduler(self.optimizer, job.optim, self.total_steps)
+        self.tau0: float | None = job.rollout.tau0
+        self.step = 0
+        self.best_step, self.best_value, self.best_metrics = -1, None, {}
+        self.last_metrics: dict[str, float] = {}
+        self.elapsed_before = 0.0  # wall seconds of earlier (killed) processes of this run
+        self.started = time.perf_counter()
+        self.source: BatchSource | None = None
+        self.rouge_seed = seeding.derive_seed(job.optim.seed, seeding.Stream.DEV_SUBSET) % 2**31
+        self.progress: Progress | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Settings a resumed run must share with the saved one."""
+        data = {
+            "optim": self.optim.model_dump(exclude={"log_every"}), "method": self.job.method.model_dump(),
+            "rollout": self.job.rollout.model_dump() if self.uses_rollouts else None, "train": len(self.job.train),
+            "select_by": self.job.select_by,
+        }
+        return json.loads(json.dumps(data))
+
+    def calibrate(self) -> None:
+        """τ0 for a target teacher share, once at the start (student at its init checkpoint, train prompts)."""
+        strategy = self.job.method.rollout_strategy or self.job.rollout.strategy
+        if not self.uses_rollouts or strategy != "switch" or self.tau0 is not None:
+            return
+        cfg = self.job.rollout
+        result: list[Any] = [None]
+        if self.acc.is_main_process:
+            settings = rollout_settings(
+                cfg, self.job.method, tau0=None, pad_token_id=self.pad_id, stop_token_ids=self.stop_ids()
+            )
+            prompts = [e.prompt_ids for e in self.job.train[: cfg.calibration_prompts]]
+            batches = [left_pad(prompts[i : i + cfg.batch_size], self.pad_id) for i in range(0, len(prompts), cfg.batch_size)]
+            seed = seeding.derive_seed(self.optim.seed, seeding.Stream.CALIBRATION) % 2**31
+            result = [calibrate_tau0(
+                self.student, self.teacher, batches, settings, target_share=cfg.target_teacher_share, seed=seed
+            )]
+        if self.acc.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(result, from_process=0)
+        self.tau0 = float(result[0].tau0)
+        if self.acc.is_main_process:
+            self.tracker.log_params({"rollout.tau0_calibrated": self.tau0})
+            self.tracker.log_metrics(
+                {"calibration/tau0": self.tau0, "calibration/teacher_share": result[0].achieved_share}, step=0
+            )
+            self._say(f"calibrated tau0 = {self.tau0:.4f} (teacher share {result[0].achieved_share:.3f}, "
+                      f"target {result[0].target_share:.2f})")
+
+    def stop_ids(self) -> list[int]:
+        return eos_token_ids(self.student, self.job.tokenizer)
+
+    def build_source(self) -> None:
+        settings = None
+        if self.uses_rollouts:
+            settings = rollout_settings(
+                self.job.rollout, self.job.method, tau0=self.tau0, pad_token_id=self.pad_id,
+                stop_token_ids=self.stop_ids(),
+            )
+        self.source = BatchSource(
+            self.job.method, student=self.student, teacher=self.teacher, settings=settings, pad_token_id=self.pad_id,
+            seed=self.optim.seed, total_steps=self.total_steps, rollout_batch_size=self.job.rollout.batch_size,
+            keep_teacher_logits=self.job.method.reuse_rollout_teacher_logits and self.spec.needs_teacher,
+            rank=self.acc.process_index,
+        )
+
+    # ------------------------------------------------------------------ state
+
+    def objects(self) -> Resumable:
+        return Resumable(self.student, self.optimizer, self.scheduler)
+
+    def trainer_state(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint(), "best_step": self.best_step, "best_value": self.best_value,
+            "best_metrics": self.best_metrics, "last_metrics": self.last_metrics, "tau0": self.tau0,
+            "elapsed": self.wall_seconds(),
+        }
+
+    def wall_seconds(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def restore(self) -> bool:
+        loaded = load_state(self.job.state_dir, self.objects(), self.acc, self.fingerprint())
+        if loaded is None:
+            return False
+        trainer, rank_state = loaded
+        self.step, self.tau0, self.elapsed_before = int(trainer["step"]), trainer["tau0"], float(trainer["elapsed"])
+        self.best_step, self.best_value = int(trainer["best_step"]), trainer["best_value"]
+        self.best_metrics, self.last_metrics = trainer["best_metrics"], trainer["last_metrics"]
+        self.build_source()
+        self.source.load_state_dict(rank_state["source"])
+        return True
+
+    def save(self) -> None:
+        save_state(
+            self.job.state_dir, self.step, self.objects(), self.trainer_state(), {"source": self.source.state_dict()},
+            self.acc,
+        )
+
+    # ------------------------------------------------------------------ steps
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step; returns the step's metrics (global over processes)."""
+        began = time.perf_counter()
+        epoch, position = divmod(self.step, self.steps_per_epoch)
+        order = _epoch_order(len(self.job.train), self.optim.seed, epoch)
+        start = position * self.optim.batch_size + self.acc.process_index * self.local_size
+        examples = [self.job.train[i] for i in order[start : start + self.local_size]]
+        out = self.source.next(self.step, examples, offset=start - position * self.optim.batch_size)
+        batch = out.batch.to(self.acc.device)
+        counts = torch.tensor(
+            [batch.num_loss_tokens, int(batch.attention_mask.sum())], dtype=torch.float64, device=self.acc.device
+        )
+        counts = self.acc.reduce(counts, reduction="sum")
+        self.student.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.acc.device)
+        for micro in batch.micro_batches(self.optim.micro_batch_size):
+            loss_sum += batch_loss(
+                self.student, self.teacher, micro, self.spec, chunk_tokens=self.optim.loss_chunk_tokens,
+                scale=1.0 / float(counts[0]), backward=self.acc.backward, autocast=self.acc.autocast,
+            ).double()
+        if self.acc.num_processes > 1:
+            _all_reduce_gradients(self.params, self.acc)
+        grad_norm = self.acc.clip_grad_norm_(self.params, self.optim.grad_clip)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        stats = torch.tensor(
+            [float(loss_sum)] + [out.stats.get(k, 0.0) for k in ("rollout_tokens", "teacher_tokens", "rollout_seconds")],
+            dtype=torch.float64, device=self.acc.device,
+        )
+        stats = self.acc.reduce(stats, reduction="sum")
+        seconds = time.perf_counter() - began
+        metrics = {
+            "train/loss": float(stats[0] / counts[0]), "train/lr": lr, "train/grad_norm": float(grad_norm),
+            "train/response_tokens": float(counts[0]), "train/tokens_per_second": float(counts[1]) / seconds,
+            "train/step_seconds": seconds, "train/epoch": self.step / self.steps_per_epoch,
+            f"source/{out.action.value}": 1.0,
+        }
+        if self.uses_rollouts:
+            metrics["train/phi"] = self.source.phi
+        if stats[1] > 0:
+            if self.source.settings.strategy != "student":
+                metrics["rollout/teacher_share"] = float(stats[2] / stats[1])
+            metrics["rollout/mean_length"] = float(stats[1]) / self.optim.batch_size
+            metrics["rollout/seconds"] = float(stats[3]) / self.acc.num_processes
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        """Dev metrics of the current student; updates the best checkpoint and DistiLLM's φ."""
+        self.student.eval()
+        job = self.job
+        metrics = dev_losses(
+            self.student, self.teacher, job.dev.examples, self.spec, accelerator=self.acc,
+            batch_size=self.optim.micro_batch_size, chunk_tokens=self.optim.loss_chunk_tokens, pad_token_id=self.pad_id,
+        )
+        metrics["dev/rouge_l"] = dev_rouge_l(
+            self.student, job.tokenizer, job.dev, job.generation, accelerator=self.acc,
+            max_prompt_length=job.max_prompt_length, seed=self.rouge_seed,
+        )
+        self.student.train()
+        self.source.after_evaluation(metrics["dev/ce"])
+        value = metrics["dev/rouge_l" if job.select_by == "rouge_l" else "dev/loss"]
+        if self.step > 0 and _is_better(job.select_by, value, self.best_value):
+            self.best_step, self.best_value, self.best_metrics = self.step, value, dict(metrics)
+            if self.acc.is_main_process:
+                save_pretrained_atomic(self.student, job.tokenizer, job.output_dir)
+            self.acc.wait_for_everyone()
+        self.last_metrics = dict(metrics)
+        if self.acc.is_main_process:
+            self.tracker.log_metrics(metrics, step=self.step)
+            shown = ", ".join(f"{k.removeprefix('dev/')} {v:.4f}" for k, v in metrics.items())
+            mark = " (best)" if self.best_step == self.step else ""
+            self._say(f"dev @ step {self.step}: {shown}{mark}")
+        return metrics
+
+    def _say(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.message(text)
+        elif self.acc.is_main_process:
+            print(f"[{self.job.name}] {text}", flush=True)
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> TrainResult:
+        job = self.job
+        resumed = job.resume and self.restore()
+        if not resumed:
+            clear_state(job.state_dir, self.acc)
+            torch.manual_seed(seeding.derive_seed(self.optim.seed, seeding.Stream.GLOBAL, self.acc.process_index))
+            self.calibrate()
+            self.build_source()
+            self.evaluate()
+        elif self.acc.is_main_process:
+            print(f"[{job.name}] resuming at step {self.step}/{self.total_steps}", flush=True)
+        if self.acc.is_main_process:
+            self.progress = Progress(job.name, self.total_steps, self.step, self.optim.log_every)
+        window: list[dict[str, float]] = []
+        while self.step < self.total_steps:
+            metrics = self.train_step()
+            window.append(metrics)
+            if self.progress is not None:
+                self.progress.update(
+                    self.step, metrics["train/loss"], metrics["train/tokens_per_second"],
+                    metrics.get("rollout/teacher_share"),
+                )
+            if self.acc.is_main_process and (self.step % self.optim.log_every == 0 or self.step == self.total_steps):
+                self.tracker.log_metrics(_mean_metrics(window), step=self.step)
+                window = []
+            last = self.step == self.total_steps
+            epoch_end = self.step % self.steps_per_epoch == 0
+            if epoch_end or last or (self.optim.eval_every and self.step % self.optim.eval_every == 0):
+                self.evaluate()
+            if epoch_end or last or (self.optim.save_every and self.step % self.optim.save_every == 0):
+                self.save()
+        if self.progress is not None:
+            self.progress.close()
+        result = TrainResult(
+            job.name, self.step, self.best_step, self.best_metrics, self.last_metrics, self.wall_seconds(), self.tau0,
+            job.output_dir,
+        )
+        if self.acc.is_main_process:
+            atomic_write_json(job.output_dir / SUMMARY_FILE, result.to_dict())
+            self.tracker.log_artifact(job.output_dir)
+        self.acc.wait_for_everyone()
+        return result
+
+
+def _mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each metric over the steps of a logging window (source/* become the fraction of steps)."""
+    keys = {k for m in window for k in m}
+    return {k: sum(m.get(k, 0.0) for m in window) / len(window) for k in sorted(keys)}
+
+
+def train(job: TrainJob, *, accelerator: Accelerator | None = None, tracker: Tracker | None = None) -> TrainResult:
+    """Train ``job.student`` with ``job.method`` (module docstring); write the best checkpoint and a summary.
+
+    Args:
+        job: the run.
+        accelerator: device / process placement and mixed precision; default ``Accelerator(mixed_precision=
+            job.optim.mixed_precision)``.
+        tracker: where metrics go (main process only); default :class:`~switch_core.tracking.NullTracker`.
+
+    Returns:
+        The :class:`TrainResult`; ``job.output_dir`` holds the best checkpoint (loadable with
+        ``AutoModelForCausalLM.from_pretrained``) and ``train_summary.json``.
+
+    Raises:
+        TrainingSetupError: batch sizes, data size or a missing teacher.
+        switch_core.training.objective.OutputHeadError: an architecture whose logits the chunked loss cannot rebuild.
+        switch_core.training.state.StateError: ``resume`` with an incompatible saved state.
+    """
+    accelerator = accelerator or Accelerator(mixed_precision=job.optim.mixed_precision)
+    return _Run(job, accelerator, tracker or NullTracker()).run()

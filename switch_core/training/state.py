@@ -1,0 +1,169 @@
+"""Resumable training state, written atomically: ``state/<run-name>/step-XXXXXXXX/`` plus a ``latest`` pointer.
+
+A state folder holds everything an uninterrupted run would still have in memory after that step::
+
+    model.pt        student weights (state_dict)
+    optimizer.pt    AdamW moments (identical on every process: gradients are all-reduced before the update)
+    scheduler.pt    learning-rate scheduler
+    trainer.json    step, best checkpoint so far, last dev metrics, calibrated tau0, elapsed time, run fingerprint
+    rank-<r>.pt     per process: torch RNG states, the batch source (DistiLLM φ, replay buffer)
+
+Writing: the folder is filled under a hidden temporary name, renamed, and only then does ``latest`` (a one-line
+text file, replaced atomically) point at it; older step folders are removed afterwards. A run killed at any moment
+leaves ``latest`` naming a complete folder.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from switch_core.atomic import atomic_write_json, atomic_write_text
+
+LATEST = "latest"
+
+
+class StateError(ValueError):
+    """A saved training state that cannot be resumed (missing files, another configuration or process count)."""
+
+
+@dataclass
+class Resumable:
+    """The objects whose state is saved (the model, optimizer and scheduler are shared by all processes)."""
+
+    model: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
+
+
+def _folder_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def latest_state(state_dir: Path) -> Path | None:
+    """The folder ``latest`` points at, or None when there is no saved state.
+
+    Raises:
+        StateError: ``latest`` names a folder that does not exist.
+    """
+    pointer = state_dir / LATEST
+    if not pointer.is_file():
+        return None
+    folder = state_dir / pointer.read_text(encoding="utf-8").strip()
+    if not folder.is_dir():
+        raise StateError(f"{pointer} names {folder.name!r}, which does not exist; remove {state_dir} to start over")
+    return folder
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_state(
+    state_dir: Path,
+    step: int,
+    objects: Resumable,
+    trainer: dict[str, Any],
+    rank_state: dict[str, Any],
+    accelerator: Accelerator,
+) -> Path:
+    """Save the state after optimizer step ``step`` (collective: every process calls it).
+
+    Args:
+        state_dir: ``state/<run-name>``.
+        step: optimizer steps done.
+        objects: model, optimizer, scheduler (saved by the main process).
+        trainer: JSON-serialisable loop state (saved by the main process).
+        rank_state: this process's picklable state (tensors, dicts, lists, numbers); RNG states are added here.
+        accelerator: for the process index and barriers.
+
+    Returns:
+        The new state folder.
+    """
+    final = state_dir / _folder_name(step)
+    tmp = state_dir / f".{final.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save({**rank_state, "rng": _rng_state()}, tmp / f"rank-{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        torch.save(objects.model.state_dict(), tmp / "model.pt")
+        torch.save(objects.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(objects.scheduler.state_dict(), tmp / "scheduler.pt")
+        atomic_write_json(tmp / "trainer.json", {**trainer, "step": step, "world_size": accelerator.num_processes})
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        atomic_write_text(state_dir / LATEST, final.name + "\n")
+        for old in state_dir.glob("step-*"):
+            if old.name != final.name:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_state(
+    state_dir: Path, objects: Resumable, accelerator: Accelerator, fingerprint: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Load the latest state into ``objects`` and restore this process's RNG states.
+
+    Args:
+        state_dir: ``state/<run-name>``.
+        objects: model, optimizer, scheduler to load into.
+        accelerator: for the process index and count.
+        fingerprint: the run's configuration fingerprint; must equal the saved one.
+
+    Returns:
+        ``(trainer, rank_state)`` dicts, or None when there is no saved state.
+
+    Raises:
+        StateError: another configuration or process count, or missing files.
+    """
+    folder = latest_state(state_dir)
+    if folder is None:
+        return None
+    trainer = json.loads((folder / "trainer.json").read_text(encoding="utf-8"))
+    if trainer["world_size"] != accelerator.num_processes:
+        raise StateError(
+            f"{folder} was saved by {trainer['world_size']} process(es), this run has {accelerator.num_processes}: "
+            "resume with the same process count (the replay buffers are per process)"
+        )
+    if trainer["fingerprint"] != fingerprint:
+        changed = sorted(k for k in fingerprint if trainer["fingerprint"].get(k) != fingerprint[k])
+        raise StateError(
+            f"{folder} belongs to a run with other settings (changed: {', '.join(changed) or 'keys'}); "
+            "run without --resume to start over"
+        )
+    rank_file = folder / f"rank-{accelerator.process_index}.pt"
+    if not rank_file.is_file():
+        raise StateError(f"{rank_file} is missing; remove {state_dir} to start over")
+    device = accelerator.device
+    objects.model.load_state_dict(torch.load(folder / "model.pt", map_location=device, weights_only=True))
+    objects.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
+    objects.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    rank_state = torch.load(rank_file, map_location="cpu", weights_only=True)
+    _set_rng_state(rank_state.pop("rng"))
+    return trainer, rank_state
+
+
+def clear_state(state_dir: Path, accelerator: Accelerator) -> None:
+    """Remove a previous run's state (main process), so a fresh run never mixes with it."""
+    if accelerator.is_main_process and state_dir.exists():
+        shutil.rmtree(state_dir)
+    accelerator.wait_for_everyone()

@@ -1,0 +1,72 @@
+"""The switch-kd command line: stage commands on the tiny preset, and clear errors for bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from switch_core.cli import main
+from switch_core.models.loading import load_causal_lm, load_tokenizer
+from switch_core.models.tiny import build_tokenizer, write_tiny_checkpoint
+
+
+def _stage(tmp_path, *argv: str) -> int:
+    return main([*argv, "--preset", "tiny", "--set", f"run_dir={tmp_path}"])
+
+
+def test_show_config_prints_one_key(capsys):
+    assert main(["show-config", "--params", "params.yaml", "--key", "rollout.decay"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == {"rollout.decay": 0.1}
+
+
+def test_config_typo_is_one_message_and_exit_2(capsys):
+    assert main(["show-config", "--set", "rollout.tua0=0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "configuration error" in err and "rollout.tua0" in err and "did you mean 'tau0'" in err
+    assert "Traceback" not in err
+
+
+def test_data_teacher_student_stages_on_tiny_preset(tmp_path):
+    assert _stage(tmp_path, "prepare-data") == 0
+    report = json.loads((tmp_path / "data" / "data_report.json").read_text())
+    assert report["splits"] == {"train": 80, "dev": 8, "test": 8}
+    assert _stage(tmp_path, "setup-teacher") == 0
+    assert _stage(tmp_path, "build-student") == 0
+    teacher = load_causal_lm(tmp_path / "models" / "teacher-base")
+    student = load_causal_lm(tmp_path / "models" / "student-init")
+    assert student.config.vocab_size == teacher.config.vocab_size
+    assert student.config.num_hidden_layers == 1 and teacher.config.num_hidden_layers == 2
+    assert load_tokenizer(tmp_path / "models" / "student-init").get_vocab() == load_tokenizer(
+        tmp_path / "models" / "teacher-base"
+    ).get_vocab()
+
+
+def test_student_with_another_vocabulary_is_refused(tmp_path, capsys):
+    assert _stage(tmp_path, "prepare-data") == 0
+    assert _stage(tmp_path, "setup-teacher") == 0
+    other = build_tokenizer(["a completely different corpus for another tokenizer"] * 4, vocab_size=300)
+    write_tiny_checkpoint(tmp_path / "other", "gpt2", other, hidden=32, layers=1, heads=2)
+    code = _stage(tmp_path, "build-student", "--set", "student.init=hf", "--set", f"student.name_or_path={tmp_path / 'other'}")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "config.vocab_size differs" in err and "384" in err
+    assert not (tmp_path / "models" / "student-init").exists()
+
+
+def test_malformed_training_file_names_file_line_and_field(tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
+    code = main(["prepare-data", "--set", f"run_dir={tmp_path}", "--set", "data.source=minillm",
+                 "--set", f"data.path={data}", "--set", "data.dev_size=1", "--set", "data.test_size=0"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(data) in err and "2" in err and "output" in err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["distill", "--help"]])
+def test_help_works(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    assert "usage" in capsys.readouterr().out
