@@ -19,7 +19,7 @@ CORPUS = [
     "### Instruction:\nsay hello\n\n### Response:\nhello there",
 ] * 10
 PROMPTS = ["the cat", "write a short answer to the question below please", "numbers one", "x", "### Response:\n"]
-SAMPLING = dict(max_prompt_length=64, temperature=1.0, top_k=0, top_p=1.0, no_repeat_ngram_size=6)
+SAMPLING = {"max_prompt_length": 64, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "no_repeat_ngram_size": 6}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_generation_leaves_the_callers_rng_untouched(model, tokenizer):
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
 def test_left_padded_batches_match_one_prompt_at_a_time(arch, tokenizer):
     model = tiny_causal_lm(arch, len(tokenizer), hidden=32, layers=2, heads=2, seed=3)
-    kwargs = dict(max_new_tokens=10, greedy=True, seed=0, **SAMPLING)
+    kwargs = {"max_new_tokens": 10, "greedy": True, "seed": 0, **SAMPLING}
     batched = generate_batch(model, tokenizer, PROMPTS, batch_size=len(PROMPTS), **kwargs)
     single = [generate_batch(model, tokenizer, [p], batch_size=1, **kwargs) for p in PROMPTS]
     assert batched.token_ids == [s.token_ids[0] for s in single]
@@ -102,7 +102,8 @@ def test_no_repeat_ngram_size_blocks_repeats_over_prompt_and_response(tokenizer)
     model = tiny_causal_lm("gpt2", len(tokenizer), hidden=32, layers=1, heads=2, seed=7)
     prompt = "the cat sat on the mat"
     prompt_ids = tokenizer.encode(prompt)
-    kwargs = dict(max_prompt_length=64, max_new_tokens=40, temperature=1.0, top_k=0, top_p=1.0, batch_size=1, seed=0)
+    kwargs = {"max_prompt_length": 64, "max_new_tokens": 40, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
+              "batch_size": 1, "seed": 0}
     free = generate_batch(model, tokenizer, [prompt], no_repeat_ngram_size=0, greedy=True, **kwargs)
     blocked = generate_batch(model, tokenizer, [prompt], no_repeat_ngram_size=2, greedy=True, **kwargs)
     # greedy decoding of a random model loops: without blocking bigrams repeat, with blocking never

@@ -127,10 +127,11 @@ def _download(spec: BenchmarkSpec) -> tuple[Path | None, str]:
         path = repo / spec.hub_file
         return (path, "") if path.is_file() else (None, f"{path} does not exist")
     from huggingface_hub import hf_hub_download  # only needed when the data is not local
+    from huggingface_hub.errors import EntryNotFoundError
 
     try:
         return Path(hf_hub_download(spec.hub_repo, spec.hub_file, repo_type="dataset")), ""
-    except Exception as err:  # offline mode, no network, no such repo/file: all mean "not found here"
+    except (OSError, ValueError, EntryNotFoundError) as err:  # offline, no network, no such repo or file
         return None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 

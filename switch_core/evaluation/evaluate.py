@@ -7,7 +7,7 @@ For each benchmark, ``{out_dir}/{benchmark}/`` receives
   ``prediction_length`` (response tokens before EOS), ``stopped`` (EOS produced), ``rouge_l`` and ``exact_match``
   (0–100);
 - ``metrics.json``: per-seed and aggregate values, the protocol, the model path and fingerprints (see
-  :func:`benchmark_metrics`). It is written last, so its presence marks a finished benchmark.
+  :func:`evaluate_benchmark`). It is written last, so its presence marks a finished benchmark.
 
 Metrics (method.md §5.5): ROUGE-L F-measure with stemming, max over references, ×100, averaged over examples; the mean
 and sample standard deviation over seeds. Also corpus BLEU (sacrebleu) and exact match, and ROUGE-L per
@@ -39,8 +39,10 @@ from switch_core.evaluation.metrics import (
     rouge_l,
 )
 
+
 class EvaluationError(ValueError):
     """Evaluation settings that cannot work (no seed, batch size or limit below 1)."""
+
 
 METRICS_FILE = "metrics.json"
 GENERATIONS_FILE = "generations.jsonl"
@@ -228,7 +230,7 @@ def aggregate_seeds(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for key in ("rouge_l", "bleu", "exact_match", "mean_prediction_length", "stopped_fraction"):
         mean, sd = mean_and_sd([s[key] for s in per_seed])
         aggregate[key] = {"mean": mean, "sd": sd}
-    labels = [label for label in per_seed[0]["by_length"]]
+    labels = list(per_seed[0]["by_length"])
     aggregate["by_length"] = {}
     for label in labels:
         mean, sd = mean_and_sd([s["by_length"][label]["rouge_l"] for s in per_seed])
@@ -395,7 +397,7 @@ def evaluate_benchmark(
             "seconds": seconds,
             "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
         },
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     out_dir = Path(out_dir)
     atomic_write_jsonl(out_dir / GENERATIONS_FILE, rows)

@@ -88,7 +88,7 @@ def decode_response(token_ids: Sequence[int], tokenizer: Any, eos_ids: Sequence[
         was found.
     """
     ids = [int(t) for t in token_ids]
-    eos = set(int(e) for e in eos_ids)
+    eos = {int(e) for e in eos_ids}
     cut = next((i for i, t in enumerate(ids) if t in eos), None)
     kept = ids if cut is None else ids[:cut]
     text = tokenizer.decode(kept, skip_special_tokens=True).replace("<n>", "\n").strip()
@@ -220,7 +220,7 @@ def generate_batch(
     kept: list[list[int]] = [[] for _ in prompts]
     stopped = [False] * len(prompts)
     seconds = 0.0
-    rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    rng_devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices), torch.no_grad(), _only_these_settings(model, config):
         torch.manual_seed(seed)
         for start in range(0, len(order), batch_size):

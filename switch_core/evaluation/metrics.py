@@ -10,6 +10,7 @@ item 1). Length buckets implement the response-length analysis of method.md §2.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import string
 from collections.abc import Sequence
@@ -135,7 +136,7 @@ def length_buckets(edges: Sequence[int] = DEFAULT_BUCKET_EDGES) -> tuple[LengthB
         MetricInputError: an edge is negative or the edges are not strictly increasing.
     """
     edges = [int(e) for e in edges]
-    if any(e < 0 for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+    if any(e < 0 for e in edges) or any(b <= a for a, b in itertools.pairwise(edges)):
         raise MetricInputError(f"length bucket edges must be strictly increasing and >= 0, got {edges}")
     lows = [0] + [e + 1 for e in edges]
     highs: list[int | None] = [*edges, None]

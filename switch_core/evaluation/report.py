@@ -232,7 +232,8 @@ def _run_name(path: Path) -> str:
 
 
 def find_files(patterns: Sequence[str], base: str | Path | None) -> list[Path]:
-    """Files matching glob patterns (absolute, or relative to ``base``); a plain existing path matches itself.
+    """Files matching glob patterns: absolute ones as they are, relative ones under ``base`` (skipped when ``base`` is
+    None); an existing file path matches itself.
 
     Returns:
         Sorted unique paths (empty when nothing matches).
@@ -242,14 +243,10 @@ def find_files(patterns: Sequence[str], base: str | Path | None) -> list[Path]:
         p = Path(pattern).expanduser()
         if p.is_file():
             found.add(p)
-            continue
-        if p.is_absolute():
-            anchor, rel = Path(p.anchor), str(p.relative_to(p.anchor))
+        elif p.is_absolute():
+            found.update(f for f in Path(p.anchor).glob(str(p.relative_to(p.anchor))) if f.is_file())
         elif base is not None:
-            anchor, rel = Path(base), pattern
-        else:
-            anchor, rel = Path.cwd(), pattern
-        found.update(f for f in anchor.glob(rel) if f.is_file())
+            found.update(f for f in Path(base).glob(pattern) if f.is_file())
     return sorted(found)
 
 
@@ -435,44 +432,39 @@ def build_report(
     atomic_write_text(long_path, metrics.drop(columns=["by_length"]).to_csv(index=False, float_format="%.4f"))
     plots = [plot_rouge_by_length(metrics, out / "rouge_by_length.png")]
 
-    can_search = runs_dir is not None
-    log_files = find_files(train_logs, runs_dir) if (can_search or _any_explicit(train_logs)) else []
-    trace_files = find_files(traces, runs_dir) if (can_search or _any_explicit(traces)) else []
-    md = [f"# {title}", "", f"Evaluations: `{Path(evals_dir)}`.", ""]
-    md += [
+    log_files, trace_files = find_files(train_logs, runs_dir), find_files(traces, runs_dir)
+    where = f" under `{runs_dir}`" if runs_dir else ""
+    md = [
+        f"# {title}", "", f"Evaluations: `{Path(evals_dir)}`.", "",
         "## ROUGE-L (mean ± sd over seeds)", "",
-        "ROUGE-L F-measure with stemming, max over references, ×100, averaged over examples; mean and sample sd "
-        "over generation seeds (method.md §5.5). `average` = mean of the benchmark means, shown only for models "
-        "evaluated on every benchmark. `n` = examples evaluated; `limit` marks a seeded subsample (a quick run, "
-        "not comparable to full-set numbers).", "",
-        markdown_table(metrics), "",
+        (
+            "ROUGE-L F-measure with stemming, max over references, ×100, averaged over examples; mean and sample sd "
+            "over generation seeds (method.md §5.5). `average` = mean of the benchmark means, shown only for models "
+            "evaluated on every benchmark. `n` = examples evaluated; `limit` marks a seeded subsample (a quick run, "
+            "not comparable to full-set numbers)."
+        ),
+        "", markdown_table(metrics), "",
         "BLEU (sacrebleu corpus) and exact match are in `results_long.csv`.", "",
         "Settings per model:", "", settings_table(metrics), "",
         "## ROUGE-L by reference length", "",
         "Reference length = tokens of the first reference under each evaluated model's tokenizer.", "",
         "![ROUGE-L by reference length](rouge_by_length.png)", "",
+        "## Teacher share by response position (SWITCH rollouts)", "",
     ]
     if trace_files:
         frames = {name: teacher_share_by_position(path) for name, path in _names(trace_files).items()}
         plots.append(plot_teacher_share(frames, out / "teacher_share_by_position.png"))
-        md += ["## Teacher share by response position (SWITCH rollouts)", "",
-               "Sources: " + ", ".join(f"`{p}`" for p in trace_files), "",
+        md += ["Sources: " + ", ".join(f"`{p}`" for p in trace_files), "",
                "![teacher share by position](teacher_share_by_position.png)", ""]
     else:
-        md += ["## Teacher share by response position", "", f"No rollout traces matched {list(traces)}"
-               + (f" under `{runs_dir}`" if runs_dir else "") + ".", ""]
+        md += [f"No rollout traces matched {list(traces)}{where}.", ""]
+    md += ["## Training curves", ""]
     if log_files:
-        logs = {name: read_training_log(path) for name, path in _names(log_files).items()}
-        curves = plot_training_curves(logs, out)
+        curves = plot_training_curves({name: read_training_log(p) for name, p in _names(log_files).items()}, out)
         plots += list(curves.values())
-        md += ["## Training curves", "", "Sources: " + ", ".join(f"`{p}`" for p in log_files), ""]
+        md += ["Sources: " + ", ".join(f"`{p}`" for p in log_files), ""]
         md += [f"![{metric}]({path.name})" for metric, path in curves.items()] + [""]
     else:
-        md += ["## Training curves", "", f"No training logs matched {list(train_logs)}"
-               + (f" under `{runs_dir}`" if runs_dir else "") + ".", ""]
+        md += [f"No training logs matched {list(train_logs)}{where}.", ""]
     md_path = atomic_write_text(out / "report.md", "\n".join(md))
     return ReportResult(md_path, csv_path, long_path, plots, log_files, trace_files)
-
-
-def _any_explicit(patterns: Sequence[str]) -> bool:
-    return any(Path(p).expanduser().is_absolute() or Path(p).is_file() for p in patterns)

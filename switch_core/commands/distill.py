@@ -1,0 +1,73 @@
+"""Run one distillation run: ``switch-kd distill --run NAME`` (NAME a key of ``runs`` in params.yaml).
+
+A run is a method (``runs.NAME.method``: kd, seqkd, imitkd, gkd, distillm, switch, sft), the checkpoint it starts from
+(``runs.NAME.init_from``: student-init, student-sft, or another run, which chains stages, e.g. SFT warm-up -> SWITCH
+with a high τ0 -> SWITCH with a lower τ0) and dotted config overrides for this run only (``runs.NAME.overrides``).
+It trains with ``optim`` and writes the checkpoint with the best dev ROUGE-L to ``models/NAME`` with
+``train_summary.json``; its resumable state goes to ``state/NAME`` (``--resume`` continues a killed run).
+``--method NAME`` is accepted for ``--run NAME``. Run under ``accelerate launch`` for several processes.
+"""
+from __future__ import annotations
+
+import argparse
+
+from switch_core.config import Config, flatten
+from switch_core.layout import RunLayout
+from switch_core.tracking import Tracker
+from switch_core.training.loop import TrainResult, train
+from switch_core.training.run_setup import (
+    build_job,
+    is_main_process,
+    needs_teacher,
+    require,
+    resolve_select_by,
+    stage_tracker,
+)
+
+BASE_CHECKPOINTS = {"student-init": "build-student", "student-sft": "sft --role student"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="a key of `runs` in the params file")
+    which.add_argument("--method", help="same as --run (the default runs are named after their method)")
+    parser.add_argument("--resume", action="store_true", help="continue from the saved training state, if any")
+
+
+def distill(
+    config: Config, layout: RunLayout, run_name: str, *, resume: bool = False, tracker: Tracker | None = None
+) -> TrainResult:
+    """Train the distillation run ``run_name`` (module docstring) and return its result.
+
+    Raises:
+        ConfigError: unknown run, or its overrides do not validate.
+        switch_core.training.run_setup.StageInputError: the start checkpoint, the teacher, the data splits or the
+            SeqKD data are missing (the message names the command that produces them).
+    """
+    cfg = config.run_config(run_name)
+    run = cfg.runs[run_name]
+    method = cfg.method_config(run_name)
+    producer = BASE_CHECKPOINTS.get(run.init_from, f"distill --run {run.init_from}")
+    train_file = layout.seqkd_data if method.data == "seqkd" else layout.split("train")
+    job = build_job(
+        cfg, layout, name=run_name, init_dir=require(layout.model(run.init_from), producer), method=method,
+        optim=cfg.optim, select_by=resolve_select_by(cfg.optim, "rouge_l"),
+        train_file=require(train_file, "seqkd-data" if method.data == "seqkd" else "prepare-data"), resume=resume,
+        with_teacher=needs_teacher(method),
+    )
+    tracker = stage_tracker(cfg, layout, run_name, tracker)
+    tracker.set_tags({"stage": "distill", "run": run_name, "method": run.method, "init_from": run.init_from})
+    tracker.log_params(flatten(cfg.model_dump(exclude={"runs", "methods"})) | {
+        **{f"method.{k}": v for k, v in method.model_dump().items()}, "method": run.method, "init_from": run.init_from,
+    })
+    return train(job, tracker=tracker)
+
+
+def run(args: argparse.Namespace) -> int:
+    name = args.run or args.method
+    layout = RunLayout.from_config(args.config, args.project_root)
+    result = distill(args.config, layout, name, resume=args.resume)
+    best = ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
+    if is_main_process():
+        print(f"distill {name}: best at step {result.best_step}/{result.steps} ({best}) -> {result.output_dir}")
+    return 0

@@ -1,0 +1,64 @@
+"""Supervised fine-tuning: the teacher (models/teacher-base -> models/teacher) or the student's warm-up
+(models/student-init -> models/student-sft), cross-entropy on the ground-truth responses (method.md §6.1).
+
+``--role teacher`` uses ``teacher_optim`` and keeps the checkpoint with the best dev ROUGE-L; ``--role student`` uses
+``warmup_optim`` and keeps the one with the lowest dev loss (DistiLLM "init" scripts, method.md §1.2, §5.6).
+``optim.select_by`` (of the section used) overrides the criterion. Run under ``accelerate launch`` for several
+processes; ``--resume`` continues a killed run from ``state/<teacher|student-sft>``.
+"""
+from __future__ import annotations
+
+import argparse
+
+from switch_core.config import Config, MethodConfig, flatten
+from switch_core.layout import RunLayout
+from switch_core.tracking import Tracker
+from switch_core.training.loop import TrainResult, train
+from switch_core.training.run_setup import build_job, is_main_process, require, resolve_select_by, stage_tracker
+
+SFT_METHOD = MethodConfig(loss="ce", kd_ratio=0.0)
+"""Plain cross-entropy on the ground-truth responses."""
+
+ROLES = {
+    # role: (input checkpoint, its producer, output name, optimiser section, default selection)
+    "teacher": ("teacher-base", "setup-teacher", "teacher", "teacher_optim", "rouge_l"),
+    "student": ("student-init", "build-student", "student-sft", "warmup_optim", "loss"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--role", required=True, choices=sorted(ROLES), help="fine-tune the teacher or warm up the student")
+    parser.add_argument("--resume", action="store_true", help="continue from the saved training state, if any")
+
+
+def sft(
+    config: Config, layout: RunLayout, role: str, *, resume: bool = False, tracker: Tracker | None = None
+) -> TrainResult:
+    """Run the SFT stage of ``role`` (``teacher`` or ``student``); return the training result.
+
+    Raises:
+        ValueError: unknown role.
+        switch_core.training.run_setup.StageInputError: the input checkpoint or the data splits are missing.
+    """
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; use one of {', '.join(sorted(ROLES))}")
+    source, producer, name, section, default_select = ROLES[role]
+    optim = getattr(config, section)
+    job = build_job(
+        config, layout, name=name, init_dir=require(layout.model(source), producer), method=SFT_METHOD, optim=optim,
+        select_by=resolve_select_by(optim, default_select),
+        train_file=require(layout.split("train"), "prepare-data"), resume=resume, with_teacher=False,
+    )
+    tracker = stage_tracker(config, layout, name, tracker)
+    tracker.set_tags({"stage": f"sft-{role}", "run": name, "method": "sft"})
+    tracker.log_params({f"optim.{k}": v for k, v in flatten(optim.model_dump()).items()} | {"init_from": source})
+    return train(job, tracker=tracker)
+
+
+def run(args: argparse.Namespace) -> int:
+    layout = RunLayout.from_config(args.config, args.project_root)
+    result = sft(args.config, layout, args.role, resume=args.resume)
+    best = ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
+    if is_main_process():
+        print(f"sft {args.role}: best at step {result.best_step}/{result.steps} ({best}) -> {result.output_dir}")
+    return 0

@@ -1,0 +1,63 @@
+"""Split files -> the tokenised examples and dev data a training run needs (method.md §5.2–5.3).
+
+Each record's prompt is formatted with ``data.prompt_format`` and tokenised with its first reference as the response
+(``tokenize_example``: prompt head kept, response truncated to ``max_length``, EOS appended and kept as a label).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from switch_core.config import DataConfig
+from switch_core.data.prompts import format_prompt
+from switch_core.data.records import InstructionRecord
+from switch_core.data.splits import read_records
+from switch_core.data.tokenize import TrainExample, tokenize_example
+from switch_core.training import seeding
+from switch_core.training.dev import DevData
+
+
+def tokenize_records(records: list[InstructionRecord], tokenizer: Any, data: DataConfig) -> list[TrainExample]:
+    """Tokenise records for training.
+
+    Raises:
+        switch_core.data.tokenize.EmptyExampleError: a record whose prompt or response is empty after truncation
+            (the message names the record id).
+    """
+    return [
+        tokenize_example(
+            r.id, format_prompt(r, style=data.prompt_format, tokenizer=tokenizer), r.reference, tokenizer,
+            max_length=data.max_length, max_prompt_length=data.max_prompt_length,
+        )
+        for r in records
+    ]
+
+
+def load_examples(path: Path, tokenizer: Any, data: DataConfig) -> list[TrainExample]:
+    """Read a split file and tokenise it.
+
+    Raises:
+        switch_core.data.records.DataFormatError: missing or malformed file.
+        switch_core.data.tokenize.EmptyExampleError: see :func:`tokenize_records`.
+    """
+    return tokenize_records(read_records(path), tokenizer, data)
+
+
+def load_dev(path: Path, tokenizer: Any, data: DataConfig, *, rouge_examples: int, seed: int) -> DevData:
+    """The dev split: all examples for dev loss, a seeded subset of ``rouge_examples`` prompts for dev ROUGE-L.
+
+    The subset is drawn once from ``seed`` (the training seed), so every evaluation of a run scores the same prompts.
+
+    Raises:
+        switch_core.data.records.DataFormatError: missing or malformed file.
+    """
+    records = read_records(path)
+    order = torch.randperm(len(records), generator=seeding.generator(seed, seeding.Stream.DEV_SUBSET)).tolist()
+    subset = [records[i] for i in sorted(order[:rouge_examples])]
+    return DevData(
+        examples=tokenize_records(records, tokenizer, data),
+        prompts=[format_prompt(r, style=data.prompt_format, tokenizer=tokenizer) for r in subset],
+        references=[r.references for r in subset],
+    )

@@ -1,0 +1,119 @@
+"""Configuration + stage layout -> a :class:`~switch_core.training.loop.TrainJob` (shared by ``sft`` and ``distill``).
+
+The stage layout (switch_core.layout) fixes where each training stage reads and writes:
+
+=====================  ========================  ===========================  =================  =============
+stage                  starts from               writes                       optimiser          selection
+=====================  ========================  ===========================  =================  =============
+sft --role teacher     models/teacher-base       models/teacher               ``teacher_optim``  dev ROUGE-L
+sft --role student     models/student-init       models/student-sft           ``warmup_optim``   dev loss
+distill --run NAME     models/<init_from>        models/NAME                  ``optim``          dev ROUGE-L
+=====================  ========================  ===========================  =================  =============
+
+(selection: ``select_by: auto``; method.md §5.6). Each run keeps its resumable state in ``state/<name>``. The teacher
+of a distillation run is ``models/teacher`` (``teacher.sft: true``) or ``models/teacher-base``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from accelerate import PartialState
+
+from switch_core.config import Config, MethodConfig, OptimConfig
+from switch_core.layout import RunLayout
+from switch_core.models.loading import load_causal_lm, load_tokenizer
+from switch_core.tracking import NullTracker, Tracker, tracker_from_config
+from switch_core.training.examples import load_dev, load_examples
+from switch_core.training.loop import TrainJob
+from switch_core.training.losses import LossSpec
+
+
+class StageInputError(ValueError):
+    """A training stage's input (checkpoint or data file) is missing; the message names the command producing it."""
+
+
+def require(path: Path, producer: str) -> Path:
+    """``path`` if it exists.
+
+    Raises:
+        StageInputError: it does not; the message says which command produces it.
+    """
+    if not path.exists():
+        raise StageInputError(f"{path} does not exist; run `switch-kd {producer}` first")
+    return path
+
+
+def teacher_dir(config: Config, layout: RunLayout) -> Path:
+    """The teacher a distillation uses: the SFT'd teacher, or the base teacher when ``teacher.sft`` is false."""
+    if config.teacher.sft:
+        return require(layout.model("teacher"), "sft --role teacher")
+    return require(layout.model("teacher-base"), "setup-teacher")
+
+
+def resolve_select_by(optim: OptimConfig, default: Literal["rouge_l", "loss"]) -> Literal["rouge_l", "loss"]:
+    """``optim.select_by`` with ``auto`` replaced by the stage's default."""
+    return default if optim.select_by == "auto" else optim.select_by
+
+
+def build_job(
+    config: Config,
+    layout: RunLayout,
+    *,
+    name: str,
+    init_dir: Path,
+    method: MethodConfig,
+    optim: OptimConfig,
+    select_by: Literal["rouge_l", "loss"],
+    train_file: Path,
+    resume: bool,
+    with_teacher: bool,
+) -> TrainJob:
+    """Load the models and data of one training stage into a :class:`TrainJob`.
+
+    Args:
+        config: the (run's) configuration.
+        layout: stage layout of ``config.run_dir``.
+        name: run name; output ``models/<name>``, state ``state/<name>``.
+        init_dir: checkpoint the student starts from.
+        method: batch source and loss.
+        optim: optimisation settings.
+        select_by: best-checkpoint criterion.
+        train_file: training split (ground truth or SeqKD data).
+        resume: continue from the saved state if any.
+        with_teacher: load the teacher (``teacher.dtype``).
+
+    Raises:
+        StageInputError: a missing checkpoint or split file.
+        switch_core.models.loading.ModelLoadError: a checkpoint that does not load.
+    """
+    tokenizer = load_tokenizer(init_dir)
+    student = load_causal_lm(init_dir, dtype="float32")
+    teacher = load_causal_lm(teacher_dir(config, layout), dtype=config.teacher.dtype) if with_teacher else None
+    dev_file = require(layout.split("dev"), "prepare-data")
+    return TrainJob(
+        name=name, student=student, tokenizer=tokenizer,
+        train=load_examples(train_file, tokenizer, config.data),
+        dev=load_dev(dev_file, tokenizer, config.data, rouge_examples=optim.eval_examples, seed=optim.seed),
+        optim=optim, method=method, output_dir=layout.model(name), state_dir=layout.state(name),
+        select_by=select_by, teacher=teacher, rollout=config.rollout, generation=config.eval,
+        max_prompt_length=config.data.max_prompt_length, resume=resume,
+    )
+
+
+def needs_teacher(method: MethodConfig) -> bool:
+    """Whether a method's loss or batches need the teacher."""
+    return LossSpec.from_method(method).needs_teacher or method.data in ("rollout", "mixed", "adaptive")
+
+
+def stage_tracker(config: Config, layout: RunLayout, name: str, tracker: Tracker | None) -> Tracker:
+    """The tracker of a stage: ``tracker`` if given, else the configured one (``tracking/<name>.jsonl``); a
+    :class:`~switch_core.tracking.NullTracker` on every process but the main one."""
+    if not PartialState().is_main_process:
+        return NullTracker()
+    return tracker or tracker_from_config(config.tracking, layout.root / "tracking" / f"{name}.jsonl")
+
+
+def is_main_process() -> bool:
+    """True on the main process (or when not distributed)."""
+    return PartialState().is_main_process

@@ -1,0 +1,155 @@
+"""The comparison report: table values, limits shown, plots written, training logs and traces optional."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from switch_core.config import Config
+from switch_core.evaluation.report import (
+    ReportInputError,
+    build_report,
+    collect_metrics,
+    markdown_table,
+    read_training_log,
+    results_table,
+    teacher_share_by_position,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _metrics(bench: str, mean: float, sd: float, n: int = 10, limit: int | None = None) -> dict:
+    by_length = {"[0,5]": {"n": 4, "mean": mean - 5, "sd": sd}, "[51,inf)": {"n": n - 4, "mean": mean + 5, "sd": sd}}
+    return {
+        "benchmark": bench, "model": f"/models/{bench}", "num_examples": n, "available_examples": 500, "limit": limit,
+        "protocol": {"seeds": [10, 20], "max_new_tokens": 256},
+        "aggregate": {
+            "rouge_l": {"mean": mean, "sd": sd}, "bleu": {"mean": mean / 2, "sd": 0.1},
+            "exact_match": {"mean": 1.0, "sd": 0.0}, "by_length": by_length,
+        },
+    }
+
+
+def _write_evals(root: Path) -> Path:
+    evals = root / "evals"
+    cases = {
+        ("sft", "dolly"): _metrics("dolly", 20.0, 1.0),
+        ("sft", "sinst"): _metrics("sinst", 30.0, 0.5),
+        ("switch", "dolly"): _metrics("dolly", 26.25, 0.25),
+        ("switch", "sinst"): _metrics("sinst", 31.75, 0.75),
+        ("kd", "dolly"): _metrics("dolly", 24.0, 2.0, n=7, limit=7),
+    }
+    for (model, bench), content in cases.items():
+        path = evals / model / bench / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(content))
+    return evals
+
+
+def test_table_values_and_average(tmp_path):
+    metrics = collect_metrics(_write_evals(tmp_path))
+    table = results_table(metrics)
+    assert list(table.index) == ["kd", "sft", "switch"]
+    assert table.loc["sft", "dolly_mean"] == 20.0 and table.loc["switch", "sinst_sd"] == 0.75
+    assert table.loc["sft", "average"] == pytest.approx(25.0)
+    assert table.loc["switch", "average"] == pytest.approx(29.0)
+    assert pd.isna(table.loc["kd", "average"])  # kd lacks sinst: no average over a different set of benchmarks
+
+
+def test_markdown_shows_mean_sd_and_limits(tmp_path):
+    md = markdown_table(collect_metrics(_write_evals(tmp_path), models=["switch", "sft", "kd"]))
+    lines = md.splitlines()
+    assert lines[0] == "| model | dolly | sinst (n=10) | average |"
+    assert lines[2] == "| switch | 26.25 ± 0.25 (n=10) | 31.75 ± 0.75 | 29.00 |"
+    assert lines[4] == "| kd | 24.00 ± 2.00 (n=7, limit 7) | – | – |"
+
+
+def test_build_report_with_logs_and_traces(tmp_path):
+    evals = _write_evals(tmp_path)
+    runs = tmp_path / "runs"
+    (runs / "switch").mkdir(parents=True)
+    (runs / "kd").mkdir()
+    log_lines = [
+        {"time": 0, "event": "params", "params": {"optim.lr": 1e-4}},
+        {"time": 1, "event": "metrics", "step": 0, "metrics": {"train/loss": 3.0, "dev/rouge_l": 10.0}},
+        {"step": 10, "metrics": {"train/loss": 2.0, "train/teacher_share": 0.5}},
+    ]
+    (runs / "switch" / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in log_lines))
+    (runs / "kd" / "metrics.jsonl").write_text(json.dumps(log_lines[1]) + "\n")
+    traces = [{"sources": ["teacher", "student", "teacher"]}, {"sources": ["teacher", "teacher"]}]
+    (runs / "switch" / "rollout_traces.jsonl").write_text("".join(json.dumps(x) + "\n" for x in traces))
+    result = build_report(evals, tmp_path / "report", runs_dir=runs)
+    names = sorted(p.name for p in result.plots)
+    assert names == ["curve_dev_rouge_l.png", "curve_train_loss.png", "curve_train_teacher_share.png",
+                     "rouge_by_length.png", "teacher_share_by_position.png"]
+    for plot in result.plots:
+        assert plot.read_bytes()[:8] == PNG_MAGIC
+    md = result.markdown.read_text()
+    for name in names:
+        assert f"]({name})" in md
+    wide = pd.read_csv(result.csv, index_col="model")
+    assert wide.loc["switch", "average"] == pytest.approx(29.0)
+    long = pd.read_csv(result.csv_long)
+    assert set(long["benchmark"]) == {"dolly", "sinst"} and "bleu_mean" in long
+    assert [p.parent.name for p in result.train_logs] == ["kd", "switch"]
+
+
+def test_report_without_logs_or_traces_says_so(tmp_path):
+    result = build_report(_write_evals(tmp_path), tmp_path / "report", runs_dir=tmp_path / "no-runs")
+    md = result.markdown.read_text()
+    assert "No training logs matched ['**/metrics.jsonl']" in md
+    assert "No rollout traces matched ['**/rollout_traces.jsonl']" in md
+    assert [p.name for p in result.plots] == ["rouge_by_length.png"]
+
+
+def test_teacher_share_by_position_hand_computed(tmp_path):
+    path = tmp_path / "rollout_traces.jsonl"
+    rows = [
+        {"sources": ["teacher", "student", "teacher"]},
+        {"sources": [True, True]},
+        {"teacher_share_by_position": [0.5, 0.25], "count_by_position": [2, 4]},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    frame = teacher_share_by_position(path)
+    # position 0: 1 + 1 + 0.5*2 teacher of 1 + 1 + 2; position 1: 0 + 1 + 1 of 1 + 1 + 4; position 2: 1 of 1
+    assert frame["count"].tolist() == [4.0, 6.0, 1.0]
+    assert frame["share"].tolist() == pytest.approx([3 / 4, 2 / 6, 1.0])
+
+
+def test_training_log_reader_keeps_metrics_events_only(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(
+        json.dumps({"event": "tags", "tags": {"a": "b"}}) + "\n"
+        + json.dumps({"event": "metrics", "step": 5, "metrics": {"train/loss": 1.5, "dev/loss": "nan"}}) + "\n"
+    )
+    frame = read_training_log(path)
+    assert frame["metric"].tolist() == ["train/loss", "dev/loss"]
+    assert frame["value"].iloc[0] == 1.5 and pd.isna(frame["value"].iloc[1])
+    path.write_text("{not json\n")
+    with pytest.raises(ReportInputError, match="metrics.jsonl:1"):
+        read_training_log(path)
+
+
+def test_missing_evaluations_are_a_clear_error(tmp_path):
+    with pytest.raises(ReportInputError, match="no evaluation results"):
+        collect_metrics(tmp_path)
+    with pytest.raises(ReportInputError, match=r"model\(s\) \['nope'\]"):
+        collect_metrics(_write_evals(tmp_path), models=["nope"])
+
+
+def test_cli_report(tmp_path, capsys):
+    from switch_core.commands import report as command
+
+    evals = _write_evals(tmp_path)
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args(["--evals", str(evals), "--out", "out", "--models", "sft,switch"])
+    args.config, args.project_root = Config.model_validate({"run_dir": "run"}), tmp_path
+    assert command.run(args) == 0
+    assert (tmp_path / "out" / "report.md").is_file()
+    assert "training logs read: 0; rollout traces read: 0" in capsys.readouterr().out
+    assert list(pd.read_csv(tmp_path / "out" / "results.csv")["model"]) == ["sft", "switch"]

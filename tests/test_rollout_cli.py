@@ -1,0 +1,142 @@
+"""The ``rollout`` and ``calibrate`` command modules, driven through a tiny argparse harness on tiny checkpoints."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config
+
+from switch_core.commands import calibrate as calibrate_command
+from switch_core.commands import rollout as rollout_command
+from switch_core.commands.rollout import PromptFileError
+from switch_core.data.tokenize import tokenize_prompt
+from switch_core.models.loading import load_tokenizer
+from switch_core.models.checkpoint import save_pretrained_atomic
+from switch_core.models.tiny import build_tokenizer
+
+CORPUS = [
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+    "### Instruction:\nName three colours.\n\n### Response:\nRed, green and blue.",
+    "The quick brown fox jumps over the lazy dog. Lorem ipsum dolor sit amet.",
+]
+PROMPTS = [
+    "### Instruction:\nName three colours.\n\n### Response:\n",
+    "Hi",
+    "Below is an instruction that describes a task. Write a response.\n\n### Response:\n",
+    "The quick brown fox",
+    "A",
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("models")
+    tokenizer = build_tokenizer(CORPUS, vocab_size=300)
+    folders = []
+    for name, hidden, layers, seed in (("teacher", 48, 2, 1), ("student", 32, 1, 2)):
+        config = GPT2Config(vocab_size=len(tokenizer), n_embd=hidden, n_layer=layers, n_head=2, n_positions=512,
+                            initializer_range=0.3, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        torch.manual_seed(seed)  # a wide initialisation gives peaked, varied next-token distributions
+        model = AutoModelForCausalLM.from_config(config).eval()
+        folders.append(save_pretrained_atomic(model, tokenizer, root / name))
+    return folders[0], folders[1]
+
+
+def _prompts_file(folder: Path, prompts: list[str]) -> Path:
+    path = folder / "prompts.jsonl"
+    lines = [json.dumps({"id": i, "prompt": text, "output": "ignored"}) for i, text in enumerate(prompts)]
+    path.write_text("\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:]) + "\n", encoding="utf-8")
+    return path
+
+
+def _run(module: ModuleType, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(argv))
+
+
+def test_rollout_writes_one_row_per_prompt_in_input_order(
+    checkpoints: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    teacher, student = checkpoints
+    prompts = _prompts_file(tmp_path, PROMPTS)
+    common = ["--teacher", str(teacher), "--student", str(student), "--prompts", str(prompts), "--tau0", "0.6",
+              "--decay", "0.2", "--max-new-tokens", "9", "--greedy"]
+    assert _run(rollout_command, [*common, "--batch-size", "2", "--out", str(tmp_path / "a.jsonl")]) == 0
+    assert "5 rollouts" in capsys.readouterr().out
+    assert _run(rollout_command, [*common, "--batch-size", "1", "--out", str(tmp_path / "b.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    single = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    for row, alone in zip(rows, single, strict=True):  # batch composition and order do not change the result
+        assert {k: v for k, v in row.items() if k != "divergence"} == {k: v for k, v in alone.items() if k != "divergence"}
+        assert row["divergence"] == pytest.approx(alone["divergence"], abs=1e-5)
+    sources = [s for row in rows for s in row["sources"]]
+    assert "teacher" in sources and "student" in sources
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "b.jsonl", "prompts.jsonl"]  # no temp files
+
+    tokenizer = load_tokenizer(teacher)
+    assert [r["prompt"] for r in rows] == PROMPTS
+    for row, text in zip(rows, PROMPTS):
+        assert set(row) == {"prompt", "prompt_token_ids", "token_ids", "sources", "divergence", "threshold", "text"}
+        assert row["prompt_token_ids"] == tokenize_prompt(text, tokenizer, max_prompt_length=256)
+        n = len(row["token_ids"])
+        assert 1 <= n <= 9 and len(row["sources"]) == len(row["divergence"]) == len(row["threshold"]) == n
+        assert n == 9 or row["token_ids"][-1] == tokenizer.eos_token_id
+        assert set(row["sources"]) <= {"student", "teacher"}
+        assert all(0 <= d <= math.log(2) + 1e-6 for d in row["divergence"])
+        assert row["threshold"] == pytest.approx([0.6 * math.exp(-0.2 * t) for t in range(n)], rel=1e-6)
+        assert row["text"] == tokenizer.decode(row["token_ids"], skip_special_tokens=True)
+        for d, tau, source in zip(row["divergence"], row["threshold"], row["sources"]):
+            assert (source == "teacher") == (d > tau) or abs(d - tau) < 1e-6
+
+
+def test_rollout_sampling_is_seeded_and_truncates_prompts(checkpoints: tuple[Path, Path], tmp_path: Path) -> None:
+    teacher, student = checkpoints
+    prompts = _prompts_file(tmp_path, PROMPTS)
+    args = ["--teacher", str(teacher), "--student", str(student), "--prompts", str(prompts), "--strategy", "random",
+            "--random-rate", "0.5", "--max-new-tokens", "6", "--max-prompt-length", "4", "--top-p", "0.9"]
+    outputs = []
+    for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
+        _run(rollout_command, [*args, "--seed", seed, "--out", str(tmp_path / f"{name}.jsonl")])
+        outputs.append([json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()])
+    assert outputs[0] == outputs[1] and outputs[0] != outputs[2]
+    assert all(len(r["prompt_token_ids"]) <= 4 for r in outputs[0])
+
+
+def test_rollout_names_the_bad_line(checkpoints: tuple[Path, Path], tmp_path: Path) -> None:
+    teacher, student = checkpoints
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "ok"}\n\n{"instruction": "no prompt"}\n', encoding="utf-8")
+    argv = ["--teacher", str(teacher), "--student", str(student), "--prompts", str(path), "--out", str(tmp_path / "o")]
+    with pytest.raises(PromptFileError, match=r"prompts.jsonl:3: .*'prompt'"):
+        _run(rollout_command, argv)
+    path.write_text('{"prompt": "ok"}\nnot json\n', encoding="utf-8")
+    with pytest.raises(PromptFileError, match=r"prompts.jsonl:2: not valid JSON"):
+        _run(rollout_command, argv)
+    path.write_text("\n", encoding="utf-8")
+    with pytest.raises(PromptFileError, match="holds no prompts"):
+        _run(rollout_command, argv)
+    assert not (tmp_path / "o").exists()
+
+
+def test_calibrate_prints_and_writes_the_result(
+    checkpoints: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    teacher, student = checkpoints
+    prompts = _prompts_file(tmp_path, PROMPTS)
+    out = tmp_path / "calibration.json"
+    argv = ["--teacher", str(teacher), "--student", str(student), "--prompts", str(prompts), "--target-share", "0.6",
+            "--max-new-tokens", "8", "--max-evaluations", "3", "--max-prompts", "4", "--out", str(out)]
+    assert _run(calibrate_command, argv) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert len(result["history"]) <= 3 and result["prompts"] == 4 and result["target_share"] == 0.6
+    best = min(result["history"], key=lambda h: abs(h["share"] - 0.6))
+    assert (result["tau0"], result["achieved_share"]) == (best["tau0"], best["share"])
+    assert printed.count("teacher share") == len(result["history"]) + 1
+    assert f"tau0 = {result['tau0']:.6g}" in printed

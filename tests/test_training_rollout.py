@@ -1,0 +1,75 @@
+"""Rollout batches: the teacher logits kept from a SWITCH rollout equal a fresh teacher forward over the finished
+mixed sequence; rollouts keep the KV cache on under gradient checkpointing (landscape.md pain points 1-2)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from switch_core.training import BatchSource, LossSpec, batch_loss, rollout_settings
+from switch_core.training.sources import Action
+from test_training_support import examples, method, student, teacher, tokenizer
+
+
+def _source(model: torch.nn.Module, teach: torch.nn.Module, *, rollout_batch_size: int, keep: bool) -> BatchSource:
+    from switch_core.config import RolloutConfig
+
+    cfg = RolloutConfig(strategy="switch", tau0=0.1, max_new_tokens=10)
+    switch = method("switch")
+    pad = tokenizer().pad_token_id
+    settings = rollout_settings(cfg, switch, tau0=cfg.tau0, pad_token_id=pad, stop_token_ids=[tokenizer().eos_token_id])
+    return BatchSource(
+        switch, student=model, teacher=teach, settings=settings, pad_token_id=pad, seed=5, total_steps=10,
+        rollout_batch_size=rollout_batch_size, keep_teacher_logits=keep,
+    )
+
+
+@pytest.mark.parametrize("rollout_batch_size", [6, 4])  # one rollout call, or two packed together
+def test_kept_teacher_logits_equal_fresh_teacher_forward(rollout_batch_size: int) -> None:
+    model, teach = student(), teacher()
+    out = _source(model, teach, rollout_batch_size=rollout_batch_size, keep=True).next(0, examples()[:6], offset=0)
+    assert out.action is Action.ROLLOUT
+    batch = out.batch
+    assert out.stats["teacher_tokens"] > 0 and out.stats["teacher_tokens"] < out.stats["rollout_tokens"]  # mixed
+    assert batch.num_loss_tokens == out.stats["rollout_tokens"]
+    kept = batch.packed_teacher_logits()
+    with torch.no_grad():
+        fresh = teach(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                      position_ids=batch.position_ids).logits[:, :-1][batch.loss_mask]
+    assert kept.shape == fresh.shape
+    torch.testing.assert_close(kept.float(), fresh, rtol=1e-4, atol=1e-4)
+
+    spec = LossSpec("skl", alpha=0.1)
+    with torch.no_grad():
+        reused = batch_loss(model, teach, batch, spec, chunk_tokens=16)
+        recomputed = batch_loss(model, teach, type(batch)(batch.input_ids, batch.attention_mask, batch.labels), spec,
+                                chunk_tokens=16)
+    assert float(reused) == pytest.approx(float(recomputed), rel=1e-4)
+
+
+def test_same_rollout_whatever_the_chunking() -> None:
+    """Rollout random streams are keyed by global position: chunks of 2 at offsets 0/2 give the rows of one call."""
+    model, teach = student(), teacher()
+    whole = _source(model, teach, rollout_batch_size=2, keep=False).next(3, examples()[:4], offset=0).batch
+    second_half = _source(model, teach, rollout_batch_size=2, keep=False).next(3, examples()[2:4], offset=2).batch
+    width = second_half.input_ids.shape[1]
+    assert torch.equal(whole.labels[2:, -width:], second_half.labels)
+
+
+def test_rollouts_use_the_kv_cache_under_gradient_checkpointing() -> None:
+    model, teach = student(), teacher()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    calls: list[tuple[bool, object, int]] = []
+
+    def record(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        calls.append((module.training, kwargs.get("use_cache"), kwargs["input_ids"].shape[1]))
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        _source(model, teach, rollout_batch_size=4, keep=True).next(0, examples()[:4], offset=0)
+    finally:
+        handle.remove()
+    assert len(calls) > 2
+    assert all(not training and use_cache is True for training, use_cache, _ in calls)
+    assert all(width == 1 for _, _, width in calls[1:])  # after the prompt, one new token per step: cache reused
+    assert model.training  # the training flag is restored after the rollout
