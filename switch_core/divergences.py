@@ -21,10 +21,10 @@ Numerics (docs/landscape.md §1, pain points 12-14):
 
 - computed in float32, or float64 when either input is float64, whatever the input dtype (bf16/fp16 logits are
   upcast before the softmax);
-- mixtures mix *probabilities*: every KL to a mixture is written as ``KL(a ‖ w·a + (1−w)·b) = −Σ_v a_v·f(d_v)``
-  with ``d = log b − log a`` and ``f(d) = log(w + (1−w)·e^d)``, evaluated as ``log1p((1−w)·expm1(d))`` for
-  ``|d| ≤ 1`` and as ``logaddexp(log w, log(1−w) + d)`` otherwise. So identical inputs give exactly 0, the endpoint
-  weights ``w ∈ {0, 1}`` are exact (``w = 1`` gives exactly 0), and nothing under- or overflows;
+- mixtures mix *probabilities*, never log-probabilities: every KL to a mixture is written as
+  ``KL(a ‖ w·a + (1−w)·b) = −Σ_v a_v·f(d_v)`` with ``d = log b − log a`` and ``f(d) = log(w + (1−w)·e^d)``, evaluated
+  as ``log1p((1−w)·(e^d − 1))`` (``f = d`` for ``w = 0``). So identical inputs give exactly 0, the endpoint weights
+  ``w ∈ {0, 1}`` are exact (``w = 1`` gives exactly 0), and a tiny ``b`` does not underflow the mixture;
 - ``0·log 0 = 0``: vocabulary entries with ``a_v = 0`` (logit ``−inf``, a masked vocabulary) contribute nothing and
   get finite (zero) gradients. An entry with ``a_v > 0`` where the mixture is 0 gives ``+inf`` (the divergence is
   infinite there);
@@ -48,7 +48,7 @@ from torch.utils.checkpoint import checkpoint
 
 Divergence = Callable[..., Tensor]
 
-_NEAR = 1.0  # |d| below which f(d) uses the log1p/expm1 form (accurate near 0, exact at 0)
+_D_MAX = 80.0  # cap of log(b / a) inside expm1 (float32 overflows above 88)
 
 
 class DivergenceError(ValueError):
@@ -91,16 +91,16 @@ def _log_probs(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
 def _kl_to_mixture(log_a: Tensor, log_b: Tensor, weight: float) -> Tensor:
     """``KL(a ‖ w·a + (1−w)·b)`` summed over the last axis, from log-probabilities ``[..., V]`` -> ``[...]``.
 
-    ``w = 0`` is KL(a ‖ b); ``w = 1`` is exactly 0. See the module docstring for the evaluation of
-    ``f(d) = log(w + (1−w)·e^d)``; both branches see clamped or finite inputs, so gradients stay finite.
+    Written as ``−Σ_v a_v·f(d_v)`` with ``d = log b − log a`` and ``f(d) = log(w + (1−w)·e^d)``: ``f = d`` for
+    ``w = 0`` (plain KL), else ``log1p((1−w)·(e^d − 1))``, exactly 0 at ``d = 0`` and exactly 0 for ``w = 1``
+    (``exp(d) − 1`` rather than ``expm1``: several times faster on CPU, exact at 0, absolute error ~eps near 0, which
+    is the accuracy of the log-softmax inputs anyway). ``d`` is capped at ``_D_MAX`` inside the exponential (only
+    entries with ``a < e^−80`` exceed it; they contribute < 1e−33). Entries with ``a = 0`` get ``d = 0``: they
+    contribute ``0·f(0) = 0`` with zero, finite gradients.
     """
     a = log_a.exp()
-    d = torch.where(a > 0, log_b - log_a, 0.0)  # log(b / a); entries with a = 0 contribute 0·f(0) = 0
-    near = torch.log1p((1.0 - weight) * torch.expm1(d.clamp(-_NEAR, _NEAR)))
-    log_w = math.log(weight) if weight > 0 else -math.inf
-    log_1mw = math.log1p(-weight) if weight < 1 else -math.inf
-    far = torch.logaddexp(d + log_1mw, d.new_tensor(log_w))
-    f = torch.where(d.abs() <= _NEAR, near, far)
+    d = torch.where(a > 0, log_b - log_a, 0.0)
+    f = d if weight == 0.0 else torch.log1p((1.0 - weight) * (d.clamp(max=_D_MAX).exp() - 1.0))
     return -(a * f).sum(dim=-1)
 
 

@@ -14,7 +14,7 @@ from switch_core.config import Config
 from switch_core.data.records import InstructionRecord
 from switch_core.data.splits import write_records
 from switch_core.evaluation.benchmarks import read_benchmark
-from switch_core.evaluation.evaluate import EvalProtocol, EvaluationError, evaluate_model
+from switch_core.evaluation.evaluate import EvalProtocol, EvaluationError, evaluate_model, median_length_window
 from switch_core.evaluation.metrics import MetricInputError
 from switch_core.models.tiny import build_tokenizer, write_tiny_checkpoint
 
@@ -185,3 +185,14 @@ def test_cli_evaluates_the_run_test_split_and_prints_the_summary(workspace, tmp_
     metrics = json.loads((tmp_path / "run" / "eval" / "tiny" / "embedded" / "metrics.json").read_text())
     assert metrics["limit"] == 2 and metrics["protocol"]["max_new_tokens"] == 6
     assert metrics["protocol"]["seeds"] == [3]
+
+
+def test_median_length_window_takes_similar_lengths_longest_first():
+    class Words:  # one token per word
+        def encode(self, text: str) -> list[str]:
+            return text.split()
+
+    prompts = [" ".join(["w"] * n) for n in (9, 1, 5, 3, 7, 2, 8, 4, 6)]
+    assert [len(p.split()) for p in median_length_window(prompts, Words(), 3)] == [6, 5, 4]
+    assert [len(p.split()) for p in median_length_window(prompts, Words(), 20)] == [9, 8, 7, 6, 5, 4, 3, 2, 1]
+    assert [len(p.split()) for p in median_length_window(prompts, Words(), 1)] == [5]

@@ -41,12 +41,20 @@ def test_same_seed_same_generations_and_different_seeds_differ(model, tokenizer)
     assert sum(x != y for x, y in zip(a, c)) >= 3
 
 
-def test_generation_leaves_the_callers_rng_untouched(model, tokenizer):
+def test_generation_leaves_the_callers_rng_and_the_model_mode_untouched(model, tokenizer):
     torch.manual_seed(123)
     expected = torch.rand(4)
     torch.manual_seed(123)
-    generate_responses(model, tokenizer, PROMPTS[:2], max_new_tokens=4, batch_size=2, seed=1, **SAMPLING)
+    evaluated = generate_responses(model, tokenizer, PROMPTS[:2], max_new_tokens=4, batch_size=2, seed=1, **SAMPLING)
     assert torch.equal(torch.rand(4), expected)
+    model.train()
+    try:
+        in_training = generate_responses(model, tokenizer, PROMPTS[:2], max_new_tokens=4, batch_size=2, seed=1,
+                                         **SAMPLING)
+        assert model.training
+    finally:
+        model.eval()
+    assert in_training == evaluated
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])

@@ -29,7 +29,7 @@ class ConstantLM(nn.Module):
     def get_output_embeddings(self) -> None:
         return None
 
-    def forward(self, *, input_ids, cache, **kwargs):  # noqa: ANN001, ANN003
+    def forward(self, *, input_ids, cache, **kwargs):
         return SimpleNamespace(logits=self.row.expand(input_ids.shape[0], 1, -1).clone(), cache=cache)
 
 

@@ -15,8 +15,8 @@ from switch_core.commands import calibrate as calibrate_command
 from switch_core.commands import rollout as rollout_command
 from switch_core.commands.rollout import PromptFileError
 from switch_core.data.tokenize import tokenize_prompt
-from switch_core.models.loading import load_tokenizer
 from switch_core.models.checkpoint import save_pretrained_atomic
+from switch_core.models.loading import load_tokenizer
 from switch_core.models.tiny import build_tokenizer
 
 CORPUS = [

@@ -239,7 +239,7 @@ class StubLM(nn.Module):
     def get_output_embeddings(self) -> None:
         return None
 
-    def forward(self, *, input_ids, attention_mask, position_ids, cache, use_cache, logits_to_keep):  # noqa: ANN001
+    def forward(self, *, input_ids, attention_mask, position_ids, cache, use_cache, logits_to_keep):
         assert use_cache is True and logits_to_keep == 1
         assert attention_mask.shape[0] == input_ids.shape[0] == position_ids.shape[0]
         cache = cache if cache is not None else StubCache(input_ids.shape[0])
@@ -511,3 +511,16 @@ def test_malformed_prompts_and_incompatible_models_are_clear_errors() -> None:
         rollout(student, teacher, torch.tensor([[9]]), torch.tensor([[1]]), settings)
     with pytest.raises(IncompatibleModelsError, match="vocab_size"):
         rollout(constant([0.0] * 6), teacher, torch.tensor([[4]]), torch.tensor([[1]]), settings)
+
+
+def test_inverse_cdf_sampler_never_draws_a_zero_probability_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    from switch_core.rollout import engine
+
+    log_probs = torch.log(torch.tensor([[0.0, 0.5, 0.5, 0.0, 0.0], [0.2, 0.0, 0.3, 0.5, 0.0]]))
+    # u = 1 (the rounding case u * total == total) falls back to the last token of positive probability
+    monkeypatch.setattr(torch, "rand", lambda shape, **kwargs: torch.ones(shape, dtype=kwargs.get("dtype")))
+    assert engine._sample(log_probs, None).tolist() == [2, 3]
+    monkeypatch.setattr(torch, "rand", lambda shape, **kwargs: torch.zeros(shape, dtype=kwargs.get("dtype")))
+    assert engine._sample(log_probs, None).tolist() == [1, 0]
+    monkeypatch.setattr(torch, "rand", lambda shape, **kwargs: torch.full(shape, 0.4, dtype=kwargs.get("dtype")))
+    assert engine._sample(log_probs, None).tolist() == [1, 2]

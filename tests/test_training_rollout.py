@@ -57,7 +57,7 @@ def test_same_rollout_whatever_the_chunking() -> None:
 
 def test_rollouts_use_the_kv_cache_under_gradient_checkpointing() -> None:
     model, teach = student(), teacher()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     calls: list[tuple[bool, object, int]] = []
 

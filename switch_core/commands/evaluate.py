@@ -53,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--throughput-prompts", type=int, default=16,
         help="prompts of the batched vs one-at-a-time throughput probe (0 = skip; default 16)",
     )
+    parser.add_argument(
+        "--throughput-tokens", type=_positive_int, default=64,
+        help="new-token cap of the throughput probe (default 64; never more than eval.max_new_tokens)",
+    )
     parser.add_argument("--force", action="store_true", help="recompute benchmarks that are already evaluated")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -120,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     summary = evaluate_model(
         model, benchmarks, protocol, out, force=args.force, device=device, dtype=args.dtype,
-        throughput_prompts=args.throughput_prompts, show_progress=not args.quiet,
+        throughput_prompts=args.throughput_prompts, throughput_tokens=args.throughput_tokens,
+        show_progress=not args.quiet,
     )
     print(format_summary(summary))
     print(f"results in {out}")

@@ -405,6 +405,20 @@ def evaluate_benchmark(
     return metrics_json
 
 
+def median_length_window(prompts: Sequence[str], tokenizer: Any, n: int) -> list[str]:
+    """The ``n`` prompts around the median token length, longest first.
+
+    The run batches prompts in length-sorted order, so its batches hold prompts of similar length; a throughput
+    probe on such a window measures the run's batching, not the padding of an arbitrary mix.
+
+    Returns:
+        ``min(n, len(prompts))`` prompts.
+    """
+    order = sorted(range(len(prompts)), key=lambda i: -len(tokenizer.encode(prompts[i])))
+    start = max(0, min(len(order) - n, len(order) // 2 - n // 2))
+    return [prompts[i] for i in order[start : start + n]]
+
+
 def measure_throughput(
     model: Any,
     tokenizer: Any,
@@ -464,8 +478,9 @@ def evaluate_model(
     """Evaluate one checkpoint on several benchmarks × ``protocol.seeds``; resume finished benchmarks.
 
     The model is loaded only when at least one benchmark has to be computed. Then a throughput probe
-    (:func:`measure_throughput`) runs on the first ``throughput_prompts`` prompts of the computed benchmarks with
-    ``min(max_new_tokens, throughput_tokens)`` new tokens and is written to ``{out_dir}/throughput.json``.
+    (:func:`measure_throughput`: batched vs one prompt at a time) runs with ``min(max_new_tokens,
+    throughput_tokens)`` new tokens on the ``throughput_prompts`` prompts of the computed benchmarks around the
+    median prompt length (:func:`median_length_window`), and is written to ``{out_dir}/throughput.json``.
 
     Args:
         model_path: checkpoint folder, ``.gguf`` file, ``"embedded"`` or a cached hub name.
@@ -514,8 +529,9 @@ def evaluate_model(
                 )
             outcomes[item.loaded.spec.name] = BenchmarkOutcome(item.loaded.spec.name, metrics, False, item.out_dir)
         if throughput_prompts > 0:
-            records = [r for item in todo for r in item.loaded.records][:throughput_prompts]
+            records = [r for item in todo for r in item.loaded.records]
             prompts = [format_prompt(r, style=protocol.prompt_style, tokenizer=tokenizer) for r in records]
+            prompts = median_length_window(prompts, tokenizer, throughput_prompts)
             throughput = measure_throughput(
                 model, tokenizer, prompts, protocol, max_new_tokens=min(protocol.max_new_tokens, throughput_tokens)
             )

@@ -145,14 +145,17 @@ def protocol_generation_config(
 
 
 @contextlib.contextmanager
-def _only_these_settings(model: PreTrainedModel, config: GenerationConfig) -> Iterator[None]:
-    """Make ``config`` the model's generation config for the duration (transformers fills unset fields from it)."""
-    saved = model.generation_config
+def _generation_mode(model: PreTrainedModel, config: GenerationConfig) -> Iterator[None]:
+    """For the duration: eval mode (no dropout; the KV cache stays on under gradient checkpointing) and ``config`` as
+    the model's generation config (transformers fills unset fields from it). Both are restored afterwards."""
+    saved, was_training = model.generation_config, model.training
     model.generation_config = config
+    model.eval()
     try:
         yield
     finally:
         model.generation_config = saved
+        model.train(was_training)
 
 
 def _model_device(model: PreTrainedModel) -> torch.device:
@@ -175,14 +178,15 @@ def generate_batch(
     greedy: bool = False,
     on_batch: Callable[[int], object] | None = None,
 ) -> GenerationResult:
-    """Generate one response per prompt in left-padded batches; the caller's RNG state is left untouched.
+    """Generate one response per prompt in left-padded batches; the caller's RNG state and the model's mode are left
+    untouched (a model in training mode generates in eval mode and is switched back).
 
     Prompts are processed longest first (less padding); results come back in prompt order. Sampling draws come from
     ``torch.manual_seed(seed)`` set inside ``torch.random.fork_rng``, so the same prompts, settings, ``batch_size`` and
     ``seed`` give the same responses, and generating does not disturb a training loop's random stream.
 
     Args:
-        model: a causal LM (eval mode is the caller's job; gradients are disabled here).
+        model: a causal LM (run in eval mode without gradients here).
         tokenizer: its tokenizer (needs an EOS token; pad defaults to EOS).
         prompts: prompt strings (formatted, e.g. by :func:`switch_core.data.prompts.format_prompt`).
         max_prompt_length: prompts keep their first ``max_prompt_length`` tokens (method.md §5.3).
@@ -221,7 +225,7 @@ def generate_batch(
     stopped = [False] * len(prompts)
     seconds = 0.0
     rng_devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices), torch.no_grad(), _only_these_settings(model, config):
+    with torch.random.fork_rng(devices=rng_devices), torch.no_grad(), _generation_mode(model, config):
         torch.manual_seed(seed)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]

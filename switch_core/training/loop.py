@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -171,7 +172,7 @@ class _Run:
         if self.teacher is not None:
             self.teacher = self.teacher.to(accelerator.device).eval().requires_grad_(False)
         if job.optim.gradient_checkpointing:
-            self.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         probe = batch_from_examples(job.dev.examples[:1], self.pad_id).to(accelerator.device)
         check_output_head(self.student, probe)
         if self.teacher is not None and self.spec.needs_teacher:
@@ -363,7 +364,7 @@ class _Run:
         if self.progress is not None:
             self.progress.message(text)
         elif self.acc.is_main_process:
-            print(f"[{self.job.name}] {text}", flush=True)
+            print(f"[{self.job.name}] {text}", file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ run
 
@@ -376,8 +377,8 @@ class _Run:
             self.calibrate()
             self.build_source()
             self.evaluate()
-        elif self.acc.is_main_process:
-            print(f"[{job.name}] resuming at step {self.step}/{self.total_steps}", flush=True)
+        else:
+            self._say(f"resuming at step {self.step}/{self.total_steps}")
         if self.acc.is_main_process:
             self.progress = Progress(job.name, self.total_steps, self.step, self.optim.log_every)
         window: list[dict[str, float]] = []

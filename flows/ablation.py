@@ -1,0 +1,213 @@
+"""The ``ablation`` flow: a grid over SWITCH's knobs, each cell a distill + evaluate child flow.
+
+Axes (``grid`` keys) are dotted config keys or these aliases: ``tau0`` (rollout.tau0), ``target_share``
+(rollout.target_teacher_share, used when tau0 is null), ``decay`` (λ, rollout.decay), ``schedule`` (rollout.schedule),
+``strategy`` (rollout.strategy), ``divergence`` (methods.<method>.loss). Every cell becomes a ``runs`` entry of
+params.yaml (name ``<study>-<axis>_<value>-...``, overrides = its grid values), so each cell is a DVC stage pair
+``distill@<cell>`` / ``evaluate@<cell>`` like any other run, and ``dvc repro`` reproduces the study. In MLflow the study
+is a parent run, each cell a child run (grid values as params, dev/eval results as metrics) whose own children are the
+stage runs: the UI's compare view of the cells shows the grid side by side. ::
+
+    python -m flows.ablation --preset tiny --grid '{"tau0": [0.1, 0.3], "decay": [0.05, 0.2]}'
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.common import (
+    comparison,
+    flow_mlflow_run,
+    log_summary,
+    mlflow_context,
+    parse_overrides,
+    project_root,
+    run_stages,
+    where_things_are,
+    workspace_lock,
+)
+from switch_core.config import load_config
+from switch_core.layout import RunLayout
+from tasks.dvc_stages import stage_names
+from tasks.mlflow_tracking import MlflowRun
+from tasks.params import ParamsError, check_run_names
+from tasks.prefect_tasks import apply_params_task, check_dvc_status
+from tasks.stage_record import eval_metrics, train_summary_metrics
+
+AXES = {
+    "tau0": "rollout.tau0",
+    "target_share": "rollout.target_teacher_share",
+    "decay": "rollout.decay",
+    "schedule": "rollout.schedule",
+    "strategy": "rollout.strategy",
+    "divergence": "methods.{method}.loss",
+}
+"""Grid axis aliases -> dotted config keys (``{method}`` is the ablated method)."""
+
+DEFAULT_GRID: dict[str, list[Any]] = {"tau0": [0.1, 0.3], "decay": [0.05, 0.2]}
+"""τ0 × λ, 2 × 2 cells."""
+
+
+def _slug(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    text = text.replace(".", "p").replace("-", "m")
+    return re.sub(r"[^A-Za-z0-9_]", "", text) or "x"
+
+
+def grid_cells(
+    study: str, method: str, grid: dict[str, list[Any]], init_from: str = "student-sft"
+) -> dict[str, dict[str, Any]]:
+    """The ``runs`` entries of a grid: ``{cell name: {"method", "init_from", "overrides": {dotted key: value}}}``.
+
+    Raises:
+        ParamsError: an empty axis, a bad study name, or two cells with the same name.
+    """
+    check_run_names([study])
+    if not grid:
+        raise ParamsError("grid: give at least one axis, e.g. {'tau0': [0.1, 0.3]}")
+    axes = list(grid)
+    for axis in axes:
+        if not isinstance(grid[axis], list) or not grid[axis]:
+            raise ParamsError(f"grid.{axis}: give a non-empty list of values")
+    cells: dict[str, dict[str, Any]] = {}
+    for combo in itertools.product(*(grid[a] for a in axes)):
+        short = [a.rsplit(".", 1)[-1] for a in axes]
+        name = "-".join([study] + [f"{s}_{_slug(v)}" for s, v in zip(short, combo, strict=True)])
+        if name in cells:
+            raise ParamsError(f"grid: two cells are both named {name!r}; use distinct values")
+        overrides = {AXES.get(a, a).format(method=method): v for a, v in zip(axes, combo, strict=True)}
+        cells[name] = {"method": method, "init_from": init_from, "overrides": overrides}
+    check_run_names(list(cells))
+    return cells
+
+
+@flow(name="ablation-cell", flow_run_name="{cell}", log_prints=True)
+def ablation_cell(cell: str, values: dict[str, Any], project_dir: str, context: dict[str, Any]) -> dict[str, Any]:
+    """One grid cell: ``distill@<cell>`` then ``evaluate@<cell>``, under the cell's MLflow run.
+
+    Returns:
+        ``{"stages": {stage: state}, "metrics": {...}}`` (dev results of training and evaluation metrics).
+    """
+    root = Path(project_dir)
+    config = load_config(root / "params.yaml")
+    parent_id = (context.get("mlflow") or {}).get("parent_run_id")
+    parent = MlflowRun.attach(root, parent_id, uri=config.tracking.mlflow_uri) if parent_id else None
+    tags = {"switchkd.flow": "ablation-cell", "run": cell, "method": config.runs[cell].method}
+    with flow_mlflow_run(root, config, name=cell, tags=tags, parent=parent, preset=context.get("preset")) as run:
+        if run:
+            run.log_params({"method": config.runs[cell].method, **values})
+        stage_context = context | {"mlflow": mlflow_context(config, run)}
+        results = run_stages(root, [f"distill@{cell}", f"evaluate@{cell}"], stage_context)
+        layout = RunLayout.from_config(config, root)
+        metrics = train_summary_metrics(layout.model(cell)) | eval_metrics(layout.eval_dir(cell))
+        if run:
+            run.log_metrics(metrics, step=0)
+    return {"stages": {name: r["state"] for name, r in results.items()}, "metrics": metrics}
+
+
+@flow(name="ablation", log_prints=True)
+def ablation(
+    grid: dict[str, list[Any]] | None = None,
+    method: str = "switch",
+    preset: str | None = None,
+    overrides: list[str] | None = None,
+    study: str = "ablation",
+    init_from: str = "student-sft",
+    accelerate_args: str | None = None,
+    project_dir: str | None = None,
+) -> dict[str, Any]:
+    """Run the shared stages, one child flow per grid cell, then the report.
+
+    Args:
+        grid: axis -> values (module docstring); default :data:`DEFAULT_GRID`.
+        method: the method whose knobs are ablated.
+        preset: preset applied to params.yaml first.
+        overrides: ``["key.path=value", ...]`` applied to every cell.
+        study: name prefix of the cells and of the MLflow parent run.
+        init_from: checkpoint the cells start from.
+        accelerate_args: run the training stages under ``accelerate launch <accelerate_args>``.
+        project_dir: the project folder (default: the one holding this file).
+
+    Returns:
+        ``{"cells": {cell: {"stages", "metrics"}}, "stages": {shared stage: state}, "mlflow_run_id": id | None}``.
+
+    Raises:
+        ParamsError: a bad grid.
+    """
+    root = project_root(project_dir)
+    grid = grid or DEFAULT_GRID
+    cells = grid_cells(study, method, grid, init_from)
+    with workspace_lock(root):
+        apply_params_task(str(root), preset, None, parse_overrides(overrides) | {"runs": cells})
+        config = load_config(root / "params.yaml")
+        names = stage_names(root)
+        cell_stages = {f"{group}@{cell}" for cell in cells for group in ("distill", "evaluate")}
+        first = min(i for i, name in enumerate(names) if name in cell_stages)
+        before = [n for n in names[:first] if n not in cell_stages]
+        after = [n for n in names[first:] if n not in cell_stages]
+        order = [n.partition("@")[2] for n in names if n in cell_stages and n.startswith("distill@")]
+        tags = {"switchkd.flow": "ablation", "study": study, "method": method}
+        name = f"ablation {study} {flow_run.get_name() or ''}".strip()
+        with flow_mlflow_run(root, config, name=name, tags=tags, preset=preset) as parent:
+            if parent:
+                parent.log_params({"grid": grid, "method": method, "init_from": init_from, "flow.preset": preset,
+                                   "flow.overrides": overrides})
+                parent.log_config(config, root / "params.yaml")
+            context = {"mlflow": mlflow_context(config, parent), "preset": preset, "accelerate_args": accelerate_args}
+            shared = run_stages(root, before, context)
+            results = {
+                cell: ablation_cell(cell, cells[cell]["overrides"], str(root), context) for cell in order
+            }
+            shared |= run_stages(root, after, context)
+            check_dvc_status(str(root))
+            log_summary(parent, comparison(root, config), root, config)
+        print(grid_table(cells, results))
+        print(where_things_are(root, config))
+    return {
+        "cells": results,
+        "stages": {n: r["state"] for n, r in shared.items()},
+        "mlflow_run_id": parent.run_id if parent else None,
+    }
+
+
+def grid_table(cells: dict[str, dict[str, Any]], results: dict[str, dict[str, Any]]) -> str:
+    """A markdown table: one row per cell with its grid values and its ROUGE-L per benchmark."""
+    keys = sorted({k for spec in cells.values() for k in spec["overrides"]})
+    benches = sorted({k.split("/")[0] for r in results.values() for k in r["metrics"] if k.endswith("/rouge_l")})
+    lines = ["| cell | " + " | ".join(keys + [f"{b} ROUGE-L" for b in benches]) + " |",
+             "|---|" + "---|" * (len(keys) + len(benches))]
+    for cell, result in results.items():
+        values = [str(cells[cell]["overrides"].get(k, "")) for k in keys]
+        scores = [f"{result['metrics'].get(f'{b}/rouge_l', float('nan')):.2f}" for b in benches]
+        lines.append(f"| {cell} | " + " | ".join(values + scores) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.ablation``: run the ablation flow once."""
+    parser = argparse.ArgumentParser(prog="python -m flows.ablation", description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", type=json.loads, default=None, help='JSON, e.g. \'{"tau0": [0.1, 0.3]}\'')
+    parser.add_argument("--method", default="switch")
+    parser.add_argument("--preset", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--study", default="ablation")
+    parser.add_argument("--init-from", default="student-sft")
+    parser.add_argument("--accelerate-args", default=None)
+    parser.add_argument("--project-dir", default=None)
+    args = parser.parse_args(argv)
+    ablation(grid=args.grid, method=args.method, preset=args.preset, overrides=args.overrides or None,
+             study=args.study, init_from=args.init_from, accelerate_args=args.accelerate_args,
+             project_dir=args.project_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

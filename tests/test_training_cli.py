@@ -1,0 +1,82 @@
+"""The `switch-kd sft`, `seqkd-data` and `distill` commands on the tiny preset, including a chained multi-stage run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import AutoModelForCausalLM
+
+from switch_core.cli import main
+from switch_core.tracking import read_jsonl_events
+
+PARAMS = {
+    "preset": "tiny",
+    "data": {"embedded_size": 48, "dev_size": 8, "test_size": 4, "max_length": 80, "max_prompt_length": 48},
+    "teacher_optim": {"max_steps": 2, "eval_examples": 2},
+    "warmup_optim": {"max_steps": 2, "eval_examples": 2},
+    "optim": {"max_steps": 2, "eval_examples": 2, "save_every": 1},
+    "rollout": {"max_new_tokens": 8},
+    "eval": {"max_new_tokens": 8},
+    "runs": {
+        "seqkd": {"method": "seqkd"},
+        "switch-high": {"method": "switch", "overrides": {"rollout.tau0": 0.5}},
+        "switch-low": {"method": "switch", "init_from": "switch-high", "overrides": {"rollout.tau0": 0.05}},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    for command in (["prepare-data"], ["setup-teacher"], ["build-student"]):
+        assert _cli(root, *command) == 0
+    return root
+
+
+def _cli(root: Path, *argv: str) -> int:
+    command, *rest = argv
+    return main([command, "--params", str(root / "params.yaml"), *rest])
+
+
+def test_distill_before_warmup_names_the_missing_stage(project: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _cli(project, "distill", "--run", "switch-low") == 2
+    assert "run `switch-kd distill --run switch-high` first" in capsys.readouterr().err
+
+
+def test_stage_chain(project: Path, capsys: pytest.CaptureFixture) -> None:
+    run = project / "runs" / "tiny"  # the preset's run_dir, relative to the params file
+    assert _cli(project, "sft", "--role", "teacher") == 0
+    assert _cli(project, "sft", "--role", "student") == 0
+    assert (run / "models" / "teacher" / "train_summary.json").is_file()
+    warmup = json.loads((run / "models" / "student-sft" / "train_summary.json").read_text())
+    assert warmup["steps"] == 2 and warmup["best_step"] == 2
+
+    assert _cli(project, "seqkd-data") == 0
+    seqkd_rows = (run / "seqkd" / "train.jsonl").read_text().splitlines()
+    meta = json.loads((run / "seqkd" / "meta.json").read_text())
+    assert len(seqkd_rows) == meta["records"] > 0
+    capsys.readouterr()
+    assert _cli(project, "seqkd-data") == 0
+    assert "up to date" in capsys.readouterr().out  # generated once, reused
+    assert _cli(project, "distill", "--method", "seqkd") == 0
+
+    assert _cli(project, "distill", "--run", "switch-high") == 0
+    assert _cli(project, "distill", "--run", "switch-low") == 0
+    high = json.loads((run / "models" / "switch-high" / "train_summary.json").read_text())
+    low = json.loads((run / "models" / "switch-low" / "train_summary.json").read_text())
+    assert (high["tau0"], low["tau0"]) == (0.5, 0.05)  # each stage with its own settings
+    tags = read_jsonl_events(run / "tracking" / "switch-low.jsonl", "tags")[0]["tags"]
+    assert tags == {"stage": "distill", "run": "switch-low", "method": "switch", "init_from": "switch-high"}
+    assert AutoModelForCausalLM.from_pretrained(run / "models" / "switch-low").config.vocab_size > 0
+
+    capsys.readouterr()
+    assert _cli(project, "distill", "--run", "switch-low", "--resume") == 0  # finished: nothing left to do
+    assert f"resuming at step {low['steps']}/{low['steps']}" in capsys.readouterr().err
+
+
+def test_unknown_run_is_a_configuration_error(project: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _cli(project, "distill", "--run", "switch-hihg") == 2
+    assert "did you mean 'switch-high'" in capsys.readouterr().err
