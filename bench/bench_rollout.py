@@ -12,8 +12,10 @@ method generates exactly ``--new-tokens`` tokens per row (stopping at EOS disabl
   step costs proportionally to the sequence length (marked "extrapolated").
 
 The target is (a) / ((b) + (c)) <= 1.0: a lockstep rollout should cost no more than running the two models'
-generation separately. Times are the best of ``--repeats`` runs. Prints a markdown table (and writes it with
-``--out``). Other processes on a shared CPU make timings noisy: compare only numbers from one run.
+generation separately. Each cell gives the wall seconds and, in parentheses, the CPU seconds of this process: on a
+CPU shared with other work the CPU-time ratio is the steadier one. Repeats are interleaved (a, b, c, a, b, c, ...) and
+the best of ``--repeats`` is kept. Prints a markdown table (and writes it with ``--out``); compare only numbers from
+one run. ``--threads 1`` avoids OpenMP spin-waiting inflating the CPU times.
 
     .venv/bin/python bench/bench_rollout.py [--batch-sizes 1,8,32] [--new-tokens 128] [--repeats 1] [--quick]
 """
@@ -43,15 +45,13 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _best_of(repeats: int, fn: Callable[[], object]) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        _sync()
-        start = time.perf_counter()
-        result = fn()
-        _sync()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+def _timed(fn: Callable[[], object]) -> tuple[float, float, object]:
+    """Run ``fn`` once: ``(wall seconds, CPU seconds of this process, result)``."""
+    _sync()
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    _sync()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
 def _generate(model: nn.Module, ids: Tensor, mask: Tensor, new_tokens: int, pad: int, seed: int) -> Tensor:
@@ -83,6 +83,61 @@ def _no_cache_switch(
     return ids
 
 
+def _measure(
+    student: nn.Module, teacher: nn.Module, ids: Tensor, mask: Tensor, settings: RolloutSettings,
+    args: argparse.Namespace,
+) -> str:
+    """One table row: time every method on one left-padded batch (repeats interleaved, best of each kept)."""
+    size, new_tokens, pad = ids.shape[0], settings.max_new_tokens, settings.pad_token_id
+    tokens = size * new_tokens
+    timer = RolloutTimer()
+
+    def switch() -> object:
+        timer.seconds = dict.fromkeys(timer.seconds, 0.0)
+        generator = torch.Generator(device=args.device).manual_seed(args.seed)
+        batch = rollout(student, teacher, ids, mask, settings, generator=generator, timer=timer)
+        assert batch.response_mask.all() and batch.tokens.shape == (size, new_tokens)
+        return dict(timer.seconds)
+
+    def generate(model: nn.Module) -> Callable[[], object]:
+        def run() -> object:
+            out = _generate(model, ids, mask, new_tokens, pad, args.seed)
+            assert out.shape[1] == ids.shape[1] + new_tokens
+            return out
+
+        return run
+
+    methods = {"switch": switch, "student": generate(student), "teacher": generate(teacher)}
+    wall = dict.fromkeys(methods, float("inf"))
+    cpu = dict.fromkeys(methods, float("inf"))
+    split: dict[str, float] = {}
+    for _ in range(args.repeats):  # interleaved, so a change of machine load hits every method alike
+        for name, fn in methods.items():
+            seconds, cpu_seconds, result = _timed(fn)
+            cpu[name] = min(cpu[name], cpu_seconds)
+            if seconds < wall[name]:
+                wall[name] = seconds
+                if name == "switch":
+                    split = {k: v / sum(result.values()) for k, v in result.items()}
+    reference = "skipped | -"
+    if args.reference_tokens > 0:
+        steps = min(args.reference_tokens, new_tokens)
+        generator = torch.Generator(device=args.device).manual_seed(args.seed)
+        reference_s, _, _ = _timed(lambda: _no_cache_switch(student, teacher, ids, mask, settings, steps, generator))
+        label = f"{reference_s:.1f}"
+        if steps < new_tokens:  # step t re-reads (prompt length + t) tokens
+            length = ids.shape[1]
+            reference_s *= sum(length + t for t in range(new_tokens)) / sum(length + t for t in range(steps))
+            label = f"{reference_s:.1f} (extrapolated from {steps} steps)"
+        reference = f"{label} | {reference_s / wall['switch']:.1f}x"
+    return (
+        f"| {size} | {wall['switch']:.2f} ({cpu['switch']:.2f}) | {wall['student']:.2f} ({cpu['student']:.2f}) | "
+        f"{wall['teacher']:.2f} ({cpu['teacher']:.2f}) | {wall['switch'] / (wall['student'] + wall['teacher']):.2f} | "
+        f"{cpu['switch'] / (cpu['student'] + cpu['teacher']):.2f} | {tokens / wall['switch']:.1f} | "
+        f"{split['teacher']:.0%} / {split['student']:.0%} / {split['select']:.0%} | {reference} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default: 1,8,32)")
@@ -102,7 +157,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [int(x) for x in args.batch_sizes.split(",")]
-    new_tokens = args.new_tokens
 
     folder = embedded_teacher_dir()
     tokenizer = load_tokenizer(folder)
@@ -111,7 +165,7 @@ def main() -> None:
     records = generate_embedded_suite(max(sizes), seed=0)
     prompt_ids = [tokenize_prompt(format_prompt(r), tokenizer, max_prompt_length=256) for r in records]
     pad = int(tokenizer.pad_token_id)
-    settings = RolloutSettings(pad_token_id=pad, stop_token_ids=(), tau0=1.0, decay=0.1, max_new_tokens=new_tokens)
+    settings = RolloutSettings(pad_token_id=pad, stop_token_ids=(), tau0=1.0, decay=0.1, max_new_tokens=args.new_tokens)
 
     # warm-up (first calls allocate and pick kernels)
     ids, mask = (x.to(args.device) for x in left_pad(prompt_ids[:2], pad))
@@ -121,55 +175,24 @@ def main() -> None:
     header = (
         f"SWITCH rollout benchmark: teacher SmolLM2-135M-Instruct ({count_parameters(teacher) / 1e6:.1f}M), student "
         f"{args.keep_layers}-layer pruned copy ({count_parameters(student) / 1e6:.1f}M); {args.device}, "
-        f"{torch.get_num_threads()} threads; {new_tokens} new tokens per row (EOS disabled), sampling T=1, top-k 0; "
-        f"prompts: embedded instruction suite (MiniLLM template); best of {args.repeats}."
+        f"{torch.get_num_threads()} threads; {args.new_tokens} new tokens per row (EOS disabled), sampling T=1, "
+        f"top-k 0; prompts: embedded instruction suite (MiniLLM template); best of {args.repeats} interleaved runs."
     )
     lines = [
         header,
         "",
-        "| batch | (a) SWITCH s | (a) tok/s | (b) student generate s | (c) teacher generate s | (a)/((b)+(c)) "
-        "| (a) split teacher / student / select | (d) no-cache reference s | (d) tok/s | (d)/(a) |",
+        (
+            "| batch | (a) SWITCH s (CPU s) | (b) student generate s (CPU s) | (c) teacher generate s (CPU s) "
+            "| (a)/((b)+(c)) wall | (a)/((b)+(c)) CPU | (a) tok/s | (a) split teacher / student / select "
+            "| (d) no-cache reference s | (d)/(a) |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
     for size in sizes:
         ids, mask = (x.to(args.device) for x in left_pad(prompt_ids[:size], pad))
-        tokens = size * new_tokens
-        timer = RolloutTimer()
-
-        def switch() -> object:
-            timer.seconds = {k: 0.0 for k in timer.seconds}
-            generator = torch.Generator(device=args.device).manual_seed(args.seed)
-            return rollout(student, teacher, ids, mask, settings, generator=generator, timer=timer)
-
-        switch_s, batch = _best_of(args.repeats, switch)
-        assert batch.response_mask.all() and batch.tokens.shape == (size, new_tokens)
-        split = {k: v / sum(timer.seconds.values()) for k, v in timer.seconds.items()}
-        student_s, out = _best_of(args.repeats, lambda: _generate(student, ids, mask, new_tokens, pad, args.seed))
-        assert out.shape[1] == ids.shape[1] + new_tokens
-        teacher_s, out = _best_of(args.repeats, lambda: _generate(teacher, ids, mask, new_tokens, pad, args.seed))
-        assert out.shape[1] == ids.shape[1] + new_tokens
-        reference = "skipped"
-        if args.reference_tokens > 0:
-            steps = min(args.reference_tokens, new_tokens)
-            reference_s, _ = _best_of(1, lambda: _no_cache_switch(
-                student, teacher, ids, mask, settings, steps, torch.Generator(device=args.device).manual_seed(0)))
-            length = ids.shape[1]
-            if steps < new_tokens:  # step t re-reads length + t tokens
-                reference_s *= sum(length + t for t in range(new_tokens)) / sum(length + t for t in range(steps))
-                label = f"{reference_s:.1f} (extrapolated from {steps} steps)"
-            else:
-                label = f"{reference_s:.1f}"
-            reference = f"{label} | {tokens / reference_s:.1f} | {reference_s / switch_s:.1f}x"
-        line = (
-            f"| {size} | {switch_s:.2f} | {tokens / switch_s:.1f} | {student_s:.2f} | {teacher_s:.2f} | "
-            f"{switch_s / (student_s + teacher_s):.2f} | {split['teacher']:.0%} / {split['student']:.0%} / "
-            f"{split['select']:.0%} | {reference} |"
-        )
-        if reference == "skipped":
-            line = line.replace("| skipped |", "| skipped | - | - |")
-        lines.append(line)
-        print(line, flush=True)
+        lines.append(_measure(student, teacher, ids, mask, settings, args))
+        print(lines[-1], flush=True)
     if args.out is not None:
         atomic_write_text(args.out, "\n".join(lines) + "\n")
 

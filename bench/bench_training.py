@@ -98,7 +98,10 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         )
         train(job, tracker=Recorder())
     timed = steps[1:] or steps
-    mean = lambda key: sum(s.get(key, 0.0) for s in timed) / len(timed)  # noqa: E731
+
+    def mean(key: str) -> float:
+        return sum(s.get(key, 0.0) for s in timed) / len(timed)
+
     return {
         "method": name,
         "step_seconds": mean("train/step_seconds"),
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.methods:
         began = time.perf_counter()
-        done = subprocess.run([sys.executable, __file__, *forwarded, "--one", name], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, __file__, *forwarded, "--one", name], capture_output=True, text=True, check=False)
         line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
         if done.returncode or line is None:
             print(f"{name}: failed\n{done.stderr[-3000:]}", file=sys.stderr)

@@ -181,7 +181,9 @@ def ablation(
 def grid_table(cells: dict[str, dict[str, Any]], results: dict[str, dict[str, Any]]) -> str:
     """A markdown table: one row per cell with its grid values and its ROUGE-L per benchmark."""
     keys = sorted({k for spec in cells.values() for k in spec["overrides"]})
-    benches = sorted({k.split("/")[0] for r in results.values() for k in r["metrics"] if k.endswith("/rouge_l")})
+    benches = sorted({
+        k.split("/")[0] for r in results.values() for k in r["metrics"] if k.endswith("/rouge_l") and k.count("/") == 1
+    })
     lines = ["| cell | " + " | ".join(keys + [f"{b} ROUGE-L" for b in benches]) + " |",
              "|---|" + "---|" * (len(keys) + len(benches))]
     for cell, result in results.items():

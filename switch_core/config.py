@@ -142,7 +142,7 @@ class OptimConfig(_Strict):
         "(method.md §5.6).",
     )
     loss_chunk_tokens: int = Field(
-        1024, ge=1, description="Response tokens per chunk of the full-vocabulary loss (bounds the logits' memory)."
+        256, ge=1, description="Response tokens per chunk of the full-vocabulary loss (bounds the logits' memory)."
     )
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False

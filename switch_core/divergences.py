@@ -48,7 +48,7 @@ from torch.utils.checkpoint import checkpoint
 
 Divergence = Callable[..., Tensor]
 
-_D_MAX = 80.0  # cap of log(b / a) inside expm1 (float32 overflows above 88)
+_D_MAX = 80.0  # cap of log(b / a) inside exp (float32 overflows above 88.7)
 
 
 class DivergenceError(ValueError):

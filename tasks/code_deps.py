@@ -2,7 +2,8 @@
 
 DVC re-runs a stage when one of its declared dependencies changes; a missing code dependency silently keeps a stale
 model. ``dvc.yaml`` lists each stage's code dependencies by hand and a test compares them with this closure, so the two
-cannot drift apart. Imports inside functions count (they can run); imports of other packages do not.
+cannot drift apart. Imports inside functions count (they can run); imports of other packages do not. Empty files (a
+bare ``__init__.py``) need not be declared: they execute nothing, and DVC warns about empty dependencies.
 """
 from __future__ import annotations
 

@@ -91,7 +91,8 @@ def _open(root: Path):  # -> dvc.repo.Repo
 
 
 def stage_names(root: str | Path) -> list[str]:
-    """Every stage of the project's pipeline, dependencies first (ties in dvc.yaml order).
+    """Every stage of the project's pipeline (names as in ``dvc repro NAME``), dependencies first (ties in dvc.yaml
+    order).
 
     Raises:
         StageError: dvc.yaml does not parse or templating fails (e.g. a params key it names is missing).
@@ -104,7 +105,7 @@ def stage_names(root: str | Path) -> list[str]:
             graph = repo.index.graph
             order = {stage: i for i, stage in enumerate(repo.index.stages)}
             ranked = nx.lexicographical_topological_sort(graph.reverse(copy=True), key=lambda s: order[s])
-            return [stage.addressing for stage in ranked]
+            return [stage.name for stage in ranked]
     except DvcException as err:
         raise StageError(f"cannot read the DVC pipeline in {root}: {err}") from err
 
@@ -114,7 +115,8 @@ def _hash_value(hash_info: Any) -> str:
 
 
 def inspect_stage(root: str | Path, name: str) -> StageState:
-    """The :class:`StageState` of stage ``name`` (takes DVC's repository lock while reading).
+    """The :class:`StageState` of stage ``name`` of ``root``'s dvc.yaml (takes DVC's repository lock while reading;
+    independent of the working directory).
 
     Raises:
         StageError: no such stage.
@@ -124,7 +126,7 @@ def inspect_stage(root: str | Path, name: str) -> StageState:
 
     try:
         with _open(Path(root)) as repo, repo.lock:
-            stages = repo.stage.collect(name)
+            stages = repo.stage.collect(f"{Path(root).resolve() / 'dvc.yaml'}:{name}")
             if len(stages) != 1:
                 raise StageError(f"{name!r} names {len(stages)} DVC stages; expected one")
             stage = stages[0]

@@ -34,7 +34,7 @@ def _softmax(row: np.ndarray) -> np.ndarray:
 
 def _kl(a: np.ndarray, b: np.ndarray) -> float:
     total = 0.0
-    for a_v, b_v in zip(a, b):
+    for a_v, b_v in zip(a, b, strict=True):
         if a_v > 0:
             total += math.inf if b_v == 0 else a_v * math.log(a_v / b_v)
     return total
@@ -269,12 +269,12 @@ def test_masked_token_mean_is_invariant_to_micro_batching() -> None:
 
     total = int(mask.sum())
     for splits in ([1, 5], [2, 2, 2], [1, 1, 1, 1, 1, 1]):
-        parts = zip(torch.split(values, splits), torch.split(mask, splits))
+        parts = zip(torch.split(values, splits), torch.split(mask, splits), strict=True)
         summed = sum(masked_token_mean(v, m, num_items_in_batch=total) for v, m in parts)
         torch.testing.assert_close(summed, full)
         (grad,) = torch.autograd.grad(summed, values)
         torch.testing.assert_close(grad, grad_full)
-        parts = zip(torch.split(values, splits), torch.split(mask, splits))
+        parts = zip(torch.split(values, splits), torch.split(mask, splits), strict=True)
         naive = sum(masked_token_mean(v, m) for v, m in parts) / len(splits)
         assert not torch.allclose(naive, full)  # the per-micro-batch mean is the bug this guards against
 

@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM, GPT2Config
 
 from switch_core.commands import calibrate as calibrate_command
 from switch_core.commands import rollout as rollout_command
-from switch_core.commands.rollout import PromptFileError
-from switch_core.data.tokenize import tokenize_prompt
+from switch_core.commands.rollout import OptionError, PromptFileError
+from switch_core.data.tokenize import EmptyExampleError, tokenize_prompt
 from switch_core.models.checkpoint import save_pretrained_atomic
 from switch_core.models.loading import load_tokenizer
 from switch_core.models.tiny import build_tokenizer
@@ -73,7 +73,8 @@ def test_rollout_writes_one_row_per_prompt_in_input_order(
     rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     single = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
     for row, alone in zip(rows, single, strict=True):  # batch composition and order do not change the result
-        assert {k: v for k, v in row.items() if k != "divergence"} == {k: v for k, v in alone.items() if k != "divergence"}
+        exact = [k for k in row if k != "divergence"]
+        assert [row[k] for k in exact] == [alone[k] for k in exact]
         assert row["divergence"] == pytest.approx(alone["divergence"], abs=1e-5)
     sources = [s for row in rows for s in row["sources"]]
     assert "teacher" in sources and "student" in sources
@@ -81,7 +82,7 @@ def test_rollout_writes_one_row_per_prompt_in_input_order(
 
     tokenizer = load_tokenizer(teacher)
     assert [r["prompt"] for r in rows] == PROMPTS
-    for row, text in zip(rows, PROMPTS):
+    for row, text in zip(rows, PROMPTS, strict=True):
         assert set(row) == {"prompt", "prompt_token_ids", "token_ids", "sources", "divergence", "threshold", "text"}
         assert row["prompt_token_ids"] == tokenize_prompt(text, tokenizer, max_prompt_length=256)
         n = len(row["token_ids"])
@@ -91,7 +92,7 @@ def test_rollout_writes_one_row_per_prompt_in_input_order(
         assert all(0 <= d <= math.log(2) + 1e-6 for d in row["divergence"])
         assert row["threshold"] == pytest.approx([0.6 * math.exp(-0.2 * t) for t in range(n)], rel=1e-6)
         assert row["text"] == tokenizer.decode(row["token_ids"], skip_special_tokens=True)
-        for d, tau, source in zip(row["divergence"], row["threshold"], row["sources"]):
+        for d, tau, source in zip(row["divergence"], row["threshold"], row["sources"], strict=True):
             assert (source == "teacher") == (d > tau) or abs(d - tau) < 1e-6
 
 
@@ -121,6 +122,14 @@ def test_rollout_names_the_bad_line(checkpoints: tuple[Path, Path], tmp_path: Pa
     path.write_text("\n", encoding="utf-8")
     with pytest.raises(PromptFileError, match="holds no prompts"):
         _run(rollout_command, argv)
+    path.write_text('{"prompt": "ok"}\n{"prompt": ""}\n', encoding="utf-8")
+    with pytest.raises(EmptyExampleError, match=r"prompts.jsonl:2.*empty"):
+        _run(rollout_command, argv)
+    path.write_text('{"prompt": "ok"}\n', encoding="utf-8")
+    with pytest.raises(OptionError, match="--batch-size 0"):
+        _run(rollout_command, [*argv, "--batch-size", "0"])
+    with pytest.raises(OptionError, match="--max-prompts 0"):
+        _run(calibrate_command, [*argv[:-2], "--max-prompts", "0"])
     assert not (tmp_path / "o").exists()
 
 

@@ -110,7 +110,7 @@ def test_greedy_switch_matches_the_no_cache_reference(arch: str) -> None:
     )
     batch = rollout(student, teacher, ids, mask, settings)
     assert batch.tokens.shape == (4, max_new)
-    for b, (row, expected) in enumerate(zip(batch.to_rows(), ref)):
+    for b, (row, expected) in enumerate(zip(batch.to_rows(), ref, strict=True)):
         n = len(expected)
         assert row["prompt_token_ids"] == PROMPTS[b]
         assert row["token_ids"] == [s["token"] for s in expected]
@@ -273,7 +273,9 @@ def _stub_prompts() -> tuple[torch.Tensor, torch.Tensor]:
         ("exponential", 0.0, 0),  # tau0 = 0: the teacher whenever JSD > 0
     ],
 )
-def test_stub_switch_position_follows_the_schedule(schedule: str, tau0_over_d: float, first_teacher: int | None) -> None:
+def test_stub_switch_position_follows_the_schedule(
+    schedule: str, tau0_over_d: float, first_teacher: int | None
+) -> None:
     d = _jsd64(torch.tensor(STUDENT_LOGITS), torch.tensor(TEACHER_LOGITS))
     assert 0.1 < d < 0.5
     student, teacher = constant(STUDENT_LOGITS), constant(TEACHER_LOGITS)

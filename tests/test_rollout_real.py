@@ -40,7 +40,7 @@ def test_switch_rollout_with_the_embedded_teacher_uses_both_sources(smollm2_avai
     assert 0.0 < batch.teacher_share() < 1.0
     assert torch.equal(batch.teacher_chosen[valid], (batch.divergence > batch.threshold)[valid])
     assert (batch.divergence[valid] <= math.log(2) + 1e-6).all()
-    for b, row in enumerate(batch.to_rows(tokenizer)):
+    for row in batch.to_rows(tokenizer):
         assert row["text"].strip()
         assert len(row["token_ids"]) == 24 or row["token_ids"][-1] == tokenizer.eos_token_id
 

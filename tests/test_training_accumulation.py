@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_training_support import examples, student, teacher, tokenizer
 
 from switch_core.training import LossSpec, batch_from_examples, batch_loss
-from test_training_support import examples, student, teacher, tokenizer
 
 
 def _grads(model: torch.nn.Module) -> list[torch.Tensor]:

@@ -80,3 +80,9 @@ def test_stage_chain(project: Path, capsys: pytest.CaptureFixture) -> None:
 def test_unknown_run_is_a_configuration_error(project: Path, capsys: pytest.CaptureFixture) -> None:
     assert _cli(project, "distill", "--run", "switch-hihg") == 2
     assert "did you mean 'switch-high'" in capsys.readouterr().err
+
+
+def test_without_warmup_runs_start_from_the_untrained_student(project: Path) -> None:
+    assert _cli(project, "distill", "--run", "kd", "--set", "student.warmup=false", "--set", "optim.max_steps=1") == 0
+    tags = read_jsonl_events(project / "runs" / "tiny" / "tracking" / "kd.jsonl", "tags")[-1]["tags"]
+    assert tags["init_from"] == "student-init"

@@ -9,10 +9,10 @@ import pytest
 import torch
 from accelerate import Accelerator, debug_launcher
 from accelerate.state import AcceleratorState
+from test_training_support import make_job, method
 
 from switch_core.training import Action, choose_action, train
 from switch_core.training.seeding import Stream, uniform
-from test_training_support import make_job, method
 
 TESTS_DIR = str(Path(__file__).resolve().parent)
 # kd: ground truth + teacher forward; gkd without replay: the GKD mix of fresh rollouts (teacher logits kept) and
@@ -46,10 +46,10 @@ def test_two_processes_equal_one_process(tmp_path) -> None:
     debug_launcher(_train_all, args=(str(tmp_path / "two"),), num_processes=2)
     _train_all(str(tmp_path / "one"))
     AcceleratorState._reset_state(reset_partial_state=True)
-    for name in RUNS:
+    for name, config in RUNS.items():
         two = torch.load(tmp_path / "two" / f"{name}.pt", weights_only=True)
         one = torch.load(tmp_path / "one" / f"{name}.pt", weights_only=True)
         for key in one:
             torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6, msg=f"{name}: {key}")
-        initial = make_job(tmp_path / "init", RUNS[name]).student.state_dict()
+        initial = make_job(tmp_path / "init", config).student.state_dict()
         assert any(not torch.equal(one[k], initial[k]) for k in one)  # training moved the weights

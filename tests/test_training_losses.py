@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_training_support import examples, student, teacher, tokenizer
 
 from switch_core.config import _default_methods
 from switch_core.training import LossSpec, TrainBatch, batch_from_examples, batch_loss, token_losses
 from switch_core.training.objective import OutputHeadError, check_output_head
-from test_training_support import examples, student, teacher, tokenizer
 
 # Student logits [0, ln 3] -> q = (1/4, 3/4); teacher logits [0, 0] -> p = (1/2, 1/2); the target token is 1.
 STUDENT = torch.tensor([[0.0, math.log(3.0)]])

@@ -5,13 +5,13 @@ import json
 
 import pytest
 import torch
+from test_training_support import MAX_LENGTH, MAX_PROMPT, _records, make_job, method, short_prompt, teacher, tokenizer
 from transformers import AutoModelForCausalLM
 
 from switch_core.data import tokenize_example
 from switch_core.evaluation.generate import generate_responses
 from switch_core.tracking import JsonlTracker, read_jsonl_events
 from switch_core.training import SUMMARY_FILE, TrainingSetupError, train
-from test_training_support import MAX_LENGTH, MAX_PROMPT, _records, make_job, method, short_prompt, teacher, tokenizer
 
 
 def _seqkd_examples() -> list:

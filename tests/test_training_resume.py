@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_training_support import make_job, method
 
 from switch_core.training import StateError, train
 from switch_core.training.state import latest_state
-from test_training_support import make_job, method
 
 TESTS_DIR = Path(__file__).resolve().parent
 # DistiLLM's adaptive schedule from φ = 0.5 with a small buffer: ground-truth, fresh-rollout and replay steps all

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_training_support import examples, method, student, teacher, tokenizer
 
 from switch_core.training import BatchSource, LossSpec, batch_loss, rollout_settings
 from switch_core.training.sources import Action
-from test_training_support import examples, method, student, teacher, tokenizer
 
 
 def _source(model: torch.nn.Module, teach: torch.nn.Module, *, rollout_batch_size: int, keep: bool) -> BatchSource:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from test_training_support import method, student
 
 from switch_core.config import OptimConfig, TrackingConfig
 from switch_core.tracking import JsonlTracker, NullTracker, Tracker, read_jsonl_events, tracker_from_config
@@ -13,7 +14,6 @@ from switch_core.training import Action, BatchSource, ReplayBuffer, Sequence1D, 
 from switch_core.training.optim import build_optimizer, build_scheduler, cosine_lr
 from switch_core.training.progress import Progress
 from switch_core.training.seeding import Stream, derive_seed, generator
-from test_training_support import method, student
 
 ADAPTIVE = method("distillm")  # data=adaptive, replay, capacity 1000
 

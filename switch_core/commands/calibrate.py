@@ -10,9 +10,10 @@ from pathlib import Path
 
 from switch_core.atomic import atomic_write_json
 from switch_core.commands.rollout import (
-    PromptFileError,
+    OptionError,
     add_model_arguments,
     load_models,
+    load_tokenizer_of,
     read_prompts,
     settings_from_args,
     tokenized_batches,
@@ -36,11 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Calibrate, print and optionally write the result. Returns 0."""
     if args.max_prompts < 1:
-        raise PromptFileError(f"--max-prompts {args.max_prompts} must be >= 1")
+        raise OptionError(f"--max-prompts {args.max_prompts} must be >= 1")
     prompts = read_prompts(args.prompts)[: args.max_prompts]
-    teacher, student, tokenizer = load_models(args)
+    tokenizer = load_tokenizer_of(args)
     settings = settings_from_args(args, tokenizer, strategy="switch")
     batches = [(ids, mask) for _, ids, mask in tokenized_batches(prompts, tokenizer, args, args.prompts)]
+    teacher, student = load_models(args, tokenizer)
     result = calibrate_tau0(
         student, teacher, batches, settings, target_share=args.target_share, tolerance=args.tolerance,
         max_evaluations=args.max_evaluations, seed=args.seed,

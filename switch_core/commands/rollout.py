@@ -29,6 +29,10 @@ class PromptFileError(ValueError):
     """The prompts file is missing, empty or has a bad line (the message names the line)."""
 
 
+class OptionError(ValueError):
+    """A command-line option is out of range (the message names it)."""
+
+
 def read_prompts(path: Path) -> list[str]:
     """Read the ``prompt`` field of every non-blank line of a JSONL file.
 
@@ -60,8 +64,8 @@ def read_prompts(path: Path) -> list[str]:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``rollout`` and ``calibrate``: models, prompts, batching, decoding and schedule."""
     models = parser.add_argument_group("models and prompts")
-    models.add_argument("--teacher", required=True, help="teacher: checkpoint folder, .gguf file, hub name or 'embedded'")
-    models.add_argument("--student", required=True, help="student: checkpoint folder, .gguf file or hub name")
+    models.add_argument("--teacher", required=True, help="checkpoint folder, .gguf file, hub name or 'embedded'")
+    models.add_argument("--student", required=True, help="checkpoint folder, .gguf file or hub name")
     models.add_argument("--prompts", required=True, type=Path, help="JSONL file with a 'prompt' field per line")
     models.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
     models.add_argument("--device", default="cpu", help="device of both models, e.g. cpu or cuda:0 (default: cpu)")
@@ -90,25 +94,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output JSONL file")
 
 
-def load_models(args: argparse.Namespace) -> tuple[PreTrainedModel, PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load teacher, student and the shared tokenizer, and check that they fit together.
+def load_tokenizer_of(args: argparse.Namespace) -> PreTrainedTokenizerBase:
+    """The teacher's tokenizer (shared with the student, see :func:`load_models`).
 
     Raises:
-        switch_core.models.loading.ModelLoadError: a model or tokenizer cannot be loaded.
+        switch_core.models.loading.ModelLoadError: it cannot be loaded.
+    """
+    from switch_core.models.loading import load_tokenizer
+
+    return load_tokenizer(args.teacher)
+
+
+def load_models(
+    args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase
+) -> tuple[PreTrainedModel, PreTrainedModel]:
+    """Load teacher and student and check that they fit together and with both tokenizers.
+
+    Raises:
+        switch_core.models.loading.ModelLoadError: a model or the student's tokenizer cannot be loaded.
         switch_core.models.compat.IncompatibleModelsError: different vocabularies or tokenizers.
     """
     from switch_core.models.compat import check_compatible
     from switch_core.models.loading import load_causal_lm, load_tokenizer
 
-    tokenizer = load_tokenizer(args.teacher)
     student_tokenizer = load_tokenizer(args.student)
     teacher = load_causal_lm(args.teacher, dtype=args.dtype, device=args.device)
     student = load_causal_lm(args.student, dtype=args.dtype, device=args.device)
     check_compatible(teacher, student, tokenizer, student_tokenizer)
-    return teacher, student, tokenizer
+    return teacher, student
 
 
-def settings_from_args(args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, **overrides: Any) -> RolloutSettings:
+def settings_from_args(
+    args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, **overrides: Any
+) -> RolloutSettings:
     """Rollout settings from the command-line options; pad and stop ids from the tokenizer (stop = eos).
 
     Raises:
@@ -142,13 +160,13 @@ def tokenized_batches(
         ``(original indices, prompt_ids [B, Lp], prompt_mask [B, Lp])`` per batch.
 
     Raises:
-        PromptFileError: ``--batch-size`` or ``--max-prompt-length`` below 1.
+        OptionError: ``--batch-size`` or ``--max-prompt-length`` below 1.
         switch_core.data.tokenize.EmptyExampleError: a prompt is empty after tokenisation (names the line).
     """
     if args.batch_size < 1:
-        raise PromptFileError(f"--batch-size {args.batch_size} must be >= 1")
+        raise OptionError(f"--batch-size {args.batch_size} must be >= 1")
     if args.max_prompt_length < 1:
-        raise PromptFileError(f"--max-prompt-length {args.max_prompt_length} must be >= 1")
+        raise OptionError(f"--max-prompt-length {args.max_prompt_length} must be >= 1")
     ids = [
         tokenize_prompt(text, tokenizer, max_prompt_length=args.max_prompt_length, record_id=f"{source}:{n + 1}")
         for n, text in enumerate(prompts)
@@ -179,9 +197,10 @@ def _decode_all(
 def run(args: argparse.Namespace) -> int:
     """Decode every prompt and write the rows; print the teacher share. Returns 0."""
     prompts = read_prompts(args.prompts)
-    teacher, student, tokenizer = load_models(args)
+    tokenizer = load_tokenizer_of(args)
     settings = settings_from_args(args, tokenizer)
     batches = tokenized_batches(prompts, tokenizer, args, args.prompts)
+    teacher, student = load_models(args, tokenizer)
     rows: list[dict[str, Any]] = [{} for _ in prompts]
     for index, row in _decode_all(teacher, student, tokenizer, batches, settings, args.seed):
         rows[index] = {"prompt": prompts[index], **row}

@@ -3,22 +3,20 @@
 The five instruction-following sets of MiniLLM / DistiLLM (method.md §5.1) in MiniLLM's processed JSONL format, plus
 the run's own test split (``embedded``):
 
-============  ==============================================  ====================  ==========================
-name          local file under ``data_dir``                    hub file               examples evaluated
-============  ==============================================  ====================  ==========================
-dolly         ``dolly/valid.jsonl``                           MiniLLM/dolly          all (500)
-self-inst     ``self-inst/valid.jsonl``                       MiniLLM/self-inst      all (242)
-vicuna        ``vicuna/valid.jsonl``                          MiniLLM/Vicuna         all (80)
-sinst         ``sinst/valid.jsonl`` or ``sinst/11_/valid.jsonl``  MiniLLM/sinst 11_/  all (references are lists)
-uinst         ``uinst/valid.jsonl`` or ``uinst/11_/valid.jsonl``  MiniLLM/uinst 11_/  the first 10,000
-embedded      ``{run_dir}/data/test.jsonl`` (the data stage's test split)             all
-============  ==============================================  ====================  ==========================
+- ``dolly``: ``dolly/valid.jsonl`` (hub ``MiniLLM/dolly`` ``valid.jsonl``), all 500;
+- ``self-inst``: ``self-inst/valid.jsonl`` (hub ``MiniLLM/self-inst``), all 242;
+- ``vicuna``: ``vicuna/valid.jsonl`` (hub ``MiniLLM/Vicuna``), all 80;
+- ``sinst``: ``sinst/valid.jsonl`` or ``sinst/11_/valid.jsonl`` (hub ``MiniLLM/sinst`` ``11_/valid.jsonl``), all
+  rows; references are lists;
+- ``uinst``: ``uinst/valid.jsonl`` or ``uinst/11_/valid.jsonl`` (hub ``MiniLLM/uinst`` ``11_/valid.jsonl``), the
+  first 10,000 rows (``--dev-num 10000`` in the MiniLLM / DistiLLM eval scripts);
+- ``embedded``: ``{run_dir}/data/test.jsonl``, the test split written by ``prepare-data``.
 
-A set is looked for in the local candidates first, then downloaded from the Hugging Face hub with
-``huggingface_hub.hf_hub_download`` (the MiniLLM hub repos keep S-NI / UnNI length buckets in sub-folders such as
-``11_/``, so the exact file is fetched rather than letting ``datasets`` merge every bucket). A hub "name" that is
-an existing local folder is read as a local copy of that repo. A set found nowhere raises
-:class:`BenchmarkNotFoundError` listing every place that was tried.
+Local paths are relative to ``data_dir`` (``eval.data_dir``, e.g. ``../shared/data``). A set is looked for in the
+local candidates first, then downloaded from the Hugging Face hub with ``huggingface_hub.hf_hub_download`` (the
+MiniLLM hub repos keep S-NI / UnNI length buckets in sub-folders such as ``11_/``, so the exact file is fetched
+rather than letting ``datasets`` merge every bucket). A hub "name" that is an existing local folder is read as a
+local copy of that repo. A set found nowhere raises :class:`BenchmarkNotFoundError` listing every place tried.
 """
 from __future__ import annotations
 

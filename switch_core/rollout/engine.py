@@ -12,21 +12,24 @@ One call decodes a batch of left-padded prompts with both models side by side, e
    - ``teacher``: always the teacher (teacher sampling, SeqKD-like, §6.3);
    - ``random``: the teacher with probability ``random_rate``, independently of the divergence (the ablation's
      random intervention at a matched rate, §2);
-   - ``mixture``: a token from ``α·p̃ + (1−α)·q̃`` (MiniLLM's teacher-mixed sampling, §6.5). When sampling, the
-     component is drawn first (teacher with probability α) and the token from it, which is the same
-     distribution; the drawn component is recorded as the source. Greedy decoding takes the argmax of the mixture
-     and records as source the component with the larger weighted probability of that token.
-     ``sampling_logprobs`` holds ``log(α·p̃(y) + (1−α)·q̃(y))``, so MiniLLM's importance weight is
-     ``exp(student_logprobs − sampling_logprobs)``. (``random`` draws from the same distribution but reports the
-     log-probability under the drawn component);
+   - ``mixture``: a token from ``α·p̃ + (1−α)·q̃`` (MiniLLM's teacher-mixed sampling, §6.5; ``p̃`` and ``q̃`` are the
+     models' distributions after temperature, top-k and top-p). When sampling, the component is drawn first
+     (teacher with probability α) and the token from it, which is the same distribution; the drawn component is
+     recorded as the source. Greedy decoding takes the argmax of the mixture and records as source the component
+     with the larger weighted probability of that token. ``sampling_logprobs`` holds ``log(α·p̃(y) + (1−α)·q̃(y))``,
+     so MiniLLM's importance weight is ``exp(student_logprobs − sampling_logprobs)``. (``random`` draws from the
+     same distribution but reports the log-probability under the drawn component);
 
-3. the token is drawn from the source's distribution (temperature, top-k, top-p; or argmax when greedy) and
-   appended to both caches. A row stops after emitting a stop token; later positions hold the pad id, are masked
-   out and cost no decision. When at most 3/4 of the rows in the compute batch are still running, the finished rows
-   are dropped from both caches, so long tails do not pay for short rows.
+3. the token is drawn from the source's distribution (temperature, top-k, top-p; inverse-CDF sampling with the
+   given ``torch.Generator``; or argmax when greedy) and appended to both caches. A row stops after emitting a stop
+   token; later positions hold the pad id, are masked out and cost no decision. When at most 3/4 of the rows in the
+   compute batch are still running, the finished rows are dropped from both caches, so long tails do not pay for
+   short rows.
 
-Position ids are ``cumsum(attention_mask) − 1`` clamped at 0 (ARCHITECTURE.md), which matches unpadded decoding for
-GPT-2, OPT and Llama-style models. Models are called as Hugging Face causal LMs (transformers 5):
+Teacher and student must pass `switch_core.models.compat.check_compatible` (same vocabulary size); they may sit on
+different devices (decisions are taken on the student's). Position ids are ``cumsum(attention_mask) − 1`` clamped
+at 0 (ARCHITECTURE.md), which matches unpadded decoding for GPT-2, OPT and Llama-style models. Models are called as
+Hugging Face causal LMs (transformers 5):
 ``model(input_ids=, attention_mask=, position_ids=, cache=, use_cache=True, logits_to_keep=1)`` returning an object
 with ``.logits [n, k, V]`` and ``.cache`` (a ``DynamicCache``; ``cache.batch_select_indices`` is used to drop rows).
 The models run in eval mode under ``torch.no_grad`` and their training flags are restored afterwards; passing
@@ -127,7 +130,9 @@ class RolloutSettings:
         if self.horizon is not None and (not isinstance(self.horizon, int) or self.horizon < 1):
             raise bad("horizon", "must be an integer >= 1 or None (= max_new_tokens)")
         try:
-            validate_schedule(self.schedule, tau0=float(self.tau0), decay=float(self.decay), horizon=self.schedule_horizon)
+            validate_schedule(
+                self.schedule, tau0=float(self.tau0), decay=float(self.decay), horizon=self.schedule_horizon
+            )
         except ScheduleError as error:
             raise RolloutSettingsError(f"rollout settings: {error}") from error
         for name in ("random_rate", "mixture_alpha"):

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from transformers import PreTrainedModel
 
 from switch_core.atomic import atomic_write_json
@@ -195,7 +196,7 @@ class _Run:
     def fingerprint(self) -> dict[str, Any]:
         """Settings a resumed run must share with the saved one."""
         data = {
-            "optim": self.optim.model_dump(exclude={"log_every"}), "method": self.job.method.model_dump(),
+            "optim": self.optim.model_dump(exclude={"log_every", "save_every"}), "method": self.job.method.model_dump(),
             "rollout": self.job.rollout.model_dump() if self.uses_rollouts else None, "train": len(self.job.train),
             "select_by": self.job.select_by,
         }
@@ -219,8 +220,6 @@ class _Run:
                 self.student, self.teacher, batches, settings, target_share=cfg.target_teacher_share, seed=seed
             )]
         if self.acc.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
             broadcast_object_list(result, from_process=0)
         self.tau0 = float(result[0].tau0)
         if self.acc.is_main_process:
@@ -412,10 +411,23 @@ class _Run:
         return result
 
 
+_LAST_VALUE = ("train/lr", "train/epoch", "train/phi")
+
+
 def _mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
-    """Mean of each metric over the steps of a logging window (source/* become the fraction of steps)."""
-    keys = {k for m in window for k in m}
-    return {k: sum(m.get(k, 0.0) for m in window) / len(window) for k in sorted(keys)}
+    """Each metric over the steps of a logging window: the mean (``source/*`` become the fraction of steps that
+    used that source; rollout metrics average over the steps that had rollouts), the last value for lr, epoch, φ."""
+    keys = sorted({k for m in window for k in m})
+    out = {}
+    for key in keys:
+        if key in _LAST_VALUE:
+            out[key] = window[-1][key]
+        elif key.startswith("source/"):
+            out[key] = sum(m.get(key, 0.0) for m in window) / len(window)
+        else:
+            values = [m[key] for m in window if key in m]
+            out[key] = sum(values) / len(values)
+    return out
 
 
 def train(job: TrainJob, *, accelerator: Accelerator | None = None, tracker: Tracker | None = None) -> TrainResult:

@@ -1,0 +1,124 @@
+"""dvc.yaml: the stages DVC resolves, their code dependencies, params and signatures (no stage is run here)."""
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+
+import pytest
+import yaml
+
+from switch_core.config import flatten, load_config
+from tasks.code_deps import OBSERVABILITY_ONLY, expand_deps, import_closure
+from tasks.dvc_stages import StageError, inspect_stage, stage_names
+from tasks.params import apply_params
+from tasks.workspace import clone_workspace
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+COMMAND_OF_GROUP = {
+    "prepare-data": "prepare_data", "setup-teacher": "setup_teacher", "sft-teacher": "sft", "build-student":
+    "build_student", "sft-student": "sft", "seqkd-data": "seqkd_data", "distill": "distill", "evaluate-base":
+    "evaluate", "evaluate": "evaluate", "report": "report",
+}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scratch git copy of the project (DVC reads its dvc.yaml and params.yaml; nothing is run)."""
+    return clone_workspace(PROJECT, tmp_path_factory.mktemp("dvc") / "ws")
+
+
+def _stages(root: Path) -> dict[str, object]:
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return {s.name: s for s in repo.index.stages}
+
+
+def test_default_pipeline_stages_in_dependency_order(workspace: Path) -> None:
+    runs = list(load_config(workspace / "params.yaml").runs)
+    expected = (
+        ["prepare-data", "setup-teacher", "sft-teacher", "build-student", "sft-student", "seqkd-data"]
+        + [f"distill@{r}" for r in runs]
+        + ["evaluate-base@teacher", "evaluate-base@student-init", "evaluate-base@student-sft"]
+        + [f"evaluate@{r}" for r in runs]
+        + ["report"]
+    )
+    assert stage_names(workspace) == expected
+
+
+def test_preset_and_chained_runs_reach_dvc_templating(tmp_path: Path) -> None:
+    root = clone_workspace(PROJECT, tmp_path / "ws")
+    # "lo" is listed first but starts from "hi": DVC's graph must order hi first
+    apply_params(root / "params.yaml", preset="tiny", overrides={"runs": {
+        "lo": {"method": "switch", "init_from": "hi", "overrides": {"rollout.tau0": 0.1}},
+        "hi": {"method": "switch", "init_from": "student-sft", "overrides": {"rollout.tau0": 0.4}},
+    }})
+    names = stage_names(root)
+    assert names.index("distill@hi") < names.index("distill@lo")
+    assert [n for n in names if n.startswith("distill@")] == ["distill@hi", "distill@lo"]
+    stage = _stages(root)["distill@lo"]
+    deps = {d.def_path for d in stage.deps if not hasattr(d, "read_params")}
+    assert "runs/tiny/models/hi" in deps and "runs/tiny/models/teacher" in deps
+    assert [o.def_path for o in stage.outs] == ["runs/tiny/models/lo"]
+    assert stage.cmd == "switch-kd distill --run lo"
+
+
+def test_code_dependencies_cover_each_commands_import_closure(workspace: Path) -> None:
+    for name, stage in _stages(workspace).items():
+        group = name.partition("@")[0]
+        declared = [d.def_path for d in stage.deps if not hasattr(d, "read_params")]
+        code = [d for d in declared if d.startswith("switch_core")]
+        assert all((workspace / d).exists() for d in code), f"{name}: a declared code dependency does not exist"
+        closure = import_closure(workspace, f"switch_core.commands.{COMMAND_OF_GROUP[group]}")
+        needed = {p for p in closure - OBSERVABILITY_ONLY if (workspace / p).stat().st_size > 0}
+        missing = needed - expand_deps(workspace, code)
+        assert not missing, f"dvc.yaml stage {name} misses code dependencies {sorted(missing)} (stale models risk)"
+
+
+def test_every_declared_param_exists_in_params_yaml(workspace: Path) -> None:
+    from dvc.dependency.param import ParamsDependency
+
+    raw = flatten(yaml.safe_load((workspace / "params.yaml").read_text()))
+    for name, stage in _stages(workspace).items():
+        for dep in stage.deps:
+            if isinstance(dep, ParamsDependency):
+                for key in dep.params:
+                    assert key in raw or any(k.startswith(key + ".") for k in raw), f"{name}: params key {key} missing"
+
+
+def test_params_yaml_lists_every_configuration_key() -> None:
+    # `dvc exp run -S key=value` can only set keys present in params.yaml, and DVC tracks only those
+    raw = flatten(yaml.safe_load((PROJECT / "params.yaml").read_text()))
+    resolved = flatten(load_config(PROJECT / "params.yaml").model_dump())
+    missing = sorted(k for k in resolved if k not in raw and not any(r.startswith(k + ".") for r in raw))
+    assert not missing, f"params.yaml lacks keys {missing}: regenerate it from the schema"
+
+
+def test_signature_follows_exactly_the_stage_inputs(tmp_path: Path) -> None:
+    root = clone_workspace(PROJECT, tmp_path / "ws")
+    apply_params(root / "params.yaml", preset="tiny", methods=["kd", "switch"])
+    names = ["prepare-data", "distill@kd", "distill@switch", "evaluate@switch"]
+    before = {n: inspect_stage(root, n) for n in names}
+    assert not any(s.clean for s in before.values())  # nothing has run
+    assert before["distill@switch"].params["methods.switch"]["alpha"] == 0.1
+    apply_params(root / "params.yaml", overrides=["methods.switch.alpha=0.3"])
+    after = {n: inspect_stage(root, n) for n in names}
+    changed = {n for n in names if after[n].signature != before[n].signature}
+    assert changed == {"distill@switch"}
+    with (root / "switch_core" / "commands" / "distill.py").open("a") as handle:
+        handle.write("\n# a code change\n")
+    again = {n: inspect_stage(root, n) for n in names}
+    assert {n for n in names if again[n].signature != after[n].signature} == {"distill@kd", "distill@switch"}
+
+
+def test_unknown_stage_is_a_clear_error(workspace: Path) -> None:
+    with pytest.raises(StageError, match="distill@nope"):
+        inspect_stage(workspace, "distill@nope")
+
+
+def test_dvc_config_turns_analytics_off_and_links_the_cache() -> None:
+    parser = configparser.ConfigParser()
+    parser.read(PROJECT / ".dvc" / "config")
+    assert parser["core"]["analytics"] == "false"
+    assert parser["cache"]["type"].strip('"').split(",")[:2] == ["reflink", "hardlink"]
