@@ -118,7 +118,8 @@ def flow_mlflow_run(
 
 
 def run_stages(root: Path, names: list[str], context: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Run DVC stages in order as Prefect tasks; return ``{stage: result + {"state": "Cached" | "Completed"}}``.
+    """Run DVC stages in order as Prefect tasks; return ``{stage: result + {"state": "Cached" | "Completed"}}`` (a
+    Cached stage has ``executed`` False and no MLflow run).
 
     Each stage is inspected right before its task runs (its upstream has finished by then): the signature goes into
     the task's inputs (the cache key), and a stage DVC does not find up to date refreshes the cache.
@@ -133,7 +134,10 @@ def run_stages(root: Path, names: list[str], context: dict[str, Any]) -> dict[st
         task_state = run_stage.with_options(refresh_cache=not state.clean, tags=tags)(
             stage=name, signature=state.signature, project_dir=str(root), context=context, return_state=True
         )
-        results[name] = task_state.result() | {"state": task_state.name}
+        result = task_state.result() | {"state": task_state.name}
+        if task_state.name == "Cached":  # the record is the earlier run's: nothing was executed now
+            result |= {"executed": False, "mlflow_run_id": None}
+        results[name] = result
     return results
 
 
@@ -168,8 +172,8 @@ def where_things_are(root: Path, config: Config) -> str:
     uri = tracking_uri(root, config.tracking.mlflow_uri)
     return "\n".join([
         f"report:       {layout.report_dir / 'report.md'}",
-        f"MLflow store: {uri} (UI: MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri {uri} "
-        "--workers 1 --host 127.0.0.1 --port 5000)",
+        (f"MLflow store: {uri} (UI: MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri {uri} "
+         "--workers 1 --host 127.0.0.1 --port 5000)"),
         f"DVC outputs:  {layout.root} (dvc.lock; `dvc status`, `dvc metrics show`, `dvc plots show`)",
     ])
 

@@ -25,7 +25,8 @@ import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import yaml
 from mlflow import MlflowClient
@@ -57,7 +58,8 @@ def project_root_of(path: str | Path | None = None) -> Path:
 def tracking_uri(project_root: str | Path, configured: str | None = None) -> str:
     """``MLFLOW_TRACKING_URI`` if set, else ``configured`` (``tracking.mlflow_uri``), else the project's sqlite store
     ``sqlite:////<abs project>/mlflow.db``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or configured or f"sqlite:///{Path(project_root).resolve() / STORE_FILE}"
+    default = f"sqlite:///{Path(project_root).resolve() / STORE_FILE}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured or default
 
 
 def artifact_location(project_root: str | Path) -> str:
@@ -205,7 +207,9 @@ class MlflowRun:
             if old is None:
                 new[str(key)] = text
             elif old != text and not skip_existing:
-                raise ValueError(f"MLflow run {self.run_id}: parameter {key!r} is {old!r}, cannot change it to {text!r}")
+                raise ValueError(
+                    f"MLflow run {self.run_id}: parameter {key!r} is {old!r}, cannot change it to {text!r}"
+                )
         for chunk in _chunks(list(new.items())):
             self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in chunk])
         self._params.update(new)
@@ -382,9 +386,11 @@ class MlflowTracker:
             self.run.log_config(self.config, params_file, self.run_name)
             self.run.end("FAILED" if failed else "FINISHED")
 
-    def __enter__(self) -> MlflowTracker:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close(failed=exc_type is not None)
 

@@ -123,13 +123,17 @@ def chromium(url: str, *, screenshot: Path | None = None, window: str = "1600,10
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
         flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={window}",
                  f"--virtual-time-budget={budget_ms}"]
-        dom = subprocess.run([binary, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=180)
+        dom = subprocess.run(
+            [binary, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=180, check=False
+        )
         if dom.returncode:
             raise UiError(f"chromium --dump-dom {url} failed ({dom.returncode}): {dom.stderr[-2000:]}")
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
-            shot = subprocess.run([binary, *flags, f"--screenshot={screenshot}", url], capture_output=True, text=True,
-                                  timeout=180)
+            shot = subprocess.run(
+                [binary, *flags, f"--screenshot={screenshot}", url], capture_output=True, text=True, timeout=180,
+                check=False,
+            )
             if shot.returncode or not screenshot.is_file():
                 raise UiError(f"chromium --screenshot {url} failed ({shot.returncode}): {shot.stderr[-2000:]}")
     return dom.stdout

@@ -139,7 +139,9 @@ def record_stage(
 
 def stage_tags(name: str, config: Config, signature: str) -> dict[str, Any]:
     """Tags known before a stage runs: DVC stage and group, signature, and the run's method and name."""
-    tags: dict[str, Any] = {"dvc.stage": name, "switchkd.stage_group": stage_group(name), "switchkd.signature": signature}
+    tags: dict[str, Any] = {
+        "dvc.stage": name, "switchkd.stage_group": stage_group(name), "switchkd.signature": signature,
+    }
     run_name = run_of_stage(name)
     if run_name and run_name in config.runs:
         tags.update({"run": run_name, "method": config.runs[run_name].method})

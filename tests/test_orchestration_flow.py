@@ -57,7 +57,7 @@ def story(tmp_path_factory: pytest.TempPathFactory, harness: Any) -> dict[str, A
         first = pipeline(**TINY, project_dir=str(root))
         proc = subprocess.run(  # the same flow in a new process (its own flow run and harness)
             [sys.executable, "-c", SECOND_RUN, str(root)], cwd=root, env=dvc_env(), capture_output=True, text=True,
-            timeout=900,
+            timeout=900, check=False,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         second = json.loads(proc.stdout.split("RESULT ", 1)[1].splitlines()[0])
@@ -116,7 +116,8 @@ def test_mlflow_has_stage_runs_nested_under_each_flow_run(story: dict[str, Any])
     runs = mlflow.search_runs([experiment.experiment_id], "tags.`switchkd.flow` = 'pipeline'")
     parents = {r.info.run_id: r for r in runs}
     assert story["first"]["mlflow_run_id"] in parents and story["third"]["mlflow_run_id"] in parents
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout
+    head = head.strip()
 
     def children(parent_id: str) -> dict[str, Any]:
         found = mlflow.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")

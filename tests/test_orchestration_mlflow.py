@@ -81,7 +81,8 @@ def test_tracker_records_a_stage_run(project: Path, monkeypatch: pytest.MonkeyPa
         run_id = tracker.run_id
     client = _client(project)
     run = client.get_run(run_id)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, check=True).stdout
+    head = head.strip()
     assert run.info.status == "FINISHED" and run.info.run_name == "distill@switch"
     assert run.data.tags["mlflow.source.git.commit"] == head
     assert run.data.tags["dvc.stage"] == "distill@switch"
@@ -126,9 +127,8 @@ def test_parent_from_environment_nests_the_run(project: Path, monkeypatch: pytes
     config = load_config(project / "params.yaml")
     parent = MlflowRun.start(project, experiment=config.tracking.experiment, name="study")
     monkeypatch.setenv(ENV_PARENT_RUN_ID, parent.run_id)
-    with pytest.raises(RuntimeError):
-        with MlflowTracker(config, name="cell", project_root=project) as child:
-            raise RuntimeError("training crashed")
+    with pytest.raises(RuntimeError), MlflowTracker(config, name="cell", project_root=project) as child:
+        raise RuntimeError("training crashed")
     run = _client(project).get_run(child.run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent.run_id
     assert run.info.status == "FAILED"

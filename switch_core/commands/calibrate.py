@@ -13,7 +13,7 @@ from switch_core.commands.rollout import (
     OptionError,
     add_model_arguments,
     load_models,
-    load_tokenizer_of,
+    load_shared_tokenizer,
     read_prompts,
     settings_from_args,
     tokenized_batches,
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_prompts < 1:
         raise OptionError(f"--max-prompts {args.max_prompts} must be >= 1")
     prompts = read_prompts(args.prompts)[: args.max_prompts]
-    tokenizer = load_tokenizer_of(args)
+    tokenizer = load_shared_tokenizer(args)
     settings = settings_from_args(args, tokenizer, strategy="switch")
     batches = [(ids, mask) for _, ids, mask in tokenized_batches(prompts, tokenizer, args, args.prompts)]
     teacher, student = load_models(args, tokenizer)

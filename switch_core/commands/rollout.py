@@ -94,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output JSONL file")
 
 
-def load_tokenizer_of(args: argparse.Namespace) -> PreTrainedTokenizerBase:
+def load_shared_tokenizer(args: argparse.Namespace) -> PreTrainedTokenizerBase:
     """The teacher's tokenizer (shared with the student, see :func:`load_models`).
 
     Raises:
@@ -191,13 +191,13 @@ def _decode_all(
     generator = torch.Generator(device=student.device).manual_seed(seed)
     for indices, prompt_ids, prompt_mask in tqdm(batches, desc="rollout", unit="batch"):
         batch = rollout(student, teacher, prompt_ids, prompt_mask, settings, generator=generator)
-        yield from zip(indices, batch.to_rows(tokenizer))
+        yield from zip(indices, batch.to_rows(tokenizer), strict=True)
 
 
 def run(args: argparse.Namespace) -> int:
     """Decode every prompt and write the rows; print the teacher share. Returns 0."""
     prompts = read_prompts(args.prompts)
-    tokenizer = load_tokenizer_of(args)
+    tokenizer = load_shared_tokenizer(args)
     settings = settings_from_args(args, tokenizer)
     batches = tokenized_batches(prompts, tokenizer, args, args.prompts)
     teacher, student = load_models(args, tokenizer)
