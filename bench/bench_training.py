@@ -100,7 +100,9 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     timed = steps[1:] or steps
 
     def mean(key: str) -> float:
-        return sum(s.get(key, 0.0) for s in timed) / len(timed)
+        """Mean over the timed steps that report ``key`` (rollout metrics exist on rollout steps only)."""
+        values = [s[key] for s in timed if key in s]
+        return sum(values) / len(values) if values else 0.0
 
     return {
         "method": name,

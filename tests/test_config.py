@@ -91,3 +91,11 @@ def test_run_overrides_and_chains():
         load_config(None, overrides={"runs.a": {"method": "kd", "init_from": "b"}, "runs.b": {"method": "kd", "init_from": "a"}})
     with pytest.raises(ConfigError, match="runs.bad.overrides"):
         load_config(None, overrides={"runs.bad": {"method": "kd", "overrides": {"optim.lr": -1}}}).run_config("bad")
+
+
+def test_params_yaml_spells_out_every_key():
+    """Every schema key appears in params.yaml, so DVC tracks it and users see it."""
+    from switch_core.config import flatten
+
+    written = set(flatten(yaml.safe_load((ROOT / "params.yaml").read_text())))
+    assert written == set(flatten(Config().model_dump()))

@@ -158,9 +158,10 @@ def test_ablation_cells_are_child_flows_and_nested_runs(story: dict[str, Any]) -
     assert set(shared.values()) == {"Cached"} and abl["stages"]["report"] == "Completed"
     mlflow = client(story["root"])
     experiment = mlflow.get_experiment_by_name("switch-kd").experiment_id
-    cells = mlflow.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{abl['mlflow_run_id']}'")
-    by_name = {r.info.run_name: r for r in cells}
+    children = mlflow.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{abl['mlflow_run_id']}'")
+    by_name = {r.info.run_name: r for r in children if r.data.tags.get("switchkd.flow") == "ablation-cell"}
     assert sorted(by_name) == CELLS
+    assert sorted(r.data.tags["dvc.stage"] for r in children if "dvc.stage" in r.data.tags) == ["report"]
     assert by_name["abl-tau0_0p2"].data.params["rollout.tau0"] == "0.2"
     assert by_name["abl-tau0_0p4"].data.params["rollout.tau0"] == "0.4"
     for cell, run in by_name.items():
