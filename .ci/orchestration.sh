@@ -22,14 +22,13 @@ mkdir -p "$OUT"
 
 log() { printf '\n=== %s: %s\n' "$(date +%H:%M:%S)" "$*"; }
 
-stop_group() {  # SIGTERM a process group, twice if needed, then SIGKILL
-  local pid=$1
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM -- "-$pid" 2>/dev/null || true
-  for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || return 0; sleep 1; done
-  kill -TERM -- "-$pid" 2>/dev/null || true
-  sleep 5
-  kill -KILL -- "-$pid" 2>/dev/null || true
+stop_group() {  # SIGINT a process group (Prefect shuts down on it), then SIGTERM, then SIGKILL
+  local pid=$1 sig
+  for sig in INT TERM KILL; do
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill "-$sig" -- "-$pid" 2>/dev/null || true
+    for _ in $(seq 1 15); do kill -0 "$pid" 2>/dev/null || return 0; sleep 1; done
+  done
 }
 
 cleanup() {

@@ -112,7 +112,7 @@ def chromium_binary() -> str:
     raise UiError("Chromium is not installed: apt-get install -y chromium")
 
 
-def chromium(url: str, *, screenshot: Path | None = None, window: str = "1600,1000", budget_ms: int = 20000) -> str:
+def chromium(url: str, *, screenshot: Path | None = None, window: str = "1600,1500", budget_ms: int = 20000) -> str:
     """Load ``url`` in headless Chromium, letting scripts run for ``budget_ms`` of virtual time; return the rendered
     DOM, and save a PNG to ``screenshot`` when given.
 

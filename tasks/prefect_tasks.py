@@ -114,8 +114,9 @@ def run_stage(stage: str, signature: str, project_dir: str, context: dict[str, A
             outs = record_stage(run, root, stage, config, started=started, dvc_output=output)
         else:
             outs = out_hashes(lock_entry(root, stage))
-    except BaseException:
+    except BaseException as err:
         if run:
+            run.client.log_text(run.run_id, str(err), "failure.txt")  # DVC's output tail, for the UI
             run.end("FAILED")
         raise
     if run:

@@ -122,3 +122,17 @@ def test_dvc_config_turns_analytics_off_and_links_the_cache() -> None:
     parser.read(PROJECT / ".dvc" / "config")
     assert parser["core"]["analytics"] == "false"
     assert parser["cache"]["type"].strip('"').split(",")[:2] == ["reflink", "hardlink"]
+
+
+def test_params_yaml_survives_dvc_exp_run_set_param(tmp_path: Path) -> None:
+    # `dvc exp run -S key=value` re-dumps params.yaml as YAML 1.2 (ruamel): a quoted 'no' comes back bare, which YAML
+    # 1.1 (PyYAML) reads as False. switch_core must read what DVC writes.
+    from dvc.utils.hydra import apply_overrides
+
+    params = tmp_path / "params.yaml"
+    params.write_text((PROJECT / "params.yaml").read_text())
+    before = load_config(params)
+    apply_overrides(str(params), ["seed=7"])  # what `dvc exp run -S seed=7` does to the file
+    after = load_config(params)
+    assert after.seed == 7
+    assert after.model_dump() == before.model_dump() | {"seed": 7}
