@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.common import (
@@ -89,7 +89,7 @@ def grid_cells(
     return cells
 
 
-@flow(name="ablation-cell", flow_run_name="{cell}", log_prints=True)
+@flow(name="ablation-cell", flow_run_name="{cell}")
 def ablation_cell(cell: str, values: dict[str, Any], project_dir: str, context: dict[str, Any]) -> dict[str, Any]:
     """One grid cell: ``distill@<cell>`` then ``evaluate@<cell>``, under the cell's MLflow run.
 
@@ -113,7 +113,7 @@ def ablation_cell(cell: str, values: dict[str, Any], project_dir: str, context: 
     return {"stages": {name: r["state"] for name, r in results.items()}, "metrics": metrics}
 
 
-@flow(name="ablation", log_prints=True)
+@flow(name="ablation")
 def ablation(
     grid: dict[str, list[Any]] | None = None,
     method: str = "switch",
@@ -137,7 +137,8 @@ def ablation(
         project_dir: the project folder (default: the one holding this file).
 
     Returns:
-        ``{"cells": {cell: {"stages", "metrics"}}, "stages": {shared stage: state}, "mlflow_run_id": id | None}``.
+        ``{"cells": {cell: {"stages", "metrics"}}, "summary": the grid table and where things are,
+        "stages": {shared stage: state}, "mlflow_run_id": id | None}``.
 
     Raises:
         ParamsError: a bad grid.
@@ -169,10 +170,11 @@ def ablation(
             shared |= run_stages(root, after, context)
             check_dvc_status(str(root))
             log_summary(parent, comparison(root, config), root, config)
-        print(grid_table(cells, results))
-        print(where_things_are(root, config))
+        summary = f"{grid_table(cells, results)}\n\n{where_things_are(root, config)}"
+        get_run_logger().info("%s", summary)
     return {
         "cells": results,
+        "summary": summary,
         "stages": {n: r["state"] for n, r in shared.items()},
         "mlflow_run_id": parent.run_id if parent else None,
     }
@@ -205,9 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accelerate-args", default=None)
     parser.add_argument("--project-dir", default=None)
     args = parser.parse_args(argv)
-    ablation(grid=args.grid, method=args.method, preset=args.preset, overrides=args.overrides or None,
-             study=args.study, init_from=args.init_from, accelerate_args=args.accelerate_args,
-             project_dir=args.project_dir)
+    result = ablation(grid=args.grid, method=args.method, preset=args.preset, overrides=args.overrides or None,
+                      study=args.study, init_from=args.init_from, accelerate_args=args.accelerate_args,
+                      project_dir=args.project_dir)
+    print(f"\n{result['summary']}")
     return 0
 
 

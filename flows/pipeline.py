@@ -15,7 +15,7 @@ import argparse
 import sys
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.common import (
@@ -35,7 +35,7 @@ from tasks.dvc_stages import stage_names
 from tasks.prefect_tasks import apply_params_task, check_dvc_status
 
 
-@flow(name="pipeline", log_prints=True)
+@flow(name="pipeline")
 def pipeline(
     preset: str | None = None,
     methods: list[str] | None = None,
@@ -54,7 +54,7 @@ def pipeline(
 
     Returns:
         ``{"stages": {stage: "Cached" | "Completed"}, "executed": [...], "comparison": {model: metrics},
-        "mlflow_run_id": id | None}``.
+        "summary": the ROUGE-L table and where the report, MLflow store and DVC outputs are, "mlflow_run_id"}``.
     """
     root = project_root(project_dir)
     with workspace_lock(root):
@@ -72,12 +72,13 @@ def pipeline(
             check_dvc_status(str(root))
             table = comparison(root, config)
             log_summary(parent, table, root, config)
-        print(comparison_table(table))
-        print(where_things_are(root, config))
+        summary = f"{comparison_table(table)}\n\n{where_things_are(root, config)}"
+        get_run_logger().info("%s", summary)
     return {
         "stages": {name: r["state"] for name, r in results.items()},
         "executed": [name for name, r in results.items() if r["executed"]],
         "comparison": table,
+        "summary": summary,
         "mlflow_run_id": parent.run_id if parent else None,
     }
 
@@ -92,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project-dir", default=None)
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    pipeline(preset=args.preset, methods=methods, overrides=args.overrides or None,
-             accelerate_args=args.accelerate_args, project_dir=args.project_dir)
+    result = pipeline(preset=args.preset, methods=methods, overrides=args.overrides or None,
+                      accelerate_args=args.accelerate_args, project_dir=args.project_dir)
+    print(f"\n{result['summary']}")
     return 0
 
 
