@@ -15,9 +15,9 @@ from switch_core.training import Action, choose_action, train
 from switch_core.training.seeding import Stream, uniform
 
 TESTS_DIR = str(Path(__file__).resolve().parent)
-# kd: ground truth + teacher forward; gkd without replay: the GKD mix of fresh rollouts (teacher logits kept) and
-# ground truth. micro-batches of 2 and rollout chunks of 2 divide each process's 4 sequences.
-RUNS = {"kd": method("kd"), "gkd": method("gkd", replay=False)}
+# kd: ground truth + teacher forward; switch in the GKD mix without replay: fresh SWITCH rollouts (teacher logits
+# kept from the rollout) or ground truth. Micro-batches of 2 and rollout chunks of 2 divide each process's 4 sequences.
+RUNS = {"kd": method("kd"), "switch-mixed": method("switch", data="mixed", on_policy_fraction=0.5)}
 OPTIM = {"batch_size": 8, "micro_batch_size": 2, "max_steps": 3}
 ROLLOUT = {"batch_size": 2}
 
@@ -38,11 +38,11 @@ def _train_all(root: str) -> None:
 
 @pytest.mark.slow  # about 20 s on 2 busy cores
 def test_two_processes_equal_one_process(tmp_path) -> None:
-    gkd_actions = {
-        choose_action(RUNS["gkd"], r=uniform(10, Stream.SOURCE_CHOICE, k), step=k + 1, total_steps=3, phi=0.0, buffered=0)
+    mixed_actions = {
+        choose_action(RUNS["switch-mixed"], r=uniform(10, Stream.SOURCE_CHOICE, k), step=k + 1, total_steps=3, phi=0.0, buffered=0)
         for k in range(OPTIM["max_steps"])
     }
-    assert gkd_actions == {Action.ROLLOUT, Action.GROUND_TRUTH}  # the seed-10 draws exercise both sources
+    assert mixed_actions == {Action.ROLLOUT, Action.GROUND_TRUTH}  # the seed-10 draws exercise both sources
     debug_launcher(_train_all, args=(str(tmp_path / "two"),), num_processes=2)
     _train_all(str(tmp_path / "one"))
     AcceleratorState._reset_state(reset_partial_state=True)

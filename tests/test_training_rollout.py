@@ -6,14 +6,15 @@ import pytest
 import torch
 from test_training_support import examples, method, student, teacher, tokenizer
 
+from switch_core.config import RolloutConfig
 from switch_core.training import BatchSource, LossSpec, batch_loss, rollout_settings
 from switch_core.training.sources import Action
 
 
-def _source(model: torch.nn.Module, teach: torch.nn.Module, *, rollout_batch_size: int, keep: bool) -> BatchSource:
-    from switch_core.config import RolloutConfig
-
-    cfg = RolloutConfig(strategy="switch", tau0=0.1, max_new_tokens=10)
+def _source(
+    model: torch.nn.Module, teach: torch.nn.Module, *, rollout_batch_size: int, keep: bool, strategy: str = "switch"
+) -> BatchSource:
+    cfg = RolloutConfig(strategy=strategy, tau0=0.1, max_new_tokens=10)
     switch = method("switch")
     pad = tokenizer().pad_token_id
     settings = rollout_settings(cfg, switch, tau0=cfg.tau0, pad_token_id=pad, stop_token_ids=[tokenizer().eos_token_id])
@@ -73,3 +74,17 @@ def test_rollouts_use_the_kv_cache_under_gradient_checkpointing() -> None:
     assert all(not training and use_cache is True for training, use_cache, _ in calls)
     assert all(width == 1 for _, _, width in calls[1:])  # after the prompt, one new token per step: cache reused
     assert model.training  # the training flag is restored after the rollout
+
+
+def test_student_rollouts_never_run_the_teacher_while_decoding() -> None:
+    """Pure student sampling keeps no teacher logits: one teacher forward over the finished batch is cheaper than
+    T incremental teacher steps, so the loss runs the teacher itself."""
+    model, teach = student(), teacher()
+    calls: list[int] = []
+    handle = teach.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        out = _source(model, teach, rollout_batch_size=4, keep=True, strategy="student").next(0, examples()[:4], 0)
+    finally:
+        handle.remove()
+    assert calls == [] and out.batch.teacher_logits is None
+    assert out.stats["teacher_tokens"] == 0 and out.stats["rollout_tokens"] > 0

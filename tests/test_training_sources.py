@@ -8,14 +8,23 @@ import pytest
 import torch
 from test_training_support import method, student
 
-from switch_core.config import OptimConfig, TrackingConfig
+from switch_core.config import OptimConfig, RolloutConfig, TrackingConfig
 from switch_core.tracking import JsonlTracker, NullTracker, Tracker, read_jsonl_events, tracker_from_config
-from switch_core.training import Action, BatchSource, ReplayBuffer, Sequence1D, batch_from_sequences, choose_action
+from switch_core.training import (
+    Action,
+    BatchSource,
+    ReplayBuffer,
+    Sequence1D,
+    batch_from_sequences,
+    choose_action,
+    rollout_settings,
+)
 from switch_core.training.optim import build_optimizer, build_scheduler, cosine_lr
 from switch_core.training.progress import Progress
 from switch_core.training.seeding import Stream, derive_seed, generator
 
 ADAPTIVE = method("distillm")  # data=adaptive, replay, capacity 1000
+SETTINGS = rollout_settings(RolloutConfig(), ADAPTIVE, tau0=0.1, pad_token_id=0, stop_token_ids=[0])
 
 
 @pytest.mark.parametrize(
@@ -49,7 +58,7 @@ def test_gkd_mix(replay: bool, fresh: Action) -> None:
 
 def test_adaptive_phi_update_follows_distillm() -> None:
     source = BatchSource(
-        method("distillm", loss_eps=0.1), student=student(), teacher=student(), settings=object(), pad_token_id=0,
+        method("distillm", loss_eps=0.1), student=student(), teacher=student(), settings=SETTINGS, pad_token_id=0,
         seed=0, total_steps=10, rollout_batch_size=4, keep_teacher_logits=False,
     )
     source.after_evaluation(2.00)  # before training: only recorded
@@ -62,7 +71,7 @@ def test_adaptive_phi_update_follows_distillm() -> None:
         source.after_evaluation(3.0 + value)
     assert source.phi == 1.0  # capped
     restored = BatchSource(
-        method("distillm"), student=student(), teacher=student(), settings=object(), pad_token_id=0, seed=0,
+        method("distillm"), student=student(), teacher=student(), settings=SETTINGS, pad_token_id=0, seed=0,
         total_steps=10, rollout_batch_size=4, keep_teacher_logits=False,
     )
     restored.load_state_dict(source.state_dict())
@@ -72,7 +81,7 @@ def test_adaptive_phi_update_follows_distillm() -> None:
 def test_adaptive_without_replay_is_rejected() -> None:
     with pytest.raises(ValueError, match="replay: true"):
         BatchSource(
-            method("distillm", replay=False), student=student(), teacher=student(), settings=object(), pad_token_id=0,
+            method("distillm", replay=False), student=student(), teacher=student(), settings=SETTINGS, pad_token_id=0,
             seed=0, total_steps=10, rollout_batch_size=4, keep_teacher_logits=False,
         )
 

@@ -21,8 +21,10 @@ adaptive        DistiLLM's adaptive off-policy schedule (§6.7): ``s = φ·(1 �
 
 Rollouts come from :func:`switch_core.rollout.rollout` with the method's strategy (``student`` for ImitKD / GKD /
 DistiLLM; the configured SWITCH engine for ``switch``), always with the KV cache and the models in eval mode. When
-the fresh rollout itself is trained on and the loss needs the teacher, the teacher logits computed during the
-rollout are kept and the loss skips its own teacher forward pass (same frozen teacher, same prefix).
+the fresh rollout itself is trained on, the loss needs the teacher and the rollout runs the teacher anyway (SWITCH's gate and
+every strategy but pure student sampling), the teacher logits computed during the rollout are kept and the loss
+skips its own teacher forward pass (same frozen teacher, same prefix). Pure student rollouts never run the teacher
+while decoding: one teacher forward over the finished batch is much cheaper than T incremental teacher steps.
 """
 from __future__ import annotations
 
@@ -161,7 +163,8 @@ class BatchSource:
         seed: training seed; every random choice derives from it (:mod:`switch_core.training.seeding`).
         total_steps: optimizer steps of the run (for the adaptive schedule).
         rollout_batch_size: prompts per rollout call (``rollout.batch_size``).
-        keep_teacher_logits: keep the rollout's teacher logits for the loss when a fresh rollout is trained on.
+        keep_teacher_logits: keep the rollout's teacher logits for the loss when a fresh rollout is trained on (and
+            the rollout runs the teacher anyway).
         rank: this process's index (for its replay-buffer draws).
 
     Raises:
@@ -193,6 +196,9 @@ class BatchSource:
         self.rollout_batch_size = rollout_batch_size
         self.keep_teacher_logits = keep_teacher_logits
         self.buffer = ReplayBuffer(method.replay_capacity) if method.replay and self.uses_rollouts else None
+        # Kept teacher logits are free only when the rollout runs the teacher anyway (every strategy but pure student
+        # sampling); for student rollouts one teacher forward over the finished batch beats T incremental steps.
+        self._runs_teacher = settings is not None and dataclasses.replace(settings, keep_teacher_logits=False).runs_teacher
         self.phi = method.init_threshold
         self.prev_dev_loss: float | None = None
 
@@ -214,7 +220,7 @@ class BatchSource:
             return SourceOutput(batch_from_examples(examples, self.pad_token_id), action)
         if action is Action.REPLAY:
             return SourceOutput(self._replay(step, len(examples)), action)
-        keep = self.keep_teacher_logits and action in (Action.ROLLOUT, Action.ROLLOUT_STORE)
+        keep = self.keep_teacher_logits and action in (Action.ROLLOUT, Action.ROLLOUT_STORE) and self._runs_teacher
         batch, sequences, stats = self._rollout(step, examples, offset, keep)
         if action is not Action.ROLLOUT:
             self.buffer.push(sequences)
