@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -145,6 +146,12 @@ class OptimConfig(_Strict):
         256, ge=1, description="Response tokens per chunk of the full-vocabulary loss (bounds the logits' memory)."
     )
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v: Any) -> Any:
+        # `dvc exp run -S` rewrites params.yaml as YAML 1.2 and leaves `no` unquoted; PyYAML (YAML 1.1) reads False.
+        return "no" if v is False else v
     gradient_checkpointing: bool = False
     seed: int = Field(10, description="Training seed (DistiLLM scripts use 10).")
 
@@ -301,9 +308,13 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _runs_resolve(self) -> Config:
         bases = {"student-init", "student-sft"}
+        reserved = bases | {"teacher", "teacher-base"}
         for name, run in self.runs.items():
-            if name in bases:
-                raise ValueError(f"runs.{name}: the names {sorted(bases)} are reserved for the student checkpoints")
+            if name in reserved:
+                raise ValueError(f"runs.{name}: the names {sorted(reserved)} are reserved for the model checkpoints")
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+                raise ValueError(f"runs.{name}: run names may use letters, digits, '_' and '-' only (they name "
+                                 "folders and DVC stages)")
             if run.init_from not in bases and run.init_from not in self.runs:
                 valid = sorted(bases | set(self.runs) - {name})
                 raise ValueError(
@@ -444,6 +455,15 @@ def validate_dict(data: dict[str, Any], origin: str = "config") -> Config:
         raise ConfigError(format_validation_error(err, origin)) from None
 
 
+def _merge_layer(data: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """Merge one config file over ``data``; a ``runs`` mapping in the file replaces the runs (it is the list of runs
+    to train, as DVC's ``foreach: ${runs}`` sees it), everything else merges key by key."""
+    merged = deep_merge(data, layer)
+    if isinstance(layer.get("runs"), dict):
+        merged["runs"] = copy.deepcopy(layer["runs"])
+    return merged
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -495,7 +515,7 @@ def load_config(
     data: dict[str, Any] = Config().model_dump()
     origin = "defaults"
     if params is not None:
-        data = deep_merge(data, _read_yaml(Path(params)))
+        data = _merge_layer(data, _read_yaml(Path(params)))
         origin = str(params)
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
@@ -503,7 +523,7 @@ def load_config(
     chosen = preset or overrides.get("preset") or data.get("preset")
     if chosen:
         preset_path = resolve_preset(str(chosen), base_dir)
-        data = deep_merge(data, _read_yaml(preset_path))
+        data = _merge_layer(data, _read_yaml(preset_path))
         data["preset"] = str(chosen)
         origin += f" + preset {preset_path.name}"
     if overrides:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import math
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from switch_core.config import TrackingConfig
+from switch_core.config import Config
 
 
 @runtime_checkable
@@ -111,13 +112,35 @@ def read_jsonl_events(path: str | Path, event: str | None = None) -> list[dict[s
     return rows
 
 
-def tracker_from_config(tracking: TrackingConfig, jsonl_path: str | Path) -> Tracker:
-    """The tracker the plain CLI uses for ``tracking.backend``.
+def tracker_from_config(
+    config: Config, jsonl_path: str | Path, *, name: str, project_root: str | Path | None = None
+) -> Tracker:
+    """The tracker of a stage for ``config.tracking.backend``.
 
-    ``none`` gives a :class:`NullTracker`; ``jsonl`` and ``mlflow`` give a :class:`JsonlTracker` at ``jsonl_path``:
-    switch_core does not import MLflow, so the MLflow backend is provided by the orchestration layer (``tasks/``),
-    which passes its own tracker to the command functions; a bare CLI call still keeps every event in the JSONL file.
+    ``none`` gives a :class:`NullTracker`, ``jsonl`` a :class:`JsonlTracker` at ``jsonl_path``; any other backend is
+    a plugin registered under the entry-point group ``switch_kd.trackers`` (``mlflow`` is
+    ``tasks.mlflow_tracking:MlflowTracker``), called as ``plugin(config, name=..., project_root=..., jsonl_path=...)``,
+    so switch_core never imports MLflow.
+
+    Raises:
+        ValueError: no plugin is registered for the backend (reinstall the project: ``make install``).
     """
-    if tracking.backend == "none":
+    backend = config.tracking.backend
+    if backend == "none":
         return NullTracker()
-    return JsonlTracker(jsonl_path)
+    if backend == "jsonl":
+        return JsonlTracker(jsonl_path)
+    plugins = {ep.name: ep for ep in entry_points(group="switch_kd.trackers")}
+    if backend not in plugins:
+        raise ValueError(
+            f"tracking.backend = {backend!r} has no registered tracker plugin (found: {sorted(plugins) or 'none'}); "
+            "reinstall the project (make install) or set tracking.backend to jsonl"
+        )
+    return plugins[backend].load()(config, name=name, project_root=project_root, jsonl_path=jsonl_path)
+
+
+def close_tracker(tracker: Tracker, *, failed: bool = False) -> None:
+    """End the tracker's run if it has one to end (plugins such as MLflow's); a no-op for the built-in trackers."""
+    close = getattr(tracker, "close", None)
+    if callable(close):
+        close(failed=failed)

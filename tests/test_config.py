@@ -103,3 +103,22 @@ def test_params_yaml_spells_out_every_key():
 
     written = set(flatten(yaml.safe_load((ROOT / "params.yaml").read_text())))
     assert written == set(flatten(Config().model_dump()))
+
+
+def test_runs_in_a_file_replace_the_default_runs(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"runs": {"kd": {"method": "kd"}, "switch": {"method": "switch"}}}))
+    assert list(load_config(params).runs) == ["kd", "switch"]
+
+
+def test_run_names_are_folder_and_stage_safe():
+    with pytest.raises(ConfigError, match="reserved"):
+        load_config(None, overrides={"runs.teacher": {"method": "kd"}})
+    with pytest.raises(ConfigError, match="letters, digits"):
+        load_config(None, overrides={"runs.a b": {"method": "kd"}})
+
+
+def test_unquoted_no_from_yaml_1_2_writers_means_no_mixed_precision(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("optim:\n  mixed_precision: no\n")
+    assert load_config(params).optim.mixed_precision == "no"

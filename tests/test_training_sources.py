@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_training_support import method, student
 
-from switch_core.config import OptimConfig, RolloutConfig, TrackingConfig
+from switch_core.config import Config, OptimConfig, RolloutConfig, TrackingConfig
 from switch_core.tracking import JsonlTracker, NullTracker, Tracker, read_jsonl_events, tracker_from_config
 from switch_core.training import (
     Action,
@@ -166,8 +166,10 @@ def test_jsonl_tracker_writes_one_line_per_event(tmp_path) -> None:
     assert events[0]["params"] == {"optim.lr": 5e-4, "path": str(tmp_path)}
     assert events[1]["step"] == 3 and events[1]["metrics"] == {"train/loss": 1.5, "dev/rouge_l": "nan"}
     assert read_jsonl_events(tracker.path, "tags")[0]["tags"] == {"method": "switch"}
-    assert isinstance(tracker_from_config(TrackingConfig(backend="none"), tmp_path / "x.jsonl"), NullTracker)
-    assert isinstance(tracker_from_config(TrackingConfig(backend="jsonl"), tmp_path / "x.jsonl"), JsonlTracker)
+    none = Config(tracking=TrackingConfig(backend="none"))
+    jsonl = Config(tracking=TrackingConfig(backend="jsonl"))
+    assert isinstance(tracker_from_config(none, tmp_path / "x.jsonl", name="x"), NullTracker)
+    assert isinstance(tracker_from_config(jsonl, tmp_path / "x.jsonl", name="x"), JsonlTracker)
 
 
 def test_progress_plain_lines_every_n_steps() -> None:

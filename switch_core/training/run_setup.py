@@ -107,11 +107,12 @@ def needs_teacher(method: MethodConfig) -> bool:
 
 
 def stage_tracker(config: Config, layout: RunLayout, name: str, tracker: Tracker | None) -> Tracker:
-    """The tracker of a stage: ``tracker`` if given, else the configured one (``tracking/<name>.jsonl``); a
+    """The tracker of a stage: ``tracker`` if given, else the configured one (``tracking/<name>/metrics.jsonl``); a
     :class:`~switch_core.tracking.NullTracker` on every process but the main one."""
     if not PartialState().is_main_process:
         return NullTracker()
-    return tracker or tracker_from_config(config.tracking, layout.root / "tracking" / f"{name}.jsonl")
+    jsonl = layout.root / "tracking" / name / "metrics.jsonl"
+    return tracker or tracker_from_config(config, jsonl, name=name)
 
 
 def is_main_process() -> bool:
