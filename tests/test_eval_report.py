@@ -100,6 +100,9 @@ def test_build_report_with_logs_and_traces(tmp_path):
 
 def test_report_without_logs_or_traces_says_so(tmp_path):
     result = build_report(_write_evals(tmp_path), tmp_path / "report", runs_dir=tmp_path / "no-runs")
+    dvc_metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert dvc_metrics["switch"]["sinst"]["rouge_l"] == 31.75 and dvc_metrics["switch"]["sinst"]["rouge_l_sd"] == 0.75
+    assert set(dvc_metrics["kd"]) == {"dolly"}
     md = result.markdown.read_text()
     assert "No training logs matched ['**/metrics.jsonl']" in md
     assert "No rollout traces matched ['**/rollout_traces.jsonl']" in md

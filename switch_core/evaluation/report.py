@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from switch_core.atomic import atomic_write_text
+from switch_core.atomic import atomic_write_json, atomic_write_text
 from switch_core.evaluation.benchmarks import BENCHMARKS
 from switch_core.evaluation.evaluate import METRICS_FILE
 
@@ -142,6 +142,22 @@ def results_table(metrics: pd.DataFrame) -> pd.DataFrame:
     means = table[[f"{b}_mean" for b in benchmarks]]
     table["average"] = means.mean(axis=1).where(means.notna().all(axis=1))
     return table
+
+
+def compact_metrics(metrics: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
+    """``{model: {benchmark: {rouge_l, rouge_l_sd, bleu, exact_match}}}`` (0–100 scale), the file behind
+    ``dvc metrics show`` / ``dvc metrics diff``.
+
+    Args:
+        metrics: :func:`collect_metrics` output.
+    """
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for row in metrics.itertuples():
+        out.setdefault(row.model, {})[row.benchmark] = {
+            "rouge_l": round(float(row.rouge_l_mean), 4), "rouge_l_sd": round(float(row.rouge_l_sd), 4),
+            "bleu": round(float(row.bleu_mean), 4), "exact_match": round(float(row.exact_match_mean), 4),
+        }
+    return out
 
 
 def _cell(mean: float, sd: float, note: str = "") -> str:
@@ -430,6 +446,7 @@ def build_report(
     csv_path, long_path = out / "results.csv", out / "results_long.csv"
     atomic_write_text(csv_path, wide.to_csv(float_format="%.4f"))
     atomic_write_text(long_path, metrics.drop(columns=["by_length"]).to_csv(index=False, float_format="%.4f"))
+    atomic_write_json(out / "metrics.json", compact_metrics(metrics))
     plots = [plot_rouge_by_length(metrics, out / "rouge_by_length.png")]
 
     log_files, trace_files = find_files(train_logs, runs_dir), find_files(traces, runs_dir)
