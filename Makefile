@@ -11,6 +11,7 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE ?= 1
+export PREFECT_HOME ?= $(CURDIR)/.prefect
 
 .PHONY: install run test test-fast bench clean-runs
 

