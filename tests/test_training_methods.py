@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from switch_core.data import tokenize_example
 from switch_core.evaluation.generate import generate_responses
 from switch_core.tracking import JsonlTracker, read_jsonl_events
-from switch_core.training import SUMMARY_FILE, TrainingSetupError, train
+from switch_core.training import SUMMARY_FILE, TRACE_FILE, TrainingSetupError, train
 
 
 def _seqkd_examples() -> list:
@@ -46,10 +46,16 @@ def test_method_lowers_dev_loss(name: str, tmp_path) -> None:
     train_steps = [e for e in events if "train/loss" in e["metrics"]]
     assert len(train_steps) == result.steps and all(e["metrics"]["train/loss"] > 0 for e in train_steps)
     shares = [e["metrics"]["rollout/teacher_share"] for e in train_steps if "rollout/teacher_share" in e["metrics"]]
+    trace = job.state_dir / TRACE_FILE
     if name == "switch":
         assert len(shares) == result.steps and 0.0 < sum(shares) / len(shares) < 1.0
+        rows = [json.loads(line) for line in trace.read_text().splitlines()]
+        assert [r["step"] for r in rows] == list(range(1, result.steps + 1))
+        for row, share in zip(rows, shares):  # the by-position trace adds up to the logged share of the step
+            teacher = sum(s * n for s, n in zip(row["teacher_share_by_position"], row["count_by_position"]) if n)
+            assert teacher / sum(row["count_by_position"]) == pytest.approx(share)
     else:
-        assert shares == []  # pure student sampling (ImitKD / GKD / DistiLLM) or no rollouts
+        assert shares == [] and not trace.exists()  # pure student sampling (ImitKD / GKD / DistiLLM) or none
 
     summary = json.loads((job.output_dir / SUMMARY_FILE).read_text())
     assert summary["best_step"] == result.best_step > 0 and summary["final"] == result.final_metrics

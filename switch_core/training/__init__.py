@@ -10,7 +10,7 @@
 """
 from switch_core.training.batches import Sequence1D, TrainBatch, batch_from_examples, batch_from_sequences
 from switch_core.training.dev import DevData
-from switch_core.training.loop import SUMMARY_FILE, TrainingSetupError, TrainJob, TrainResult, train
+from switch_core.training.loop import SUMMARY_FILE, TRACE_FILE, TrainingSetupError, TrainJob, TrainResult, train
 from switch_core.training.losses import LossSpec, token_losses
 from switch_core.training.objective import OutputHeadError, batch_loss
 from switch_core.training.replay import ReplayBuffer
@@ -19,6 +19,7 @@ from switch_core.training.state import StateError
 
 __all__ = [
     "SUMMARY_FILE",
+    "TRACE_FILE",
     "Action",
     "BatchSource",
     "DevData",

@@ -54,6 +54,8 @@ from switch_core.training.sources import BatchSource, rollout_settings
 from switch_core.training.state import Resumable, clear_state, load_state, save_state
 
 SUMMARY_FILE = "train_summary.json"
+TRACE_FILE = "rollout_traces.jsonl"
+"""Per-step teacher share by response position of the run's rollouts, in ``state/<run>/`` (read by the report)."""
 
 
 class TrainingSetupError(ValueError):
@@ -329,7 +331,19 @@ class _Run:
                 metrics["rollout/teacher_share"] = float(stats[2] / stats[1])
             metrics["rollout/mean_length"] = float(stats[1]) / self.optim.batch_size
             metrics["rollout/seconds"] = float(stats[3]) / self.acc.num_processes
+        if out.by_position is not None and self.source.settings.strategy != "student" and self.acc.is_main_process:
+            self._append_trace(*out.by_position)
         return metrics
+
+    def _append_trace(self, teacher_at: list[int], tokens_at: list[int]) -> None:
+        """One line of the rollout trace: the main process's teacher share at each response position."""
+        row = {
+            "step": self.step, "count_by_position": tokens_at,
+            "teacher_share_by_position": [t / n if n else None for t, n in zip(teacher_at, tokens_at)],
+        }
+        self.job.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.job.state_dir / TRACE_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
 
     def evaluate(self) -> dict[str, float]:
         """Dev metrics of the current student; updates the best checkpoint and DistiLLM's φ."""

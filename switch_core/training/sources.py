@@ -126,11 +126,14 @@ class SourceOutput:
         stats: additive counters for logging, summed over processes by the loop: ``rollout_sequences``,
             ``rollout_tokens``, ``teacher_tokens`` (SWITCH share = teacher_tokens / rollout_tokens),
             ``rollout_seconds``.
+        by_position: for a fresh rollout, ``(teacher_tokens, tokens)`` at each 0-based response position of this
+            process's rollouts (the teacher-share-by-position diagnostic of method.md §1.3); None otherwise.
     """
 
     batch: TrainBatch
     action: Action
     stats: dict[str, float] = field(default_factory=dict)
+    by_position: tuple[list[int], list[int]] | None = None
 
 
 def _sequences(rb: RolloutBatch) -> list[Sequence1D]:
@@ -221,12 +224,12 @@ class BatchSource:
         if action is Action.REPLAY:
             return SourceOutput(self._replay(step, len(examples)), action)
         keep = self.keep_teacher_logits and action in (Action.ROLLOUT, Action.ROLLOUT_STORE) and self._runs_teacher
-        batch, sequences, stats = self._rollout(step, examples, offset, keep)
+        batch, sequences, stats, by_position = self._rollout(step, examples, offset, keep)
         if action is not Action.ROLLOUT:
             self.buffer.push(sequences)
         if action is Action.ROLLOUT_REPLAY:
             batch = self._replay(step, len(examples))
-        return SourceOutput(batch, action, stats)
+        return SourceOutput(batch, action, stats, by_position)
 
     def _replay(self, step: int, count: int) -> TrainBatch:
         drawn = self.buffer.sample(count, seeding.generator(self.seed, seeding.Stream.REPLAY, step, self.rank))
@@ -234,7 +237,7 @@ class BatchSource:
 
     def _rollout(
         self, step: int, examples: Sequence[TrainExample], offset: int, keep: bool
-    ) -> tuple[TrainBatch, list[Sequence1D], dict[str, float]]:
+    ) -> tuple[TrainBatch, list[Sequence1D], dict[str, float], tuple[list[int], list[int]]]:
         settings = dataclasses.replace(self.settings, keep_teacher_logits=keep)
         device = next(self.student.parameters()).device
         began = time.perf_counter()
@@ -256,7 +259,13 @@ class BatchSource:
             "teacher_tokens": float(sum(int((rb.teacher_chosen & rb.response_mask).sum()) for rb in chunks)),
             "rollout_seconds": time.perf_counter() - began,
         }
-        return batch, sequences, stats
+        width = max(rb.tokens.shape[1] for rb in chunks)
+        teacher_at, tokens_at = torch.zeros(width, dtype=torch.long), torch.zeros(width, dtype=torch.long)
+        for rb in chunks:
+            valid = rb.response_mask.cpu()
+            teacher_at[: valid.shape[1]] += (rb.teacher_chosen.cpu() & valid).sum(0)
+            tokens_at[: valid.shape[1]] += valid.sum(0)
+        return batch, sequences, stats, (teacher_at.tolist(), tokens_at.tolist())
 
     def after_evaluation(self, dev_loss: float) -> None:
         """DistiLLM's φ update after a dev evaluation (adaptive only; ``dev_loss`` = dev CE, as its ``evaluate``).
