@@ -111,7 +111,7 @@ def record_stage(
     layout = RunLayout.from_config(config, root)
     model = trained_model(name)
     if model is not None:
-        log = layout.root / "tracking" / f"{model}.jsonl"
+        log = layout.root / "tracking" / model / "metrics.jsonl"
         if not run.metric_keys() and log.is_file():
             replay_jsonl(run, log, since=started)
         summary = train_summary_metrics(layout.model(model))

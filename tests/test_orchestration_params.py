@@ -99,7 +99,7 @@ def test_run_names_must_be_dvc_stage_keys(project: Path) -> None:
     check_run_names(["switch", "abl-tau0_0p1"])
     with pytest.raises(ParamsError, match=r"no dots"):
         check_run_names(["tau0.1"])
-    with pytest.raises(ParamsError):
+    with pytest.raises((ParamsError, ConfigError), match="a.b"):
         apply_params(project / "params.yaml", overrides={"runs": {"a.b": {"method": "kd"}}})
 
 
