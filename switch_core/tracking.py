@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -139,8 +141,16 @@ def tracker_from_config(
     return plugins[backend].load()(config, name=name, project_root=project_root, jsonl_path=jsonl_path)
 
 
-def close_tracker(tracker: Tracker, *, failed: bool = False) -> None:
-    """End the tracker's run if it has one to end (plugins such as MLflow's); a no-op for the built-in trackers."""
+@contextmanager
+def closing_tracker(tracker: Tracker) -> Iterator[Tracker]:
+    """End the tracker's run on exit, marked failed when the block raised, if the tracker has a run to end
+    (plugins such as MLflow's have ``close(failed=...)``); the built-in trackers need no closing."""
     close = getattr(tracker, "close", None)
+    try:
+        yield tracker
+    except BaseException:
+        if callable(close):
+            close(failed=True)
+        raise
     if callable(close):
-        close(failed=failed)
+        close(failed=False)

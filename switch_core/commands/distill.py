@@ -13,7 +13,7 @@ import argparse
 
 from switch_core.config import Config, flatten
 from switch_core.layout import RunLayout
-from switch_core.tracking import Tracker, close_tracker
+from switch_core.tracking import Tracker, closing_tracker
 from switch_core.training.loop import TrainResult, train
 from switch_core.training.run_setup import (
     build_job,
@@ -70,13 +70,8 @@ def distill(
     tracker.log_params(flatten(cfg.model_dump(exclude={"runs", "methods"})) | {
         **{f"method.{k}": v for k, v in method.model_dump().items()}, "method": run.method, "init_from": init_from,
     })
-    try:
-        result = train(job, tracker=tracker)
-    except BaseException:
-        close_tracker(tracker, failed=True)
-        raise
-    close_tracker(tracker)
-    return result
+    with closing_tracker(tracker):
+        return train(job, tracker=tracker)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import argparse
 
 from switch_core.config import Config, MethodConfig, flatten
 from switch_core.layout import RunLayout
-from switch_core.tracking import Tracker, close_tracker
+from switch_core.tracking import Tracker, closing_tracker
 from switch_core.training.loop import TrainResult, train
 from switch_core.training.run_setup import build_job, is_main_process, require, resolve_select_by, stage_tracker
 
@@ -52,13 +52,8 @@ def sft(
     tracker = stage_tracker(config, layout, name, tracker)
     tracker.set_tags({"stage": f"sft-{role}", "run": name, "method": "sft"})
     tracker.log_params({f"optim.{k}": v for k, v in flatten(optim.model_dump()).items()} | {"init_from": source})
-    try:
-        result = train(job, tracker=tracker)
-    except BaseException:
-        close_tracker(tracker, failed=True)
-        raise
-    close_tracker(tracker)
-    return result
+    with closing_tracker(tracker):
+        return train(job, tracker=tracker)
 
 
 def run(args: argparse.Namespace) -> int:
