@@ -26,8 +26,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The Prefect pipeline flow (a temporary local Prefect server) runs each stage through DVC (dvc.lock), tracks every
+# stage in MLflow (mlflow.db), and ends with the comparison table and where everything is.
 run: $(STAMP)
-	$(BIN)/switch-kd pipeline
+	$(BIN)/python -m flows.pipeline
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 from switch_core.config import ConfigError, load_config
+from switch_core.processes import relaunch, relaunch_command
 
 # (subcommand, module under switch_core.commands, one-line help); order = pipeline order.
 COMMANDS: list[tuple[str, str, str]] = [
@@ -28,9 +29,12 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("calibrate", "calibrate", "find tau0 for a target teacher share"),
     ("evaluate", "evaluate", "evaluate a model on benchmark sets"),
     ("report", "report", "tables and plots comparing evaluated models"),
+    ("results-doc", "results_doc", "write docs/RESULTS.md and its plots from a run's outputs"),
     ("pipeline", "pipeline", "run every stage in order, skipping finished ones"),
     ("show-config", "show_config", "print the resolved configuration"),
 ]
+MULTI_PROCESS = {"sft", "distill"}
+"""Subcommands that re-launch themselves under ``accelerate launch`` when ``SWITCHKD_ACCELERATE_ARGS`` is set."""
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # per-shard bars drown our own progress bars
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
+    command = relaunch_command(argv) if args.command in MULTI_PROCESS else None
+    if command is not None:
+        return relaunch(command)
     try:
         if getattr(args._module, "USES_CONFIG", True):
             _resolve_config(args)

@@ -15,6 +15,7 @@ import copy
 import difflib
 import math
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +51,10 @@ class DataConfig(_Strict):
     max_prompt_length: int = Field(256, ge=1, description="Prompt tokens; longer prompts keep their head.")
     prompt_format: Literal["minillm", "chat_template"] = "minillm"
     on_bad_rows: Literal["error", "skip"] = "error"
+    seqkd_limit: int | None = Field(
+        None, ge=1, description="SeqKD: the teacher answers only the first N training prompts (the run then trains on "
+        "those N); None = all. Size it to what the SeqKD run consumes (optim.max_steps × optim.batch_size).",
+    )
 
     @model_validator(mode="after")
     def _lengths(self) -> DataConfig:
@@ -93,6 +98,30 @@ class TeacherConfig(_Strict):
         return self
 
 
+class LoraConfig(_Strict):
+    """LoRA adapters on the student (Hu et al. 2021): ``W + (alpha / r)·B·A`` on the target modules, all else frozen.
+
+    Defaults: DistiLLM's OpenLLaMA-2 scripts (method.md §6.8, "LoRA r16/α64/drop0.1"); they give no target modules,
+    so peft's default for the architecture applies (q_proj and v_proj for Llama and OPT, c_attn for GPT-2).
+    """
+
+    r: int = Field(16, ge=1, description="Rank of the update B·A.")
+    alpha: float = Field(64.0, gt=0, description="The update is scaled by alpha / r.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA branch's input (training only).")
+    target_modules: list[str] | None = Field(
+        None, description="Names (last part) of the modules that get adapters; None = peft's default for the "
+        "architecture.",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _names(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or any(not name.strip() for name in v)):
+            raise ValueError("must be null (the architecture's default) or a non-empty list of module names, "
+                             "e.g. [q_proj, v_proj]")
+        return v
+
+
 class StudentConfig(_Strict):
     """The student: a layer-pruned copy of the teacher, any HF causal LM, or a fresh model from a config."""
 
@@ -102,6 +131,10 @@ class StudentConfig(_Strict):
     config_overrides: dict[str, Any] = Field(default_factory=dict, description="init=config: config fields to set.")
     tiny: TinyModelConfig = TinyModelConfig(hidden=32, layers=1, heads=2, seed=1)
     warmup: bool = Field(True, description="SFT warm-up ('init') before distillation (method.md §1.2, §6.7).")
+    lora: LoraConfig | None = Field(
+        None, description="Train the student's LoRA adapters only (warm-up and every run; checkpoints are saved "
+        "merged); null = full fine-tuning.",
+    )
 
     @field_validator("keep_layers")
     @classmethod
@@ -196,7 +229,10 @@ class MethodConfig(_Strict):
     kd_ratio: float = Field(1.0, ge=0, le=1, description="L = (1−kd_ratio)·CE + kd_ratio·D (method.md §6).")
     beta: float = Field(0.1, ge=0, le=1, description="Generalised JSD β (GKD; DistiLLM js_distance lam=0.9).")
     alpha: float = Field(0.1, ge=0, le=1, description="Skew α of SKL/SRKL (DistiLLM --skew-alpha).")
-    data: Literal["ground_truth", "seqkd", "rollout", "mixed", "adaptive"] = "ground_truth"
+    data: Literal["ground_truth", "seqkd", "rollout", "mixed", "adaptive", "policy_gradient"] = Field(
+        "ground_truth",
+        description="Batch source (switch_core.training.sources); policy_gradient = MiniLLM's PPO on rollouts.",
+    )
     on_policy_fraction: float = Field(0.5, ge=0, le=1, description="GKD λ: probability of a rollout batch.")
     replay: bool = Field(False, description="Train on batches drawn from a FIFO replay buffer of rollouts.")
     replay_capacity: int = Field(1000, ge=1)
@@ -209,6 +245,50 @@ class MethodConfig(_Strict):
     rollout_strategy: Literal["switch", "student", "teacher", "random", "mixture"] | None = Field(
         None, description="Generator of rollout batches; None = rollout.strategy."
     )
+    ppo_epochs: int = Field(
+        4, ge=1, description="policy_gradient: optimizer steps on each rollout batch (MiniLLM --ppo-epochs 4)."
+    )
+    ppo_clip: float = Field(0.2, gt=0, lt=1, description="policy_gradient: PPO ratio clip ε (MiniLLM --cliprange).")
+    gamma: float = Field(0.95, ge=0, le=1, description="policy_gradient: reward discount γ (MiniLLM --gamma).")
+    reward_scaling: float = Field(
+        0.5, gt=0, description="policy_gradient: rewards are divided by this (MiniLLM --reward-scaling)."
+    )
+    reward_clip: float = Field(
+        100.0, gt=0,
+        description="policy_gradient: scaled rewards are clipped to ±this (MiniLLM --cliprange-reward; its GPT-2 "
+        "scripts set 100, the argument default is 1).",
+    )
+    single_step_reg: bool = Field(
+        True, description="policy_gradient: add the per-token KL(q‖p) over the vocabulary (MiniLLM --single-step-reg)."
+    )
+    lm_coef: float = Field(
+        0.0, ge=0,
+        description="policy_gradient: weight of the LM loss (0.5·CE + 0.5·FKL) on a pre-training corpus batch "
+        "(MiniLLM --lm-coef; 0 = off).",
+    )
+    lm_data: str | None = Field(
+        None, description="policy_gradient with lm_coef > 0: pre-training text, a .jsonl/.json file with a 'text' "
+        "field or a .txt file (one document per non-empty line).",
+    )
+
+    @model_validator(mode="after")
+    def _policy_gradient(self) -> MethodConfig:
+        if self.lm_coef > 0 and self.data != "policy_gradient":
+            raise ValueError(
+                f"lm_coef = {self.lm_coef} needs data: policy_gradient (the pre-training LM term is MiniLLM's, "
+                "method.md §6.5); set lm_coef: 0.0"
+            )
+        if self.lm_coef > 0 and not self.lm_data:
+            raise ValueError("lm_coef > 0 needs lm_data: a .jsonl/.json (field 'text') or .txt pre-training file")
+        if self.data == "policy_gradient":
+            if self.loss != "rkl" or self.kd_ratio != 1.0:
+                raise ValueError(
+                    f"data: policy_gradient (MiniLLM) needs loss: rkl and kd_ratio: 1.0, got loss: {self.loss}, "
+                    f"kd_ratio: {self.kd_ratio} (its single-step term is KL(q‖p), method.md §6.5)"
+                )
+            if self.replay:
+                raise ValueError("data: policy_gradient reuses each rollout for ppo_epochs steps: set replay: false")
+        return self
 
 
 def _default_methods() -> dict[str, MethodConfig]:
@@ -220,6 +300,11 @@ def _default_methods() -> dict[str, MethodConfig]:
     - switch trains on fresh SWITCH rollouts with DistiLLM's skew KL (α = 0.1): the paper does not say which loss it
       used (method.md §1.2), and keeping DistiLLM's loss makes the comparison with DistiLLM isolate the generator.
       Ablate with ``methods.switch.loss`` (fkl, jsd, srkl...) and the engine's strategies with ``rollout.strategy``.
+    - minillm: sequence-level reverse KL by policy gradient (method.md §6.5) on teacher-mixed rollouts (the engine's
+      ``mixture`` strategy; its α is ``rollout.mixture_alpha``, 0.2 as MiniLLM's --teacher-mixed-alpha), a fresh
+      rollout every ``ppo_epochs`` = 4 steps, γ 0.95, reward scaling 0.5, reward clip 100 (the GPT-2 scripts' value),
+      PPO clip 0.2, the single-step KL(q‖p) term on; the pre-training LM term is off (``lm_coef`` 0: no corpus
+      offline). MiniLLM's own optimiser settings (lr 5e-6 constant) are not applied: ``optim`` is shared by all runs.
     """
     return {
         "sft": MethodConfig(loss="ce", kd_ratio=0.0),
@@ -231,7 +316,7 @@ def _default_methods() -> dict[str, MethodConfig]:
         ),
         "distillm": MethodConfig(loss="skl", alpha=0.1, data="adaptive", replay=True, rollout_strategy="student"),
         "switch": MethodConfig(loss="skl", alpha=0.1, data="rollout"),
-        "minillm": MethodConfig(loss="rkl", data="rollout", rollout_strategy="student"),
+        "minillm": MethodConfig(loss="rkl", data="policy_gradient", rollout_strategy="mixture"),
     }
 
 
@@ -409,7 +494,9 @@ def _fields_at(path: tuple[Any, ...]) -> list[str]:
     for part in path:
         if isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields:
             ann = model.model_fields[part].annotation
-            model = ann
+            # ``Section | None`` (an optional section such as student.lora): the section's own keys
+            sections = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+            model = sections[0] if len(sections) == 1 else ann
         elif model in (dict[str, MethodConfig],):
             model = MethodConfig
         elif model in (dict[str, DistillRun],):

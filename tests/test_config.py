@@ -38,6 +38,7 @@ def test_every_preset_validates(preset):
         ("methods.gdk.beta=0.2", ["unknown method 'gdk'", "did you mean 'gkd'"]),
         ("optim.batch_size=6", ["multiple of optim.micro_batch_size"]),
         ("optim.epochs=two", ["optim.epochs = 'two'", "valid integer"]),
+        ("student.lora.rr=4", ["student.lora.rr", "did you mean 'r'", "valid keys here: r, alpha"]),
     ],
 )
 def test_bad_values_name_the_key_value_and_range(override, expected):

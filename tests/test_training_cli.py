@@ -73,9 +73,16 @@ def test_stage_chain(project: Path, capsys: pytest.CaptureFixture) -> None:
     assert tags == {"stage": "distill", "run": "switch-low", "method": "switch", "init_from": "switch-high"}
     assert AutoModelForCausalLM.from_pretrained(run / "models" / "switch-low").config.vocab_size > 0
 
+    log = run / "tracking" / "switch-low" / "metrics.jsonl"
+    events = len(log.read_text().splitlines())
     capsys.readouterr()
     assert _cli(project, "distill", "--run", "switch-low", "--resume") == 0  # finished: nothing left to do
     assert f"resuming at step {low['steps']}/{low['steps']}" in capsys.readouterr().err
+    assert len(log.read_text().splitlines()) > events  # a resumed run continues its log
+
+    assert _cli(project, "distill", "--run", "switch-low") == 0  # a fresh run starts a new log
+    fresh = read_jsonl_events(log, "tags")
+    assert len(fresh) == 1 and len(log.read_text().splitlines()) <= events
 
 
 def test_unknown_run_is_a_configuration_error(project: Path, capsys: pytest.CaptureFixture) -> None:
@@ -87,3 +94,12 @@ def test_without_warmup_runs_start_from_the_untrained_student(project: Path) -> 
     assert _cli(project, "distill", "--run", "kd", "--set", "student.warmup=false", "--set", "optim.max_steps=1") == 0
     tags = read_jsonl_events(project / "runs" / "tiny" / "tracking" / "kd" / "metrics.jsonl", "tags")[-1]["tags"]
     assert tags["init_from"] == "student-init"
+
+
+def test_teacher_without_sft_is_the_base_teacher(project: Path, capsys: pytest.CaptureFixture) -> None:
+    run = project / "runs" / "tiny"
+    assert _cli(project, "sft", "--role", "teacher", "--set", "teacher.sft=false") == 0
+    assert "teacher.sft is false" in capsys.readouterr().out
+    base = (run / "models" / "teacher-base" / "model.safetensors").read_bytes()
+    assert (run / "models" / "teacher" / "model.safetensors").read_bytes() == base
+    assert not (run / "models" / "teacher" / "train_summary.json").exists()

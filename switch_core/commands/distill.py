@@ -1,8 +1,8 @@
 """Run one distillation run: ``switch-kd distill --run NAME`` (NAME a key of ``runs`` in params.yaml).
 
-A run is a method (``runs.NAME.method``: kd, seqkd, imitkd, gkd, distillm, switch, sft), the checkpoint it starts from
-(``runs.NAME.init_from``: student-init, student-sft — student-init when ``student.warmup`` is false —, or another
-run, which chains stages, e.g. SFT warm-up -> SWITCH with a high τ0 -> SWITCH with a lower τ0) and dotted config overrides for this run only (``runs.NAME.overrides``).
+A run is a method (``runs.NAME.method``: kd, seqkd, imitkd, gkd, distillm, switch, minillm, sft), the checkpoint it
+starts from (``runs.NAME.init_from``: student-init, student-sft — student-init when ``student.warmup`` is false —, or
+another run, which chains stages, e.g. SFT warm-up -> SWITCH with a high τ0 -> SWITCH with a lower τ0) and dotted config overrides for this run only (``runs.NAME.overrides``).
 It trains with ``optim`` and writes the checkpoint with the best dev ROUGE-L to ``models/NAME`` with
 ``train_summary.json``; its resumable state goes to ``state/NAME`` (``--resume`` continues a killed run).
 ``--method NAME`` is accepted for ``--run NAME``. Run under ``accelerate launch`` for several processes.
@@ -10,10 +10,12 @@ It trains with ``optim`` and writes the checkpoint with the best dev ROUGE-L to 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from switch_core.config import Config, flatten
 from switch_core.layout import RunLayout
 from switch_core.tracking import Tracker, closing_tracker
+from switch_core.training.lm_corpus import load_lm_corpus
 from switch_core.training.loop import TrainResult, train
 from switch_core.training.run_setup import (
     build_job,
@@ -23,7 +25,6 @@ from switch_core.training.run_setup import (
     resolve_select_by,
     stage_tracker,
 )
-from switch_core.training.sources import MethodSetupError
 
 BASE_CHECKPOINTS = {"student-init": "build-student", "student-sft": "sft --role student"}
 
@@ -42,17 +43,13 @@ def distill(
 
     Raises:
         ConfigError: unknown run, or its overrides do not validate.
-        MethodSetupError: the method is MiniLLM (not implemented yet).
         switch_core.training.run_setup.StageInputError: the start checkpoint, the teacher, the data splits or the
             SeqKD data are missing (the message names the command that produces them).
+        switch_core.training.lm_corpus.LMCorpusError: MiniLLM's pre-training corpus (``lm_data``, read when
+            ``lm_coef > 0``; relative paths from the working directory, as ``data.path``) cannot be used.
     """
     cfg = config.run_config(run_name)
     run = cfg.runs[run_name]
-    if run.method == "minillm":
-        raise MethodSetupError(
-            f"runs.{run_name}: MiniLLM (sequence-level reverse KL by policy gradient, method.md §6.5) is not "
-            "implemented yet; choose one of sft, kd, seqkd, imitkd, gkd, distillm, switch"
-        )
     method = cfg.method_config(run_name)
     init_from = run.init_from
     if init_from == "student-sft" and not cfg.student.warmup:
@@ -65,7 +62,9 @@ def distill(
         train_file=require(train_file, "seqkd-data" if method.data == "seqkd" else "prepare-data"), resume=resume,
         with_teacher=needs_teacher(method),
     )
-    tracker = stage_tracker(cfg, layout, run_name, tracker)
+    if method.lm_coef > 0:
+        job.lm_corpus = load_lm_corpus(Path(method.lm_data), job.tokenizer, max_length=cfg.data.max_length)
+    tracker = stage_tracker(cfg, layout, run_name, tracker, resume=resume)
     tracker.set_tags({"stage": "distill", "run": run_name, "method": run.method, "init_from": init_from})
     tracker.log_params(flatten(cfg.model_dump(exclude={"runs", "methods"})) | {
         **{f"method.{k}": v for k, v in method.model_dump().items()}, "method": run.method, "init_from": init_from,

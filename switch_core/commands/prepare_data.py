@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import argparse
 import random
-from pathlib import Path
 
+from switch_core.atomic import atomic_write_json
 from switch_core.config import Config
 from switch_core.data.readers import load_records
 from switch_core.data.splits import split_records, write_records
 from switch_core.layout import RunLayout
-from switch_core.atomic import atomic_write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

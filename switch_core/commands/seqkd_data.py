@@ -3,7 +3,8 @@
 Sampling as the reference scripts' ``generate_data_seqkd.sh``: temperature 1, top-k 0 (off), top-p 1, prompts
 truncated to ``data.max_prompt_length``, up to ``data.max_length − data.max_prompt_length`` new tokens, no n-gram
 blocking (the samples are the teacher's own distribution). The file holds one record per training record (same id,
-instruction and input; the teacher's response as the only reference), so every SeqKD run reuses it. A run whose
+instruction and input; the teacher's response as the only reference), so every SeqKD run reuses it; with
+``data.seqkd_limit: N`` only the first N training records are answered (a short SeqKD run sees no more). A run whose
 inputs (training split, teacher weights, sampling settings, seed) did not change is skipped: ``seqkd/meta.json``
 records their hashes; ``--force`` regenerates. Responses that come out empty are dropped (and counted in the meta).
 """
@@ -26,6 +27,7 @@ from switch_core.data.splits import read_records, write_records
 from switch_core.evaluation.generate import generate_batch
 from switch_core.layout import RunLayout
 from switch_core.models.loading import load_causal_lm, load_tokenizer
+from switch_core.processes import process_state
 from switch_core.training.run_setup import require, teacher_dir
 
 META_FILE = "meta.json"
@@ -51,7 +53,7 @@ def sampling_settings(config: Config) -> dict[str, Any]:
     return {
         "max_prompt_length": data.max_prompt_length, "max_new_tokens": data.max_length - data.max_prompt_length,
         "temperature": 1.0, "top_k": 0, "top_p": 1.0, "no_repeat_ngram_size": 0, "seed": config.seed,
-        "prompt_format": data.prompt_format,
+        "prompt_format": data.prompt_format, "limit": data.seqkd_limit,
     }
 
 
@@ -73,7 +75,7 @@ def generate_seqkd_data(config: Config, layout: RunLayout, *, force: bool = Fals
         ValueError: every response came out empty.
     """
     out, meta_path = layout.seqkd_data, layout.seqkd_data.parent / META_FILE
-    state = PartialState()
+    state = process_state()
     if state.is_main_process:
         fingerprint = input_fingerprint(config, layout)
         old = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
@@ -89,7 +91,7 @@ def _generate(
     config: Config, layout: RunLayout, out: Path, meta_path: Path, fingerprint: dict[str, Any], state: PartialState
 ) -> None:
     settings = fingerprint["sampling"]
-    records = read_records(layout.split("train"))
+    records = read_records(layout.split("train"))[: config.data.seqkd_limit]
     folder = teacher_dir(config, layout)
     tokenizer = load_tokenizer(folder)
     teacher = load_causal_lm(folder, dtype=config.teacher.dtype, device=state.device)

@@ -3,7 +3,9 @@
 
 ``--role teacher`` uses ``teacher_optim`` and keeps the checkpoint with the best dev ROUGE-L; ``--role student`` uses
 ``warmup_optim`` and keeps the one with the lowest dev loss (DistiLLM "init" scripts, method.md §1.2, §5.6).
-``optim.select_by`` (of the section used) overrides the criterion. Run under ``accelerate launch`` for several
+``optim.select_by`` (of the section used) overrides the criterion. With ``teacher.sft: false`` the teacher is used as
+it is: ``--role teacher`` then copies models/teacher-base to models/teacher (hard links), so every later stage and
+DVC see the same layout. Run under ``accelerate launch`` for several
 processes; ``--resume`` continues a killed run from ``state/<teacher|student-sft>``.
 """
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 
 from switch_core.config import Config, MethodConfig, flatten
 from switch_core.layout import RunLayout
+from switch_core.models.checkpoint import copy_checkpoint
 from switch_core.tracking import Tracker, closing_tracker
 from switch_core.training.loop import TrainResult, train
 from switch_core.training.run_setup import build_job, is_main_process, require, resolve_select_by, stage_tracker
@@ -49,15 +52,19 @@ def sft(
         select_by=resolve_select_by(optim, default_select),
         train_file=require(layout.split("train"), "prepare-data"), resume=resume, with_teacher=False,
     )
-    tracker = stage_tracker(config, layout, name, tracker)
+    tracker = stage_tracker(config, layout, name, tracker, resume=resume)
     tracker.set_tags({"stage": f"sft-{role}", "run": name, "method": "sft"})
-    tracker.log_params({f"optim.{k}": v for k, v in flatten(optim.model_dump()).items()} | {"init_from": source})
+    tracker.log_params({f"{section}.{k}": v for k, v in flatten(optim.model_dump()).items()} | {"init_from": source})
     with closing_tracker(tracker):
         return train(job, tracker=tracker)
 
 
 def run(args: argparse.Namespace) -> int:
     layout = RunLayout.from_config(args.config, args.project_root)
+    if args.role == "teacher" and not args.config.teacher.sft:
+        out = copy_checkpoint(require(layout.model("teacher-base"), "setup-teacher"), layout.model("teacher"))
+        print(f"sft teacher: teacher.sft is false, the base teacher is used as it is -> {out}")
+        return 0
     result = sft(args.config, layout, args.role, resume=args.resume)
     best = ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
     if is_main_process():

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from switch_core.models.lora import has_lora, merged_state_dict
+
 
 def temporary_sibling(folder: Path, tag: str = "tmp") -> Path:
     """Return an unused path next to ``folder`` (same file system, so a rename is atomic).
@@ -79,6 +81,30 @@ def replace_folder(tmp: Path, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def copy_checkpoint(source: Path, folder: Path) -> Path:
+    """Copy the checkpoint folder ``source`` to ``folder`` atomically (an existing ``folder`` is replaced).
+
+    Files are hard-linked when the file system allows it (no extra bytes on disk), else copied.
+
+    Raises:
+        FileNotFoundError: ``source`` is not a folder.
+    """
+    if not source.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {source} does not exist")
+    tmp = temporary_sibling(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, tmp, copy_function=link_or_copy)
+    replace_folder(tmp, folder)
+    return folder
+
+
 def plain_copy_of_gguf_model(model: PreTrainedModel) -> PreTrainedModel:
     """Rebuild a GGUF-loaded model as a plain model of the same class with the same (dequantized) weights.
 
@@ -112,7 +138,8 @@ def save_pretrained_atomic(
     """Save a model and its tokenizer with ``save_pretrained`` so the folder appears (or is replaced) atomically.
 
     The result loads by path with ``AutoModelForCausalLM.from_pretrained(folder)`` / ``AutoTokenizer``.
-    Weights are written as safetensors in the model's current dtype.
+    Weights are written as safetensors in the model's current dtype. A model with LoRA adapters
+    (:mod:`switch_core.models.lora`) is written with the adapters merged, as its plain class.
 
     Args:
         model: any transformers model (not a GGUF-loaded one: see `switch_core.models.loading.load_causal_lm`,
@@ -130,7 +157,10 @@ def save_pretrained_atomic(
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(folder)
     try:
-        model.save_pretrained(tmp)
+        if has_lora(model):
+            model.save_pretrained(tmp, state_dict=merged_state_dict(model))
+        else:
+            model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         replace_folder(tmp, folder)

@@ -415,9 +415,13 @@ def _sample(log_probs: Tensor, generator: torch.Generator | None) -> Tensor:
 
 
 def _token_logprob(logits: Tensor, tokens: Tensor) -> Tensor:
-    """log softmax(logits)[token] per row, float32: ``[n, V], [n] -> [n]``."""
-    logits = logits.float()
-    return logits.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    """log softmax(logits)[token] per row, float32: ``[n, V], [n] -> [n]``.
+
+    Computed exactly as the sampling log-probabilities are (``log_softmax`` of the float32 logits), so that at
+    temperature 1 without top-k / top-p a token drawn from the student (or from the mixture with α = 0) has
+    ``student_logprobs == sampling_logprobs`` bit for bit: MiniLLM's importance weight is then exactly 1.
+    """
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
 
 
 def _select(

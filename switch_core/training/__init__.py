@@ -3,15 +3,23 @@
 - :mod:`.losses`: per-token CE / divergence mix (pure functions);
 - :mod:`.objective`: chunked full-vocabulary loss with global-token normalisation;
 - :mod:`.batches`, :mod:`.replay`, :mod:`.sources`: what each step trains on (ground truth, rollouts, replay,
-  GKD mix, DistiLLM's adaptive schedule);
+  GKD mix, DistiLLM's adaptive schedule, MiniLLM's reused rollouts);
+- :mod:`.policy_gradient`, :mod:`.lm_corpus`: MiniLLM's rewards, advantages, importance weights and PPO loss; its
+  optional pre-training LM term;
 - :mod:`.optim`, :mod:`.state`, :mod:`.dev`, :mod:`.progress`, :mod:`.seeding`: AdamW + cosine, atomic resumable
   state, dev metrics, console progress, derived random streams;
 - :mod:`.loop`: :func:`train`.
 """
-from switch_core.training.batches import Sequence1D, TrainBatch, batch_from_examples, batch_from_sequences
+from switch_core.training.batches import (
+    PolicyTokens,
+    Sequence1D,
+    TrainBatch,
+    batch_from_examples,
+    batch_from_sequences,
+)
 from switch_core.training.dev import DevData
 from switch_core.training.loop import SUMMARY_FILE, TRACE_FILE, TrainingSetupError, TrainJob, TrainResult, train
-from switch_core.training.losses import LossSpec, token_losses
+from switch_core.training.losses import LossSpec, token_loss_terms, token_losses
 from switch_core.training.objective import OutputHeadError, batch_loss
 from switch_core.training.replay import ReplayBuffer
 from switch_core.training.sources import Action, BatchSource, MethodSetupError, choose_action, rollout_settings
@@ -26,6 +34,7 @@ __all__ = [
     "LossSpec",
     "MethodSetupError",
     "OutputHeadError",
+    "PolicyTokens",
     "ReplayBuffer",
     "Sequence1D",
     "StateError",
@@ -38,6 +47,7 @@ __all__ = [
     "batch_loss",
     "choose_action",
     "rollout_settings",
+    "token_loss_terms",
     "token_losses",
     "train",
 ]

@@ -4,15 +4,65 @@ Every batch source (method.md §6) ends in a :class:`TrainBatch`: ``input_ids`` 
 aligned as in Hugging Face (labels ``-100`` where ignored, the generated or reference EOS kept as a label). The loss
 shifts once: logits at position ``i`` predict token ``i + 1``, so the loss positions are ``labels[:, 1:] != -100``
 over ``logits[:, :-1]`` (never DistiLLM's unshifted SGO mask, method.md §6.9 item 2).
+
+A rollout batch may carry what its loss needs from rollout time for its last ``T`` tokens: the teacher's logits
+(SWITCH, kept from the rollout) and MiniLLM's per-token policy-gradient values (:class:`PolicyTokens`).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 
 from switch_core.data.tokenize import IGNORE_INDEX, TrainExample, collate_train
+
+
+@dataclass(frozen=True)
+class PolicyTokens:
+    """MiniLLM's per-token policy-gradient values, fixed at rollout time (method.md §6.5).
+
+    All fields have one shape: ``[B, T]`` float32 for the last ``T`` tokens of a :class:`TrainBatch` (value
+    ``[:, t]`` belongs to token ``input_ids[:, L - T + t]``, as ``TrainBatch.teacher_logits``), 0 where the token is
+    not a response token; or ``[N]`` once packed to the loss positions (:meth:`TrainBatch.packed_policy`).
+
+    Attributes:
+        old_logprobs: log q_old(y_t), the student's (temperature 1) log-probability of the token at rollout time.
+        teacher_logprobs: log p(y_t), the teacher's log-probability of the token.
+        rewards: the scaled and clipped per-token reward (:func:`switch_core.training.policy_gradient.token_rewards`).
+        advantages: whitened, length-normalised discounted returns (the PPO advantages).
+        weights: importance weights q_old(y_t) / p̃(y_t) of the sampling distribution p̃ (1 for pure student sampling).
+    """
+
+    old_logprobs: torch.Tensor
+    teacher_logprobs: torch.Tensor
+    rewards: torch.Tensor
+    advantages: torch.Tensor
+    weights: torch.Tensor
+
+    def __post_init__(self) -> None:
+        shapes = {name: tuple(getattr(self, name).shape) for name in self.names()}
+        if len(set(shapes.values())) != 1:
+            raise ValueError(f"PolicyTokens fields must share one shape, got {shapes}")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The field names, in order."""
+        return tuple(f.name for f in fields(cls))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The common shape of the fields."""
+        return tuple(self.old_logprobs.shape)
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> PolicyTokens:
+        """``fn`` applied to every field (slicing, masking, moving)."""
+        return PolicyTokens(*(fn(getattr(self, name)) for name in self.names()))
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """The fields by name (e.g. for a saved state)."""
+        return {name: getattr(self, name) for name in self.names()}
 
 
 @dataclass(frozen=True)
@@ -26,12 +76,15 @@ class TrainBatch:
         teacher_logits: optional ``[B, T, V]`` teacher next-token logits kept from a rollout, for the last ``T`` loss
             positions: ``teacher_logits[:, t]`` is the teacher's prediction of ``input_ids[:, L - T + t]``; None when
             the loss must run the teacher itself.
+        policy: optional MiniLLM policy-gradient values of the last ``T`` tokens (``[B, T]`` fields, same alignment
+            as ``teacher_logits``); None for every other method.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
     teacher_logits: torch.Tensor | None = None
+    policy: PolicyTokens | None = None
 
     def __post_init__(self) -> None:
         shapes = {tuple(self.input_ids.shape), tuple(self.attention_mask.shape), tuple(self.labels.shape)}
@@ -49,6 +102,12 @@ class TrainBatch:
                 )
             if self.loss_mask[:, : self.length - 1 - steps].any():
                 raise ValueError("teacher_logits cover only the last positions, but earlier positions carry labels")
+        if self.policy is not None:
+            shape = self.policy.shape
+            if len(shape) != 2 or shape[0] != self.size or shape[1] >= self.length:
+                raise ValueError(f"policy values must be [batch={self.size}, T<{self.length}], got {shape}")
+            if self.loss_mask[:, : self.length - 1 - shape[1]].any():
+                raise ValueError("policy values cover only the last positions, but earlier positions carry labels")
 
     @property
     def size(self) -> int:
@@ -81,6 +140,14 @@ class TrainBatch:
             return None
         return self.teacher_logits[self.loss_mask[:, -self.teacher_logits.shape[1] :]]
 
+    def packed_policy(self) -> PolicyTokens | None:
+        """:class:`PolicyTokens` with ``[N]`` fields at the loss positions, in the row-major order of ``loss_mask``;
+        or None."""
+        if self.policy is None:
+            return None
+        mask = self.loss_mask[:, -self.policy.shape[1] :]
+        return self.policy.map(lambda values: values[mask])
+
     def to(self, device: torch.device | str) -> TrainBatch:
         """The batch on ``device`` (kept teacher logits keep their dtype)."""
         move = {"device": device, "non_blocking": True}
@@ -89,16 +156,39 @@ class TrainBatch:
             self.attention_mask.to(**move),
             self.labels.to(**move),
             None if self.teacher_logits is None else self.teacher_logits.to(**move),
+            None if self.policy is None else self.policy.map(lambda values: values.to(**move)),
         )
 
     def rows(self, start: int, stop: int) -> TrainBatch:
         """Sequences ``start:stop`` (a micro-batch)."""
         sl = slice(start, stop)
         kept = None if self.teacher_logits is None else self.teacher_logits[sl]
+        policy = None if self.policy is None else self.policy.map(lambda values: values[sl])
         return replace(
             self, input_ids=self.input_ids[sl], attention_mask=self.attention_mask[sl], labels=self.labels[sl],
-            teacher_logits=kept,
+            teacher_logits=kept, policy=policy,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The batch as a dict of CPU tensors (``torch.save``-able with ``weights_only`` loading)."""
+        def cpu(values: torch.Tensor | None) -> torch.Tensor | None:
+            return None if values is None else values.cpu()  # blocking: a non-blocking copy may not have landed
+
+        return {
+            "input_ids": cpu(self.input_ids), "attention_mask": cpu(self.attention_mask), "labels": cpu(self.labels),
+            "teacher_logits": cpu(self.teacher_logits),
+            "policy": None if self.policy is None else {k: cpu(v) for k, v in self.policy.to_dict().items()},
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> TrainBatch:
+        """The batch saved by :meth:`state_dict` (on the CPU).
+
+        Raises:
+            ValueError: inconsistent shapes (see the class invariants).
+        """
+        policy = None if state["policy"] is None else PolicyTokens(**state["policy"])
+        return cls(state["input_ids"], state["attention_mask"], state["labels"], state["teacher_logits"], policy)
 
     def micro_batches(self, micro_batch_size: int) -> list[TrainBatch]:
         """Consecutive micro-batches of at most ``micro_batch_size`` sequences."""

@@ -2,7 +2,8 @@
 
 - ``dev/ce``: cross-entropy of the student on the ground-truth dev responses (DistiLLM's validation LM loss; its
   adaptive schedule reacts to it, method.md §6.7);
-- ``dev/loss``: the method's own per-token loss on the same ground-truth dev batches (equal to ``dev/ce`` for SFT);
+- ``dev/loss``: the method's own per-token loss on the same ground-truth dev batches (equal to ``dev/ce`` for SFT;
+  for MiniLLM, whose policy-gradient loss needs rollouts, its divergence: the token-mean KL(q ‖ p));
 - ``dev/rouge_l``: 100 × mean ROUGE-L F-measure (max over references) of responses sampled with the evaluation
   protocol's decoding settings (method.md §5.4–5.5) on a fixed, seeded subset of the dev prompts.
 

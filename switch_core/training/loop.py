@@ -4,14 +4,16 @@ Per optimizer step (global batch ``optim.batch_size`` sequences, ``batch_size / 
 
 1. the step's examples come from a seeded per-epoch permutation of the training examples;
 2. the method's :class:`~switch_core.training.sources.BatchSource` turns this process's share into the batch to
-   train on (ground truth, fresh rollout, replay buffer, GKD mix or DistiLLM's adaptive schedule);
+   train on (ground truth, fresh rollout, replay buffer, GKD mix, DistiLLM's adaptive schedule, or MiniLLM's rollout
+   with its policy-gradient values, reused for ``ppo_epochs`` steps);
 3. the response tokens of the *global* batch are counted (all-reduce), every micro-batch of
    ``optim.micro_batch_size`` sequences back-propagates ``sum(per-token loss) / N_global``
    (:func:`~switch_core.training.objective.batch_loss`), gradients are summed over processes (all-reduce), clipped
    to ``optim.grad_clip``, and AdamW takes one step on the cosine schedule. The gradient is therefore that of the
    token mean over the global batch, identical for any micro-batch split and process count (landscape.md pain
    points 8, 29). Gradients are reduced explicitly rather than by DDP hooks, because the chunked loss runs several
-   backward calls per micro-batch;
+   backward calls per micro-batch. With MiniLLM's pre-training term (``lm_coef > 0``) a batch of the pre-training
+   corpus adds ``lm_coef · sum(pt loss) / N_pt_global`` (:mod:`.lm_corpus`) before the gradients are reduced;
 4. dev evaluation after every epoch, every ``optim.eval_every`` steps and at the last step (plus once before
    training, which DistiLLM's adaptive schedule needs); the best checkpoint by ``select_by`` is written to the output
    folder (``save_pretrained``, atomically);
@@ -41,16 +43,18 @@ from switch_core.config import EvalConfig, MethodConfig, OptimConfig, RolloutCon
 from switch_core.data.tokenize import TrainExample, left_pad
 from switch_core.evaluation.generate import eos_token_ids
 from switch_core.models.checkpoint import save_pretrained_atomic
+from switch_core.processes import make_accelerator
 from switch_core.rollout import calibrate_tau0
 from switch_core.tracking import NullTracker, Tracker
 from switch_core.training import seeding
 from switch_core.training.batches import batch_from_examples
 from switch_core.training.dev import DevData, dev_losses, dev_rouge_l
+from switch_core.training.lm_corpus import PT_LOSS, lm_batch
 from switch_core.training.losses import LossSpec
 from switch_core.training.objective import batch_loss, check_output_head
 from switch_core.training.optim import build_optimizer, build_scheduler
 from switch_core.training.progress import Progress
-from switch_core.training.sources import BatchSource, rollout_settings
+from switch_core.training.sources import ROLLOUT_DATA, BatchSource, rollout_settings
 from switch_core.training.state import Resumable, clear_state, load_state, save_state
 
 SUMMARY_FILE = "train_summary.json"
@@ -82,6 +86,8 @@ class TrainJob:
         generation: decoding settings of the dev ROUGE-L generations (the evaluation protocol's).
         max_prompt_length: prompt truncation for dev generations.
         resume: continue from ``state_dir`` when it holds a state (else start fresh).
+        lm_corpus: MiniLLM's pre-training examples (:func:`~switch_core.training.lm_corpus.load_lm_corpus`); required
+            when ``method.lm_coef > 0``.
     """
 
     name: str
@@ -99,6 +105,7 @@ class TrainJob:
     generation: EvalConfig = field(default_factory=EvalConfig)
     max_prompt_length: int = 256
     resume: bool = False
+    lm_corpus: list[TrainExample] | None = None
 
 
 @dataclass
@@ -167,9 +174,13 @@ class _Run:
         self.total_steps = job.optim.max_steps or job.optim.epochs * self.steps_per_epoch
         self.spec = LossSpec.from_method(job.method)
         self.pad_id = job.tokenizer.pad_token_id if job.tokenizer.pad_token_id is not None else job.tokenizer.eos_token_id
-        self.uses_rollouts = job.method.data in ("rollout", "mixed", "adaptive")
+        self.uses_rollouts = job.method.data in ROLLOUT_DATA
         if (self.spec.needs_teacher or self.uses_rollouts) and job.teacher is None:
             raise TrainingSetupError(f"run {job.name!r}: method needs the teacher, but none was given")
+        if job.method.lm_coef > 0 and not job.lm_corpus:
+            raise TrainingSetupError(
+                f"run {job.name!r}: lm_coef = {job.method.lm_coef} needs the pre-training corpus (lm_data), none given"
+            )
         self.student = job.student.to(accelerator.device)
         self.teacher = job.teacher
         if self.teacher is not None:
@@ -247,6 +258,7 @@ class _Run:
             seed=self.optim.seed, total_steps=self.total_steps, rollout_batch_size=self.job.rollout.batch_size,
             keep_teacher_logits=self.job.method.reuse_rollout_teacher_logits and self.spec.needs_teacher,
             rank=self.acc.process_index,
+            reduce_sum=(lambda t: self.acc.reduce(t, reduction="sum")) if self.acc.num_processes > 1 else None,
         )
 
     # ------------------------------------------------------------------ state
@@ -299,11 +311,13 @@ class _Run:
         counts = self.acc.reduce(counts, reduction="sum")
         self.student.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.acc.device)
+        terms: dict[str, torch.Tensor] = {}
         for micro in batch.micro_batches(self.optim.micro_batch_size):
             loss_sum += batch_loss(
                 self.student, self.teacher, micro, self.spec, chunk_tokens=self.optim.loss_chunk_tokens,
-                scale=1.0 / float(counts[0]), backward=self.acc.backward, autocast=self.acc.autocast,
+                scale=1.0 / float(counts[0]), backward=self.acc.backward, autocast=self.acc.autocast, terms=terms,
             ).double()
+        lm_loss = self._lm_loss(start) if self.job.method.lm_coef > 0 else None
         if self.acc.num_processes > 1:
             _all_reduce_gradients(self.params, self.acc)
         grad_norm = self.acc.clip_grad_norm_(self.params, self.optim.grad_clip)
@@ -312,14 +326,17 @@ class _Run:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        counters = ("rollout_tokens", "teacher_tokens", "rollout_seconds", *_POLICY_COUNTERS)
         stats = torch.tensor(
-            [float(loss_sum)] + [out.stats.get(k, 0.0) for k in ("rollout_tokens", "teacher_tokens", "rollout_seconds")],
+            [float(loss_sum)] + [out.stats.get(k, 0.0) for k in counters] + [float(terms.get(k, 0.0)) for k in _TERMS],
             dtype=torch.float64, device=self.acc.device,
         )
         stats = self.acc.reduce(stats, reduction="sum")
         seconds = time.perf_counter() - began
+        loss = float(stats[0] / counts[0])
         metrics = {
-            "train/loss": float(stats[0] / counts[0]), "train/lr": lr, "train/grad_norm": float(grad_norm),
+            "train/loss": loss if lm_loss is None else loss + self.job.method.lm_coef * lm_loss,
+            "train/lr": lr, "train/grad_norm": float(grad_norm),
             "train/response_tokens": float(counts[0]), "train/tokens_per_second": float(counts[1]) / seconds,
             "train/step_seconds": seconds, "train/epoch": self.step / self.steps_per_epoch,
             f"source/{out.action.value}": 1.0,
@@ -331,9 +348,32 @@ class _Run:
                 metrics["rollout/teacher_share"] = float(stats[2] / stats[1])
             metrics["rollout/mean_length"] = float(stats[1]) / self.optim.batch_size
             metrics["rollout/seconds"] = float(stats[3]) / self.acc.num_processes
+        if self.spec.policy_gradient:
+            sums = dict(zip(counters + _TERMS, stats[1:].tolist(), strict=True))
+            metrics.update(_policy_metrics(sums, float(counts[0]), self.spec.single_step_reg))
+        if lm_loss is not None:
+            metrics["train/lm_loss"] = lm_loss
         if out.by_position is not None and self.source.settings.strategy != "student" and self.acc.is_main_process:
             self._append_trace(*out.by_position)
         return metrics
+
+    def _lm_loss(self, start: int) -> float:
+        """Back-propagate ``lm_coef ×`` the pre-training loss token mean of the step's corpus batch (MiniLLM's
+        ``pt_loss``, method.md §6.5; normalised by the batch's global token count); returns that mean."""
+        batch = lm_batch(
+            self.job.lm_corpus, seed=self.optim.seed, step=self.step, offset=start, count=self.local_size,
+            global_count=self.optim.batch_size, pad_token_id=self.pad_id,
+        ).to(self.acc.device)
+        tokens = self.acc.reduce(
+            torch.tensor(float(batch.num_loss_tokens), dtype=torch.float64, device=self.acc.device), reduction="sum"
+        )
+        total = torch.zeros((), dtype=torch.float64, device=self.acc.device)
+        for micro in batch.micro_batches(self.optim.micro_batch_size):
+            total += batch_loss(
+                self.student, self.teacher, micro, PT_LOSS, chunk_tokens=self.optim.loss_chunk_tokens,
+                scale=self.job.method.lm_coef / float(tokens), backward=self.acc.backward, autocast=self.acc.autocast,
+            ).double()
+        return float(self.acc.reduce(total, reduction="sum") / tokens)
 
     def _append_trace(self, teacher_at: list[int], tokens_at: list[int]) -> None:
         """One line of the rollout trace: the main process's teacher share at each response position."""
@@ -426,6 +466,26 @@ class _Run:
 
 
 _LAST_VALUE = ("train/lr", "train/epoch", "train/phi")
+_POLICY_COUNTERS = ("reward_sum", "return_sum", "return_sq_sum", "weight_sum")
+_TERMS = ("pg", "reg", "clipped")
+
+
+def _policy_metrics(sums: dict[str, float], tokens: float, with_reg: bool) -> dict[str, float]:
+    """MiniLLM's step metrics from global sums: token means of the PPO loss, of the single-step KL and of the clipped
+    tokens; on rollout steps the rollout's reward mean, return mean / std before whitening and importance-weight
+    mean."""
+    metrics = {"train/pg_loss": sums["pg"] / tokens, "train/clip_fraction": sums["clipped"] / tokens}
+    if with_reg:
+        metrics["train/reg_loss"] = sums["reg"] / tokens
+    rolled = sums["rollout_tokens"]
+    if rolled > 0:
+        mean = sums["return_sum"] / rolled
+        metrics.update({
+            "rollout/reward_mean": sums["reward_sum"] / rolled, "rollout/return_mean": mean,
+            "rollout/return_std": math.sqrt(max(sums["return_sq_sum"] / rolled - mean * mean, 0.0)),
+            "rollout/importance_weight_mean": sums["weight_sum"] / rolled,
+        })
+    return metrics
 
 
 def _mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
@@ -449,7 +509,7 @@ def train(job: TrainJob, *, accelerator: Accelerator | None = None, tracker: Tra
 
     Args:
         job: the run.
-        accelerator: device / process placement and mixed precision; default ``Accelerator(mixed_precision=
+        accelerator: device / process placement and mixed precision; default ``make_accelerator(
             job.optim.mixed_precision)``.
         tracker: where metrics go (main process only); default :class:`~switch_core.tracking.NullTracker`.
 
@@ -462,5 +522,5 @@ def train(job: TrainJob, *, accelerator: Accelerator | None = None, tracker: Tra
         switch_core.training.objective.OutputHeadError: an architecture whose logits the chunked loss cannot rebuild.
         switch_core.training.state.StateError: ``resume`` with an incompatible saved state.
     """
-    accelerator = accelerator or Accelerator(mixed_precision=job.optim.mixed_precision)
+    accelerator = accelerator or make_accelerator(job.optim.mixed_precision)
     return _Run(job, accelerator, tracker or NullTracker()).run()

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from operator import itemgetter
 
 import torch
 from torch import Tensor, nn
 
 from switch_core.training.batches import TrainBatch
-from switch_core.training.losses import LossSpec, token_losses
+from switch_core.training.losses import LossSpec, token_loss_terms
 
 
 class OutputHeadError(ValueError):
@@ -76,11 +77,13 @@ def batch_loss(
     scale: float | None = None,
     backward: Callable[[Tensor], None] | None = None,
     autocast: Callable[[], AbstractContextManager[None]] = nullcontext,
+    terms: dict[str, Tensor] | None = None,
 ) -> Tensor:
     """Sum of the per-token losses over the batch's response tokens; optionally back-propagate ``scale ×`` it.
 
     Teacher logits come from ``batch.teacher_logits`` when the batch carries them (kept from a SWITCH rollout: the
-    teacher's distributions on the same mixed prefix, method.md §1.3), else from a no-grad teacher forward.
+    teacher's distributions on the same mixed prefix, method.md §1.3), else from a no-grad teacher forward. A batch
+    with policy values (MiniLLM, ``batch.policy``) hands each position's values to the per-token loss.
 
     Args:
         student: the student (train or eval mode is the caller's choice).
@@ -92,6 +95,9 @@ def batch_loss(
         backward: ``loss -> None`` that back-propagates a chunk's scaled loss (e.g. ``accelerator.backward``, which
             applies fp16 loss scaling); None = no gradients (evaluation; call under ``torch.no_grad``).
         autocast: context manager factory for the forward passes (e.g. ``accelerator.autocast``).
+        terms: when given, the sums over the batch's tokens of the loss's named terms other than ``loss``
+            (:func:`~switch_core.training.losses.token_loss_terms`: ``pg``, ``reg``, ``clipped`` for MiniLLM) are added
+            into it (0-dim float64 tensors, detached).
 
     Returns:
         0-dim float32 tensor (detached): the summed (unscaled) loss of the batch's response tokens.
@@ -108,9 +114,11 @@ def batch_loss(
     total = torch.zeros((), dtype=torch.float32, device=batch.input_ids.device)
     if targets.numel() == 0:
         return total
-    kept = batch.packed_teacher_logits() if spec.needs_teacher else None
+    policy = batch.packed_policy() if spec.policy_gradient else None
+    needs_teacher = spec.uses_teacher(policy is not None)
+    kept = batch.packed_teacher_logits() if needs_teacher else None
     teacher_hidden = None
-    if spec.needs_teacher and kept is None:
+    if needs_teacher and kept is None:
         if teacher is None:
             raise ValueError(f"loss {spec.name!r} needs the teacher, but no teacher was given")
         with torch.no_grad(), autocast():
@@ -129,8 +137,12 @@ def batch_loss(
                 teacher_logits = teacher.get_output_embeddings()(teacher_hidden[rows]).to(hidden.device)
         with autocast():
             student_logits = student_head(leaf[rows])
-        losses = token_losses(spec, student_logits, targets[rows], teacher_logits)
-        chunk_sum = losses.sum()
+        values = None if policy is None else policy.map(itemgetter(rows))
+        chunk_terms = token_loss_terms(spec, student_logits, targets[rows], teacher_logits, values)
+        chunk_sum = chunk_terms.pop("loss").sum()
+        if terms is not None:
+            for name, per_token in chunk_terms.items():
+                terms[name] = terms.get(name, 0.0) + per_token.detach().sum().double()
         if backward is not None:
             backward(chunk_sum * scale)
         total = total + chunk_sum.detach().float()

@@ -18,15 +18,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from accelerate import PartialState
-
 from switch_core.config import Config, MethodConfig, OptimConfig
 from switch_core.layout import RunLayout
 from switch_core.models.loading import load_causal_lm, load_tokenizer
+from switch_core.models.lora import apply_lora
+from switch_core.processes import process_state
 from switch_core.tracking import NullTracker, Tracker, tracker_from_config
 from switch_core.training.examples import load_dev, load_examples
 from switch_core.training.loop import TrainJob
 from switch_core.training.losses import LossSpec
+from switch_core.training.state import latest_state
 
 
 class StageInputError(ValueError):
@@ -86,9 +87,12 @@ def build_job(
     Raises:
         StageInputError: a missing checkpoint or split file.
         switch_core.models.loading.ModelLoadError: a checkpoint that does not load.
+        switch_core.models.lora.LoraSetupError: ``student.lora`` targets modules the student does not have.
     """
     tokenizer = load_tokenizer(init_dir)
     student = load_causal_lm(init_dir, dtype="float32")
+    if config.student.lora is not None and name != "teacher":  # LoRA for the student's stages; teacher SFT is full
+        student = apply_lora(student, config.student.lora, seed=optim.seed)
     teacher = load_causal_lm(teacher_dir(config, layout), dtype=config.teacher.dtype) if with_teacher else None
     dev_file = require(layout.split("dev"), "prepare-data")
     return TrainJob(
@@ -106,15 +110,23 @@ def needs_teacher(method: MethodConfig) -> bool:
     return LossSpec.from_method(method).needs_teacher or method.data in ("rollout", "mixed", "adaptive")
 
 
-def stage_tracker(config: Config, layout: RunLayout, name: str, tracker: Tracker | None) -> Tracker:
+def stage_tracker(
+    config: Config, layout: RunLayout, name: str, tracker: Tracker | None, *, resume: bool = False
+) -> Tracker:
     """The tracker of a stage: ``tracker`` if given, else the configured one (``tracking/<name>/metrics.jsonl``); a
-    :class:`~switch_core.tracking.NullTracker` on every process but the main one."""
-    if not PartialState().is_main_process:
+    :class:`~switch_core.tracking.NullTracker` on every process but the main one.
+
+    The JSONL log continues when the run resumes a saved state and starts afresh otherwise, so it always describes
+    the one run whose checkpoint is in ``models/<name>``.
+    """
+    if not process_state().is_main_process:
         return NullTracker()
     jsonl = layout.root / "tracking" / name / "metrics.jsonl"
+    if tracker is None and not (resume and latest_state(layout.state(name)) is not None):
+        jsonl.unlink(missing_ok=True)
     return tracker or tracker_from_config(config, jsonl, name=name)
 
 
 def is_main_process() -> bool:
     """True on the main process (or when not distributed)."""
-    return PartialState().is_main_process
+    return process_state().is_main_process

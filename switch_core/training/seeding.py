@@ -1,8 +1,8 @@
 """Stateless random streams derived from the training seed, so that a resumed run repeats every random choice.
 
 Each random decision of the loop (data order of an epoch, the per-step batch-source draw, the rollout sampling of a
-chunk of prompts, a replay-buffer draw) gets its own ``torch.Generator`` seeded from ``(seed, stream, *keys)`` through
-NumPy's ``SeedSequence`` hash. Nothing depends on how many steps ran in this process, so resuming at step ``k``
+chunk of prompts, a replay-buffer draw, a pre-training corpus batch) gets its own ``torch.Generator`` seeded from
+``(seed, stream, *keys)`` through NumPy's ``SeedSequence`` hash. Nothing depends on how many steps ran in this process, so resuming at step ``k``
 draws exactly what an uninterrupted run draws at step ``k``; and keys name global positions, not ranks, so a
 2-process run draws what a 1-process run draws for the same sequences.
 """
@@ -24,6 +24,7 @@ class Stream(IntEnum):
     CALIBRATION = 5
     DEV_SUBSET = 6
     GLOBAL = 7
+    LM_CORPUS = 8
 
 
 def derive_seed(seed: int, stream: Stream, *keys: int) -> int:

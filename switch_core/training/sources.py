@@ -17,6 +17,12 @@ adaptive        DistiLLM's adaptive off-policy schedule (§6.7): ``s = φ·(1 �
                 (``r < φ`` and the buffer holds fewer than ``capacity``): a fresh rollout, pushed and trained on;
                 elif ``r < φ``: a batch drawn from the buffer; else the examples. After each dev evaluation, if
                 dev loss >= previous + ε then φ ← min(φ + 0.1, 1) and previous ← dev loss.
+policy_gradient MiniLLM (§6.5): at steps ``k`` with ``(k − 1) % ppo_epochs == 0`` a fresh rollout of the examples'
+                prompts (teacher-mixed with the ``mixture`` strategy), stored with its per-token policy values
+                (:mod:`switch_core.training.policy_gradient`: rewards, whitened advantages, importance weights, the
+                old log-probabilities); the next ``ppo_epochs − 1`` steps train on the stored batch again (PPO
+                epochs, as MiniLLM iterates ``ppo_epochs`` times over its rollout storage), and the examples of those
+                steps are not used.
 ==============  ==============================================================================================
 
 Rollouts come from :func:`switch_core.rollout.rollout` with the method's strategy (``student`` for ImitKD / GKD /
@@ -25,6 +31,8 @@ the fresh rollout itself is trained on, the loss needs the teacher and the rollo
 every strategy but pure student sampling), the teacher logits computed during the rollout are kept and the loss
 skips its own teacher forward pass (same frozen teacher, same prefix). Pure student rollouts never run the teacher
 while decoding: one teacher forward over the finished batch is much cheaper than T incremental teacher steps.
+MiniLLM's rollouts run both models (rewards need the teacher's and the student's log-probability of every token) but
+never keep the teacher logits: the stored batch lives for ``ppo_epochs`` steps and is part of the resumable state.
 """
 from __future__ import annotations
 
@@ -43,8 +51,18 @@ from switch_core.config import MethodConfig, RolloutConfig
 from switch_core.data.tokenize import TrainExample, left_pad
 from switch_core.rollout import RolloutBatch, RolloutSettings, rollout
 from switch_core.training import seeding
-from switch_core.training.batches import Sequence1D, TrainBatch, batch_from_examples, batch_from_sequences
+from switch_core.training.batches import (
+    PolicyTokens,
+    Sequence1D,
+    TrainBatch,
+    batch_from_examples,
+    batch_from_sequences,
+)
+from switch_core.training.policy_gradient import ReduceSum, rollout_policy_tokens
 from switch_core.training.replay import ReplayBuffer
+
+ROLLOUT_DATA = ("rollout", "mixed", "adaptive", "policy_gradient")
+"""``data`` modes that draw rollouts (they need the teacher and rollout settings)."""
 
 ADAPTIVE_PHI_STEP = 0.1
 """DistiLLM ``finetune.py``: φ grows by 0.1 (capped at 1.0) when the dev loss rose by at least ε."""
@@ -62,13 +80,16 @@ class Action(str, Enum):
     ROLLOUT_STORE = "rollout_store"  # fresh rollout, pushed into the buffer and trained on (DistiLLM adaptive)
     ROLLOUT_REPLAY = "rollout_replay"  # fresh rollout pushed into the buffer, batch drawn from the buffer
     REPLAY = "replay"  # batch drawn from the buffer, no rollout
+    POLICY_ROLLOUT = "policy_rollout"  # fresh rollout with policy values, stored for the PPO epochs and trained on
+    POLICY_REUSE = "policy_reuse"  # the stored rollout of the current PPO epochs
 
 
 def choose_action(method: MethodConfig, *, r: float, step: int, total_steps: int, phi: float, buffered: int) -> Action:
     """The batch source of step ``step`` (module docstring table).
 
     Args:
-        method: the method configuration (``data``, ``replay``, ``on_policy_fraction``, ``replay_capacity``).
+        method: the method configuration (``data``, ``replay``, ``on_policy_fraction``, ``replay_capacity``,
+            ``ppo_epochs``).
         r: the step's U(0, 1) draw.
         step: 1-based optimizer step (DistiLLM's ``global_step``).
         total_steps: optimizer steps of the run.
@@ -79,6 +100,8 @@ def choose_action(method: MethodConfig, *, r: float, step: int, total_steps: int
         The :class:`Action`.
     """
     fresh = Action.ROLLOUT_REPLAY if method.replay else Action.ROLLOUT
+    if method.data == "policy_gradient":
+        return Action.POLICY_ROLLOUT if (step - 1) % method.ppo_epochs == 0 else Action.POLICY_REUSE
     if method.data in ("ground_truth", "seqkd"):
         return Action.GROUND_TRUTH
     if method.data == "rollout":
@@ -104,6 +127,8 @@ def rollout_settings(
     """Rollout settings of a method: ``rollout`` section + the method's strategy and kept-logits dtype.
 
     ``tau0`` (given or calibrated) matters only for the ``switch`` strategy; None keeps the engine's default.
+    ``data: policy_gradient`` runs both models whatever the strategy (``compute_divergence``): its rewards need the
+    teacher's and the student's log-probability of every token.
     """
     strategy = method.rollout_strategy or rollout_cfg.strategy
     extra = {} if tau0 is None else {"tau0": float(tau0)}
@@ -112,7 +137,8 @@ def rollout_settings(
         horizon=rollout_cfg.horizon, random_rate=rollout_cfg.random_rate, mixture_alpha=rollout_cfg.mixture_alpha,
         max_new_tokens=rollout_cfg.max_new_tokens, greedy=rollout_cfg.greedy, temperature=rollout_cfg.temperature,
         top_k=rollout_cfg.top_k, top_p=rollout_cfg.top_p, stop_token_ids=tuple(int(i) for i in stop_token_ids),
-        teacher_logits_dtype=method.teacher_logits_dtype, compute_divergence=strategy == "switch", **extra,
+        teacher_logits_dtype=method.teacher_logits_dtype,
+        compute_divergence=strategy == "switch" or method.data == "policy_gradient", **extra,
     )
 
 
@@ -125,7 +151,9 @@ class SourceOutput:
         action: where it came from.
         stats: additive counters for logging, summed over processes by the loop: ``rollout_sequences``,
             ``rollout_tokens``, ``teacher_tokens`` (SWITCH share = teacher_tokens / rollout_tokens),
-            ``rollout_seconds``.
+            ``rollout_seconds``; for a policy-gradient rollout also the sums over its response tokens of the rewards
+            (``reward_sum``), of the returns before whitening and their squares (``return_sum``, ``return_sq_sum``)
+            and of the importance weights (``weight_sum``).
         by_position: for a fresh rollout, ``(teacher_tokens, tokens)`` at each 0-based response position of this
             process's rollouts (the teacher-share-by-position diagnostic of method.md §1.3); None otherwise.
     """
@@ -155,7 +183,8 @@ def batch_from_rollout(rb: RolloutBatch) -> TrainBatch:
 
 
 class BatchSource:
-    """Produces each step's batch for one method; holds the replay buffer and DistiLLM's φ (resumable state).
+    """Produces each step's batch for one method; holds the replay buffer, DistiLLM's φ and MiniLLM's stored rollout
+    (resumable state).
 
     Args:
         method: the method configuration.
@@ -169,9 +198,12 @@ class BatchSource:
         keep_teacher_logits: keep the rollout's teacher logits for the loss when a fresh rollout is trained on (and
             the rollout runs the teacher anyway).
         rank: this process's index (for its replay-buffer draws).
+        reduce_sum: sums a tensor over processes (MiniLLM's advantage whitening uses global statistics); None = one
+            process.
 
     Raises:
-        MethodSetupError: a rollout method without teacher or settings, or the adaptive schedule without replay.
+        MethodSetupError: a rollout method without teacher or settings, the adaptive schedule without replay, or
+            policy-gradient rollouts decoded greedily (no sampling distribution to weight by).
     """
 
     def __init__(
@@ -187,12 +219,17 @@ class BatchSource:
         rollout_batch_size: int,
         keep_teacher_logits: bool,
         rank: int = 0,
+        reduce_sum: ReduceSum | None = None,
     ) -> None:
-        self.uses_rollouts = method.data in ("rollout", "mixed", "adaptive")
+        self.uses_rollouts = method.data in ROLLOUT_DATA
         if self.uses_rollouts and (teacher is None or settings is None):
             raise MethodSetupError(f"data={method.data!r} needs rollouts: give the teacher and rollout settings")
         if method.data == "adaptive" and not method.replay:
             raise MethodSetupError("data='adaptive' (DistiLLM) trains on replayed rollouts: set replay: true")
+        if method.data == "policy_gradient" and settings.greedy:
+            raise MethodSetupError(
+                "data='policy_gradient' (MiniLLM) needs sampled rollouts: set rollout.greedy: false"
+            )
         self.method = method
         self.student, self.teacher, self.settings = student, teacher, settings
         self.pad_token_id, self.seed, self.total_steps, self.rank = pad_token_id, seed, total_steps, rank
@@ -204,6 +241,8 @@ class BatchSource:
         self._runs_teacher = settings is not None and dataclasses.replace(settings, keep_teacher_logits=False).runs_teacher
         self.phi = method.init_threshold
         self.prev_dev_loss: float | None = None
+        self.reduce_sum = reduce_sum
+        self.stored: TrainBatch | None = None  # MiniLLM: the rollout of the current PPO epochs
 
     def next(self, step: int, examples: Sequence[TrainExample], offset: int) -> SourceOutput:
         """The batch of optimizer step ``step`` (0-based) from this process's examples.
@@ -223,8 +262,17 @@ class BatchSource:
             return SourceOutput(batch_from_examples(examples, self.pad_token_id), action)
         if action is Action.REPLAY:
             return SourceOutput(self._replay(step, len(examples)), action)
+        if action is Action.POLICY_REUSE:
+            if self.stored is None:
+                raise MethodSetupError(f"step {step}: no stored rollout to reuse (a state saved without it?)")
+            return SourceOutput(self.stored, action)
+        if action is Action.POLICY_ROLLOUT:
+            chunks, batch, _, stats, by_position = self._rollout(step, examples, offset, keep=False)
+            policy, policy_stats = self._policy_values(chunks)
+            self.stored = dataclasses.replace(batch, policy=policy)
+            return SourceOutput(self.stored, action, stats | policy_stats, by_position)
         keep = self.keep_teacher_logits and action in (Action.ROLLOUT, Action.ROLLOUT_STORE) and self._runs_teacher
-        batch, sequences, stats, by_position = self._rollout(step, examples, offset, keep)
+        _, batch, sequences, stats, by_position = self._rollout(step, examples, offset, keep)
         if action is not Action.ROLLOUT:
             self.buffer.push(sequences)
         if action is Action.ROLLOUT_REPLAY:
@@ -237,9 +285,9 @@ class BatchSource:
 
     def _rollout(
         self, step: int, examples: Sequence[TrainExample], offset: int, keep: bool
-    ) -> tuple[TrainBatch, list[Sequence1D], dict[str, float], tuple[list[int], list[int]]]:
+    ) -> tuple[list[RolloutBatch], TrainBatch, list[Sequence1D], dict[str, float], tuple[list[int], list[int]]]:
         settings = dataclasses.replace(self.settings, keep_teacher_logits=keep)
-        device = next(self.student.parameters()).device
+        device = self._device()
         began = time.perf_counter()
         chunks: list[RolloutBatch] = []
         for start in range(0, len(examples), self.rollout_batch_size):
@@ -265,7 +313,33 @@ class BatchSource:
             valid = rb.response_mask.cpu()
             teacher_at[: valid.shape[1]] += (rb.teacher_chosen.cpu() & valid).sum(0)
             tokens_at[: valid.shape[1]] += valid.sum(0)
-        return batch, sequences, stats, (teacher_at.tolist(), tokens_at.tolist())
+        return chunks, batch, sequences, stats, (teacher_at.tolist(), tokens_at.tolist())
+
+    def _policy_values(self, chunks: list[RolloutBatch]) -> tuple[PolicyTokens, dict[str, float]]:
+        """MiniLLM's per-token values of a rollout's response tokens (chunks right-padded to the longest response,
+        which is the batch's response width) and their logging sums."""
+        width = max(rb.tokens.shape[1] for rb in chunks)
+
+        def joined(name: str) -> torch.Tensor:
+            parts = [getattr(rb, name) for rb in chunks]
+            out = parts[0].new_zeros((sum(x.shape[0] for x in parts), width))  # zeros / False: padding
+            row = 0
+            for x in parts:
+                out[row : row + x.shape[0], : x.shape[1]] = x
+                row += x.shape[0]
+            return out
+
+        mask = joined("response_mask")
+        policy, returns = rollout_policy_tokens(
+            joined("student_logprobs"), joined("teacher_logprobs"), joined("sampling_logprobs"), mask,
+            gamma=self.method.gamma, reward_scaling=self.method.reward_scaling, reward_clip=self.method.reward_clip,
+            reduce_sum=self.reduce_sum,
+        )
+        stats = {
+            "reward_sum": float(policy.rewards[mask].sum()), "return_sum": float(returns[mask].sum()),
+            "return_sq_sum": float(returns[mask].square().sum()), "weight_sum": float(policy.weights[mask].sum()),
+        }
+        return policy, stats
 
     def after_evaluation(self, dev_loss: float) -> None:
         """DistiLLM's φ update after a dev evaluation (adaptive only; ``dev_loss`` = dev CE, as its ``evaluate``).
@@ -281,11 +355,12 @@ class BatchSource:
             self.prev_dev_loss = dev_loss
 
     def state_dict(self) -> dict[str, Any]:
-        """Resumable state: φ, the previous dev loss and the replay buffer."""
+        """Resumable state: φ, the previous dev loss, the replay buffer and MiniLLM's stored rollout."""
         return {
             "phi": self.phi,
             "prev_dev_loss": self.prev_dev_loss,
             "buffer": self.buffer.state_dict() if self.buffer is not None else None,
+            "stored": self.stored.state_dict() if self.stored is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -294,3 +369,8 @@ class BatchSource:
         self.prev_dev_loss = state["prev_dev_loss"]
         if self.buffer is not None and state["buffer"] is not None:
             self.buffer.load_state_dict(state["buffer"])
+        stored = state.get("stored")
+        self.stored = None if stored is None else TrainBatch.from_state_dict(stored).to(self._device())
+
+    def _device(self) -> torch.device:
+        return next(self.student.parameters()).device

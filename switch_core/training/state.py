@@ -153,7 +153,8 @@ def load_state(
     rank_file = folder / f"rank-{accelerator.process_index}.pt"
     if not rank_file.is_file():
         raise StateError(f"{rank_file} is missing; remove {state_dir} to start over")
-    device = accelerator.device
+    # torch.load cannot map to an indexed CPU device ('cpu:0', what accelerate gives gloo ranks)
+    device = "cpu" if accelerator.device.type == "cpu" else accelerator.device
     objects.model.load_state_dict(torch.load(folder / "model.pt", map_location=device, weights_only=True))
     objects.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
     objects.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))

@@ -1,0 +1,86 @@
+"""Write docs/RESULTS.md (and its plots, in docs/results/) from a run's outputs: ``switch-kd results-doc``.
+
+Everything in the document comes from the run folder (evaluations, data report, training summaries, SWITCH traces
+and logs; see :mod:`switch_core.evaluation.results_doc`) and from the configuration (the expected models, benchmarks
+and runs). Missing outputs are listed, so the command also works while a study is still running. The git commit is
+read from the project's checkout (``--commit`` to give it, e.g. when the run was made in another workspace); the
+commands are given with ``--command`` (repeatable) or reconstructed from the run folder.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+from pathlib import Path
+
+from switch_core.commands.pipeline import evaluated_models
+from switch_core.config import Config
+from switch_core.evaluation.results_doc import write_results_doc
+from switch_core.layout import RunLayout
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", default=None, help="the run folder (default: the configuration's run_dir)")
+    parser.add_argument("--out", default="docs/RESULTS.md", help="markdown file; plots go to <its folder>/results/")
+    parser.add_argument("--commit", default=None, help="git commit of the code that made the run (default: HEAD of "
+                        "the project's checkout, marked when it has uncommitted changes)")
+    parser.add_argument("--command", dest="commands", action="append", default=None, metavar="CMD",
+                        help="a command that produced the run, shown verbatim (repeatable; default: reconstructed)")
+    parser.add_argument("--title", default="Results", help="the document's first heading")
+
+
+def git_commit(root: Path) -> str | None:
+    """``HEAD`` of the git checkout at ``root`` (``"<sha> + uncommitted changes"`` when tracked files differ), or
+    None when ``root`` is not a git checkout or git is missing."""
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    sha = head.stdout.strip()
+    return f"{sha} + uncommitted changes" if dirty.stdout.strip() else sha
+
+
+def reconstructed_commands(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """The commands that most likely made the run: ``switch-kd pipeline`` when its stamps are in the run folder,
+    else ``dvc repro`` when the project has a dvc.lock; then this command itself."""
+    config_args = (["--preset", args.preset] if args.preset else []) + [
+        part for override in args.overrides for part in ("--set", override)
+    ]
+    commands = []
+    if (run_dir / "pipeline_stamps.json").is_file():
+        commands.append(shlex.join(["switch-kd", "pipeline", *config_args]))
+    elif (Path(args.project_root) / "dvc.lock").is_file():
+        commands.append("dvc repro")
+    own = ["switch-kd", "results-doc", *config_args, "--out", args.out]
+    if args.run_dir:
+        own += ["--run-dir", args.run_dir]
+    return [*commands, shlex.join(own)]
+
+
+def _trained(config: Config) -> list[str]:
+    return (["teacher"] if config.teacher.sft else []) + (["student-sft"] if config.student.warmup else [])
+
+
+def run(args: argparse.Namespace) -> int:
+    root = Path(args.project_root)
+    config: Config = args.config
+    layout = RunLayout.from_config(config, root)
+    run_dir = Path(args.run_dir).expanduser() if args.run_dir else layout.root
+    run_dir = run_dir if run_dir.is_absolute() else (root / run_dir).resolve()
+    out = Path(args.out).expanduser()
+    out = out if out.is_absolute() else root / out
+    commands = args.commands or reconstructed_commands(args, run_dir)
+    note = None if args.commands else "(Reconstructed from the run folder; `--command` records the exact ones.)"
+    doc = write_results_doc(
+        run_dir, out, commands=commands, commit=args.commit or git_commit(root), models=evaluated_models(config),
+        benchmarks=config.eval.benchmarks, methods={name: r.method for name, r in config.runs.items()},
+        trained=_trained(config), target_share=config.rollout.target_teacher_share,
+        run_label=args.run_dir or config.run_dir, title=args.title, commands_note=note,
+    )
+    print(f"results: {doc.markdown}")
+    print(f"plots: {', '.join(str(p) for p in doc.plots) or 'none yet'}")
+    if doc.missing:
+        print(f"missing ({len(doc.missing)}): " + "; ".join(doc.missing))
+    return 0

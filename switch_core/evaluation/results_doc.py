@@ -1,0 +1,863 @@
+"""docs/RESULTS.md generated from a run's outputs: tables, plots and a rule-based reading against the paper's claims.
+
+Reads, inside a run folder (:class:`~switch_core.layout.RunLayout`), every piece optional:
+
+- ``eval/<model>/<benchmark>/metrics.json`` (:mod:`switch_core.evaluation.evaluate`): per-seed ROUGE-L, BLEU, exact
+  match and ROUGE-L by reference-length bucket;
+- ``data/data_report.json`` (``prepare-data``): loaded records and split sizes;
+- ``models/<name>/train_summary.json`` (the training loop): steps, best step, wall seconds, τ0;
+- ``state/<run>/rollout_traces.jsonl`` (the training loop): teacher share by response position of SWITCH rollouts;
+- ``tracking/<run>/metrics.jsonl`` (the JSONL event log): ``rollout/teacher_share`` per logging window and the τ0
+  calibration (``calibration/tau0``, ``calibration/teacher_share``).
+
+Every number is computed here from the per-seed values: a score is the mean and sample sd (ddof 1) over generation
+seeds (method.md §5.4–5.5); the average over benchmarks is taken per seed first, so it has a seed sd too; ROUGE-L of a
+length bucket pooled over benchmarks is, per seed, the example-weighted mean of the benchmarks' bucket means. What is
+missing (a study still running) is listed, never fatal. The reading (:func:`reading`) states, by fixed rules, where
+SWITCH stands against the paper's claims (method.md §0, §1.1, §2): it beats every baseline, especially on long
+responses, and the teacher intervenes more as the response goes on (τ_t = τ0·exp(−λt)).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from switch_core.atomic import atomic_write_text
+from switch_core.evaluation.evaluate import METRICS_FILE
+from switch_core.evaluation.metrics import mean_and_sd
+from switch_core.evaluation.report import (
+    ReportInputError,
+    _save_png,
+    collect_metrics,
+    plot_rouge_by_length,
+    plot_teacher_share,
+    read_training_log,
+    teacher_share_by_position,
+)
+from switch_core.layout import RunLayout
+
+REFERENCE_MODELS: tuple[str, ...] = ("teacher", "student-init", "student-sft")
+"""Reference rows: the teacher, the untrained (pruned) student and the warmed-up student."""
+REFERENCE_LABELS = {"teacher": "teacher (reference)", "student-init": "student-init (untrained student)",
+                    "student-sft": "student-sft (warmed-up student)"}
+TRAINED_STAGES: tuple[tuple[str, str], ...] = (("teacher", "teacher SFT"), ("student-sft", "student warm-up (SFT)"))
+PAPER_TEACHER_SHARE = 0.53
+"""Teacher share of SWITCH rollouts at the paper's best decay 1/10 (method.md §1.1 item 4, secondary source)."""
+PAPER_DOLLY_TRAIN = 14_000
+"""Training examples of the paper's Dolly split (~14k of databricks-dolly-15k; method.md §5.1)."""
+PAPER_MAX_NEW_TOKENS = 256
+"""Response tokens at evaluation in the protocol (method.md §5.3)."""
+PAPER_DOLLY_NUMBERS = (26.2, 24.9)
+"""The only paper numbers found: SWITCH vs an unnamed baseline, Dolly ROUGE-L (method.md §3, secondary source)."""
+POSITION_EDGES: tuple[int, ...] = (5, 10, 20, 50, 100)
+"""Response-position buckets of the teacher-share table: [0,4], [5,9], [10,19], [20,49], [50,99], [100,∞)."""
+MIN_BUCKET_TOKENS = 20
+"""A position bucket with fewer rollout tokens is too thin for the rise statement."""
+
+
+class ResultsDocError(ValueError):
+    """A run output that exists but cannot be read (not JSON, missing per-seed values); names the file."""
+
+
+@dataclass(frozen=True)
+class Score:
+    """Mean and sample sd over generation seeds (sd NaN with fewer than two seeds)."""
+
+    mean: float
+    sd: float
+    seeds: int
+
+    def cell(self) -> str:
+        """``"mean ± sd"`` with two decimals (``"mean"`` alone when there is no sd)."""
+        return f"{self.mean:.2f}" if math.isnan(self.sd) else f"{self.mean:.2f} ± {self.sd:.2f}"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``a − b`` of two scores against their pooled seed sd ``sqrt((sd_a² + sd_b²) / 2)``.
+
+    ``verdict``: ``"clear"`` when ``|diff| > 2·pooled``, ``"within seed noise"`` when ``|diff| <= pooled``,
+    ``"small"`` in between, ``"no seed sd"`` when the pooled sd is 0 or unknown.
+    """
+
+    diff: float
+    pooled_sd: float
+    verdict: str
+
+    def text(self) -> str:
+        """``"+1.20 ROUGE-L, 2.4× the pooled seed sd 0.50: clear"``."""
+        if self.verdict == "no seed sd":
+            return f"{self.diff:+.2f} ROUGE-L (no seed sd to compare with)"
+        return (f"{self.diff:+.2f} ROUGE-L, {abs(self.diff) / self.pooled_sd:.1f}× the pooled seed sd "
+                f"{self.pooled_sd:.2f}: {self.verdict}")
+
+
+@dataclass
+class RunOutputs:
+    """What :func:`load_run_outputs` found in a run folder; absent pieces are None or missing keys."""
+
+    run_dir: Path
+    evaluations: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    data_report: dict[str, Any] | None = None
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    traces: dict[str, pd.DataFrame] = field(default_factory=dict)
+    logs: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+@dataclass
+class ResultsDoc:
+    """What :func:`write_results_doc` wrote, and the missing inputs it reported."""
+
+    markdown: Path
+    plots: list[Path]
+    missing: list[str]
+
+
+# ----------------------------------------------------------------------------------------------------------- loading
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ResultsDocError(f"{path}: not readable as JSON ({err}); rerun the stage that writes it") from None
+    if not isinstance(data, dict):
+        raise ResultsDocError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _check_metrics(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    per_seed = data.get("per_seed")
+    ok = isinstance(per_seed, list) and per_seed and all(
+        isinstance(s, dict) and {"seed", "rouge_l", "bleu", "exact_match", "by_length"} <= set(s) for s in per_seed
+    )
+    if not ok:
+        raise ResultsDocError(
+            f"{path}: no per_seed list with seed, rouge_l, bleu, exact_match and by_length for every seed; it was "
+            "not written by `switch-kd evaluate` (rerun that evaluation)"
+        )
+    return data
+
+
+def load_run_outputs(run_dir: str | Path, runs: Sequence[str] = ()) -> RunOutputs:
+    """Read every output the document uses from a run folder (module docstring); nothing is required.
+
+    Args:
+        run_dir: the run folder (``run_dir`` of the configuration).
+        runs: distillation run names whose rollout trace and training log are read (besides any other run that has a
+            trace file).
+
+    Returns:
+        The :class:`RunOutputs`; evaluations keyed ``[model][benchmark]``.
+
+    Raises:
+        ResultsDocError: a file that exists but is not valid JSON, or a metrics.json without per-seed values.
+        switch_core.evaluation.report.ReportInputError: a trace or log line that is not JSON (names file and line).
+    """
+    layout = RunLayout(Path(run_dir))
+    out = RunOutputs(layout.root)
+    for path in sorted(layout.root.glob(f"eval/*/*/{METRICS_FILE}")):
+        out.evaluations.setdefault(path.parent.parent.name, {})[path.parent.name] = _check_metrics(
+            path, _read_json(path)
+        )
+    if layout.data_report.is_file():
+        out.data_report = _read_json(layout.data_report)
+    for path in sorted(layout.root.glob("models/*/train_summary.json")):
+        out.summaries[path.parent.name] = _read_json(path)
+    traced = {p.parent.name for p in layout.root.glob("state/*/rollout_traces.jsonl")}
+    for name in list(dict.fromkeys([*runs, *sorted(traced)])):
+        trace = layout.state(name) / "rollout_traces.jsonl"
+        if trace.is_file():
+            out.traces[name] = teacher_share_by_position(trace)
+        log = layout.root / "tracking" / name / "metrics.jsonl"
+        if log.is_file():
+            out.logs[name] = read_training_log(log)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------------ scores
+
+
+def _score(values: Sequence[float]) -> Score:
+    mean, sd = mean_and_sd(list(values))
+    return Score(mean, sd if len(values) > 1 else math.nan, len(values))
+
+
+def _per_seed(metrics: dict[str, Any], key: str) -> dict[int, float]:
+    return {int(s["seed"]): float(s[key]) for s in metrics["per_seed"]}
+
+
+def benchmark_scores(evaluations: Mapping[str, Mapping[str, dict[str, Any]]], metric: str = "rouge_l"
+                     ) -> dict[str, dict[str, Score]]:
+    """``{model: {benchmark: Score}}`` of one metric (``rouge_l``, ``bleu`` or ``exact_match``, 0–100) over seeds.
+
+    Args:
+        evaluations: ``RunOutputs.evaluations``.
+        metric: a per-seed key of metrics.json.
+    """
+    return {
+        model: {bench: _score(list(_per_seed(m, metric).values())) for bench, m in benches.items()}
+        for model, benches in evaluations.items()
+    }
+
+
+def average_scores(evaluations: Mapping[str, Mapping[str, dict[str, Any]]], benchmarks: Sequence[str],
+                   metric: str = "rouge_l") -> dict[str, Score]:
+    """Average over ``benchmarks`` of a metric, per seed, then mean ± sd over seeds.
+
+    Only models evaluated on every one of ``benchmarks`` get an average; the seeds are those all of its benchmarks
+    share (the protocol's seeds).
+
+    Returns:
+        ``{model: Score}`` (models without every benchmark, or with no seed in common, are left out).
+    """
+    out: dict[str, Score] = {}
+    for model, benches in evaluations.items():
+        if not benchmarks or any(b not in benches for b in benchmarks):
+            continue
+        per_bench = [_per_seed(benches[b], metric) for b in benchmarks]
+        seeds = sorted(set.intersection(*(set(p) for p in per_bench)))
+        if seeds:
+            out[model] = _score([sum(p[s] for p in per_bench) / len(per_bench) for s in seeds])
+    return out
+
+
+def _bucket_low(label: str) -> int:
+    return int(label[1:].split(",")[0])
+
+
+def bucket_scores(evaluations: Mapping[str, Mapping[str, dict[str, Any]]], benchmarks: Sequence[str]
+                  ) -> dict[str, dict[str, tuple[Score, int]]]:
+    """ROUGE-L by reference-length bucket pooled over ``benchmarks``: ``{model: {bucket: (Score, n)}}``.
+
+    Per seed, a bucket's pooled ROUGE-L is ``Σ_b n_b·r_b / Σ_b n_b`` over the benchmarks that have examples in it
+    (``n_b`` examples of benchmark ``b`` in the bucket, ``r_b`` their mean ROUGE-L); then mean ± sd over the seeds all
+    benchmarks share. Only models evaluated on every one of ``benchmarks`` are included. Buckets are sorted by length.
+    """
+    out: dict[str, dict[str, tuple[Score, int]]] = {}
+    for model, benches in evaluations.items():
+        if not benchmarks or any(b not in benches for b in benchmarks):
+            continue
+        seeds = sorted(set.intersection(*(set(_per_seed(benches[b], "rouge_l")) for b in benchmarks)))
+        by_seed = {b: {int(s["seed"]): s["by_length"] for s in benches[b]["per_seed"]} for b in benchmarks}
+        labels = sorted({lab for b in benchmarks for lab in by_seed[b][seeds[0]]} if seeds else set(), key=_bucket_low)
+        buckets: dict[str, tuple[Score, int]] = {}
+        for label in labels:
+            values = []
+            for seed in seeds:
+                cells = [by_seed[b][seed][label] for b in benchmarks if label in by_seed[b][seed]]
+                n = sum(int(c["n"]) for c in cells)
+                values.append(sum(int(c["n"]) * float(c["rouge_l"]) for c in cells) / n)
+            n_total = sum(int(by_seed[b][seeds[0]][label]["n"]) for b in benchmarks if label in by_seed[b][seeds[0]])
+            buckets[label] = (_score(values), n_total)
+        out[model] = buckets
+    return out
+
+
+def rank_of(scores: Mapping[str, Score], name: str) -> tuple[int, int]:
+    """``(rank, count)`` of ``name`` among ``scores`` by mean, 1 = highest (ties share the better rank)."""
+    mine = scores[name].mean
+    return 1 + sum(1 for s in scores.values() if s.mean > mine), len(scores)
+
+
+def compare(a: Score, b: Score) -> Comparison:
+    """``a − b`` against the pooled seed sd (see :class:`Comparison` for the verdict rule)."""
+    diff = a.mean - b.mean
+    pooled = math.sqrt((a.sd**2 + b.sd**2) / 2) if not (math.isnan(a.sd) or math.isnan(b.sd)) else math.nan
+    if math.isnan(pooled) or pooled == 0:
+        return Comparison(diff, pooled, "no seed sd")
+    if abs(diff) > 2 * pooled:
+        return Comparison(diff, pooled, "clear")
+    return Comparison(diff, pooled, "within seed noise" if abs(diff) <= pooled else "small")
+
+
+def _ordinal(k: int) -> str:
+    suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{k}{suffix}"
+
+
+# ----------------------------------------------------------------------------------------------------- teacher share
+
+
+def position_buckets(trace: pd.DataFrame, edges: Sequence[int] = POSITION_EDGES) -> list[tuple[str, float, int]]:
+    """Teacher share per response-position bucket of a trace: ``[(label, share, tokens)]`` for non-empty buckets.
+
+    Args:
+        trace: :func:`~switch_core.evaluation.report.teacher_share_by_position` output (position, teacher, count).
+        edges: bucket starts after 0: ``[0, e1-1], [e1, e2-1], ..., [ek, ∞)``.
+    """
+    lows = [0, *edges]
+    out = []
+    for i, low in enumerate(lows):
+        high = lows[i + 1] - 1 if i + 1 < len(lows) else None
+        inside = trace["position"] >= low
+        if high is not None:
+            inside &= trace["position"] <= high
+        part = trace[inside]
+        tokens = float(part["count"].sum())
+        if tokens > 0:
+            out.append((f"{low}–{high}" if high is not None else f"{low}+", float(part["teacher"].sum()) / tokens,
+                        int(tokens)))
+    return out
+
+
+def overall_share(trace: pd.DataFrame) -> tuple[float, int]:
+    """``(teacher tokens / tokens, tokens)`` over a whole trace (NaN share when it holds no token)."""
+    tokens = float(trace["count"].sum())
+    return (float(trace["teacher"].sum()) / tokens if tokens else math.nan), int(tokens)
+
+
+def _metric_series(log: pd.DataFrame | None, name: str) -> pd.DataFrame:
+    if log is None or log.empty:
+        return pd.DataFrame(columns=["step", "value"])
+    return log[log["metric"] == name].sort_values("step")[["step", "value"]]
+
+
+# ------------------------------------------------------------------------------------------------------------ tables
+
+
+def _model_label(model: str) -> str:
+    return REFERENCE_LABELS.get(model, model)
+
+
+def score_table(scores: Mapping[str, Mapping[str, Score]], models: Sequence[str], benchmarks: Sequence[str],
+                averages: Mapping[str, Score] | None = None, methods: Sequence[str] = ()) -> str:
+    """Markdown table models × benchmarks of ``mean ± sd`` (``–`` = not evaluated), optional ``average`` column.
+
+    The best of ``methods`` in each column is bold (reference rows are not ranked).
+    """
+    headers = ["model", *benchmarks] + (["average"] if averages is not None else [])
+    columns: dict[str, dict[str, Score]] = {b: {m: scores[m][b] for m in models if b in scores.get(m, {})}
+                                            for b in benchmarks}
+    if averages is not None:
+        columns["average"] = {m: averages[m] for m in models if m in averages}
+    best = {}
+    for col, cells in columns.items():
+        ranked = {m: s for m, s in cells.items() if m in methods}
+        best[col] = max(ranked, key=lambda m: ranked[m].mean) if ranked else None
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for model in models:
+        cells = [_model_label(model)]
+        for col in headers[1:]:
+            score = columns[col].get(model)
+            text = "–" if score is None else score.cell()
+            cells.append(f"**{text}**" if score is not None and best[col] == model else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bucket_table(buckets: Mapping[str, Mapping[str, tuple[Score, int]]], models: Sequence[str]) -> str:
+    """Markdown table models × reference-length buckets of pooled ROUGE-L ``mean ± sd`` (``n`` in the header)."""
+    labels = sorted({lab for m in models for lab in buckets.get(m, {})}, key=_bucket_low)
+    sizes = {lab: next(buckets[m][lab][1] for m in models if lab in buckets.get(m, {})) for lab in labels}
+    lines = ["| model | " + " | ".join(f"{lab} (n={sizes[lab]})" for lab in labels) + " |",
+             "|" + "---|" * (len(labels) + 1)]
+    for model in models:
+        if model in buckets:
+            cells = [buckets[model][lab][0].cell() if lab in buckets[model] else "–" for lab in labels]
+            lines.append(f"| {_model_label(model)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _joined(files: Sequence[dict[str, Any]], get: Callable[[dict[str, Any]], Any]) -> str:
+    return " / ".join(dict.fromkeys(str(get(f)) for f in files))
+
+
+def evaluation_sizes_table(evaluations: Mapping[str, Mapping[str, dict[str, Any]]], benchmarks: Sequence[str]) -> str:
+    """Markdown table per benchmark: examples evaluated, examples available, subsample limit, seeds, new tokens.
+
+    A value that differs between models is shown as all its values joined by `` / ``.
+    """
+    lines = ["| benchmark | evaluated | available | subsample limit | seeds | max new tokens |",
+             "|---|---|---|---|---|---|"]
+    for bench in benchmarks:
+        files = [b[bench] for b in evaluations.values() if bench in b]
+        if not files:
+            lines.append(f"| {bench} | not evaluated yet | | | | |")
+            continue
+        cells = [
+            _joined(files, lambda f: f["num_examples"]), _joined(files, lambda f: f.get("available_examples")),
+            _joined(files, lambda f: f.get("limit") or "none (full set)"),
+            _joined(files, lambda f: ", ".join(str(x) for x in f["protocol"]["seeds"])),
+            _joined(files, lambda f: f["protocol"]["max_new_tokens"]),
+        ]
+        lines.append(f"| {bench} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _stages(trained: Sequence[str], runs: Sequence[str]) -> list[tuple[str, str]]:
+    return [(n, label) for n, label in TRAINED_STAGES if n in trained] + [(r, f"distill `{r}`") for r in runs]
+
+
+def training_time_table(summaries: Mapping[str, dict[str, Any]], trained: Sequence[str], runs: Sequence[str]) -> str:
+    """Markdown table of the training stages (``trained`` of teacher / student-sft, then ``runs``): steps, best step,
+    wall time in minutes, from their train_summary.json."""
+    lines = ["| stage | steps | best step | wall time (min) |", "|---|---|---|---|"]
+    total = 0.0
+    for name, label in _stages(trained, runs):
+        summary = summaries.get(name)
+        if summary is None:
+            lines.append(f"| {label} | not finished | | |")
+            continue
+        total += float(summary["wall_seconds"])
+        lines.append(f"| {label} | {summary['steps']} | {summary['best_step']} | "
+                     f"{float(summary['wall_seconds']) / 60:.1f} |")
+    lines.append(f"| **total of the finished stages** | | | **{total / 60:.1f}** |")
+    return "\n".join(lines)
+
+
+def evaluation_time_table(evaluations: Mapping[str, Mapping[str, dict[str, Any]]], models: Sequence[str]) -> str:
+    """Markdown table per model: generation seconds summed over its evaluated benchmarks and seeds, tokens/s."""
+    lines = ["| model | benchmarks | generation time (min) | tokens/s |", "|---|---|---|---|"]
+    for model in models:
+        benches = evaluations.get(model, {})
+        if not benches:
+            lines.append(f"| {_model_label(model)} | not evaluated yet | | |")
+            continue
+        seconds = sum(float(m.get("throughput", {}).get("seconds", 0.0)) for m in benches.values())
+        tokens = sum(float(m.get("throughput", {}).get("generated_tokens", 0.0)) for m in benches.values())
+        rate = f"{tokens / seconds:.0f}" if seconds > 0 else "–"
+        lines.append(f"| {_model_label(model)} | {len(benches)} | {seconds / 60:.1f} | {rate} |")
+    return "\n".join(lines)
+
+
+def teacher_share_table(outputs: RunOutputs, runs: Sequence[str], target: float | None) -> str:
+    """Markdown table per SWITCH run: τ0, calibration, teacher share over training (log) and over all rollouts
+    (trace), and by response-position bucket."""
+    lines = ["| run | τ0 | calibrated share (target) | logged share first → last step | all rollout tokens |",
+             "|---|---|---|---|---|"]
+    for run in runs:
+        summary, log, trace = outputs.summaries.get(run), outputs.logs.get(run), outputs.traces.get(run)
+        tau0 = summary.get("tau0") if summary else None
+        calib_tau = _metric_series(log, "calibration/tau0")
+        tau_text = "–" if tau0 is None else f"{float(tau0):.4f}" + (" (calibrated)" if len(calib_tau) else " (fixed)")
+        calib = _metric_series(log, "calibration/teacher_share")
+        calib_text = f"{100 * calib['value'].iloc[-1]:.1f}%" if len(calib) else "–"
+        if target is not None and len(calib):
+            calib_text += f" ({100 * target:.0f}%)"
+        shares = _metric_series(log, "rollout/teacher_share")
+        logged = "–"
+        if len(shares):
+            first, last = shares.iloc[0], shares.iloc[-1]
+            logged = (f"{100 * first['value']:.1f}% (step {int(first['step'])}) → "
+                      f"{100 * last['value']:.1f}% (step {int(last['step'])})")
+        overall = "–"
+        if trace is not None:
+            share, tokens = overall_share(trace)
+            overall = f"{100 * share:.1f}% of {tokens} tokens"
+        lines.append(f"| {run} | {tau_text} | {calib_text} | {logged} | {overall} |")
+    rows = {run: position_buckets(outputs.traces[run]) for run in runs if run in outputs.traces}
+    if rows:
+        labels = list(dict.fromkeys(lab for r in rows.values() for lab, _, _ in r))
+        lines += ["", "Teacher share by response position (tokens in brackets):", "",
+                  "| run | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]
+        for run, buckets in rows.items():
+            cells = {lab: f"{100 * share:.1f}% ({tokens})" for lab, share, tokens in buckets}
+            lines.append(f"| {run} | " + " | ".join(cells.get(lab, "–") for lab in labels) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class ReadingInputs:
+    """The numbers the reading rules look at (built by :func:`write_results_doc`).
+
+    Attributes:
+        switch: the SWITCH run the reading is about (None when the configuration has none).
+        methods: every distillation run (SWITCH included), in table order.
+        method_of: run name -> method name (``switch``, ``distillm``, ``sft``...).
+        averages: average ROUGE-L over ``benchmarks`` per model.
+        per_benchmark: ROUGE-L per model and benchmark.
+        buckets: pooled ROUGE-L by reference-length bucket per model.
+        benchmarks: the benchmarks of the averages.
+        traces: teacher share by position per run.
+        target_share: the calibration target (``rollout.target_teacher_share``), None if unknown.
+    """
+
+    switch: str | None
+    methods: Sequence[str]
+    method_of: Mapping[str, str]
+    averages: Mapping[str, Score]
+    per_benchmark: Mapping[str, Mapping[str, Score]]
+    buckets: Mapping[str, Mapping[str, tuple[Score, int]]]
+    benchmarks: Sequence[str]
+    traces: Mapping[str, pd.DataFrame]
+    target_share: float | None
+
+
+def _named(r: ReadingInputs, method: str) -> str | None:
+    return next((m for m in r.methods if r.method_of.get(m) == method), None)
+
+
+def _read_ranking(r: ReadingInputs) -> list[str]:
+    sw = r.switch
+    ranked = {m: r.averages[m] for m in r.methods if m in r.averages}
+    if sw not in ranked or len(ranked) < 2:
+        return [f"Ranking over methods: cannot be assessed yet ({len(ranked)} method(s) with every benchmark "
+                "evaluated, SWITCH " + ("among them" if sw in ranked else "not among them") + ")."]
+    rank, count = rank_of(ranked, sw)
+    best = max(ranked, key=lambda m: ranked[m].mean)
+    leader = "it is the best method" if best == sw else f"the best method is `{best}` ({ranked[best].cell()})"
+    lines = [(f"Overall, SWITCH (`{sw}`) ranks **{_ordinal(rank)} of {count}** methods by the average ROUGE-L over "
+             f"{len(r.benchmarks)} benchmarks ({ranked[sw].cell()}); {leader}.")]
+    beaten_by = [m for m in ranked if m != sw and ranked[m].mean >= ranked[sw].mean]
+    if beaten_by:
+        lines.append(f"The paper claims SWITCH beats every baseline; **here it does not**: "
+                     f"{', '.join(f'`{m}`' for m in beaten_by)} score at least as high on average.")
+    else:
+        lines.append(f"The paper claims SWITCH beats every baseline; here it does on average "
+                     f"({'the other method scores' if count == 2 else f'all {count - 1} other methods score'} lower).")
+    wins = [b for b in r.benchmarks
+            if sw in r.per_benchmark and b in r.per_benchmark[sw]
+            and all(r.per_benchmark[sw][b].mean > r.per_benchmark[m][b].mean
+                    for m in ranked if m != sw and b in r.per_benchmark.get(m, {}))]
+    lines.append(f"SWITCH is the best method on {len(wins)} of {len(r.benchmarks)} benchmarks"
+                 + (f" ({', '.join(wins)})." if wins else "."))
+    return lines
+
+
+def _read_against(r: ReadingInputs, other: str | None, label: str) -> str:
+    sw = r.switch
+    if other is None:
+        return f"SWITCH vs {label}: no such run in this study."
+    if sw not in r.averages or other not in r.averages:
+        missing = [m for m in (sw, other) if m not in r.averages]
+        absent = ", ".join(f"`{m}`" for m in missing)
+        return f"SWITCH vs {label} (`{other}`): cannot be assessed yet ({absent} not evaluated on every benchmark)."
+    return f"SWITCH − {label} (`{other}`), average ROUGE-L: {compare(r.averages[sw], r.averages[other]).text()}."
+
+
+def _longest_bucket(r: ReadingInputs) -> str | None:
+    labels = {lab for m in r.methods for lab in r.buckets.get(m, {})}
+    return max(labels, key=_bucket_low) if labels else None
+
+
+def _read_long(r: ReadingInputs) -> list[str]:
+    sw, label = r.switch, _longest_bucket(r)
+    ranked = {m: r.buckets[m][label][0] for m in r.methods if label and label in r.buckets.get(m, {})}
+    if sw not in ranked or len(ranked) < 2:
+        return [("Long responses: cannot be assessed yet (the longest-reference bucket needs SWITCH and another "
+                "method evaluated on every benchmark).")]
+    rank, count = rank_of(ranked, sw)
+    n = r.buckets[sw][label][1]
+    best_other = max((m for m in ranked if m != sw), key=lambda m: ranked[m].mean)
+    margin_long = ranked[sw].mean - ranked[best_other].mean
+    lines = [(f"In the longest-reference bucket ({label} tokens, n={n} examples pooled over {len(r.benchmarks)} "
+             f"benchmarks) SWITCH ranks **{_ordinal(rank)} of {count}** ({ranked[sw].cell()}); margin over the best "
+             f"other method `{best_other}`: {compare(ranked[sw], ranked[best_other]).text()}.")]
+    overall = {m: r.averages[m] for m in ranked if m in r.averages}
+    if len(overall) >= 2 and sw in overall:
+        top = max((m for m in overall if m != sw), key=lambda m: overall[m].mean)
+        margin_all = overall[sw].mean - overall[top].mean
+        if rank == 1 and margin_long > margin_all:
+            verdict = "consistent with the paper's claim that SWITCH gains most on long responses"
+        elif margin_long > margin_all:
+            verdict = ("SWITCH does relatively better on long references than overall, but is not the best there: the "
+                       "paper's claim holds only in direction")
+        else:
+            verdict = "the paper's claim that SWITCH gains most on long responses is not seen here"
+        lines.append(f"Its margin over the best other method is {margin_long:+.2f} on the longest references vs "
+                     f"{margin_all:+.2f} on average: {verdict}.")
+    return lines
+
+
+def _read_share(r: ReadingInputs) -> list[str]:
+    sw = r.switch
+    trace = r.traces.get(sw) if sw else None
+    if trace is None:
+        return ["Teacher share by position: no rollout trace of the SWITCH run yet."]
+    buckets = [b for b in position_buckets(trace) if b[2] >= MIN_BUCKET_TOKENS]
+    share, tokens = overall_share(trace)
+    target = f"calibration target {100 * r.target_share:.0f}%, " if r.target_share is not None else ""
+    lines = [(f"Teacher share over all {tokens} tokens of SWITCH's training rollouts: {100 * share:.1f}% ({target}"
+             f"paper {100 * PAPER_TEACHER_SHARE:.0f}%).")]
+    if len(buckets) < 2:
+        lines.append(f"Too few position buckets with ≥{MIN_BUCKET_TOKENS} tokens to tell whether the share rises "
+                     "with position.")
+        return lines
+    (first, s0, _), (last, s1, _) = buckets[0], buckets[-1]
+    rises = s1 > s0
+    lines.append(f"The teacher share {'rises' if rises else 'does not rise'} with response position: "
+                 f"{100 * s0:.1f}% at positions {first} vs {100 * s1:.1f}% at {last}"
+                 + (", as the decaying threshold τ_t = τ0·exp(−λt) intends." if rises else
+                    ", against what the decaying threshold τ_t = τ0·exp(−λt) intends."))
+    return lines
+
+
+def _read_gap(r: ReadingInputs) -> list[str]:
+    teacher, student = r.averages.get("teacher"), r.averages.get("student-sft") or r.averages.get("student-init")
+    if teacher is None or student is None:
+        return [("Teacher–student gap: cannot be assessed yet (teacher or student reference not evaluated on every "
+                "benchmark).")]
+    name = "student-sft" if "student-sft" in r.averages else "student-init"
+    gap = compare(teacher, student)
+    lines = [f"Teacher − {name}, average ROUGE-L: {gap.text()}."]
+    if gap.verdict != "clear" or gap.diff <= 0:
+        lines.append("The gap is not clear, so the distillation methods have little room to separate: the ranking "
+                     "above is weak evidence either way.")
+    recovered = [(m, (r.averages[m].mean - student.mean) / gap.diff) for m in r.methods if m in r.averages]
+    if recovered and gap.diff > 0:
+        lines.append("Share of that gap recovered (average ROUGE-L): "
+                     + ", ".join(f"`{m}` {100 * f:.0f}%" for m, f in recovered) + ".")
+    return lines
+
+
+def _read_dolly(r: ReadingInputs) -> str | None:
+    sw = r.switch
+    if sw is None or "dolly" not in r.per_benchmark.get(sw, {}):
+        return None
+    others = {m: r.per_benchmark[m]["dolly"] for m in r.methods if m != sw and "dolly" in r.per_benchmark.get(m, {})}
+    if not others:
+        return None
+    best = max(others, key=lambda m: others[m].mean)
+    paper_sw, paper_base = PAPER_DOLLY_NUMBERS
+    margin = r.per_benchmark[sw]["dolly"].mean - others[best].mean
+    return (f"Dolly: SWITCH − best other method (`{best}`) = {margin:+.2f} here; the only paper number found is "
+            f"{paper_sw} vs {paper_base} for an unnamed baseline ({paper_sw - paper_base:+.1f}, larger models and the "
+            "full training set; method.md §3).")
+
+
+def reading(r: ReadingInputs) -> list[str]:
+    """Rule-based statements on the result against the paper's claims, one markdown bullet each.
+
+    Rules: SWITCH's rank among the methods by average ROUGE-L and in the longest-reference bucket (pooled over
+    benchmarks); the baselines it does not beat; SWITCH − DistiLLM and SWITCH − SFT judged against the pooled seed
+    sd (:func:`compare`); whether its margin over the best other method is larger on the longest references than
+    on average (the paper's "especially on long responses"); whether the teacher share rises from the first to the
+    last response-position bucket with at least :data:`MIN_BUCKET_TOKENS` tokens (the decaying threshold's intent);
+    whether the teacher − student gap is clear and what share of it each method recovers. Statements whose inputs
+    are missing say so.
+    """
+    if r.switch is None:
+        return ["This study has no SWITCH run: nothing to read against the paper."]
+    lines = _read_ranking(r)
+    lines.append(_read_against(r, _named(r, "distillm"), "DistiLLM"))
+    lines.append(_read_against(r, _named(r, "sft"), "the SFT student"))
+    lines += _read_long(r)
+    dolly = _read_dolly(r)
+    if dolly:
+        lines.append(dolly)
+    lines += _read_share(r)
+    lines += _read_gap(r)
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------------------- writing
+
+
+def plot_averages(averages: Mapping[str, Score], models: Sequence[str], path: str | Path) -> Path:
+    """Horizontal bars of the average ROUGE-L per model with seed-sd error bars (models in ``models`` order)."""
+    names = [m for m in models if m in averages]
+    fig = Figure(figsize=(6.4, 0.45 * len(names) + 1.2), layout="constrained")
+    ax = fig.subplots()
+    ax.barh(range(len(names)), [averages[m].mean for m in names],
+            xerr=[0.0 if math.isnan(averages[m].sd) else averages[m].sd for m in names], capsize=3,
+            color=["0.6" if m in REFERENCE_MODELS else "C0" for m in names])
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("average ROUGE-L over benchmarks (mean ± sd over seeds)")
+    ax.grid(axis="x", alpha=0.3)
+    return _save_png(fig, path)
+
+
+def missing_inputs(outputs: RunOutputs, models: Sequence[str], benchmarks: Sequence[str], trained: Sequence[str],
+                   runs: Sequence[str], switch_runs: Sequence[str]) -> list[str]:
+    """Human-readable list of the expected outputs not (yet) in the run folder: the data report, each model's
+    evaluation on each benchmark, the train_summary.json of each trained stage and run, each SWITCH run's trace."""
+    missing = []
+    if outputs.data_report is None:
+        missing.append("data/data_report.json (prepare-data)")
+    for model in models:
+        absent = [b for b in benchmarks if b not in outputs.evaluations.get(model, {})]
+        if absent:
+            missing.append(f"evaluation of `{model}` on {', '.join(absent)}")
+    for name, label in _stages(trained, runs):
+        if name not in outputs.summaries:
+            missing.append(f"models/{name}/train_summary.json ({label})")
+    for run in switch_runs:
+        if run not in outputs.traces:
+            missing.append(f"state/{run}/rollout_traces.jsonl (SWITCH rollouts of `{run}`)")
+    return missing
+
+
+def data_section(report: dict[str, Any] | None) -> list[str]:
+    """Markdown lines on the training data: source, records, split sizes, and how it differs from the paper's."""
+    if report is None:
+        return ["The data report (data/data_report.json) is not there yet."]
+    splits = report.get("splits", {})
+    lines = [(f"- source: `{report.get('source')}` `{report.get('path')}`; {report.get('loaded')} records loaded, "
+             f"{report.get('used')} used"),
+             "- splits: " + ", ".join(f"{name} {count}" for name, count in splits.items())]
+    train = int(splits.get("train", 0))
+    if train < PAPER_DOLLY_TRAIN:
+        source = str(report.get("path") or "")
+        origin = (" — the 1,000 human-written rows of MiniLLM's Dolly dev split" if source.endswith("dolly/dev.jsonl")
+                  else "")
+        lines.append(f"- **the full databricks-dolly-15k training set is not available here** (no hub access): "
+                     f"training used {train} examples from `{source}`{origin}, where the paper trains on about "
+                     f"{PAPER_DOLLY_TRAIN:,}.")
+    return lines
+
+
+def _caveats(outputs: RunOutputs, runs: Sequence[str], benchmarks: Sequence[str]) -> list[str]:
+    lines = [("Every method is trained once (one training seed): the ± is the spread over generation seeds only, so it "
+             "understates the run-to-run spread of training.")]
+    steps = sorted({int(outputs.summaries[r]["steps"]) for r in runs if r in outputs.summaries})
+    if steps:
+        lines.append(f"Distillation runs took {' / '.join(str(s) for s in steps)} optimizer steps (the paper's scripts "
+                     "train 10–20 epochs of ~14k examples).")
+    files = [b[x] for b in outputs.evaluations.values() for x in benchmarks if x in b]
+    ns = sorted({int(f["num_examples"]) for f in files})
+    tokens = sorted({int(f["protocol"]["max_new_tokens"]) for f in files})
+    if ns:
+        lines.append(f"Each benchmark is scored on {' / '.join(str(n) for n in ns)} prompts with up to "
+                     f"{' / '.join(str(t) for t in tokens)} new tokens (protocol: the full sets, "
+                     f"{PAPER_MAX_NEW_TOKENS} tokens), so long responses are cut and small differences are noisy.")
+    return lines
+
+
+def write_results_doc(
+    run_dir: str | Path,
+    out_md: str | Path,
+    *,
+    commands: Sequence[str],
+    commit: str | None,
+    models: Sequence[str] | None = None,
+    benchmarks: Sequence[str] | None = None,
+    methods: Mapping[str, str] | None = None,
+    trained: Sequence[str] = ("teacher", "student-sft"),
+    target_share: float | None = None,
+    plots_dir: str | Path | None = None,
+    run_label: str | None = None,
+    title: str = "Results",
+    commands_note: str | None = None,
+) -> ResultsDoc:
+    """Write the results document of a run (markdown + PNG plots) from its outputs alone.
+
+    Args:
+        run_dir: the run folder.
+        out_md: the markdown file (e.g. ``docs/RESULTS.md``); its folder is created.
+        commands: the commands that produced the run, shown verbatim.
+        commit: the git commit of the code that produced the run (None: shown as unknown).
+        models: models expected in the tables, in order (default: the evaluated ones, references first).
+        benchmarks: benchmarks expected (default: the evaluated ones).
+        methods: distillation run name -> method (default: every evaluated non-reference model, named after its
+            method). The SWITCH run the reading is about is the one named ``switch``, else the first ``switch`` method.
+        trained: which of ``teacher`` (teacher SFT) and ``student-sft`` (warm-up) were trained in this run.
+        target_share: the τ0 calibration target (``rollout.target_teacher_share``).
+        plots_dir: where the PNGs go (default: ``<out_md folder>/results``); linked relatively.
+        run_label: how the run folder is named in the text (default: ``run_dir`` as given).
+        title: the first heading.
+        commands_note: a line under the commands (e.g. that they were reconstructed).
+
+    Returns:
+        A :class:`ResultsDoc` with the files written and the missing inputs listed in the document.
+
+    Raises:
+        ResultsDocError: an output file that exists but is not readable (names the file).
+    """
+    out_md = Path(out_md)
+    plots = Path(plots_dir) if plots_dir is not None else out_md.parent / "results"
+    plots.mkdir(parents=True, exist_ok=True)
+    outputs = load_run_outputs(run_dir, list(methods or ()))
+    evaluated = list(outputs.evaluations)
+    if methods is None:
+        methods = {m: m for m in evaluated if m not in REFERENCE_MODELS}
+    if models is None:
+        models = [m for m in REFERENCE_MODELS if m in evaluated] + list(methods)
+    if benchmarks is None:
+        benchmarks = sorted({b for benches in outputs.evaluations.values() for b in benches})
+    runs = list(methods)
+    switch_runs = [m for m in runs if methods[m] == "switch"]
+    switch = "switch" if "switch" in switch_runs else (switch_runs[0] if switch_runs else None)
+    done = [b for b in benchmarks if any(b in outputs.evaluations.get(m, {}) for m in models)]
+    evals = {m: outputs.evaluations[m] for m in models if m in outputs.evaluations}
+    rouge, averages = benchmark_scores(evals), average_scores(evals, done)
+    buckets = bucket_scores(evals, done)
+    missing = missing_inputs(outputs, models, benchmarks, trained, runs, switch_runs)
+
+    written: list[Path] = []
+    links: dict[str, str] = {}
+
+    def keep(name: str, path: Path) -> None:
+        written.append(path)
+        links[name] = Path(os.path.relpath(path, out_md.parent)).as_posix()
+
+    if averages:
+        keep("average", plot_averages(averages, models, plots / "rouge_average.png"))
+    if evals:
+        try:
+            frame = collect_metrics(outputs.run_dir / "eval", [m for m in models if m in evals])
+        except ReportInputError as err:
+            raise ResultsDocError(str(err)) from None
+        keep("by_length", plot_rouge_by_length(frame, plots / "rouge_by_length.png"))
+    share_runs = [r for r in dict.fromkeys([*switch_runs, *outputs.traces]) if r in outputs.traces]
+    if share_runs:
+        keep("share", plot_teacher_share({r: outputs.traces[r] for r in share_runs},
+                                         plots / "teacher_share_by_position.png"))
+
+    inputs = ReadingInputs(switch, runs, methods, averages, rouge, buckets, done, outputs.traces, target_share)
+    bleu, em = benchmark_scores(evals, "bleu"), benchmark_scores(evals, "exact_match")
+    label = run_label or str(run_dir)
+    md = [
+        f"# {title}", "",
+        (f"Generated by `switch-kd results-doc` from the outputs in `{label}`; do not edit by hand (rerun the "
+        "command)."), "",
+        "## Provenance", "",
+        f"- code: git commit `{commit}`" if commit else "- code: git commit unknown (pass `--commit`)",
+        "- commands:", "", "```", *commands, "```", "",
+    ]
+    if commands_note:
+        md += [commands_note, ""]
+    md += ["## Status", ""]
+    md += (["Missing (the study may still be running; tables show `–`):", ""] + [f"- {m}" for m in missing]
+           if missing else [(f"Complete: {len(models)} models × {len(benchmarks)} benchmarks, every training summary "
+                            "and SWITCH trace present.")])
+    md += ["", "## Data", "", *data_section(outputs.data_report), "", "Evaluation sets:", "",
+           evaluation_sizes_table(evals, benchmarks), ""]
+    md += [
+        "## ROUGE-L", "",
+        ("ROUGE-L F (stemming, max over references, ×100), mean ± sample sd over generation seeds (method.md §5.5). "
+        f"`average` = per-seed mean over the {len(done)} evaluated benchmarks ({', '.join(done) or 'none yet'}), then "
+        "mean ± sd over seeds; shown for models evaluated on all of them. Bold: the best distillation method per "
+        "column (reference rows are not ranked)."), "",
+        score_table(rouge, models, done, averages, runs), "",
+    ]
+    if "average" in links:
+        md += [f"![average ROUGE-L]({links['average']})", ""]
+    md += ["## BLEU and exact match", "", "BLEU (sacrebleu corpus, ×100):", "", score_table(bleu, models, done), "",
+           "Exact match (%):", "", score_table(em, models, done), ""]
+    md += ["## ROUGE-L by reference length", "",
+           ("Reference length = tokens of the first reference under the model's tokenizer. Pooled over the "
+           "benchmarks: per seed, the example-weighted mean of each benchmark's bucket mean."), ""]
+    md += [bucket_table(buckets, models) if buckets else "No model is evaluated on every benchmark yet.", ""]
+    if "by_length" in links:
+        md += [f"![ROUGE-L by reference length]({links['by_length']})", ""]
+    md += ["## SWITCH teacher share", "",
+           (f"Share of response tokens the teacher emitted in the training rollouts (the paper reports "
+           f"{100 * PAPER_TEACHER_SHARE:.0f}% at decay 1/10). τ0 is calibrated at the start of the run on the "
+           "student's init checkpoint for the target share."), ""]
+    md += [teacher_share_table(outputs, switch_runs, target_share) if switch_runs else "No SWITCH run.", ""]
+    if "share" in links:
+        md += [f"![teacher share by position]({links['share']})", ""]
+    md += ["## Training and evaluation time", "", training_time_table(outputs.summaries, trained, runs), "",
+           "Not timed here: data preparation, teacher set-up, student build, SeqKD data generation.", "",
+           evaluation_time_table(evals, models), ""]
+    md += ["## Reading against the paper", "", *[f"- {line}" for line in reading(inputs)],
+           *[f"- {line}" for line in _caveats(outputs, runs, done)], ""]
+    atomic_write_text(out_md, "\n".join(md))
+    for name in ("rouge_average.png", "rouge_by_length.png", "teacher_share_by_position.png"):
+        stale = plots / name
+        if stale not in written:
+            stale.unlink(missing_ok=True)
+    return ResultsDoc(out_md, written, missing)

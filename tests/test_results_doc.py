@@ -1,0 +1,282 @@
+"""docs/RESULTS.md from a run folder: table numbers, bucket pooling, teacher share, reading rules, missing inputs."""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from switch_core.cli import main
+from switch_core.evaluation.results_doc import (
+    ResultsDocError,
+    Score,
+    compare,
+    position_buckets,
+    rank_of,
+    write_results_doc,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SEEDS = (10, 20)
+BENCHMARKS = ("dolly", "sinst")
+BUCKET_N = {"dolly": {"[0,5]": 3, "[51,inf)": 2}, "sinst": {"[0,5]": 1, "[51,inf)": 4}}
+# (model, benchmark) -> per seed (ROUGE-L, BLEU, EM, ROUGE-L of bucket [0,5], ROUGE-L of bucket [51,inf))
+VALUES = {
+    ("teacher", "dolly"): [(30.0, 10.0, 2.0, 40.0, 20.0), (32.0, 11.0, 4.0, 41.0, 22.0)],
+    ("teacher", "sinst"): [(40.0, 20.0, 6.0, 45.0, 38.0), (41.0, 21.0, 6.0, 47.0, 39.0)],
+    ("distillm", "dolly"): [(24.0, 8.0, 0.0, 30.0, 15.0), (26.0, 9.0, 2.0, 31.0, 18.0)],
+    ("distillm", "sinst"): [(35.0, 15.0, 4.0, 40.0, 33.0), (34.0, 14.0, 2.0, 39.0, 32.0)],
+    ("switch", "dolly"): [(25.0, 8.5, 0.0, 33.0, 14.0), (28.0, 9.5, 2.0, 34.0, 16.0)],
+    ("switch", "sinst"): [(33.0, 13.0, 2.0, 38.0, 30.0), (33.5, 13.5, 2.0, 38.0, 31.0)],
+}
+METHODS = {"sft": "sft", "distillm": "distillm", "switch": "switch"}
+MODELS = ["teacher", "student-init", "student-sft", "sft", "distillm", "switch"]
+
+
+def _metrics_json(model: str, bench: str) -> dict:
+    per_seed = [
+        {"seed": seed, "rouge_l": r, "bleu": b, "exact_match": e, "mean_prediction_length": 20.0,
+         "stopped_fraction": 1.0,
+         "by_length": {"[0,5]": {"n": BUCKET_N[bench]["[0,5]"], "rouge_l": short},
+                       "[51,inf)": {"n": BUCKET_N[bench]["[51,inf)"], "rouge_l": long}}}
+        for seed, (r, b, e, short, long) in zip(SEEDS, VALUES[(model, bench)])
+    ]
+
+    def agg(key: str) -> dict:
+        values = [s[key] for s in per_seed]
+        return {"mean": statistics.mean(values), "sd": statistics.stdev(values)}
+
+    aggregate = {k: agg(k) for k in ("rouge_l", "bleu", "exact_match")}
+    aggregate["by_length"] = {
+        lab: {"n": n, "mean": statistics.mean(s["by_length"][lab]["rouge_l"] for s in per_seed),
+              "sd": statistics.stdev(s["by_length"][lab]["rouge_l"] for s in per_seed)}
+        for lab, n in BUCKET_N[bench].items()
+    }
+    return {
+        "benchmark": bench, "model": f"runs/x/models/{model}", "num_examples": 5, "available_examples": 500,
+        "limit": 5, "protocol": {"seeds": list(SEEDS), "max_new_tokens": 128}, "per_seed": per_seed,
+        "aggregate": aggregate, "throughput": {"seconds": 30.0, "generated_tokens": 600},
+    }
+
+
+def _trace_rows() -> list[dict]:
+    """Two rollouts' aggregates over 60 positions: teacher share t/60 at position t, 4 tokens per position each."""
+    return [{"step": step, "count_by_position": [4] * 60, "teacher_share_by_position": [t / 60 for t in range(60)]}
+            for step in (1, 2)]
+
+
+def _fake_run(root: Path) -> Path:
+    run = root / "run"
+    for (model, bench) in VALUES:
+        path = run / "eval" / model / bench / "metrics.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_metrics_json(model, bench)))
+    (run / "data").mkdir(parents=True)
+    (run / "data" / "data_report.json").write_text(json.dumps({
+        "source": "minillm", "path": "../shared/data/dolly/dev.jsonl", "loaded": 1000, "used": 1000,
+        "splits": {"train": 900, "dev": 100},
+    }))
+    for name, seconds, steps in [("teacher", 600.0, 56), ("distillm", 90.0, 40), ("switch", 120.0, 40)]:
+        (run / "models" / name).mkdir(parents=True)
+        (run / "models" / name / "train_summary.json").write_text(json.dumps({
+            "run": name, "steps": steps, "best_step": steps // 2, "best": {}, "final": {}, "wall_seconds": seconds,
+            "tau0": 0.25 if name == "switch" else None,
+        }))
+    (run / "state" / "switch").mkdir(parents=True)
+    (run / "state" / "switch" / "rollout_traces.jsonl").write_text("\n".join(json.dumps(r) for r in _trace_rows()))
+    (run / "tracking" / "switch").mkdir(parents=True)
+    log = [
+        {"event": "params", "params": {"rollout.tau0_calibrated": 0.25}},
+        {"event": "metrics", "step": 0, "metrics": {"calibration/tau0": 0.25, "calibration/teacher_share": 0.5}},
+        {"event": "metrics", "step": 5, "metrics": {"rollout/teacher_share": 0.41}},
+        {"event": "metrics", "step": 10, "metrics": {"rollout/teacher_share": 0.57}},
+    ]
+    (run / "tracking" / "switch" / "metrics.jsonl").write_text("\n".join(json.dumps(e) for e in log))
+    return run
+
+
+def _seed_values(model: str, bench: str, index: int = 0) -> list[float]:
+    return [v[index] for v in VALUES[(model, bench)]]
+
+
+def _cell(values: list[float]) -> str:
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _average(model: str) -> list[float]:
+    """Per-seed average over the benchmarks (independent of the module)."""
+    return [statistics.mean(_seed_values(model, b)[i] for b in BENCHMARKS) for i in range(len(SEEDS))]
+
+
+def _pooled(model: str, bucket: str) -> list[float]:
+    column = 3 if bucket == "[0,5]" else 4
+    n = {b: BUCKET_N[b][bucket] for b in BENCHMARKS}
+    return [sum(n[b] * _seed_values(model, b, column)[i] for b in BENCHMARKS) / sum(n.values())
+            for i in range(len(SEEDS))]
+
+
+def _table_row(md: str, heading: str, label: str) -> str:
+    section = md.split(f"## {heading}\n", 1)[1]
+    return next(line for line in section.splitlines() if line.startswith(f"| {label} |"))
+
+
+@pytest.fixture()
+def doc(tmp_path: Path) -> tuple[str, object]:
+    run = _fake_run(tmp_path)
+    result = write_results_doc(
+        run, tmp_path / "docs" / "RESULTS.md", commands=["switch-kd pipeline --preset dolly-smollm2"],
+        commit="0123abc", models=MODELS, benchmarks=list(BENCHMARKS), methods=METHODS,
+        target_share=0.53, run_label="runs/x",
+    )
+    return result.markdown.read_text(), result
+
+
+def test_rouge_table_means_sds_average_and_best_method(doc) -> None:
+    md, _ = doc
+    for model in ("teacher", "distillm", "switch"):
+        row = _table_row(md, "ROUGE-L", "teacher (reference)" if model == "teacher" else model)
+        cells = [c.strip().strip("*") for c in row.strip("|").split("|")]
+        assert cells[1:] == [_cell(_seed_values(model, "dolly")), _cell(_seed_values(model, "sinst")),
+                             _cell(_average(model))]
+    # bold = the best distillation method per column; the teacher (a reference row) is never bold
+    assert _table_row(md, "ROUGE-L", "switch").split("|")[2].strip() == f"**{_cell(_seed_values('switch', 'dolly'))}**"
+    assert _table_row(md, "ROUGE-L", "distillm").split("|")[3].strip().startswith("**")
+    assert "**" not in _table_row(md, "ROUGE-L", "teacher (reference)")
+    assert _table_row(md, "ROUGE-L", "sft") == "| sft | – | – | – |"  # expected, not evaluated yet
+
+
+def test_bleu_exact_match_and_bucket_tables(doc) -> None:
+    md, _ = doc
+    bleu = md.split("BLEU (sacrebleu corpus, ×100):", 1)[1]
+    assert f"| switch | {_cell(_seed_values('switch', 'dolly', 1))} | {_cell(_seed_values('switch', 'sinst', 1))} |" \
+        in bleu
+    em = md.split("Exact match (%):", 1)[1]
+    assert f"| distillm | {_cell(_seed_values('distillm', 'dolly', 2))} |" in em
+    header = _table_row(md, "ROUGE-L by reference length", "model")
+    assert header == "| model | [0,5] (n=4) | [51,inf) (n=6) |"  # n pooled over the two benchmarks
+    row = _table_row(md, "ROUGE-L by reference length", "switch")
+    assert row == f"| switch | {_cell(_pooled('switch', '[0,5]'))} | {_cell(_pooled('switch', '[51,inf)'))} |"
+
+
+def test_reading_rules(doc) -> None:
+    md, _ = doc
+    reading = md.split("## Reading against the paper\n", 1)[1]
+    sw, dl = _average("switch"), _average("distillm")
+    # SWITCH 1st of 2 on average, but only on dolly of the two benchmarks
+    assert statistics.mean(sw) > statistics.mean(dl)
+    assert "ranks **1st of 2** methods" in reading
+    assert "here it does on average (the other method scores lower)" in reading
+    assert "SWITCH is the best method on 1 of 2 benchmarks (dolly)." in reading
+    diff = statistics.mean(sw) - statistics.mean(dl)
+    pooled = math.sqrt((statistics.stdev(sw) ** 2 + statistics.stdev(dl) ** 2) / 2)
+    assert abs(diff) <= pooled
+    assert (f"SWITCH − DistiLLM (`distillm`), average ROUGE-L: {diff:+.2f} ROUGE-L, {abs(diff) / pooled:.1f}× the "
+            f"pooled seed sd {pooled:.2f}: within seed noise.") in reading
+    # the longest references: DistiLLM is ahead there, so the paper's long-response claim is not seen
+    long_sw, long_dl = _pooled("switch", "[51,inf)"), _pooled("distillm", "[51,inf)")
+    assert statistics.mean(long_sw) < statistics.mean(long_dl)
+    assert "([51,inf) tokens, n=6 examples pooled over 2 benchmarks) SWITCH ranks **2nd of 2**" in reading
+    margin_long, margin_all = statistics.mean(long_sw) - statistics.mean(long_dl), diff
+    assert (f"{margin_long:+.2f} on the longest references vs {margin_all:+.2f} on average: the paper's claim that "
+            "SWITCH gains most on long responses is not seen here.") in reading
+    # teacher share t/60: 2/60 average over positions 0-4, (50..59)/60 average over positions 50-99
+    early, late = statistics.mean(t / 60 for t in range(5)), statistics.mean(t / 60 for t in range(50, 60))
+    overall = statistics.mean(t / 60 for t in range(60))
+    assert f"all 480 tokens of SWITCH's training rollouts: {100 * overall:.1f}% (calibration target 53%" in reading
+    assert (f"The teacher share rises with response position: {100 * early:.1f}% at positions 0–4 vs "
+            f"{100 * late:.1f}% at 50–99, as the decaying threshold") in reading
+    # references and the SFT run are missing: those statements say so instead of guessing
+    assert "SWITCH vs the SFT student (`sft`): cannot be assessed yet (`sft` not evaluated on every benchmark)." \
+        in reading
+    assert "Teacher–student gap: cannot be assessed yet" in reading
+    dolly = statistics.mean(_seed_values("switch", "dolly")) - statistics.mean(_seed_values("distillm", "dolly"))
+    assert f"Dolly: SWITCH − best other method (`distillm`) = {dolly:+.2f} here" in reading
+
+
+def test_teacher_share_time_data_and_provenance(doc) -> None:
+    md, result = doc
+    assert "- code: git commit `0123abc`" in md and "switch-kd pipeline --preset dolly-smollm2" in md
+    share = _table_row(md, "SWITCH teacher share", "switch")
+    assert share.startswith("| switch | 0.2500 (calibrated) | 50.0% (53%) | 41.0% (step 5) → 57.0% (step 10) |")
+    early = statistics.mean(t / 60 for t in range(5))
+    assert f"| switch | {100 * early:.1f}% (40) |" in md  # positions 0-4: 5 positions × 8 tokens
+    assert _table_row(md, "Training and evaluation time", "distill `switch`") == "| distill `switch` | 40 | 20 | 2.0 |"
+    assert "| **total of the finished stages** | | | **13.5** |" in md  # (600 + 90 + 120) s
+    assert "| student warm-up (SFT) | not finished | | |" in md
+    assert "**the full databricks-dolly-15k training set is not available here**" in md
+    assert "training used 900 examples from `../shared/data/dolly/dev.jsonl` — the 1,000 human-written rows" in md
+    assert "- splits: train 900, dev 100" in md
+    assert "| dolly | 5 | 500 | 5 | 10, 20 | 128 |" in md
+    for png in result.plots:
+        assert png.read_bytes().startswith(PNG_MAGIC) and png.parent == result.markdown.parent / "results"
+    assert "![ROUGE-L by reference length](results/rouge_by_length.png)" in md
+    assert "![teacher share by position](results/teacher_share_by_position.png)" in md
+
+
+def test_missing_inputs_are_listed(doc) -> None:
+    md, result = doc
+    assert result.missing == [
+        "evaluation of `student-init` on dolly, sinst",
+        "evaluation of `student-sft` on dolly, sinst",
+        "evaluation of `sft` on dolly, sinst",
+        "models/student-sft/train_summary.json (student warm-up (SFT))",
+        "models/sft/train_summary.json (distill `sft`)",
+    ]
+    assert all(f"- {m}" in md.split("## Data", 1)[0] for m in result.missing)
+
+
+def test_empty_run_folder_gives_a_document_of_missing_parts(tmp_path: Path) -> None:
+    result = write_results_doc(tmp_path / "nothing-yet", tmp_path / "RESULTS.md", commands=["dvc repro"], commit=None,
+                               models=MODELS, benchmarks=list(BENCHMARKS), methods=METHODS)
+    md = result.markdown.read_text()
+    assert result.plots == [] and not list((tmp_path / "results").glob("*.png"))
+    assert result.missing[0] == "data/data_report.json (prepare-data)"
+    assert "git commit unknown" in md and "| dolly | not evaluated yet | | | | |" in md
+    assert "Ranking over methods: cannot be assessed yet (0 method(s)" in md
+    assert "Teacher share by position: no rollout trace of the SWITCH run yet." in md
+
+
+def test_a_metrics_file_without_per_seed_values_is_an_error_naming_it(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path)
+    bad = run / "eval" / "switch" / "dolly" / "metrics.json"
+    bad.write_text(json.dumps({"aggregate": {}}))
+    with pytest.raises(ResultsDocError, match=str(bad)):
+        write_results_doc(run, tmp_path / "R.md", commands=[], commit=None)
+
+
+def test_compare_and_rank_rules() -> None:
+    a, b = Score(30.0, 1.0, 5), Score(27.0, 1.0, 5)
+    assert compare(a, b).verdict == "clear" and compare(a, b).diff == 3.0  # 3 > 2 × 1
+    assert compare(Score(28.5, 1.0, 5), b).verdict == "small"  # 1 < 1.5 <= 2
+    assert compare(Score(27.5, 0.6, 5), Score(27.0, 0.8, 5)).verdict == "within seed noise"  # 0.5 <= sqrt(0.5)
+    assert compare(Score(1.0, math.nan, 1), b).verdict == "no seed sd"
+    scores = {"a": Score(2.0, 0.0, 2), "b": Score(3.0, 0.0, 2), "c": Score(3.0, 0.0, 2)}
+    assert rank_of(scores, "b") == (1, 3) and rank_of(scores, "c") == (1, 3) and rank_of(scores, "a") == (3, 3)
+
+
+def test_cli_writes_the_document_from_the_configuration(tmp_path: Path) -> None:
+    _fake_run(tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "run_dir": "run", "runs": {name: {"method": method} for name, method in METHODS.items()},
+        "eval": {"benchmarks": list(BENCHMARKS)},
+    }))
+    out = tmp_path / "docs" / "RESULTS.md"
+    assert main(["results-doc", "--params", str(params), "--out", str(out), "--commit", "feedbeef"]) == 0
+    md = out.read_text()
+    assert "git commit `feedbeef`" in md and "(Reconstructed from the run folder" in md
+    assert "switch-kd results-doc --out" in md
+    assert "| switch | 0.2500 (calibrated) | 50.0% (53%) |" in md  # target from rollout.target_teacher_share
+    assert "evaluation of `student-init` on dolly, sinst" in md  # expected models come from the configuration
+
+
+def test_position_buckets_hand_case() -> None:
+    # 120 positions, one token each; the teacher emits positions 3, 4 and 100-119
+    teacher = [1.0 if p in (3, 4) or p >= 100 else 0.0 for p in range(120)]
+    trace = pd.DataFrame({"position": range(120), "teacher": teacher, "count": [1.0] * 120})
+    assert position_buckets(trace) == [("0–4", 2 / 5, 5), ("5–9", 0.0, 5), ("10–19", 0.0, 10), ("20–49", 0.0, 30),
+                                       ("50–99", 0.0, 50), ("100+", 1.0, 20)]

@@ -1,0 +1,75 @@
+"""Multi-process training through the command line: ``switch-kd distill`` re-launched under ``accelerate launch`` on
+two CPU ranks (gloo) trains to the weights of the one-process command, with one main process."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from switch_core.cli import main
+from switch_core.processes import ACCELERATE_ARGS_ENV, LAUNCHED_ENV, relaunch_command
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TWO_CPU_RANKS = "--multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no"
+
+
+def test_relaunch_command_wraps_the_arguments() -> None:
+    command = relaunch_command(["distill", "--run", "kd"], {ACCELERATE_ARGS_ENV: "--num_processes 2 --multi_gpu"})
+    assert command[1:] == ["-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
+                           "-m", "switch_core.cli", "distill", "--run", "kd"]
+    assert command[0] == sys.executable
+
+
+@pytest.mark.parametrize("environ", [{}, {ACCELERATE_ARGS_ENV: "  "}, {ACCELERATE_ARGS_ENV: "--multi_gpu",
+                                     LAUNCHED_ENV: "1"}, {ACCELERATE_ARGS_ENV: "--multi_gpu", "WORLD_SIZE": "2"}])
+def test_no_relaunch_without_args_or_inside_a_launch(environ) -> None:
+    assert relaunch_command(["distill", "--run", "kd"], environ) is None
+
+
+def _config_args(run_dir: Path) -> list[str]:
+    # No teacher SFT and no warm-up: the distillation starts from the untrained tiny student.
+    sets = {"run_dir": str(run_dir), "tracking.backend": "jsonl", "teacher.sft": "false", "student.warmup": "false",
+            "optim.max_steps": "3", "optim.micro_batch_size": "2"}
+    return ["--params", str(PROJECT_ROOT / "params.yaml"), "--preset", "tiny",
+            *[arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]]
+
+
+def _distill(run_dir: Path, *, launch: str | None, resume: bool = False) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in (ACCELERATE_ARGS_ENV, LAUNCHED_ENV)}
+    if launch:
+        env[ACCELERATE_ARGS_ENV] = launch
+    argv = ["distill", "--run", "kd", *(["--resume"] if resume else []), *_config_args(run_dir)]
+    return subprocess.run([sys.executable, "-m", "switch_core.cli", *argv], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+@pytest.mark.slow  # three command-line runs, two of them with two ranks (~40 s on 2 busy cores)
+def test_two_rank_launch_equals_one_process(tmp_path) -> None:
+    one = tmp_path / "one"
+    for stage in (["prepare-data"], ["setup-teacher"], ["build-student"]):
+        assert main([*stage, *_config_args(one)]) == 0
+    two = tmp_path / "two"
+    shutil.copytree(one, two)
+
+    single = _distill(one, launch=None)
+    assert single.returncode == 0, single.stderr
+    launched = _distill(two, launch=TWO_CPU_RANKS)
+    assert launched.returncode == 0, launched.stderr
+    output = launched.stdout + launched.stderr
+    assert "accelerate.commands.launch" in output
+    assert output.count("distill kd: best at step") == 1  # one main process reports; the other rank is quiet
+
+    a = load_file(one / "models" / "kd" / "model.safetensors")
+    b = load_file(two / "models" / "kd" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert (a[key] - b[key]).abs().max() <= 1e-5, key
+
+    again = _distill(two, launch=TWO_CPU_RANKS, resume=True)  # a finished state: both ranks load it and stop
+    assert again.returncode == 0, again.stderr
+    assert "best at step" in again.stdout + again.stderr
