@@ -97,8 +97,10 @@ setsid prefect worker start --pool switch-kd > "$OUT/prefect-worker.log" 2>&1 &
 PIDS+=($!)
 cd "$ROOT"
 
-log "prefect deployment run 'pipeline/tiny' --watch"
-prefect deployment run 'pipeline/tiny' --watch --watch-timeout 1800 | tee "$OUT/pipeline-run.log"
+log "prefect deployment run 'pipeline/tiny' --watch (every method, MiniLLM included)"
+prefect deployment run 'pipeline/tiny' --watch --watch-timeout 1800 \
+  --param 'methods=["sft", "kd", "seqkd", "imitkd", "gkd", "distillm", "switch", "minillm"]' | tee "$OUT/pipeline-run.log"
+[[ -d "$WORK/runs/tiny/eval/minillm" ]] || { echo "the flow did not evaluate minillm"; exit 1; }
 [[ -d "$WORK/runs/tiny/report" ]] || { echo "the flow did not run in $WORK"; exit 1; }
 dvc_clean "$WORK"
 
@@ -119,9 +121,11 @@ if ! command -v chromium >/dev/null; then
 fi
 "$BIN/python" -m tasks.mlflow_ui --store "sqlite:///$WORK/mlflow.db" --out "$OUT/ablation_compare.png"
 
-log "dvc repro in a fresh clone (tiny preset, method switch)"
+log "dvc repro in a fresh clone (tiny preset, methods switch and minillm)"
 git clone -q "$WORK" "$FRESH"
-(cd "$FRESH" && python -m tasks.params --preset tiny --methods switch > /dev/null && dvc repro) > "$OUT/fresh-repro.log" 2>&1
+(cd "$FRESH" && python -m tasks.params --preset tiny --methods switch,minillm > /dev/null && dvc repro) \
+  > "$OUT/fresh-repro.log" 2>&1
+grep -q "Running stage 'distill@minillm'" "$OUT/fresh-repro.log"
 grep -q "Running stage 'report'" "$OUT/fresh-repro.log"
 dvc_clean "$FRESH"
 

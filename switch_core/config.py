@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import math
 import re
 import typing
 from pathlib import Path
@@ -205,7 +204,11 @@ class RolloutConfig(_Strict):
 
     strategy: Literal["switch", "student", "teacher", "random", "mixture"] = "switch"
     schedule: Literal["exponential", "linear", "constant"] = "exponential"
-    tau0: float | None = Field(None, ge=0, le=math.log(2), description="JSD threshold at t=0; None = calibrate.")
+    tau0: float | None = Field(
+        None, ge=0, description="JSD threshold at t=0 in nats; None = calibrate. The JSD is at most ln 2, so with "
+        "τ0 > ln 2 the first ln(τ0 / ln 2) / decay response tokens are always the student's (calibration can choose "
+        "such a τ0 when the target share is low for the response lengths).",
+    )
     target_teacher_share: float = Field(0.53, ge=0, le=1, description="Calibration target (method.md §1.1 item 4).")
     decay: float = Field(0.1, ge=0, description="λ of τ_t = τ0·exp(−λ·t), per response token.")
     horizon: int | None = Field(None, ge=1, description="T of the linear schedule; default max_new_tokens.")

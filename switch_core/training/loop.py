@@ -386,20 +386,25 @@ class _Run:
             handle.write(json.dumps(row) + "\n")
 
     def evaluate(self) -> dict[str, float]:
-        """Dev metrics of the current student; updates the best checkpoint and DistiLLM's φ."""
+        """Dev metrics of the current student; updates the best checkpoint and DistiLLM's φ.
+
+        Before training (step 0) only the dev losses are computed: the start checkpoint is never selected, and
+        DistiLLM's φ needs only the dev CE; dev ROUGE-L generations start at the first evaluation after a step.
+        """
         self.student.eval()
         job = self.job
         metrics = dev_losses(
             self.student, self.teacher, job.dev.examples, self.spec, accelerator=self.acc,
             batch_size=self.optim.micro_batch_size, chunk_tokens=self.optim.loss_chunk_tokens, pad_token_id=self.pad_id,
         )
-        metrics["dev/rouge_l"] = dev_rouge_l(
-            self.student, job.tokenizer, job.dev, job.generation, accelerator=self.acc,
-            max_prompt_length=job.max_prompt_length, seed=self.rouge_seed,
-        )
+        if self.step > 0:
+            metrics["dev/rouge_l"] = dev_rouge_l(
+                self.student, job.tokenizer, job.dev, job.generation, accelerator=self.acc,
+                max_prompt_length=job.max_prompt_length, seed=self.rouge_seed,
+            )
         self.student.train()
         self.source.after_evaluation(metrics["dev/ce"])
-        value = metrics["dev/rouge_l" if job.select_by == "rouge_l" else "dev/loss"]
+        value = metrics.get("dev/rouge_l" if job.select_by == "rouge_l" else "dev/loss", math.nan)
         if self.step > 0 and _is_better(job.select_by, value, self.best_value):
             self.best_step, self.best_value, self.best_metrics = self.step, value, dict(metrics)
             if self.acc.is_main_process:
