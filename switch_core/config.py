@@ -219,7 +219,10 @@ class RolloutConfig(_Strict):
     temperature: float = Field(1.0, gt=0)
     top_k: int = Field(0, ge=0, description="0 = off.")
     top_p: float = Field(1.0, gt=0, le=1)
-    calibration_prompts: int = Field(32, ge=1)
+    calibration_prompts: int = Field(32, ge=1, description="Training prompts the τ0 search rolls out at each try.")
+    calibration_evaluations: int = Field(
+        12, ge=1, description="Rollout passes the τ0 search may use before it keeps the closest τ0 found."
+    )
     batch_size: int = Field(8, ge=1, description="Prompts per rollout batch.")
 
 

@@ -230,7 +230,8 @@ class _Run:
             batches = [left_pad(prompts[i : i + cfg.batch_size], self.pad_id) for i in range(0, len(prompts), cfg.batch_size)]
             seed = seeding.derive_seed(self.optim.seed, seeding.Stream.CALIBRATION) % 2**31
             result = [calibrate_tau0(
-                self.student, self.teacher, batches, settings, target_share=cfg.target_teacher_share, seed=seed
+                self.student, self.teacher, batches, settings, target_share=cfg.target_teacher_share, seed=seed,
+                max_evaluations=cfg.calibration_evaluations,
             )]
         if self.acc.num_processes > 1:
             broadcast_object_list(result, from_process=0)
