@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = ("sft", "kd", "seqkd", "imitkd", "gkd", "distillm", "switch")
+METHODS = ("sft", "kd", "seqkd", "imitkd", "gkd", "distillm", "switch", "minillm")
 
 
 def _examples(tokenizer, count: int, prompt_len: int, response_len: int) -> list:
