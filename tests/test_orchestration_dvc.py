@@ -61,7 +61,7 @@ def test_preset_and_chained_runs_reach_dvc_templating(tmp_path: Path) -> None:
     deps = {d.def_path for d in stage.deps if not hasattr(d, "read_params")}
     assert "runs/tiny/models/hi" in deps and "runs/tiny/models/teacher" in deps
     assert [o.def_path for o in stage.outs] == ["runs/tiny/models/lo"]
-    assert stage.cmd == "switch-kd distill --run lo"
+    assert stage.cmd == "switch-kd distill --run lo --resume-compatible"
 
 
 def test_code_dependencies_cover_each_commands_import_closure(workspace: Path) -> None:

@@ -103,3 +103,25 @@ def test_teacher_without_sft_is_the_base_teacher(project: Path, capsys: pytest.C
     base = (run / "models" / "teacher-base" / "model.safetensors").read_bytes()
     assert (run / "models" / "teacher" / "model.safetensors").read_bytes() == base
     assert not (run / "models" / "teacher" / "train_summary.json").exists()
+
+
+def test_resume_compatible_continues_the_same_run_and_restarts_a_changed_one(
+    project: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """What dvc.yaml runs: a killed stage continues, a stage re-run for changed inputs never continues stale state."""
+    base = ("distill", "--run", "kd", "--set", "student.warmup=false", "--set", "teacher.sft=false",
+            "--set", "optim.max_steps=2")
+    log = project / "runs" / "tiny" / "tracking" / "kd" / "metrics.jsonl"
+    assert _cli(project, *base) == 0
+    events = len(log.read_text().splitlines())
+    capsys.readouterr()
+    assert _cli(project, *base, "--resume-compatible") == 0
+    assert "resuming at step 2/2" in capsys.readouterr().err
+    assert len(log.read_text().splitlines()) > events  # the log continues with the run
+
+    changed = (*base, "--set", "data.max_length=72")  # other tokenisation: the examples differ
+    assert _cli(project, *changed, "--resume") == 2
+    assert "changed: inputs" in capsys.readouterr().err
+    assert _cli(project, *changed, "--resume-compatible") == 0
+    assert "starting over (changed: inputs)" in capsys.readouterr().err
+    assert len(read_jsonl_events(log, "tags")) == 1  # a fresh log for the fresh run

@@ -1,6 +1,7 @@
 """Resume: a run killed with SIGKILL mid-epoch and resumed reaches the weights of an uninterrupted run."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,9 @@ import torch
 from safetensors.torch import load_file
 from test_training_support import make_job, method
 
-from switch_core.training import StateError, train
+from switch_core.hashing import source_fingerprint
+from switch_core.training import StateError, StateMismatchError, loop, train
+from switch_core.training.loop import resume_fingerprint, will_resume
 from switch_core.training.state import latest_state
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -103,3 +106,58 @@ def test_resume_of_a_finished_run_is_a_no_op(tmp_path) -> None:
     first = train(make_job(tmp_path, method("sft"), with_teacher=False, max_steps=2))
     again = train(make_job(tmp_path, method("sft"), with_teacher=False, max_steps=2, resume=True))
     assert again.steps == first.steps == 2 and again.best_metrics == first.best_metrics
+
+
+def _sft_job(tmp_path: Path, **kwargs):
+    return make_job(tmp_path, method("sft"), with_teacher=False, max_steps=2, **kwargs)
+
+
+def test_a_state_of_other_inputs_is_refused_or_restarted(tmp_path) -> None:
+    first = _sft_job(tmp_path)
+    first.inputs = {"student_init": "sha256:aaa"}
+    reference = train(first)
+
+    changed = _sft_job(tmp_path, resume=True)
+    changed.inputs = {"student_init": "sha256:bbb"}  # the start checkpoint was re-made
+    with pytest.raises(StateMismatchError, match=r"changed: inputs") as refused:
+        train(changed)
+    assert refused.value.changed == ["inputs"]
+
+    restarted = _sft_job(tmp_path, resume=True, restart_if_incompatible=True)
+    restarted.inputs = {"student_init": "sha256:bbb"}
+    assert not will_resume(restarted, 1)
+    result = train(restarted)  # starts over: the same steps and weights as a fresh run
+    assert result.steps == 2 and result.best_metrics == reference.best_metrics
+    saved = json.loads((latest_state(restarted.state_dir) / "trainer.json").read_text())
+    assert saved["fingerprint"]["inputs"] == {"student_init": "sha256:bbb"}
+
+    again = _sft_job(tmp_path, resume=True, restart_if_incompatible=True)
+    again.inputs = {"student_init": "sha256:bbb"}
+    assert will_resume(again, 1)
+
+
+def test_other_library_code_warns_on_resume_and_restarts_a_compatible_resume(tmp_path, monkeypatch, capsys) -> None:
+    train(_sft_job(tmp_path))
+    monkeypatch.setattr(loop, "source_fingerprint", lambda: "sha256:edited")
+
+    strict = _sft_job(tmp_path, resume=True)
+    assert will_resume(strict, 1)
+    capsys.readouterr()
+    assert train(strict).steps == 2
+    err = capsys.readouterr().err
+    assert "resuming at step 2/2" in err and "other switch_core code" in err
+
+    compatible = _sft_job(tmp_path, resume=True, restart_if_incompatible=True)
+    assert not will_resume(compatible, 1)
+    train(compatible)
+    assert "starting over (changed: code)" in capsys.readouterr().err
+
+
+def test_resume_fingerprint_names_settings_inputs_and_code(tmp_path) -> None:
+    job = _sft_job(tmp_path)
+    job.inputs = {"train": "sha256:t"}
+    fingerprint = resume_fingerprint(job)
+    assert fingerprint["inputs"] == {"train": "sha256:t"}
+    assert fingerprint["code"] == source_fingerprint() and fingerprint["code"].startswith("sha256:")
+    assert fingerprint["optim"]["max_steps"] == 2 and "log_every" not in fingerprint["optim"]
+    assert fingerprint["rollout"] is None  # SFT rolls nothing out

@@ -78,6 +78,7 @@ def make_job(
     rollout: dict[str, Any] | None = None,
     select_by: str = "loss",
     resume: bool = False,
+    restart_if_incompatible: bool = False,
     **optim: Any,
 ) -> TrainJob:
     """A small job: 40 training examples, batch 8 (micro 4), lr 3e-3, 2 epochs unless overridden."""
@@ -91,4 +92,5 @@ def make_job(
         state_dir=tmp_path / "state" / name, select_by=select_by, teacher=teacher() if with_teacher else None,
         rollout=RolloutConfig(**rollout_settings), generation=EvalConfig(max_new_tokens=8, batch_size=4),
         max_prompt_length=MAX_PROMPT, resume=resume,
+        restart_if_incompatible=restart_if_incompatible,
     )

@@ -18,11 +18,13 @@ from switch_core.tracking import Tracker, closing_tracker
 from switch_core.training.lm_corpus import load_lm_corpus
 from switch_core.training.loop import TrainResult, train
 from switch_core.training.run_setup import (
+    add_resume_arguments,
     build_job,
     is_main_process,
     needs_teacher,
     require,
     resolve_select_by,
+    resume_options,
     stage_tracker,
 )
 
@@ -33,11 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", help="a key of `runs` in the params file")
     which.add_argument("--method", help="same as --run (the default runs are named after their method)")
-    parser.add_argument("--resume", action="store_true", help="continue from the saved training state, if any")
+    add_resume_arguments(parser)
 
 
 def distill(
-    config: Config, layout: RunLayout, run_name: str, *, resume: bool = False, tracker: Tracker | None = None
+    config: Config, layout: RunLayout, run_name: str,
+    *,
+    resume: bool = False,
+    restart_if_incompatible: bool = False,
+    tracker: Tracker | None = None,
 ) -> TrainResult:
     """Train the distillation run ``run_name`` (module docstring) and return its result.
 
@@ -60,11 +66,11 @@ def distill(
         cfg, layout, name=run_name, init_dir=require(layout.model(init_from), producer), method=method,
         optim=cfg.optim, select_by=resolve_select_by(cfg.optim, "rouge_l"),
         train_file=require(train_file, "seqkd-data" if method.data == "seqkd" else "prepare-data"), resume=resume,
-        with_teacher=needs_teacher(method),
+        with_teacher=needs_teacher(method), restart_if_incompatible=restart_if_incompatible,
     )
     if method.lm_coef > 0:
         job.lm_corpus = load_lm_corpus(Path(method.lm_data), job.tokenizer, max_length=cfg.data.max_length)
-    tracker = stage_tracker(cfg, layout, run_name, tracker, resume=resume)
+    tracker = stage_tracker(cfg, layout, job, tracker)
     tracker.set_tags({"stage": "distill", "run": run_name, "method": run.method, "init_from": init_from})
     tracker.log_params(flatten(cfg.model_dump(exclude={"runs", "methods"})) | {
         **{f"method.{k}": v for k, v in method.model_dump().items()}, "method": run.method, "init_from": init_from,
@@ -76,7 +82,7 @@ def distill(
 def run(args: argparse.Namespace) -> int:
     name = args.run or args.method
     layout = RunLayout.from_config(args.config, args.project_root)
-    result = distill(args.config, layout, name, resume=args.resume)
+    result = distill(args.config, layout, name, **resume_options(args))
     best = ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
     if is_main_process():
         print(f"distill {name}: best at step {result.best_step}/{result.steps} ({best}) -> {result.output_dir}")

@@ -38,14 +38,14 @@ def pipeline_stages(config: Config, layout: RunLayout) -> list[Stage]:
     stages = [
         Stage("prepare-data", ("prepare-data",), layout.data_report),
         Stage("setup-teacher", ("setup-teacher",), layout.model("teacher-base")),
-        Stage("sft-teacher", ("sft", "--role", "teacher", "--resume"), layout.model("teacher")),
+        Stage("sft-teacher", ("sft", "--role", "teacher", "--resume-compatible"), layout.model("teacher")),
         Stage("build-student", ("build-student",), layout.model("student-init")),
     ]
     if config.student.warmup:
-        stages.append(Stage("sft-student", ("sft", "--role", "student", "--resume"), layout.model("student-sft")))
+        stages.append(Stage("sft-student", ("sft", "--role", "student", "--resume-compatible"), layout.model("student-sft")))
     if any(config.method_config(name).data == "seqkd" for name in config.runs):
         stages.append(Stage("seqkd-data", ("seqkd-data",), layout.seqkd_data))
-    stages += [Stage(f"distill-{n}", ("distill", "--run", n, "--resume"), layout.model(n)) for n in config.runs]
+    stages += [Stage(f"distill-{n}", ("distill", "--run", n, "--resume-compatible"), layout.model(n)) for n in config.runs]
     stages += [
         Stage(f"evaluate-{m}", ("evaluate", "--model", str(layout.model(m)), "--out", str(layout.eval_dir(m))),
               layout.eval_dir(m))

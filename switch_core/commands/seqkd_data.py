@@ -11,7 +11,6 @@ records their hashes; ``--force`` regenerates. Responses that come out empty are
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from switch_core.data.prompts import format_prompt
 from switch_core.data.records import InstructionRecord
 from switch_core.data.splits import read_records, write_records
 from switch_core.evaluation.generate import generate_batch
+from switch_core.hashing import checkpoint_fingerprint, files_fingerprint
 from switch_core.layout import RunLayout
 from switch_core.models.loading import load_causal_lm, load_tokenizer
 from switch_core.processes import process_state
@@ -35,16 +35,6 @@ META_FILE = "meta.json"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="regenerate even if the inputs did not change")
-
-
-def _sha256(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def sampling_settings(config: Config) -> dict[str, Any]:
@@ -60,10 +50,10 @@ def sampling_settings(config: Config) -> dict[str, Any]:
 def input_fingerprint(config: Config, layout: RunLayout) -> dict[str, Any]:
     """Hashes of what the SeqKD data depends on: training split, teacher weights, sampling settings."""
     teacher = teacher_dir(config, layout)
-    weights = [p for p in teacher.iterdir() if p.suffix in (".safetensors", ".bin", ".json")]
     return {
-        "train_sha256": _sha256([require(layout.split("train"), "prepare-data")]),
-        "teacher": str(teacher), "teacher_sha256": _sha256(weights), "sampling": sampling_settings(config),
+        "train": files_fingerprint([require(layout.split("train"), "prepare-data")]),
+        "teacher": str(teacher), "teacher_checkpoint": checkpoint_fingerprint(teacher),
+        "sampling": sampling_settings(config),
     }
 
 

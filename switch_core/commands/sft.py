@@ -17,7 +17,15 @@ from switch_core.layout import RunLayout
 from switch_core.models.checkpoint import copy_checkpoint
 from switch_core.tracking import Tracker, closing_tracker
 from switch_core.training.loop import TrainResult, train
-from switch_core.training.run_setup import build_job, is_main_process, require, resolve_select_by, stage_tracker
+from switch_core.training.run_setup import (
+    add_resume_arguments,
+    build_job,
+    is_main_process,
+    require,
+    resolve_select_by,
+    resume_options,
+    stage_tracker,
+)
 
 SFT_METHOD = MethodConfig(loss="ce", kd_ratio=0.0)
 """Plain cross-entropy on the ground-truth responses."""
@@ -31,11 +39,15 @@ ROLES = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--role", required=True, choices=sorted(ROLES), help="fine-tune the teacher or warm up the student")
-    parser.add_argument("--resume", action="store_true", help="continue from the saved training state, if any")
+    add_resume_arguments(parser)
 
 
 def sft(
-    config: Config, layout: RunLayout, role: str, *, resume: bool = False, tracker: Tracker | None = None
+    config: Config, layout: RunLayout, role: str,
+    *,
+    resume: bool = False,
+    restart_if_incompatible: bool = False,
+    tracker: Tracker | None = None,
 ) -> TrainResult:
     """Run the SFT stage of ``role`` (``teacher`` or ``student``); return the training result.
 
@@ -51,8 +63,9 @@ def sft(
         config, layout, name=name, init_dir=require(layout.model(source), producer), method=SFT_METHOD, optim=optim,
         select_by=resolve_select_by(optim, default_select),
         train_file=require(layout.split("train"), "prepare-data"), resume=resume, with_teacher=False,
+        restart_if_incompatible=restart_if_incompatible,
     )
-    tracker = stage_tracker(config, layout, name, tracker, resume=resume)
+    tracker = stage_tracker(config, layout, job, tracker)
     tracker.set_tags({"stage": f"sft-{role}", "run": name, "method": "sft"})
     tracker.log_params({f"{section}.{k}": v for k, v in flatten(optim.model_dump()).items()} | {"init_from": source})
     with closing_tracker(tracker):
@@ -65,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         out = copy_checkpoint(require(layout.model("teacher-base"), "setup-teacher"), layout.model("teacher"))
         print(f"sft teacher: teacher.sft is false, the base teacher is used as it is -> {out}")
         return 0
-    result = sft(args.config, layout, args.role, resume=args.resume)
+    result = sft(args.config, layout, args.role, **resume_options(args))
     best = ", ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items())
     if is_main_process():
         print(f"sft {args.role}: best at step {result.best_step}/{result.steps} ({best}) -> {result.output_dir}")

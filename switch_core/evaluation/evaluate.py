@@ -38,6 +38,7 @@ from switch_core.evaluation.metrics import (
     mean_and_sd,
     rouge_l,
 )
+from switch_core.hashing import checkpoint_fingerprint
 
 
 class EvaluationError(ValueError):
@@ -137,30 +138,6 @@ class EvalProtocol:
             "batch_size": self.batch_size,
             "greedy": self.greedy,
         }
-
-
-def _sha256_file(path: Path, digest: Any) -> None:
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-
-
-def model_fingerprint(model_path: str | Path) -> str:
-    """Content hash of a checkpoint: SHA-256 over the names and bytes of the non-hidden files of the folder (a
-    ``.gguf`` file: its bytes). A name that is not a local path (a hub name) is fingerprinted by the name.
-
-    Returns:
-        ``"sha256:<hex>"``, or ``"name:<model_path>"`` for a non-local model.
-    """
-    path = Path(model_path).expanduser()
-    if not path.exists():
-        return f"name:{model_path}"
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    for file in files:
-        digest.update(file.name.encode() + b"\0")
-        _sha256_file(file, digest)
-    return f"sha256:{digest.hexdigest()}"
 
 
 def data_fingerprint(records: Sequence[Any]) -> str:
@@ -294,7 +271,7 @@ def plan_benchmarks(
     Args:
         benchmarks: loaded benchmarks.
         protocol: the evaluation settings.
-        model_fp: :func:`model_fingerprint` of the model.
+        model_fp: :func:`~switch_core.hashing.checkpoint_fingerprint` of the model.
         out_dir: the model's evaluation folder.
         force: ignore existing results.
 
@@ -332,7 +309,7 @@ def evaluate_benchmark(
         protocol: decoding and scoring settings.
         out_dir: the benchmark's folder (``{eval out}/{benchmark}``).
         model_path: recorded in metrics.json.
-        model_fp: model fingerprint (:func:`model_fingerprint`).
+        model_fp: model fingerprint (:func:`~switch_core.hashing.checkpoint_fingerprint`).
         progress: called after each generation batch with its number of prompts.
 
     Returns:
@@ -508,7 +485,7 @@ def evaluate_model(
 
     source = resolve_model_source(model_path)
     fingerprint_path = Path(source.name_or_path) / source.gguf_file if source.gguf_file else source.name_or_path
-    model_fp = model_fingerprint(fingerprint_path)
+    model_fp = checkpoint_fingerprint(fingerprint_path)
     planned = plan_benchmarks(benchmarks, protocol, model_fp, out_dir, force=force)
     todo = [p for p in planned if p.existing is None]
     outcomes: dict[str, BenchmarkOutcome] = {

@@ -23,7 +23,7 @@ from switch_core.training.losses import LossSpec, token_loss_terms, token_losses
 from switch_core.training.objective import OutputHeadError, batch_loss
 from switch_core.training.replay import ReplayBuffer
 from switch_core.training.sources import Action, BatchSource, MethodSetupError, choose_action, rollout_settings
-from switch_core.training.state import StateError
+from switch_core.training.state import StateError, StateMismatchError
 
 __all__ = [
     "SUMMARY_FILE",
@@ -38,6 +38,7 @@ __all__ = [
     "ReplayBuffer",
     "Sequence1D",
     "StateError",
+    "StateMismatchError",
     "TrainBatch",
     "TrainJob",
     "TrainResult",

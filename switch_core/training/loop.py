@@ -42,6 +42,7 @@ from switch_core.atomic import atomic_write_json
 from switch_core.config import EvalConfig, MethodConfig, OptimConfig, RolloutConfig
 from switch_core.data.tokenize import TrainExample, left_pad
 from switch_core.evaluation.generate import eos_token_ids
+from switch_core.hashing import source_fingerprint
 from switch_core.models.checkpoint import save_pretrained_atomic
 from switch_core.processes import make_accelerator
 from switch_core.rollout import calibrate_tau0
@@ -55,7 +56,14 @@ from switch_core.training.objective import batch_loss, check_output_head
 from switch_core.training.optim import build_optimizer, build_scheduler
 from switch_core.training.progress import Progress
 from switch_core.training.sources import ROLLOUT_DATA, BatchSource, rollout_settings
-from switch_core.training.state import Resumable, clear_state, load_state, save_state
+from switch_core.training.state import (
+    Resumable,
+    StateMismatchError,
+    clear_state,
+    load_state,
+    save_state,
+    state_changes,
+)
 
 SUMMARY_FILE = "train_summary.json"
 TRACE_FILE = "rollout_traces.jsonl"
@@ -85,7 +93,14 @@ class TrainJob:
         rollout: rollout engine settings (methods with rollouts).
         generation: decoding settings of the dev ROUGE-L generations (the evaluation protocol's).
         max_prompt_length: prompt truncation for dev generations.
-        resume: continue from ``state_dir`` when it holds a state (else start fresh).
+        resume: continue from ``state_dir`` when it holds a state (else start fresh). A state of other settings or
+            inputs raises :class:`~switch_core.training.state.StateMismatchError`; a state saved by other library
+            code is resumed with a warning.
+        restart_if_incompatible: with ``resume``, start over instead when the saved state belongs to other settings,
+            inputs, library code or process count (what ``dvc repro`` and ``switch-kd pipeline`` use: a stage re-run
+            for a changed dependency never continues a stale state, a killed one continues).
+        inputs: fingerprints of what the run starts from (checkpoints, data files, LoRA settings;
+            :func:`~switch_core.training.run_setup.input_fingerprints`), part of the resume fingerprint.
         lm_corpus: MiniLLM's pre-training examples (:func:`~switch_core.training.lm_corpus.load_lm_corpus`); required
             when ``method.lm_coef > 0``.
     """
@@ -105,6 +120,8 @@ class TrainJob:
     generation: EvalConfig = field(default_factory=EvalConfig)
     max_prompt_length: int = 256
     resume: bool = False
+    restart_if_incompatible: bool = False
+    inputs: dict[str, Any] = field(default_factory=dict)
     lm_corpus: list[TrainExample] | None = None
 
 
@@ -164,6 +181,41 @@ def _is_better(select_by: str, value: float, best: float | None) -> bool:
     return value > best if select_by == "rouge_l" else value < best
 
 
+def resume_fingerprint(job: TrainJob) -> dict[str, Any]:
+    """What a resumed run must share with the saved state: settings (optimiser without logging cadence, method,
+    rollout settings when the method rolls out, training-set size, selection criterion), ``job.inputs`` and the
+    library code (``code``: :func:`~switch_core.hashing.source_fingerprint`; a strict resume only warns about it).
+
+    Returns:
+        A JSON-ready dict (saved in ``trainer.json``).
+    """
+    uses_rollouts = job.method.data in ROLLOUT_DATA
+    data = {
+        "optim": job.optim.model_dump(exclude={"log_every", "save_every"}), "method": job.method.model_dump(),
+        "rollout": job.rollout.model_dump() if uses_rollouts else None, "train": len(job.train),
+        "select_by": job.select_by, "inputs": job.inputs, "code": source_fingerprint(),
+    }
+    return json.loads(json.dumps(data))
+
+
+def _lenient_keys(job: TrainJob) -> frozenset[str]:
+    return frozenset() if job.restart_if_incompatible else frozenset({"code"})
+
+
+def will_resume(job: TrainJob, num_processes: int) -> bool:
+    """Whether :func:`train` will continue the saved state of ``job`` (False when it starts over or will raise).
+
+    The stage commands ask this before training, to continue the run's metrics log only when the run continues.
+
+    Raises:
+        switch_core.training.state.StateError: ``latest`` names a folder that does not exist.
+    """
+    if not job.resume:
+        return False
+    changes = state_changes(job.state_dir, resume_fingerprint(job), num_processes, lenient=_lenient_keys(job))
+    return changes is not None and not changes
+
+
 class _Run:
     """State and steps of one :func:`train` call (kept small: each method is one job)."""
 
@@ -203,17 +255,14 @@ class _Run:
         self.source: BatchSource | None = None
         self.rouge_seed = seeding.derive_seed(job.optim.seed, seeding.Stream.DEV_SUBSET) % 2**31
         self.progress: Progress | None = None
+        self.saved_fingerprint: dict[str, Any] | None = None  # resume_fingerprint(job), computed once
 
     # ------------------------------------------------------------------ setup
 
     def fingerprint(self) -> dict[str, Any]:
-        """Settings a resumed run must share with the saved one."""
-        data = {
-            "optim": self.optim.model_dump(exclude={"log_every", "save_every"}), "method": self.job.method.model_dump(),
-            "rollout": self.job.rollout.model_dump() if self.uses_rollouts else None, "train": len(self.job.train),
-            "select_by": self.job.select_by,
-        }
-        return json.loads(json.dumps(data))
+        if self.saved_fingerprint is None:
+            self.saved_fingerprint = resume_fingerprint(self.job)
+        return self.saved_fingerprint
 
     def calibrate(self) -> None:
         """τ0 for a target teacher share, once at the start (student at its init checkpoint, train prompts)."""
@@ -278,10 +327,25 @@ class _Run:
         return self.elapsed_before + time.perf_counter() - self.started
 
     def restore(self) -> bool:
-        loaded = load_state(self.job.state_dir, self.objects(), self.acc, self.fingerprint())
+        """Load the saved state (True), or report that the run starts over (False).
+
+        Raises:
+            StateMismatchError: the state belongs to another run and ``restart_if_incompatible`` is off.
+        """
+        try:
+            loaded = load_state(
+                self.job.state_dir, self.objects(), self.acc, self.fingerprint(), lenient=_lenient_keys(self.job)
+            )
+        except StateMismatchError as error:
+            if not self.job.restart_if_incompatible:
+                raise
+            self._say(f"saved state not resumed, starting over (changed: {', '.join(error.changed)})")
+            return False
         if loaded is None:
             return False
         trainer, rank_state = loaded
+        if trainer["fingerprint"].get("code") != self.fingerprint()["code"]:
+            self._say("resuming a state saved by other switch_core code (the library changed since)")
         self.step, self.tau0, self.elapsed_before = int(trainer["step"]), trainer["tau0"], float(trainer["elapsed"])
         self.best_step, self.best_value = int(trainer["best_step"]), trainer["best_value"]
         self.best_metrics, self.last_metrics = trainer["best_metrics"], trainer["last_metrics"]

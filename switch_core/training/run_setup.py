@@ -15,19 +15,39 @@ of a distillation run is ``models/teacher`` (``teacher.sft: true``) or ``models/
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from switch_core.config import Config, MethodConfig, OptimConfig
+from switch_core.hashing import checkpoint_fingerprint, files_fingerprint
 from switch_core.layout import RunLayout
 from switch_core.models.loading import load_causal_lm, load_tokenizer
 from switch_core.models.lora import apply_lora
 from switch_core.processes import process_state
 from switch_core.tracking import NullTracker, Tracker, tracker_from_config
 from switch_core.training.examples import load_dev, load_examples
-from switch_core.training.loop import TrainJob
+from switch_core.training.loop import TrainJob, will_resume
 from switch_core.training.losses import LossSpec
-from switch_core.training.state import latest_state
+
+
+def add_resume_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--resume`` (strict) and ``--resume-compatible`` (what dvc.yaml and ``switch-kd pipeline`` pass) of the
+    training commands."""
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume", action="store_true",
+        help="continue from the saved training state, if any (an error if it belongs to other settings or inputs)",
+    )
+    resume.add_argument(
+        "--resume-compatible", action="store_true",
+        help="continue a saved state of the same settings, inputs and code, else start over (dvc.yaml uses this)",
+    )
+
+
+def resume_options(args: argparse.Namespace) -> dict[str, bool]:
+    """``resume`` and ``restart_if_incompatible`` keyword arguments from :func:`add_resume_arguments`' flags."""
+    return {"resume": args.resume or args.resume_compatible, "restart_if_incompatible": args.resume_compatible}
 
 
 class StageInputError(ValueError):
@@ -57,6 +77,27 @@ def resolve_select_by(optim: OptimConfig, default: Literal["rouge_l", "loss"]) -
     return default if optim.select_by == "auto" else optim.select_by
 
 
+def input_fingerprints(
+    config: Config, layout: RunLayout, *, name: str, init_dir: Path, train_file: Path, with_teacher: bool
+) -> dict[str, Any]:
+    """What a training stage starts from, fingerprinted (the resume check of :class:`TrainJob` ``inputs``).
+
+    Returns:
+        ``{"student_init", "teacher", "train", "dev", "lora", "data"}``: checkpoint and file hashes
+        (:mod:`switch_core.hashing`; ``teacher`` None without a teacher), the LoRA settings the student gets (None for
+        full fine-tuning) and the tokenisation settings (``data`` section).
+    """
+    lora = config.student.lora if name != "teacher" else None
+    return {
+        "student_init": checkpoint_fingerprint(init_dir),
+        "teacher": checkpoint_fingerprint(teacher_dir(config, layout)) if with_teacher else None,
+        "train": files_fingerprint([train_file]),
+        "dev": files_fingerprint([require(layout.split("dev"), "prepare-data")]),
+        "lora": lora.model_dump() if lora is not None else None,
+        "data": config.data.model_dump(include={"max_length", "max_prompt_length", "prompt_format"}),
+    }
+
+
 def build_job(
     config: Config,
     layout: RunLayout,
@@ -69,6 +110,7 @@ def build_job(
     train_file: Path,
     resume: bool,
     with_teacher: bool,
+    restart_if_incompatible: bool = False,
 ) -> TrainJob:
     """Load the models and data of one training stage into a :class:`TrainJob`.
 
@@ -83,15 +125,20 @@ def build_job(
         train_file: training split (ground truth or SeqKD data).
         resume: continue from the saved state if any.
         with_teacher: load the teacher (``teacher.dtype``).
+        restart_if_incompatible: with ``resume``, start over when the saved state belongs to other settings, inputs
+            or code instead of raising.
 
     Raises:
         StageInputError: a missing checkpoint or split file.
         switch_core.models.loading.ModelLoadError: a checkpoint that does not load.
         switch_core.models.lora.LoraSetupError: ``student.lora`` targets modules the student does not have.
     """
+    inputs = input_fingerprints(
+        config, layout, name=name, init_dir=init_dir, train_file=train_file, with_teacher=with_teacher
+    )
     tokenizer = load_tokenizer(init_dir)
     student = load_causal_lm(init_dir, dtype="float32")
-    if config.student.lora is not None and name != "teacher":  # LoRA for the student's stages; teacher SFT is full
+    if inputs["lora"] is not None:  # LoRA for the student's stages; teacher SFT is full
         student = apply_lora(student, config.student.lora, seed=optim.seed)
     teacher = load_causal_lm(teacher_dir(config, layout), dtype=config.teacher.dtype) if with_teacher else None
     dev_file = require(layout.split("dev"), "prepare-data")
@@ -102,6 +149,7 @@ def build_job(
         optim=optim, method=method, output_dir=layout.model(name), state_dir=layout.state(name),
         select_by=select_by, teacher=teacher, rollout=config.rollout, generation=config.eval,
         max_prompt_length=config.data.max_prompt_length, resume=resume,
+        restart_if_incompatible=restart_if_incompatible, inputs=inputs,
     )
 
 
@@ -110,21 +158,20 @@ def needs_teacher(method: MethodConfig) -> bool:
     return LossSpec.from_method(method).needs_teacher or method.data in ("rollout", "mixed", "adaptive")
 
 
-def stage_tracker(
-    config: Config, layout: RunLayout, name: str, tracker: Tracker | None, *, resume: bool = False
-) -> Tracker:
+def stage_tracker(config: Config, layout: RunLayout, job: TrainJob, tracker: Tracker | None) -> Tracker:
     """The tracker of a stage: ``tracker`` if given, else the configured one (``tracking/<name>/metrics.jsonl``); a
     :class:`~switch_core.tracking.NullTracker` on every process but the main one.
 
-    The JSONL log continues when the run resumes a saved state and starts afresh otherwise, so it always describes
-    the one run whose checkpoint is in ``models/<name>``.
+    The JSONL log continues when the run will resume its saved state (:func:`~switch_core.training.loop.will_resume`)
+    and starts afresh otherwise, so it always describes the one run whose checkpoint is in ``models/<name>``.
     """
-    if not process_state().is_main_process:
+    state = process_state()
+    if not state.is_main_process:
         return NullTracker()
-    jsonl = layout.root / "tracking" / name / "metrics.jsonl"
-    if tracker is None and not (resume and latest_state(layout.state(name)) is not None):
+    jsonl = layout.root / "tracking" / job.name / "metrics.jsonl"
+    if tracker is None and not will_resume(job, state.num_processes):
         jsonl.unlink(missing_ok=True)
-    return tracker or tracker_from_config(config, jsonl, name=name)
+    return tracker or tracker_from_config(config, jsonl, name=job.name)
 
 
 def is_main_process() -> bool:

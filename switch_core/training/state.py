@@ -32,6 +32,14 @@ class StateError(ValueError):
     """A saved training state that cannot be resumed (missing files, another configuration or process count)."""
 
 
+class StateMismatchError(StateError):
+    """The saved state belongs to another run: other settings, inputs or process count (``changed`` names them)."""
+
+    def __init__(self, message: str, changed: list[str]) -> None:
+        super().__init__(message)
+        self.changed = changed
+
+
 @dataclass
 class Resumable:
     """The objects whose state is saved (the model, optimizer and scheduler are shared by all processes)."""
@@ -118,8 +126,44 @@ def save_state(
     return final
 
 
+def _changed_keys(saved: dict[str, Any], current: dict[str, Any], lenient: frozenset[str]) -> list[str]:
+    return sorted(k for k in saved.keys() | current.keys() if k not in lenient and saved.get(k) != current.get(k))
+
+
+def state_changes(
+    state_dir: Path, fingerprint: dict[str, Any], world_size: int, *, lenient: frozenset[str] = frozenset()
+) -> list[str] | None:
+    """What differs between the latest saved state and a run about to start.
+
+    Args:
+        state_dir: ``state/<run-name>``.
+        fingerprint: the new run's fingerprint.
+        world_size: the new run's process count.
+        lenient: fingerprint keys not compared.
+
+    Returns:
+        None when there is no saved state, else the changed fingerprint keys (``world_size`` for another process
+        count); an empty list means the state can be resumed.
+
+    Raises:
+        StateError: ``latest`` names a folder that does not exist.
+    """
+    folder = latest_state(state_dir)
+    if folder is None:
+        return None
+    trainer = json.loads((folder / "trainer.json").read_text(encoding="utf-8"))
+    if trainer["world_size"] != world_size:
+        return ["world_size"]
+    return _changed_keys(trainer["fingerprint"], fingerprint, lenient)
+
+
 def load_state(
-    state_dir: Path, objects: Resumable, accelerator: Accelerator, fingerprint: dict[str, Any]
+    state_dir: Path,
+    objects: Resumable,
+    accelerator: Accelerator,
+    fingerprint: dict[str, Any],
+    *,
+    lenient: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """Load the latest state into ``objects`` and restore this process's RNG states.
 
@@ -127,28 +171,31 @@ def load_state(
         state_dir: ``state/<run-name>``.
         objects: model, optimizer, scheduler to load into.
         accelerator: for the process index and count.
-        fingerprint: the run's configuration fingerprint; must equal the saved one.
+        fingerprint: the run's fingerprint (settings, inputs, code); must equal the saved one except for the
+            ``lenient`` keys.
+        lenient: fingerprint keys whose change does not prevent resuming (the caller may warn about them).
 
     Returns:
         ``(trainer, rank_state)`` dicts, or None when there is no saved state.
 
     Raises:
-        StateError: another configuration or process count, or missing files.
+        StateMismatchError: another configuration, inputs or process count.
+        StateError: missing files.
     """
     folder = latest_state(state_dir)
     if folder is None:
         return None
     trainer = json.loads((folder / "trainer.json").read_text(encoding="utf-8"))
     if trainer["world_size"] != accelerator.num_processes:
-        raise StateError(
+        raise StateMismatchError(
             f"{folder} was saved by {trainer['world_size']} process(es), this run has {accelerator.num_processes}: "
-            "resume with the same process count (the replay buffers are per process)"
+            "resume with the same process count (the replay buffers are per process)", ["world_size"],
         )
-    if trainer["fingerprint"] != fingerprint:
-        changed = sorted(k for k in fingerprint if trainer["fingerprint"].get(k) != fingerprint[k])
-        raise StateError(
-            f"{folder} belongs to a run with other settings (changed: {', '.join(changed) or 'keys'}); "
-            "run without --resume to start over"
+    changed = _changed_keys(trainer["fingerprint"], fingerprint, lenient)
+    if changed:
+        raise StateMismatchError(
+            f"{folder} belongs to a run with other settings or inputs (changed: {', '.join(changed)}); "
+            "run without --resume to start over", changed,
         )
     rank_file = folder / f"rank-{accelerator.process_index}.pt"
     if not rank_file.is_file():
