@@ -17,11 +17,10 @@ through ``matplotlib.figure.Figure`` (no pyplot, no global backend state).
 """
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from switch_core.atomic import atomic_write_json, atomic_write_text
+from switch_core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from switch_core.evaluation.benchmarks import BENCHMARKS
 from switch_core.evaluation.evaluate import METRICS_FILE
 
@@ -100,18 +99,15 @@ def collect_metrics(evals_dir: str | Path, models: Sequence[str] | None = None) 
     return pd.DataFrame(rows)
 
 
-def _save_png(fig: Figure, path: str | Path) -> Path:
-    """Save a figure as PNG through a temporary sibling and a rename (ARCHITECTURE.md conventions)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Save a matplotlib figure as a 110-dpi PNG, atomically (:func:`~switch_core.atomic.atomic_write_bytes`).
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _benchmark_order(names: Iterable[str]) -> list[str]:
@@ -240,7 +236,7 @@ def plot_rouge_by_length(metrics: pd.DataFrame, path: str | Path) -> Path:
         ax.set_ylabel("ROUGE-L")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def _run_name(path: Path) -> str:
@@ -359,7 +355,7 @@ def plot_teacher_share(traces: dict[str, pd.DataFrame], path: str | Path) -> Pat
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def _slug(name: str) -> str:
@@ -386,7 +382,7 @@ def plot_training_curves(logs: dict[str, pd.DataFrame], out_dir: str | Path) -> 
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-        written[metric] = _save_png(fig, Path(out_dir) / f"curve_{_slug(metric)}.png")
+        written[metric] = save_png(fig, Path(out_dir) / f"curve_{_slug(metric)}.png")
     return written
 
 

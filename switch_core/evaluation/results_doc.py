@@ -35,11 +35,11 @@ from switch_core.evaluation.evaluate import METRICS_FILE
 from switch_core.evaluation.metrics import mean_and_sd
 from switch_core.evaluation.report import (
     ReportInputError,
-    _save_png,
     collect_metrics,
     plot_rouge_by_length,
     plot_teacher_share,
     read_training_log,
+    save_png,
     teacher_share_by_position,
 )
 from switch_core.layout import RunLayout
@@ -667,7 +667,7 @@ def plot_averages(averages: Mapping[str, Score], models: Sequence[str], path: st
     ax.invert_yaxis()
     ax.set_xlabel("average ROUGE-L over benchmarks (mean ± sd over seeds)")
     ax.grid(axis="x", alpha=0.3)
-    return _save_png(fig, path)
+    return save_png(fig, path)
 
 
 def missing_inputs(outputs: RunOutputs, models: Sequence[str], benchmarks: Sequence[str], trained: Sequence[str],
