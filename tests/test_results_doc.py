@@ -17,6 +17,7 @@ from switch_core.evaluation.results_doc import (
     compare,
     position_buckets,
     rank_of,
+    student_only_positions,
     write_results_doc,
 )
 
@@ -280,3 +281,19 @@ def test_position_buckets_hand_case() -> None:
     trace = pd.DataFrame({"position": range(120), "teacher": teacher, "count": [1.0] * 120})
     assert position_buckets(trace) == [("0–4", 2 / 5, 5), ("5–9", 0.0, 5), ("10–19", 0.0, 10), ("20–49", 0.0, 30),
                                        ("50–99", 0.0, 50), ("100+", 1.0, 20)]
+
+
+def test_a_tau0_above_ln2_is_read_as_student_only_first_positions(tmp_path: Path) -> None:
+    assert student_only_positions(0.5, 0.1) == 0.0  # below ln 2: the teacher can step in from the first token
+    assert student_only_positions(44.36, 0.1) == pytest.approx(math.log(44.36 / math.log(2)) / 0.1)  # ≈ 41.6
+    assert student_only_positions(1.0, 0.0) == math.inf
+    run = _fake_run(tmp_path)
+    summary = run / "models" / "switch" / "train_summary.json"
+    summary.write_text(json.dumps(json.loads(summary.read_text()) | {"tau0": 44.36}))
+    kwargs = {"commands": ["dvc repro"], "commit": "abc", "methods": {"switch": "switch", "distillm": "distillm"},
+              "target_share": 0.53}
+    md = write_results_doc(run, tmp_path / "a.md", decay=0.1, **kwargs).markdown.read_text()
+    assert "τ0 = 44.4 exceeds ln 2, the largest JSD, so the threshold cannot be crossed at the first 41.6 response " \
+           "positions (λ = 0.1)" in md
+    unknown = write_results_doc(run, tmp_path / "b.md", **kwargs).markdown.read_text()  # λ unknown: no statement
+    assert "exceeds ln 2" not in unknown

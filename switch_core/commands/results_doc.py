@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir, out, commands=commands, commit=args.commit or git_commit(root), models=evaluated_models(config),
         benchmarks=config.eval.benchmarks, methods={name: r.method for name, r in config.runs.items()},
         trained=_trained(config), target_share=config.rollout.target_teacher_share,
+        decay=config.rollout.decay if config.rollout.schedule == "exponential" else None,
         run_label=args.run_dir or config.run_dir, title=args.title, commands_note=note,
     )
     print(f"results: {doc.markdown}")

@@ -482,6 +482,8 @@ class ReadingInputs:
         benchmarks: the benchmarks of the averages.
         traces: teacher share by position per run.
         target_share: the calibration target (``rollout.target_teacher_share``), None if unknown.
+        tau0: the SWITCH run's τ0 (calibrated or set; ``train_summary.json``), None if unknown.
+        decay: λ of the exponential threshold (``rollout.decay``), None if unknown or another schedule.
     """
 
     switch: str | None
@@ -493,6 +495,16 @@ class ReadingInputs:
     benchmarks: Sequence[str]
     traces: Mapping[str, pd.DataFrame]
     target_share: float | None
+    tau0: float | None = None
+    decay: float | None = None
+
+
+def student_only_positions(tau0: float, decay: float) -> float:
+    """Response positions where the exponential threshold exceeds the largest possible JSD (ln 2), so the student
+    always emits: ``t < ln(τ0 / ln 2) / λ`` (SWITCH's rule, method.md §1; 0 when τ0 ≤ ln 2, inf when λ = 0)."""
+    if tau0 <= math.log(2):
+        return 0.0
+    return math.inf if decay <= 0 else math.log(tau0 / math.log(2)) / decay
 
 
 def _named(r: ReadingInputs, method: str) -> str | None:
@@ -581,6 +593,12 @@ def _read_share(r: ReadingInputs) -> list[str]:
     target = f"calibration target {100 * r.target_share:.0f}%, " if r.target_share is not None else ""
     lines = [(f"Teacher share over all {tokens} tokens of SWITCH's training rollouts: {100 * share:.1f}% ({target}"
              f"paper {100 * PAPER_TEACHER_SHARE:.0f}%).")]
+    if r.tau0 is not None and r.decay is not None and student_only_positions(r.tau0, r.decay) > 0:
+        first = student_only_positions(r.tau0, r.decay)
+        lines.append(f"τ0 = {r.tau0:.3g} exceeds ln 2, the largest JSD, so the threshold cannot be crossed at the first "
+                     f"{first:.1f} response positions (λ = {r.decay:g}): the student writes them alone and the teacher "
+                     "share comes from later positions (a τ0 of ln 2, crossable from the first token, would have "
+                     "given the teacher more than the target share).")
     if len(buckets) < 2:
         lines.append(f"Too few position buckets with ≥{MIN_BUCKET_TOKENS} tokens to tell whether the share rises "
                      "with position.")
@@ -737,6 +755,7 @@ def write_results_doc(
     methods: Mapping[str, str] | None = None,
     trained: Sequence[str] = ("teacher", "student-sft"),
     target_share: float | None = None,
+    decay: float | None = None,
     plots_dir: str | Path | None = None,
     run_label: str | None = None,
     title: str = "Results",
@@ -755,6 +774,7 @@ def write_results_doc(
             method). The SWITCH run the reading is about is the one named ``switch``, else the first ``switch`` method.
         trained: which of ``teacher`` (teacher SFT) and ``student-sft`` (warm-up) were trained in this run.
         target_share: the τ0 calibration target (``rollout.target_teacher_share``).
+        decay: λ of the exponential threshold schedule (``rollout.decay``; None for another schedule).
         plots_dir: where the PNGs go (default: ``<out_md folder>/results``); linked relatively.
         run_label: how the run folder is named in the text (default: ``run_dir`` as given).
         title: the first heading.
@@ -806,7 +826,9 @@ def write_results_doc(
         keep("share", plot_teacher_share({r: outputs.traces[r] for r in share_runs},
                                          plots / "teacher_share_by_position.png"))
 
-    inputs = ReadingInputs(switch, runs, methods, averages, rouge, buckets, done, outputs.traces, target_share)
+    tau0 = outputs.summaries.get(switch, {}).get("tau0") if switch else None
+    inputs = ReadingInputs(switch, runs, methods, averages, rouge, buckets, done, outputs.traces, target_share,
+                           tau0=tau0, decay=decay)
     bleu, em = benchmark_scores(evals, "bleu"), benchmark_scores(evals, "exact_match")
     label = run_label or str(run_dir)
     md = [
