@@ -267,9 +267,11 @@ def test_cli_writes_the_document_from_the_configuration(tmp_path: Path) -> None:
         "eval": {"benchmarks": list(BENCHMARKS)},
     }))
     out = tmp_path / "docs" / "RESULTS.md"
-    assert main(["results-doc", "--params", str(params), "--out", str(out), "--commit", "feedbeef"]) == 0
+    assert main(["results-doc", "--params", str(params), "--out", str(out), "--commit", "feedbeef",
+                 "--note", "ran on a shared machine"]) == 0
     md = out.read_text()
     assert "git commit `feedbeef`" in md and "(Reconstructed from the run folder" in md
+    assert "Operator's notes (given with `--note`, not generated):\n\n- ran on a shared machine\n" in md
     assert "switch-kd results-doc --out" in md
     assert "| switch | 0.2500 (calibrated) | 50.0% (53%) |" in md  # target from rollout.target_teacher_share
     assert "evaluation of `student-init` on dolly, sinst" in md  # expected models come from the configuration

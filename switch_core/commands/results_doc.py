@@ -4,7 +4,8 @@ Everything in the document comes from the run folder (evaluations, data report, 
 and logs; see :mod:`switch_core.evaluation.results_doc`) and from the configuration (the expected models, benchmarks
 and runs). Missing outputs are listed, so the command also works while a study is still running. The git commit is
 read from the project's checkout (``--commit`` to give it, e.g. when the run was made in another workspace); the
-commands are given with ``--command`` (repeatable) or reconstructed from the run folder.
+commands are given with ``--command`` (repeatable) or reconstructed from the run folder; ``--note`` adds a remark of
+whoever ran the study (shown as such, apart from the generated text).
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--command", dest="commands", action="append", default=None, metavar="CMD",
                         help="a command that produced the run, shown verbatim (repeatable; default: reconstructed)")
     parser.add_argument("--title", default="Results", help="the document's first heading")
+    parser.add_argument("--note", dest="notes", action="append", default=[], metavar="TEXT",
+                        help="a remark of whoever ran the study (e.g. machine conditions), shown under Provenance as "
+                        "an operator's note (repeatable)")
 
 
 def git_commit(root: Path) -> str | None:
@@ -78,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         benchmarks=config.eval.benchmarks, methods={name: r.method for name, r in config.runs.items()},
         trained=_trained(config), target_share=config.rollout.target_teacher_share,
         decay=config.rollout.decay if config.rollout.schedule == "exponential" else None,
-        run_label=args.run_dir or config.run_dir, title=args.title, commands_note=note,
+        run_label=args.run_dir or config.run_dir, title=args.title, commands_note=note, notes=args.notes,
     )
     print(f"results: {doc.markdown}")
     print(f"plots: {', '.join(str(p) for p in doc.plots) or 'none yet'}")

@@ -760,6 +760,7 @@ def write_results_doc(
     run_label: str | None = None,
     title: str = "Results",
     commands_note: str | None = None,
+    notes: Sequence[str] = (),
 ) -> ResultsDoc:
     """Write the results document of a run (markdown + PNG plots) from its outputs alone.
 
@@ -779,6 +780,7 @@ def write_results_doc(
         run_label: how the run folder is named in the text (default: ``run_dir`` as given).
         title: the first heading.
         commands_note: a line under the commands (e.g. that they were reconstructed).
+        notes: remarks of whoever ran the study (machine conditions...), listed under Provenance as operator's notes.
 
     Returns:
         A :class:`ResultsDoc` with the files written and the missing inputs listed in the document.
@@ -841,6 +843,8 @@ def write_results_doc(
     ]
     if commands_note:
         md += [commands_note, ""]
+    if notes:
+        md += ["Operator's notes (given with `--note`, not generated):", "", *[f"- {n}" for n in notes], ""]
     md += ["## Status", ""]
     md += (["Missing (the study may still be running; tables show `–`):", ""] + [f"- {m}" for m in missing]
            if missing else [(f"Complete: {len(models)} models × {len(benchmarks)} benchmarks, every training summary "
