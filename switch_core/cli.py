@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         kind = "configuration error" if isinstance(err, ConfigError) else "error"
         print(f"switch-kd {args.command}: {kind}: {err}", file=sys.stderr)
         if not args.debug:
-            print("(run with --debug for the full traceback)", file=sys.stderr)
+            print(f"(switch-kd --debug {args.command} ... or SWITCHKD_DEBUG=1 shows the full traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"switch-kd {args.command}: interrupted; finished work is kept, re-run to resume", file=sys.stderr)

@@ -11,6 +11,9 @@ import pytest
 import yaml
 
 from switch_core.cli import main
+from switch_core.data.prompts import minillm_prompt
+from switch_core.data.records import InstructionRecord
+from switch_core.data.splits import write_records
 from switch_core.evaluation.results_doc import (
     ResultsDocError,
     Score,
@@ -18,6 +21,7 @@ from switch_core.evaluation.results_doc import (
     position_buckets,
     rank_of,
     student_only_positions,
+    training_overlap,
     write_results_doc,
 )
 
@@ -188,6 +192,7 @@ def test_reading_rules(doc) -> None:
     early, late = statistics.mean(t / 60 for t in range(5)), statistics.mean(t / 60 for t in range(50, 60))
     overall = statistics.mean(t / 60 for t in range(60))
     assert f"all 480 tokens of SWITCH's training rollouts: {100 * overall:.1f}% (calibration target 53%" in reading
+    assert "100% of the rollouts run to the longest length in the trace (60 tokens)." in reading
     assert (f"The teacher share rises with response position: {100 * early:.1f}% at positions 0–4 vs "
             f"{100 * late:.1f}% at 50–99, as the decaying threshold") in reading
     # references and the SFT run are missing: those statements say so instead of guessing
@@ -295,7 +300,33 @@ def test_a_tau0_above_ln2_is_read_as_student_only_first_positions(tmp_path: Path
     kwargs = {"commands": ["dvc repro"], "commit": "abc", "methods": {"switch": "switch", "distillm": "distillm"},
               "target_share": 0.53}
     md = write_results_doc(run, tmp_path / "a.md", decay=0.1, **kwargs).markdown.read_text()
-    assert "τ0 = 44.4 exceeds ln 2, the largest JSD, so the threshold cannot be crossed at the first 41.6 response " \
-           "positions (λ = 0.1)" in md
+    assert "τ0 = 44.4 exceeds ln 2, the largest JSD, so the threshold cannot be crossed at response positions 0–41 " \
+           "(λ = 0.1)" in md
     unknown = write_results_doc(run, tmp_path / "b.md", **kwargs).markdown.read_text()  # λ unknown: no statement
     assert "exceeds ln 2" not in unknown
+
+
+def test_share_of_rollouts_reaching_the_longest_length_hand_case(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path)
+    # 4 rollouts: all reach position 9, one reaches position 19 (the longest)
+    trace = {"step": 1, "count_by_position": [4] * 10 + [1] * 10, "teacher_share_by_position": [0.5] * 20}
+    (run / "state" / "switch" / "rollout_traces.jsonl").write_text(json.dumps(trace) + "\n")
+    md = write_results_doc(run, tmp_path / "c.md", commands=["x"], commit="abc",
+                           methods={"switch": "switch"}).markdown.read_text()
+    assert "25% of the rollouts run to the longest length in the trace (20 tokens)." in md
+
+
+def test_training_overlap_counts_evaluated_prompts_found_in_the_training_split(tmp_path: Path) -> None:
+    train = [InstructionRecord(id=f"t{i}", instruction=f"Name a colour number {i}.", input="", references=("red",))
+             for i in range(3)]
+    write_records(train, tmp_path / "data" / "train.jsonl")
+    shared = minillm_prompt("Name a colour number 1.", "")
+    rows = [{"id": rid, "seed": seed, "prompt": prompt}
+            for seed in (10, 20)  # two seeds: the same prompts, counted once
+            for rid, prompt in (("a", shared), ("b", minillm_prompt("Name a colour number 1.", "in French")),
+                                ("c", minillm_prompt("Something else.", "")))]
+    gen = tmp_path / "eval" / "student" / "dolly" / "generations.jsonl"
+    gen.parent.mkdir(parents=True)
+    gen.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert training_overlap(tmp_path, ["dolly", "vicuna"], ["teacher", "student"]) == [("dolly", 1, 3)]
+    assert training_overlap(tmp_path / "nowhere", ["dolly"], ["student"]) == []

@@ -31,7 +31,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from switch_core.atomic import atomic_write_text
-from switch_core.evaluation.evaluate import METRICS_FILE
+from switch_core.data.prompts import format_prompt
+from switch_core.data.splits import read_records
+from switch_core.evaluation.evaluate import GENERATIONS_FILE, METRICS_FILE
 from switch_core.evaluation.metrics import mean_and_sd
 from switch_core.evaluation.report import (
     ReportInputError,
@@ -595,14 +597,21 @@ def _read_share(r: ReadingInputs) -> list[str]:
              f"paper {100 * PAPER_TEACHER_SHARE:.0f}%).")]
     if r.tau0 is not None and r.decay is not None and student_only_positions(r.tau0, r.decay) > 0:
         first = student_only_positions(r.tau0, r.decay)
-        lines.append(f"τ0 = {r.tau0:.3g} exceeds ln 2, the largest JSD, so the threshold cannot be crossed at the first "
-                     f"{first:.1f} response positions (λ = {r.decay:g}): the student writes them alone and the teacher "
+        positions = "every response position" if math.isinf(first) else f"response positions 0–{math.ceil(first) - 1}"
+        lines.append(f"τ0 = {r.tau0:.3g} exceeds ln 2, the largest JSD, so the threshold cannot be crossed at "
+                     f"{positions} (λ = {r.decay:g}): the student writes them alone and the teacher "
                      "share comes from later positions (a τ0 of ln 2, crossable from the first token, would have "
                      "given the teacher more than the target share).")
     if len(buckets) < 2:
         lines.append(f"Too few position buckets with ≥{MIN_BUCKET_TOKENS} tokens to tell whether the share rises "
                      "with position.")
         return lines
+    starts = float(trace.loc[trace["position"] == 0, "count"].sum())
+    longest = int(trace["position"].max())
+    if starts > 0:
+        reach = float(trace.loc[trace["position"] == longest, "count"].sum()) / starts
+        lines.append(f"{100 * reach:.0f}% of the rollouts run to the longest length in the trace ({longest + 1} "
+                     "tokens).")
     (first, s0, _), (last, s1, _) = buckets[0], buckets[-1]
     rises = s1 > s0
     lines.append(f"The teacher share {'rises' if rises else 'does not rise'} with response position: "
@@ -727,6 +736,33 @@ def data_section(report: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def training_overlap(run_dir: str | Path, benchmarks: Sequence[str], models: Sequence[str]) -> list[tuple[str, int, int]]:
+    """Evaluation prompts that also occur in the training split: ``[(benchmark, in_train, evaluated)]``.
+
+    A prompt counts when the benchmark's prompt text equals a training record's MiniLLM-template prompt
+    (:func:`~switch_core.data.prompts.format_prompt`, method.md §5.2). The evaluated prompts are read from the
+    ``generations.jsonl`` of the first model in ``models`` evaluated on the benchmark; benchmarks without one, and all
+    of them when the training split is missing, are left out.
+
+    Raises:
+        switch_core.data.records.DataFormatError: a training split with a bad row.
+    """
+    run_dir = Path(run_dir)
+    train_file = run_dir / "data" / "train.jsonl"
+    if not train_file.is_file():
+        return []
+    train = {format_prompt(record) for record in read_records(train_file)}
+    out = []
+    for bench in benchmarks:
+        file = next((f for m in models if (f := run_dir / "eval" / m / bench / GENERATIONS_FILE).is_file()), None)
+        if file is None:
+            continue
+        rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        prompts = {row["id"]: row["prompt"] for row in rows}
+        out.append((bench, sum(p in train for p in prompts.values()), len(prompts)))
+    return out
+
+
 def _caveats(outputs: RunOutputs, runs: Sequence[str], benchmarks: Sequence[str]) -> list[str]:
     lines = [("Every method is trained once (one training seed): the ± is the spread over generation seeds only, so it "
              "understates the run-to-run spread of training.")]
@@ -849,7 +885,12 @@ def write_results_doc(
     md += (["Missing (the study may still be running; tables show `–`):", ""] + [f"- {m}" for m in missing]
            if missing else [(f"Complete: {len(models)} models × {len(benchmarks)} benchmarks, every training summary "
                             "and SWITCH trace present.")])
-    md += ["", "## Data", "", *data_section(outputs.data_report), "", "Evaluation sets:", "",
+    overlap = training_overlap(outputs.run_dir, done, models)
+    md += ["", "## Data", "", *data_section(outputs.data_report)]
+    if overlap:
+        md += ["- evaluation prompts that also occur in the training split (same prompt text): "
+               + ", ".join(f"{b} {n}/{total}" for b, n, total in overlap)]
+    md += ["", "Evaluation sets:", "",
            evaluation_sizes_table(evals, benchmarks), ""]
     md += [
         "## ROUGE-L", "",
@@ -871,8 +912,10 @@ def write_results_doc(
         md += [f"![ROUGE-L by reference length]({links['by_length']})", ""]
     md += ["## SWITCH teacher share", "",
            (f"Share of response tokens the teacher emitted in the training rollouts (the paper reports "
-           f"{100 * PAPER_TEACHER_SHARE:.0f}% at decay 1/10). τ0 is calibrated at the start of the run on the "
-           "student's init checkpoint for the target share."), ""]
+           f"{100 * PAPER_TEACHER_SHARE:.0f}% at decay 1/10). τ0 is calibrated at the start of the run, on the "
+           "run's starting checkpoint (its `init_from`, e.g. the warmed-up student), for the target share. The "
+           "headline figure is the share over all rollout tokens (last column); the calibrated share is measured on "
+           "the calibration prompts only, the logged shares per training step."), ""]
     md += [teacher_share_table(outputs, switch_runs, target_share) if switch_runs else "No SWITCH run.", ""]
     if "share" in links:
         md += [f"![teacher share by position]({links['share']})", ""]
