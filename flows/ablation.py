@@ -197,7 +197,7 @@ def grid_table(cells: dict[str, dict[str, Any]], results: dict[str, dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m flows.ablation``: run the ablation flow once."""
-    parser = argparse.ArgumentParser(prog="python -m flows.ablation", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m flows.ablation", description=__doc__.split("\n\n")[0].replace("``", "`"))
     parser.add_argument("--grid", type=json.loads, default=None, help='JSON, e.g. \'{"tau0": [0.1, 0.3]}\'')
     parser.add_argument("--method", default="switch")
     parser.add_argument("--preset", default=None)

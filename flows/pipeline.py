@@ -85,7 +85,7 @@ def pipeline(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m flows.pipeline``: run the pipeline flow once and print where everything is."""
-    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n\n")[0].replace("``", "`"))
     parser.add_argument("--preset", default=None)
     parser.add_argument("--methods", default=None, help="comma-separated runs or methods")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
