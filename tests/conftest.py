@@ -1,8 +1,10 @@
-"""Shared test set-up: isolate every cache in a temp folder, keep torch to one thread, locate real inputs."""
+"""Shared test set-up: isolate every cache in a temp folder (removed at the end), keep torch to one thread, locate real
+inputs."""
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -25,6 +27,12 @@ torch.set_num_threads(int(os.environ.get("SWITCHKD_TEST_THREADS", "1")))
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SWITCHKD_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the scratch caches (the converted embedded teacher alone is ~0.5 GB); SWITCHKD_TEST_KEEP=1 keeps them."""
+    if os.environ.get("SWITCHKD_TEST_KEEP") != "1":
+        shutil.rmtree(_SCRATCH, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
