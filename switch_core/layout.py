@@ -48,6 +48,11 @@ class RunLayout:
     def seqkd_data(self) -> Path:
         return self.root / "seqkd" / "train.jsonl"
 
+    @property
+    def seqkd_meta(self) -> Path:
+        """The SeqKD data's inputs fingerprint, sizes and generation rate (``seqkd-data``)."""
+        return self.root / "seqkd" / "meta.json"
+
     # evaluation and report
     def eval_dir(self, model_name: str) -> Path:
         return self.root / "eval" / model_name

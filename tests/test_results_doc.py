@@ -91,6 +91,9 @@ def _fake_run(root: Path) -> Path:
             "run": name, "steps": steps, "best_step": steps // 2, "best": {}, "final": {}, "wall_seconds": seconds,
             "tau0": 0.25 if name == "switch" else None,
         }))
+    (run / "seqkd").mkdir()
+    (run / "seqkd" / "meta.json").write_text(json.dumps({"records": 10, "generated_tokens": 1200,
+                                                         "tokens_per_second": 20.0}))
     (run / "state" / "switch").mkdir(parents=True)
     (run / "state" / "switch" / "rollout_traces.jsonl").write_text("\n".join(json.dumps(r) for r in _trace_rows()))
     (run / "tracking" / "switch").mkdir(parents=True)
@@ -213,6 +216,11 @@ def test_teacher_share_time_data_and_provenance(doc) -> None:
     assert _table_row(md, "Training and evaluation time", "distill `switch`") == "| distill `switch` | 40 | 20 | 2.0 |"
     assert "| **total of the finished stages** | | | **13.5** |" in md  # (600 + 90 + 120) s
     assert "| student warm-up (SFT) | not finished | | |" in md
+    assert "| **total** | | **3.0** | |" in md  # 6 evaluations of 30 s
+    # training 810 s + SeqKD data 1200 tokens / 20 tok/s = 60 s + evaluation 180 s = 1050 s
+    assert ("Timed compute (wall time on the machine that ran it): training 13.5 + SeqKD data 1.0 + evaluation "
+            "generation 3.0 = 17.5 min (0.29 h). Not timed: data preparation, teacher set-up, student build, "
+            "scoring.") in md
     assert "**the full databricks-dolly-15k training set is not available here**" in md
     assert "training used 900 examples from `../shared/data/dolly/dev.jsonl` — the 1,000 human-written rows" in md
     assert "- splits: train 900, dev 100" in md
@@ -267,9 +275,11 @@ def test_compare_and_rank_rules() -> None:
 def test_cli_writes_the_document_from_the_configuration(tmp_path: Path) -> None:
     _fake_run(tmp_path)
     params = tmp_path / "params.yaml"
+    runs = {name: {"method": method} for name, method in METHODS.items()}
+    runs["switch"]["overrides"] = {"rollout.tau0": 0.3, "methods.switch.loss": "fkl"}
     params.write_text(yaml.safe_dump({
-        "run_dir": "run", "runs": {name: {"method": method} for name, method in METHODS.items()},
-        "eval": {"benchmarks": list(BENCHMARKS)},
+        "run_dir": "run", "runs": runs, "eval": {"benchmarks": list(BENCHMARKS)},
+        "rollout": {"max_new_tokens": 64},
     }))
     out = tmp_path / "docs" / "RESULTS.md"
     assert main(["results-doc", "--params", str(params), "--out", str(out), "--commit", "feedbeef",
@@ -280,6 +290,11 @@ def test_cli_writes_the_document_from_the_configuration(tmp_path: Path) -> None:
     assert "switch-kd results-doc --out" in md
     assert "| switch | 0.2500 (calibrated) | 50.0% (53%) |" in md  # target from rollout.target_teacher_share
     assert "evaluation of `student-init` on dolly, sinst" in md  # expected models come from the configuration
+    # the Methods table states the settings in force, the run's overrides applied
+    assert _table_row(md, "Methods", "`switch`") == (
+        "| `switch` | switch | student-sft | fresh SWITCH rollouts (the teacher writes a token when JSD > τ_t = "
+        "τ0·exp(−0.1·t); τ0 = 0.3) of up to 64 new tokens | forward KL KL(p‖q) | lr 0.0005, batch 8, 1 epoch |")
+    assert "| skew KL KL(p‖αp+(1−α)q) (α = 0.1) |" in _table_row(md, "Methods", "`distillm`")
 
 
 def test_position_buckets_hand_case() -> None:

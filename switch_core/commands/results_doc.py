@@ -2,10 +2,10 @@
 
 Everything in the document comes from the run folder (evaluations, data report, training summaries, SWITCH traces
 and logs; see :mod:`switch_core.evaluation.results_doc`) and from the configuration (the expected models, benchmarks
-and runs). Missing outputs are listed, so the command also works while a study is still running. The git commit is
-read from the project's checkout (``--commit`` to give it, e.g. when the run was made in another workspace); the
-commands are given with ``--command`` (repeatable) or reconstructed from the run folder; ``--note`` adds a remark of
-whoever ran the study (shown as such, apart from the generated text).
+and runs, and each run's method settings). Missing outputs are listed, so the command also works while a study is
+still running. The git commit is read from the project's checkout (``--commit`` to give it, e.g. when the run was
+made in another workspace); the commands are given with ``--command`` (repeatable) or reconstructed from the run
+folder; ``--note`` adds a remark of whoever ran the study (shown as such, apart from the generated text).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from switch_core.commands.pipeline import evaluated_models
 from switch_core.config import Config
+from switch_core.evaluation.method_text import describe_run
 from switch_core.evaluation.results_doc import write_results_doc
 from switch_core.layout import RunLayout
 
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         trained=_trained(config), target_share=config.rollout.target_teacher_share,
         decay=config.rollout.decay if config.rollout.schedule == "exponential" else None,
         run_label=args.run_dir or config.run_dir, title=args.title, commands_note=note, notes=args.notes,
+        method_descriptions={name: describe_run(config, name) for name in config.runs},
     )
     print(f"results: {doc.markdown}")
     print(f"plots: {', '.join(str(p) for p in doc.plots) or 'none yet'}")

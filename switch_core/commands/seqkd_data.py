@@ -30,8 +30,6 @@ from switch_core.models.loading import load_causal_lm, load_tokenizer
 from switch_core.processes import process_state
 from switch_core.training.run_setup import require, teacher_dir
 
-META_FILE = "meta.json"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="regenerate even if the inputs did not change")
@@ -64,7 +62,7 @@ def generate_seqkd_data(config: Config, layout: RunLayout, *, force: bool = Fals
         switch_core.training.run_setup.StageInputError: the teacher or the training split is missing.
         ValueError: every response came out empty.
     """
-    out, meta_path = layout.seqkd_data, layout.seqkd_data.parent / META_FILE
+    out, meta_path = layout.seqkd_data, layout.seqkd_meta
     state = process_state()
     if state.is_main_process:
         fingerprint = input_fingerprint(config, layout)

@@ -6,6 +6,7 @@ Reads, inside a run folder (:class:`~switch_core.layout.RunLayout`), every piece
   match and ROUGE-L by reference-length bucket;
 - ``data/data_report.json`` (``prepare-data``): loaded records and split sizes;
 - ``models/<name>/train_summary.json`` (the training loop): steps, best step, wall seconds, τ0;
+- ``seqkd/meta.json`` (``seqkd-data``): the teacher's generated tokens and tokens/s for the SeqKD data;
 - ``state/<run>/rollout_traces.jsonl`` (the training loop): teacher share by response position of SWITCH rollouts;
 - ``tracking/<run>/metrics.jsonl`` (the JSONL event log): ``rollout/teacher_share`` per logging window and the τ0
   calibration (``calibration/tau0``, ``calibration/teacher_share``).
@@ -34,6 +35,7 @@ from switch_core.atomic import atomic_write_text
 from switch_core.data.prompts import format_prompt
 from switch_core.data.splits import read_records
 from switch_core.evaluation.evaluate import GENERATIONS_FILE, METRICS_FILE
+from switch_core.evaluation.method_text import MethodDescription, methods_table
 from switch_core.evaluation.metrics import mean_and_sd
 from switch_core.evaluation.report import (
     ReportInputError,
@@ -110,6 +112,7 @@ class RunOutputs:
     evaluations: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     data_report: dict[str, Any] | None = None
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seqkd_meta: dict[str, Any] | None = None
     traces: dict[str, pd.DataFrame] = field(default_factory=dict)
     logs: dict[str, pd.DataFrame] = field(default_factory=dict)
 
@@ -174,6 +177,8 @@ def load_run_outputs(run_dir: str | Path, runs: Sequence[str] = ()) -> RunOutput
         out.data_report = _read_json(layout.data_report)
     for path in sorted(layout.root.glob("models/*/train_summary.json")):
         out.summaries[path.parent.name] = _read_json(path)
+    if layout.seqkd_meta.is_file():
+        out.seqkd_meta = _read_json(layout.seqkd_meta)
     traced = {p.parent.name for p in layout.root.glob("state/*/rollout_traces.jsonl")}
     for name in list(dict.fromkeys([*runs, *sorted(traced)])):
         trace = layout.state(name) / "rollout_traces.jsonl"
@@ -403,32 +408,68 @@ def training_time_table(summaries: Mapping[str, dict[str, Any]], trained: Sequen
     """Markdown table of the training stages (``trained`` of teacher / student-sft, then ``runs``): steps, best step,
     wall time in minutes, from their train_summary.json."""
     lines = ["| stage | steps | best step | wall time (min) |", "|---|---|---|---|"]
-    total = 0.0
     for name, label in _stages(trained, runs):
         summary = summaries.get(name)
         if summary is None:
             lines.append(f"| {label} | not finished | | |")
             continue
-        total += float(summary["wall_seconds"])
         lines.append(f"| {label} | {summary['steps']} | {summary['best_step']} | "
                      f"{float(summary['wall_seconds']) / 60:.1f} |")
+    total = training_seconds(summaries, trained, runs)
     lines.append(f"| **total of the finished stages** | | | **{total / 60:.1f}** |")
     return "\n".join(lines)
 
 
+def training_seconds(summaries: Mapping[str, dict[str, Any]], trained: Sequence[str], runs: Sequence[str]) -> float:
+    """Wall seconds summed over the finished training stages (``trained`` and ``runs``)."""
+    return sum(float(summaries[n]["wall_seconds"]) for n, _ in _stages(trained, runs) if n in summaries)
+
+
+def seqkd_seconds(meta: Mapping[str, Any] | None) -> float | None:
+    """Seconds the teacher spent generating the SeqKD data (generated tokens / tokens per second of its meta.json),
+    or None when there is no SeqKD data or no rate."""
+    if not meta or not meta.get("tokens_per_second"):
+        return None
+    return float(meta["generated_tokens"]) / float(meta["tokens_per_second"])
+
+
+def generation_seconds(evaluations: Mapping[str, Mapping[str, dict[str, Any]]], model: str) -> tuple[float, float]:
+    """(seconds, generated tokens) of a model's benchmark generations, summed over benchmarks and seeds."""
+    benches = evaluations.get(model, {}).values()
+    return (sum(float(m.get("throughput", {}).get("seconds", 0.0)) for m in benches),
+            sum(float(m.get("throughput", {}).get("generated_tokens", 0.0)) for m in benches))
+
+
 def evaluation_time_table(evaluations: Mapping[str, Mapping[str, dict[str, Any]]], models: Sequence[str]) -> str:
-    """Markdown table per model: generation seconds summed over its evaluated benchmarks and seeds, tokens/s."""
+    """Markdown table per model: generation seconds summed over its evaluated benchmarks and seeds, tokens/s; and
+    their total."""
     lines = ["| model | benchmarks | generation time (min) | tokens/s |", "|---|---|---|---|"]
+    total = 0.0
     for model in models:
         benches = evaluations.get(model, {})
         if not benches:
             lines.append(f"| {_model_label(model)} | not evaluated yet | | |")
             continue
-        seconds = sum(float(m.get("throughput", {}).get("seconds", 0.0)) for m in benches.values())
-        tokens = sum(float(m.get("throughput", {}).get("generated_tokens", 0.0)) for m in benches.values())
+        seconds, tokens = generation_seconds(evaluations, model)
+        total += seconds
         rate = f"{tokens / seconds:.0f}" if seconds > 0 else "–"
         lines.append(f"| {_model_label(model)} | {len(benches)} | {seconds / 60:.1f} | {rate} |")
+    lines.append(f"| **total** | | **{total / 60:.1f}** | |")
     return "\n".join(lines)
+
+
+def compute_summary(outputs: RunOutputs, trained: Sequence[str], runs: Sequence[str], models: Sequence[str]) -> str:
+    """One line: the timed compute of the run in minutes (training + SeqKD data + evaluation generation), in hours."""
+    train = training_seconds(outputs.summaries, trained, runs)
+    seqkd = seqkd_seconds(outputs.seqkd_meta)
+    generate = sum(generation_seconds(outputs.evaluations, m)[0] for m in models)
+    parts = [f"training {train / 60:.1f}"] + ([f"SeqKD data {seqkd / 60:.1f}"] if seqkd is not None else []) + [
+        f"evaluation generation {generate / 60:.1f}"]
+    total = train + (seqkd or 0.0) + generate
+    untimed = ["data preparation", "teacher set-up", "student build"] + (
+        [] if seqkd is not None else ["SeqKD data generation"]) + ["scoring"]
+    return (f"Timed compute (wall time on the machine that ran it): {' + '.join(parts)} = {total / 60:.1f} min "
+            f"({total / 3600:.2f} h). Not timed: {', '.join(untimed)}.")
 
 
 def teacher_share_table(outputs: RunOutputs, runs: Sequence[str], target: float | None) -> str:
@@ -797,6 +838,7 @@ def write_results_doc(
     title: str = "Results",
     commands_note: str | None = None,
     notes: Sequence[str] = (),
+    method_descriptions: Mapping[str, MethodDescription] | None = None,
 ) -> ResultsDoc:
     """Write the results document of a run (markdown + PNG plots) from its outputs alone.
 
@@ -817,6 +859,8 @@ def write_results_doc(
         title: the first heading.
         commands_note: a line under the commands (e.g. that they were reconstructed).
         notes: remarks of whoever ran the study (machine conditions...), listed under Provenance as operator's notes.
+        method_descriptions: run name -> what it trains on and with which loss
+            (:func:`switch_core.evaluation.method_text.describe_run`); shown as the Methods table when given.
 
     Returns:
         A :class:`ResultsDoc` with the files written and the missing inputs listed in the document.
@@ -892,6 +936,11 @@ def write_results_doc(
                + ", ".join(f"{b} {n}/{total}" for b, n, total in overlap)]
     md += ["", "Evaluation sets:", "",
            evaluation_sizes_table(evals, benchmarks), ""]
+    if method_descriptions:
+        md += ["## Methods", "",
+               ("Settings in force for each distillation run (the configuration with the run's overrides). p is the "
+                "teacher's next-token distribution, q the student's; a loss is per response token, averaged."), "",
+               methods_table(method_descriptions), ""]
     md += [
         "## ROUGE-L", "",
         ("ROUGE-L F (stemming, max over references, ×100), mean ± sample sd over generation seeds (method.md §5.5). "
@@ -920,8 +969,7 @@ def write_results_doc(
     if "share" in links:
         md += [f"![teacher share by position]({links['share']})", ""]
     md += ["## Training and evaluation time", "", training_time_table(outputs.summaries, trained, runs), "",
-           "Not timed here: data preparation, teacher set-up, student build, SeqKD data generation.", "",
-           evaluation_time_table(evals, models), ""]
+           evaluation_time_table(evals, models), "", compute_summary(outputs, trained, runs, models), ""]
     md += ["## Reading against the paper", "", *[f"- {line}" for line in reading(inputs)],
            *[f"- {line}" for line in _caveats(outputs, runs, done)], ""]
     atomic_write_text(out_md, "\n".join(md))
