@@ -34,6 +34,7 @@ from flows.common import (
     where_things_are,
     workspace_lock,
 )
+from switch_core.cli import help_text
 from switch_core.config import load_config
 from switch_core.layout import RunLayout
 from tasks.dvc_stages import stage_names
@@ -197,15 +198,19 @@ def grid_table(cells: dict[str, dict[str, Any]], results: dict[str, dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m flows.ablation``: run the ablation flow once."""
-    parser = argparse.ArgumentParser(prog="python -m flows.ablation", description=__doc__.split("\n\n")[0].replace("``", "`"))
-    parser.add_argument("--grid", type=json.loads, default=None, help='JSON, e.g. \'{"tau0": [0.1, 0.3]}\'')
-    parser.add_argument("--method", default="switch")
-    parser.add_argument("--preset", default=None)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--study", default="ablation")
-    parser.add_argument("--init-from", default="student-sft")
-    parser.add_argument("--accelerate-args", default=None)
-    parser.add_argument("--project-dir", default=None)
+    parser = argparse.ArgumentParser(prog="python -m flows.ablation", description=help_text(__doc__.split("\n\n")[0]))
+    parser.add_argument("--grid", type=json.loads, default=None,
+                        help="axis -> values as JSON; axes: tau0, target_share, decay, schedule, strategy, divergence "
+                        f"or a dotted config key (default: '{json.dumps(DEFAULT_GRID)}')")
+    parser.add_argument("--method", default="switch", help="the method whose knobs are ablated (default: switch)")
+    parser.add_argument("--preset", default=None, help="preset name (presets/NAME.yaml) or path, written to params.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one key for every cell, e.g. --set optim.max_steps=20 (repeatable)")
+    parser.add_argument("--study", default="ablation", help="name prefix of the cells and the MLflow parent run")
+    parser.add_argument("--init-from", default="student-sft", help="the checkpoint every cell starts from")
+    parser.add_argument("--accelerate-args", default=None,
+                        help='run the training stages under accelerate launch, e.g. "--multi_gpu --num_processes 2"')
+    parser.add_argument("--project-dir", default=None, help="the project folder (default: the one holding flows/)")
     args = parser.parse_args(argv)
     result = ablation(grid=args.grid, method=args.method, preset=args.preset, overrides=args.overrides or None,
                       study=args.study, init_from=args.init_from, accelerate_args=args.accelerate_args,

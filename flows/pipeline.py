@@ -30,6 +30,7 @@ from flows.common import (
     where_things_are,
     workspace_lock,
 )
+from switch_core.cli import help_text
 from switch_core.config import load_config
 from tasks.dvc_stages import stage_names
 from tasks.prefect_tasks import apply_params_task, check_dvc_status
@@ -85,12 +86,14 @@ def pipeline(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m flows.pipeline``: run the pipeline flow once and print where everything is."""
-    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n\n")[0].replace("``", "`"))
-    parser.add_argument("--preset", default=None)
-    parser.add_argument("--methods", default=None, help="comma-separated runs or methods")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--accelerate-args", default=None, help='e.g. "--multi_gpu --num_processes 2"')
-    parser.add_argument("--project-dir", default=None)
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=help_text(__doc__.split("\n\n")[0]))
+    parser.add_argument("--preset", default=None, help="preset name (presets/NAME.yaml) or path, written to params.yaml")
+    parser.add_argument("--methods", default=None, help="comma-separated runs or methods to keep (default: all)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one key, e.g. --set optim.lr=1e-4 (repeatable)")
+    parser.add_argument("--accelerate-args", default=None,
+                        help='run the training stages under accelerate launch, e.g. "--multi_gpu --num_processes 2"')
+    parser.add_argument("--project-dir", default=None, help="the project folder (default: the one holding flows/)")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     result = pipeline(preset=args.preset, methods=methods, overrides=args.overrides or None,

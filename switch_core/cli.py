@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -37,6 +38,16 @@ MULTI_PROCESS = {"sft", "distill"}
 """Subcommands that re-launch themselves under ``accelerate launch`` when ``SWITCHKD_ACCELERATE_ARGS`` is set."""
 
 
+_ROLE = re.compile(r":[a-z]+:`(~?)([^`]+)`")
+
+
+def help_text(docstring: str) -> str:
+    """A docstring as plain help text: Sphinx roles (``:mod:`a.b```, ``:class:`~a.B```) become the bare name (the last
+    part with ``~``), and double backquotes single ones."""
+    text = _ROLE.sub(lambda m: m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2), docstring)
+    return text.replace("``", "`").strip()
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("configuration")
     group.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -49,15 +60,15 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """The argument parser; only the chosen subcommand's module is imported (keeps ``--help`` fast)."""
-    parser = argparse.ArgumentParser(prog="switch-kd", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="switch-kd", description=help_text(__doc__.splitlines()[0]))
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module_name, help_text in COMMANDS:
+    for name, module_name, summary in COMMANDS:
         if name not in argv:
-            sub.add_parser(name, help=help_text)
+            sub.add_parser(name, help=summary)
             continue
         module = importlib.import_module(f"switch_core.commands.{module_name}")
-        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        p = sub.add_parser(name, help=summary, description=help_text(module.__doc__ or summary))
         p.formatter_class = argparse.RawDescriptionHelpFormatter
         if getattr(module, "USES_CONFIG", True):
             _add_config_options(p)

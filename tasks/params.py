@@ -29,6 +29,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.scalarstring import SingleQuotedScalarString
 
 from switch_core.atomic import atomic_write_text
+from switch_core.cli import help_text
 from switch_core.config import (
     Config,
     ConfigError,
@@ -323,11 +324,12 @@ def apply_params(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tasks.params``: apply a preset / methods / overrides to params.yaml and list the changes."""
-    parser = argparse.ArgumentParser(prog="python -m tasks.params", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tasks.params", description=help_text(__doc__.splitlines()[0]))
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--preset", default=None, help="preset name (presets/NAME.yaml) or path")
     parser.add_argument("--methods", default=None, help="comma-separated runs or methods to keep in `runs`")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one key, e.g. --set optim.lr=1e-4 (repeatable; applied after the preset)")
     parser.add_argument("--dry-run", action="store_true", help="print the changes, do not write")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None

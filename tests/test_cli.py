@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from switch_core.cli import main
+from switch_core.cli import help_text, main
 from switch_core.models.loading import load_causal_lm, load_tokenizer
 from switch_core.models.tiny import build_tokenizer, write_tiny_checkpoint
 
@@ -70,3 +70,13 @@ def test_help_works(argv, capsys):
         main(argv)
     assert exc.value.code == 0
     assert "usage" in capsys.readouterr().out
+
+
+def test_help_text_turns_sphinx_markup_into_plain_text(capsys):
+    assert help_text("see :mod:`switch_core.evaluation.results_doc` and :class:`~switch_core.config.Config`") == (
+        "see switch_core.evaluation.results_doc and Config")
+    assert help_text("  ``--resume`` continues\n") == "`--resume` continues"
+    with pytest.raises(SystemExit):
+        main(["results-doc", "--help"])
+    out = capsys.readouterr().out
+    assert "see switch_core.evaluation.results_doc)" in out and "``" not in out and ":mod:" not in out

@@ -1,6 +1,7 @@
 """tasks.params: presets, run selection and overrides materialised into params.yaml (what DVC templating reads)."""
 from __future__ import annotations
 
+import importlib
 import shutil
 from pathlib import Path
 
@@ -141,3 +142,17 @@ def test_render_keeps_formatting_and_creates_sections() -> None:
 def test_float_text_reads_back_in_yaml_1_1_and_1_2(value: float, text: str) -> None:
     assert _float_text(value) == text
     assert yaml.safe_load(text) == value and YAML(typ="safe").load(text) == value
+
+
+@pytest.mark.parametrize("module", ["tasks.params", "flows.pipeline", "flows.ablation"])
+def test_entry_point_help_is_plain_text_and_documents_every_option(module, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(module).main(["--help"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and "``" not in out and ":mod:" not in out
+    options = out.split("options:", 1)[1]
+    # every option line has a help text (an option alone on its line is followed by its indented help)
+    lines = [line for line in options.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("  -") and len(line.split(None, 2)) <= 2 and line.strip().count(" ") <= 1:
+            assert i + 1 < len(lines) and lines[i + 1].startswith(" " * 8), f"{module}: no help for {line.strip()}"
