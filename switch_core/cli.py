@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:  # our error classes subclass ValueError
         if args.debug or os.environ.get("SWITCHKD_DEBUG"):
             traceback.print_exc()
-        kind = "configuration error" if isinstance(err, ConfigError) else "error"
-        print(f"switch-kd {args.command}: {kind}: {err}", file=sys.stderr)
-        if not args.debug:
+        config_error = isinstance(err, ConfigError)
+        print(f"switch-kd {args.command}: {'configuration error' if config_error else 'error'}: {err}", file=sys.stderr)
+        if not (args.debug or config_error):  # a configuration error names the key and the fix: no traceback needed
             print(f"(switch-kd --debug {args.command} ... or SWITCHKD_DEBUG=1 shows the full traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

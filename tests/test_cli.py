@@ -24,7 +24,13 @@ def test_config_typo_is_one_message_and_exit_2(capsys):
     assert main(["show-config", "--set", "rollout.tua0=0.2"]) == 2
     err = capsys.readouterr().err
     assert "configuration error" in err and "rollout.tua0" in err and "did you mean 'tau0'" in err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "--debug" not in err  # the message is the whole story
+
+
+def test_other_errors_say_where_the_traceback_is(tmp_path, capsys):
+    assert main(["results-doc", "--set", f"run_dir={tmp_path / 'none'}", "--out", str(tmp_path / "R.md")]) == 2
+    err = capsys.readouterr().err
+    assert "error: no run outputs in" in err and "(switch-kd --debug results-doc ... or SWITCHKD_DEBUG=1" in err
 
 
 def test_data_teacher_student_stages_on_tiny_preset(tmp_path):

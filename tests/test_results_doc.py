@@ -15,11 +15,14 @@ from switch_core.data.prompts import minillm_prompt
 from switch_core.data.records import InstructionRecord
 from switch_core.data.splits import write_records
 from switch_core.evaluation.results_doc import (
+    ReadingInputs,
     ResultsDocError,
     Score,
     compare,
     position_buckets,
     rank_of,
+    reading,
+    rollout_batch_share,
     student_only_positions,
     training_overlap,
     write_results_doc,
@@ -243,12 +246,25 @@ def test_missing_inputs_are_listed(doc) -> None:
     assert all(f"- {m}" in md.split("## Data", 1)[0] for m in result.missing)
 
 
-def test_empty_run_folder_gives_a_document_of_missing_parts(tmp_path: Path) -> None:
-    result = write_results_doc(tmp_path / "nothing-yet", tmp_path / "RESULTS.md", commands=["dvc repro"], commit=None,
+def test_a_folder_without_any_output_is_an_error_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "empty-run").mkdir()
+    for folder in (tmp_path / "no-such-run", tmp_path / "empty-run"):
+        with pytest.raises(ResultsDocError, match=f"no run outputs in {folder}.*--run-dir; nothing written"):
+            write_results_doc(folder, tmp_path / "RESULTS.md", commands=["dvc repro"], commit=None)
+    assert not (tmp_path / "RESULTS.md").exists()
+    assert main(["results-doc", "--set", f"run_dir={tmp_path / 'empty-run'}", "--out", str(tmp_path / "R.md")]) == 2
+    assert not (tmp_path / "R.md").exists()
+
+
+def test_a_study_with_only_its_data_split_gives_a_document_of_missing_parts(tmp_path: Path) -> None:
+    run = tmp_path / "started"
+    (run / "data").mkdir(parents=True)
+    (run / "data" / "data_report.json").write_text(json.dumps({"loaded": 10, "used": 10, "splits": {"train": 8}}))
+    result = write_results_doc(run, tmp_path / "RESULTS.md", commands=["dvc repro"], commit=None,
                                models=MODELS, benchmarks=list(BENCHMARKS), methods=METHODS)
     md = result.markdown.read_text()
     assert result.plots == [] and not list((tmp_path / "results").glob("*.png"))
-    assert result.missing[0] == "data/data_report.json (prepare-data)"
+    assert result.missing[0] == "evaluation of `teacher` on dolly, sinst" and "data/data_report.json" not in md
     assert "git commit unknown" in md and "| dolly | not evaluated yet | | | | |" in md
     assert "Ranking over methods: cannot be assessed yet (0 method(s)" in md
     assert "Teacher share by position: no rollout trace of the SWITCH run yet." in md
@@ -293,8 +309,13 @@ def test_cli_writes_the_document_from_the_configuration(tmp_path: Path) -> None:
     # the Methods table states the settings in force, the run's overrides applied
     assert _table_row(md, "Methods", "`switch`") == (
         "| `switch` | switch | student-sft | fresh SWITCH rollouts (the teacher writes a token when JSD > τ_t = "
-        "τ0·exp(−0.1·t); τ0 = 0.3) of up to 64 new tokens | forward KL KL(p‖q) | lr 0.0005, batch 8, 1 epoch |")
+        "τ0·exp(−0.1·t); τ0 = 0.3) of up to 64 new tokens | forward KL KL(p‖q) | lr 0.0005, batch 8, 1 epoch | "
+        "best dev ROUGE-L on 32 dev examples, checked at each epoch end and at the last step | – |")
     assert "| skew KL KL(p‖αp+(1−α)q) (α = 0.1) |" in _table_row(md, "Methods", "`distillm`")
+    # the default configuration trains the teacher and warms the student up: their stages head the table
+    assert _table_row(md, "Methods", "teacher SFT").startswith("| teacher SFT | sft | teacher-base | the training")
+    assert "| best dev loss on" in _table_row(md, "Methods", "student warm-up (SFT)")
+    assert md.startswith("# Results\n")  # no --preset: the plain title
 
 
 def test_position_buckets_hand_case() -> None:
@@ -314,11 +335,15 @@ def test_a_tau0_above_ln2_is_read_as_student_only_first_positions(tmp_path: Path
     summary.write_text(json.dumps(json.loads(summary.read_text()) | {"tau0": 44.36}))
     kwargs = {"commands": ["dvc repro"], "commit": "abc", "methods": {"switch": "switch", "distillm": "distillm"},
               "target_share": 0.53}
-    md = write_results_doc(run, tmp_path / "a.md", decay=0.1, **kwargs).markdown.read_text()
+    md = write_results_doc(run, tmp_path / "a.md", decays={"switch": 0.1}, **kwargs).markdown.read_text()
     assert "τ0 = 44.4 exceeds ln 2, the largest JSD, so the threshold cannot be crossed at response positions 0–41 " \
            "(λ = 0.1)" in md
+    # 42 student-only positions of the 60 in the trace (>= a quarter): not the paper's regime
+    assert "So this run tests a student-written opening followed by mostly teacher-written tokens" in md
     unknown = write_results_doc(run, tmp_path / "b.md", **kwargs).markdown.read_text()  # λ unknown: no statement
-    assert "exceeds ln 2" not in unknown
+    assert "exceeds ln 2" not in unknown and "student-written opening" not in unknown
+    short = write_results_doc(run, tmp_path / "c.md", decays={"switch": 2.0}, **kwargs).markdown.read_text()
+    assert "response positions 0–2 (λ = 2)" in short and "student-written opening" not in short  # 3 < 60 / 4
 
 
 def test_share_of_rollouts_reaching_the_longest_length_hand_case(tmp_path: Path) -> None:
@@ -345,3 +370,72 @@ def test_training_overlap_counts_evaluated_prompts_found_in_the_training_split(t
     gen.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert training_overlap(tmp_path, ["dolly", "vicuna"], ["teacher", "student"]) == [("dolly", 1, 3)]
     assert training_overlap(tmp_path / "nowhere", ["dolly"], ["student"]) == []
+
+
+def test_rollout_batch_share_weights_each_logging_window_by_its_steps() -> None:
+    # windows of 5, 5 and 2 steps (a last, shorter window); dataset-example fractions 1.0, 0.6, 0.0
+    log = pd.DataFrame({"step": [5, 5, 10, 10, 12, 12], "metric": ["source/ground_truth", "train/loss"] * 2
+                        + ["source/rollout_replay", "train/loss"], "value": [1.0, 2.0, 0.6, 1.5, 1.0, 1.0]})
+    assert rollout_batch_share(log) == pytest.approx((5 * 0.0 + 5 * 0.4 + 2 * 1.0) / 12)
+    assert rollout_batch_share(log[log["metric"] == "train/loss"]) is None and rollout_batch_share(None) is None
+
+
+def _inputs(averages: dict[str, Score], **kwargs) -> ReadingInputs:
+    methods = list(averages)
+    method_of = {m: ("switch" if m.startswith("switch") else m) for m in methods}
+    return ReadingInputs("switch", methods, method_of, averages, {}, {}, ["dolly"], {}, 0.53, **kwargs)
+
+
+def test_switch_variants_are_ranked_against_the_baselines_not_each_other() -> None:
+    averages = {"sft": Score(10.0, 0.5, 5), "distillm": Score(12.0, 0.5, 5), "switch": Score(9.0, 0.5, 5),
+                "switch-ln2": Score(13.0, 0.5, 5)}
+    lines = reading(_inputs(averages, tau0={"switch-ln2": 0.6931}, decay={"switch-ln2": 0.019}))
+    assert lines[0].startswith("Overall, SWITCH (`switch`) ranks **3rd of 3** methods (SWITCH and the baselines)")
+    assert "`sft`, `distillm` score at least as high" in lines[1]  # the variant is not a baseline
+    variant = next(line for line in lines if line.startswith("SWITCH variant"))
+    assert variant == (
+        "SWITCH variant `switch-ln2` (τ0 = 0.6931, λ = 0.019): average ROUGE-L 13.00 ± 0.50, **1st of 3** against "
+        "the baselines; `switch-ln2` − `switch`: +4.00 ROUGE-L, 8.0× the pooled seed sd 0.50: clear; `switch-ln2` − "
+        "best baseline `distillm`: +1.00 ROUGE-L, 2.0× the pooled seed sd 0.50: small.")
+
+
+def test_a_long_reference_margin_within_seed_noise_of_the_average_one_is_not_read_as_a_direction() -> None:
+    averages = {"distillm": Score(8.20, 0.46, 5), "switch": Score(6.53, 0.05, 5)}
+    long = {"distillm": {"[51,inf)": (Score(10.21, 0.41, 5), 97)}, "switch": {"[51,inf)": (Score(8.57, 0.04, 5), 97)}}
+    r = ReadingInputs("switch", ["distillm", "switch"], {"distillm": "distillm", "switch": "switch"}, averages, {},
+                      long, ["dolly"], {}, 0.53)
+    text = next(line for line in reading(r) if line.startswith("Its margin"))
+    # -1.64 vs -1.67: 0.03 apart, below the pooled seed sds (0.29 and 0.33)
+    assert text == ("Its margin over the best other method is -1.64 on the longest references vs -1.67 on average: the "
+                    "two margins differ by no more than the seed sd, so SWITCH does no better on long references than "
+                    "overall: the paper's claim that it gains most on long responses is not seen here.")
+    wider = dict(long, switch={"[51,inf)": (Score(9.80, 0.04, 5), 97)})  # margin -0.41, well above -1.67
+    r = ReadingInputs("switch", ["distillm", "switch"], r.method_of, averages, {}, wider, ["dolly"], {}, 0.53)
+    assert "the paper's claim holds only in direction" in next(x for x in reading(r) if x.startswith("Its margin"))
+
+
+def test_zero_exact_match_absent_benchmarks_title_and_generating_commit(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path)
+    for path in run.glob("eval/*/*/metrics.json"):
+        data = json.loads(path.read_text())
+        for row in data["per_seed"]:
+            row["exact_match"] = 0.0
+        path.write_text(json.dumps(data))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"run_dir": "run", "eval": {"benchmarks": list(BENCHMARKS)},
+                                      "runs": {name: {"method": method} for name, method in METHODS.items()}}))
+    preset = tmp_path / "presets" / "mystudy.yaml"
+    preset.parent.mkdir()
+    preset.write_text("{}\n")
+    out = tmp_path / "R.md"
+    assert main(["results-doc", "--params", str(params), "--preset", "mystudy", "--out", str(out),
+                 "--commit", "feedbeef"]) == 0
+    md = out.read_text()
+    assert md.startswith("# Results: the mystudy study\n")
+    assert "Exact match is 0 for every model and benchmark" in md
+    assert "- not evaluated: self-inst, vicuna, uinst (of the paper's five benchmarks" in md
+    # tmp_path is no git checkout: the generating commit is unknown, so no second commit line
+    assert "generated with the code at" not in md
+    doc = write_results_doc(run, tmp_path / "S.md", commands=[], commit="abc1234", generated_with="def5678")
+    assert ("- this document was generated with the code at `def5678`; `git diff abc1234 def5678` shows what changed "
+            "since the run") in doc.markdown.read_text()

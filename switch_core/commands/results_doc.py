@@ -16,19 +16,22 @@ from pathlib import Path
 
 from switch_core.commands.pipeline import evaluated_models
 from switch_core.config import Config
-from switch_core.evaluation.method_text import describe_run
+from switch_core.evaluation.method_text import describe_run, describe_sft_stages
 from switch_core.evaluation.results_doc import write_results_doc
 from switch_core.layout import RunLayout
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run-dir", default=None, help="the run folder (default: the configuration's run_dir)")
-    parser.add_argument("--out", default="docs/RESULTS.md", help="markdown file; plots go to <its folder>/results/")
+    parser.add_argument("--run-dir", default=None, help="the run folder (default: the configuration's run_dir); a "
+                        "relative path is taken from the project folder, the folder of --params")
+    parser.add_argument("--out", default="docs/RESULTS.md", help="markdown file; plots go to <its folder>/results/ "
+                        "(a relative path is taken from the project folder, the folder of --params)")
     parser.add_argument("--commit", default=None, help="git commit of the code that made the run (default: HEAD of "
                         "the project's checkout, marked when it has uncommitted changes)")
     parser.add_argument("--command", dest="commands", action="append", default=None, metavar="CMD",
                         help="a command that produced the run, shown verbatim (repeatable; default: reconstructed)")
-    parser.add_argument("--title", default="Results", help="the document's first heading")
+    parser.add_argument("--title", default=None, help="the document's first heading (default: 'Results: the PRESET "
+                        "study' with --preset, else 'Results')")
     parser.add_argument("--note", dest="notes", action="append", default=[], metavar="TEXT",
                         help="a remark of whoever ran the study (e.g. machine conditions), shown under Provenance as "
                         "an operator's note (repeatable)")
@@ -68,6 +71,16 @@ def _trained(config: Config) -> list[str]:
     return (["teacher"] if config.teacher.sft else []) + (["student-sft"] if config.student.warmup else [])
 
 
+def _decays(config: Config) -> dict[str, float]:
+    """λ of each SWITCH run with an exponential threshold schedule (its overrides applied)."""
+    decays = {}
+    for name, spec in config.runs.items():
+        rollout = config.run_config(name).rollout
+        if spec.method == "switch" and rollout.schedule == "exponential":
+            decays[name] = rollout.decay
+    return decays
+
+
 def run(args: argparse.Namespace) -> int:
     root = Path(args.project_root)
     config: Config = args.config
@@ -78,13 +91,15 @@ def run(args: argparse.Namespace) -> int:
     out = out if out.is_absolute() else root / out
     commands = args.commands or reconstructed_commands(args, run_dir)
     note = None if args.commands else "(Reconstructed from the run folder; `--command` records the exact ones.)"
+    head = git_commit(root)
+    title = args.title or (f"Results: the {Path(args.preset).stem} study" if args.preset else "Results")
+    descriptions = describe_sft_stages(config) | {name: describe_run(config, name) for name in config.runs}
     doc = write_results_doc(
-        run_dir, out, commands=commands, commit=args.commit or git_commit(root), models=evaluated_models(config),
+        run_dir, out, commands=commands, commit=args.commit or head, models=evaluated_models(config),
         benchmarks=config.eval.benchmarks, methods={name: r.method for name, r in config.runs.items()},
-        trained=_trained(config), target_share=config.rollout.target_teacher_share,
-        decay=config.rollout.decay if config.rollout.schedule == "exponential" else None,
-        run_label=args.run_dir or config.run_dir, title=args.title, commands_note=note, notes=args.notes,
-        method_descriptions={name: describe_run(config, name) for name in config.runs},
+        trained=_trained(config), target_share=config.rollout.target_teacher_share, decays=_decays(config),
+        run_label=args.run_dir or config.run_dir, title=title, commands_note=note, notes=args.notes,
+        method_descriptions=descriptions, generated_with=head,
     )
     print(f"results: {doc.markdown}")
     print(f"plots: {', '.join(str(p) for p in doc.plots) or 'none yet'}")

@@ -9,18 +9,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from switch_core.config import Config, MethodConfig, RolloutConfig
+from switch_core.config import Config, MethodConfig, OptimConfig, RolloutConfig
 
 
 @dataclass(frozen=True)
 class MethodDescription:
-    """One distillation run in words: its method, starting checkpoint, batch source, loss and optimiser."""
+    """One training stage in words: its method, starting checkpoint, batch source, loss, optimiser and which of its
+    checkpoints is kept (and evaluated)."""
 
     method: str
     init_from: str
     batches: str
     loss: str
     optimizer: str
+    selection: str
 
 
 def loss_text(method: MethodConfig) -> str:
@@ -83,6 +85,23 @@ def batches_text(method: MethodConfig, rollout: RolloutConfig) -> str:
     }[method.data]
 
 
+def optimizer_text(optim: OptimConfig) -> str:
+    """Learning rate, global batch and length of a training stage."""
+    epochs = f"{optim.epochs} epoch{'s' * (optim.epochs != 1)}"
+    steps = f"{optim.max_steps} steps" if optim.max_steps is not None else epochs
+    return f"lr {optim.lr:g}, batch {optim.batch_size}, {steps}"
+
+
+def selection_text(optim: OptimConfig, *, warmup: bool = False) -> str:
+    """Which checkpoint of a stage is kept: the best on dev by ``optim.select_by`` (``auto``: dev loss for the student
+    warm-up, dev ROUGE-L otherwise; method.md §5.6), checked every ``eval_every`` steps (else at each epoch end) and at the last step."""
+    criterion = optim.select_by if optim.select_by != "auto" else ("loss" if warmup else "rouge_l")
+    when = (f"every {optim.eval_every} steps and at the last step" if optim.eval_every
+            else "at each epoch end and at the last step")
+    name = {"loss": "loss", "rouge_l": "ROUGE-L"}[criterion]
+    return f"best dev {name} on {optim.eval_examples} dev examples, checked {when}"
+
+
 def describe_run(config: Config, run: str) -> MethodDescription:
     """The :class:`MethodDescription` of a named run of ``config`` (its overrides applied).
 
@@ -91,18 +110,34 @@ def describe_run(config: Config, run: str) -> MethodDescription:
     """
     cfg = config.run_config(run)
     method = cfg.method_config(run)
-    optim = cfg.optim
-    steps = f"{optim.max_steps} steps" if optim.max_steps is not None else f"{optim.epochs} epoch{'s' * (optim.epochs != 1)}"
     return MethodDescription(
         method=cfg.runs[run].method, init_from=cfg.runs[run].init_from,
         batches=batches_text(method, cfg.rollout), loss=loss_text(method),
-        optimizer=f"lr {optim.lr:g}, batch {optim.batch_size}, {steps}",
+        optimizer=optimizer_text(cfg.optim), selection=selection_text(cfg.optim),
     )
 
 
-def methods_table(descriptions: Mapping[str, MethodDescription]) -> str:
-    """Markdown table: run, method, starting checkpoint, batches, loss, optimiser."""
-    lines = ["| run | method | starts from | trains on | loss | optimiser |", "|---|---|---|---|---|---|"]
-    lines += [f"| `{run}` | {d.method} | {d.init_from} | {d.batches} | {d.loss} | {d.optimizer} |"
-              for run, d in descriptions.items()]
+def describe_sft_stages(config: Config) -> dict[str, MethodDescription]:
+    """The teacher SFT and the student warm-up, when the configuration trains them, keyed by their stage label."""
+    sft = loss_text(MethodConfig(loss="ce", kd_ratio=0.0))
+    stages = {}
+    if config.teacher.sft:
+        stages["teacher SFT"] = MethodDescription(
+            "sft", "teacher-base", "the training split's reference responses", sft,
+            optimizer_text(config.teacher_optim), selection_text(config.teacher_optim))
+    if config.student.warmup:
+        stages["student warm-up (SFT)"] = MethodDescription(
+            "sft", "student-init", "the training split's reference responses", sft,
+            optimizer_text(config.warmup_optim), selection_text(config.warmup_optim, warmup=True))
+    return stages
+
+
+def methods_table(descriptions: Mapping[str, MethodDescription], logged: Mapping[str, str] | None = None) -> str:
+    """Markdown table: stage or run, method, starting checkpoint, batches, loss, optimiser, kept checkpoint, and the
+    ``logged`` column (e.g. the share of rollout batches actually trained on; "–" for names it lacks)."""
+    logged = logged or {}
+    header = "| stage | method | starts from | trains on | loss | optimiser | checkpoint kept | rollout batches (logged) |"
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {d.method} | {d.init_from} | {d.batches} | {d.loss} | {d.optimizer} | {d.selection} | "
+              f"{logged.get(name, '–')} |" for name, d in descriptions.items()]
     return "\n".join(lines)

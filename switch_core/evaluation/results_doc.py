@@ -61,6 +61,8 @@ PAPER_MAX_NEW_TOKENS = 256
 """Response tokens at evaluation in the protocol (method.md §5.3)."""
 PAPER_DOLLY_NUMBERS = (26.2, 24.9)
 """The only paper numbers found: SWITCH vs an unnamed baseline, Dolly ROUGE-L (method.md §3, secondary source)."""
+PAPER_BENCHMARKS: tuple[str, ...] = ("dolly", "self-inst", "vicuna", "sinst", "uinst")
+"""The paper's five evaluation sets (method.md §5.1; uinst = UnNI)."""
 POSITION_EDGES: tuple[int, ...] = (5, 10, 20, 50, 100)
 """Response-position buckets of the teacher-share table: [0,4], [5,9], [10,19], [20,49], [50,99], [100,∞)."""
 MIN_BUCKET_TOKENS = 20
@@ -328,6 +330,26 @@ def _metric_series(log: pd.DataFrame | None, name: str) -> pd.DataFrame:
     return log[log["metric"] == name].sort_values("step")[["step", "value"]]
 
 
+def rollout_batch_share(log: pd.DataFrame | None) -> float | None:
+    """Share of a run's logged optimizer steps whose batch was a rollout (fresh, stored or replayed, or MiniLLM's policy
+    rollouts) rather than dataset examples, from the per-window ``source/*`` fractions of its training log, weighted
+    by the window's number of steps. None when the log has no ``source/*`` metric.
+
+    Returns:
+        A fraction in [0, 1].
+    """
+    if log is None or log.empty:
+        return None
+    sources = log[log["metric"].str.startswith("source/")]
+    if sources.empty:
+        return None
+    steps = sorted(int(s) for s in sources["step"].unique())
+    windows = dict(zip(steps, [b - a for a, b in zip([0, *steps], steps)]))
+    examples = sources[sources["metric"] == "source/ground_truth"].set_index("step")["value"]
+    total = sum(windows.values())
+    return sum(w * (1.0 - float(examples.get(step, 0.0))) for step, w in windows.items()) / total
+
+
 # ------------------------------------------------------------------------------------------------------------ tables
 
 
@@ -525,8 +547,9 @@ class ReadingInputs:
         benchmarks: the benchmarks of the averages.
         traces: teacher share by position per run.
         target_share: the calibration target (``rollout.target_teacher_share``), None if unknown.
-        tau0: the SWITCH run's τ0 (calibrated or set; ``train_summary.json``), None if unknown.
-        decay: λ of the exponential threshold (``rollout.decay``), None if unknown or another schedule.
+        tau0: τ0 per SWITCH run (calibrated or set; ``train_summary.json``); runs without one are unknown.
+        decay: λ of the exponential threshold per SWITCH run (``rollout.decay`` with its overrides); runs without one
+            are unknown or use another schedule.
     """
 
     switch: str | None
@@ -538,8 +561,18 @@ class ReadingInputs:
     benchmarks: Sequence[str]
     traces: Mapping[str, pd.DataFrame]
     target_share: float | None
-    tau0: float | None = None
-    decay: float | None = None
+    tau0: Mapping[str, float] = field(default_factory=dict)
+    decay: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def baselines(self) -> list[str]:
+        """The runs of other methods than SWITCH, in table order."""
+        return [m for m in self.methods if self.method_of.get(m) != "switch"]
+
+    @property
+    def variants(self) -> list[str]:
+        """The SWITCH runs other than the one the reading is about."""
+        return [m for m in self.methods if self.method_of.get(m) == "switch" and m != self.switch]
 
 
 def student_only_positions(tau0: float, decay: float) -> float:
@@ -556,14 +589,15 @@ def _named(r: ReadingInputs, method: str) -> str | None:
 
 def _read_ranking(r: ReadingInputs) -> list[str]:
     sw = r.switch
-    ranked = {m: r.averages[m] for m in r.methods if m in r.averages}
+    ranked = {m: r.averages[m] for m in [*r.baselines, sw] if m in r.averages}
     if sw not in ranked or len(ranked) < 2:
         return [f"Ranking over methods: cannot be assessed yet ({len(ranked)} method(s) with every benchmark "
                 "evaluated, SWITCH " + ("among them" if sw in ranked else "not among them") + ")."]
     rank, count = rank_of(ranked, sw)
     best = max(ranked, key=lambda m: ranked[m].mean)
     leader = "it is the best method" if best == sw else f"the best method is `{best}` ({ranked[best].cell()})"
-    lines = [(f"Overall, SWITCH (`{sw}`) ranks **{_ordinal(rank)} of {count}** methods by the average ROUGE-L over "
+    lines = [(f"Overall, SWITCH (`{sw}`) ranks **{_ordinal(rank)} of {count}** methods (SWITCH and the baselines) by "
+              f"the average ROUGE-L over "
              f"{len(r.benchmarks)} benchmarks ({ranked[sw].cell()}); {leader}.")]
     beaten_by = [m for m in ranked if m != sw and ranked[m].mean >= ranked[sw].mean]
     if beaten_by:
@@ -599,30 +633,36 @@ def _longest_bucket(r: ReadingInputs) -> str | None:
 
 def _read_long(r: ReadingInputs) -> list[str]:
     sw, label = r.switch, _longest_bucket(r)
-    ranked = {m: r.buckets[m][label][0] for m in r.methods if label and label in r.buckets.get(m, {})}
+    ranked = {m: r.buckets[m][label][0] for m in [*r.baselines, sw] if label and label in r.buckets.get(m, {})}
     if sw not in ranked or len(ranked) < 2:
         return [("Long responses: cannot be assessed yet (the longest-reference bucket needs SWITCH and another "
                 "method evaluated on every benchmark).")]
     rank, count = rank_of(ranked, sw)
     n = r.buckets[sw][label][1]
     best_other = max((m for m in ranked if m != sw), key=lambda m: ranked[m].mean)
-    margin_long = ranked[sw].mean - ranked[best_other].mean
+    long = compare(ranked[sw], ranked[best_other])
     lines = [(f"In the longest-reference bucket ({label} tokens, n={n} examples pooled over {len(r.benchmarks)} "
              f"benchmarks) SWITCH ranks **{_ordinal(rank)} of {count}** ({ranked[sw].cell()}); margin over the best "
-             f"other method `{best_other}`: {compare(ranked[sw], ranked[best_other]).text()}.")]
+             f"other method `{best_other}`: {long.text()}.")]
     overall = {m: r.averages[m] for m in ranked if m in r.averages}
     if len(overall) >= 2 and sw in overall:
         top = max((m for m in overall if m != sw), key=lambda m: overall[m].mean)
-        margin_all = overall[sw].mean - overall[top].mean
-        if rank == 1 and margin_long > margin_all:
+        average = compare(overall[sw], overall[top])
+        change = long.diff - average.diff
+        noise = max(long.pooled_sd, average.pooled_sd)
+        if not abs(change) > noise:
+            verdict = ("the two margins differ by no more than the seed sd, so SWITCH does no better on long "
+                       "references than overall: the paper's claim that it gains most on long responses is not seen "
+                       "here")
+        elif change > 0 and rank == 1:
             verdict = "consistent with the paper's claim that SWITCH gains most on long responses"
-        elif margin_long > margin_all:
+        elif change > 0:
             verdict = ("SWITCH does relatively better on long references than overall, but is not the best there: the "
                        "paper's claim holds only in direction")
         else:
             verdict = "the paper's claim that SWITCH gains most on long responses is not seen here"
-        lines.append(f"Its margin over the best other method is {margin_long:+.2f} on the longest references vs "
-                     f"{margin_all:+.2f} on average: {verdict}.")
+        lines.append(f"Its margin over the best other method is {long.diff:+.2f} on the longest references vs "
+                     f"{average.diff:+.2f} on average: {verdict}.")
     return lines
 
 
@@ -636,19 +676,26 @@ def _read_share(r: ReadingInputs) -> list[str]:
     target = f"calibration target {100 * r.target_share:.0f}%, " if r.target_share is not None else ""
     lines = [(f"Teacher share over all {tokens} tokens of SWITCH's training rollouts: {100 * share:.1f}% ({target}"
              f"paper {100 * PAPER_TEACHER_SHARE:.0f}%).")]
-    if r.tau0 is not None and r.decay is not None and student_only_positions(r.tau0, r.decay) > 0:
-        first = student_only_positions(r.tau0, r.decay)
+    longest = int(trace["position"].max())
+    tau0, decay = r.tau0.get(sw), r.decay.get(sw)
+    if tau0 is not None and decay is not None and student_only_positions(tau0, decay) > 0:
+        first = student_only_positions(tau0, decay)
         positions = "every response position" if math.isinf(first) else f"response positions 0–{math.ceil(first) - 1}"
-        lines.append(f"τ0 = {r.tau0:.3g} exceeds ln 2, the largest JSD, so the threshold cannot be crossed at "
-                     f"{positions} (λ = {r.decay:g}): the student writes them alone and the teacher "
-                     "share comes from later positions (a τ0 of ln 2, crossable from the first token, would have "
-                     "given the teacher more than the target share).")
+        lines.append(f"τ0 = {tau0:.3g} exceeds ln 2, the largest JSD, so the threshold cannot be crossed at "
+                     f"{positions} (λ = {decay:g}): the student writes them alone and the teacher share comes from "
+                     "later positions (with τ0 ≤ ln 2 the teacher could step in from the start).")
+        if first >= 0.25 * (longest + 1):
+            crossable = [v for v in r.variants if r.tau0.get(v) is not None and r.tau0[v] <= math.log(2)]
+            lines.append("So this run tests a student-written opening followed by mostly teacher-written tokens, not "
+                         "the token-by-token switching from the first token that the paper describes; its rank says "
+                         "little about SWITCH in the paper's regime"
+                         + (f" (the SWITCH run(s) {', '.join(f'`{v}`' for v in crossable)} have a τ0 crossable from "
+                            "the start: see below)." if crossable else "."))
     if len(buckets) < 2:
         lines.append(f"Too few position buckets with ≥{MIN_BUCKET_TOKENS} tokens to tell whether the share rises "
                      "with position.")
         return lines
     starts = float(trace.loc[trace["position"] == 0, "count"].sum())
-    longest = int(trace["position"].max())
     if starts > 0:
         reach = float(trace.loc[trace["position"] == longest, "count"].sum()) / starts
         lines.append(f"{100 * reach:.0f}% of the rollouts run to the longest length in the trace ({longest + 1} "
@@ -660,6 +707,30 @@ def _read_share(r: ReadingInputs) -> list[str]:
                  + (", as the decaying threshold τ_t = τ0·exp(−λt) intends." if rises else
                     ", against what the decaying threshold τ_t = τ0·exp(−λt) intends."))
     return lines
+
+
+def _read_variant(r: ReadingInputs, v: str) -> str:
+    """One SWITCH variant (another SWITCH run): its settings, rank among the baselines, and margins."""
+    tau0, decay = r.tau0.get(v), r.decay.get(v)
+    settings = ", ".join(([f"τ0 = {tau0:.4g}"] if tau0 is not None else [])
+                         + ([f"λ = {decay:g}"] if decay is not None else []))
+    trace = r.traces.get(v)
+    if trace is not None:
+        share, tokens = overall_share(trace)
+        settings += f"; teacher share {100 * share:.1f}% of {tokens} rollout tokens"
+    head = f"SWITCH variant `{v}` ({settings})"
+    if v not in r.averages:
+        return f"{head}: not evaluated on every benchmark yet."
+    ranked = {m: r.averages[m] for m in [*r.baselines, v] if m in r.averages}
+    rank, count = rank_of(ranked, v)
+    text = f"{head}: average ROUGE-L {r.averages[v].cell()}, **{_ordinal(rank)} of {count}** against the baselines"
+    if r.switch in r.averages:
+        text += f"; `{v}` − `{r.switch}`: {compare(r.averages[v], r.averages[r.switch]).text()}"
+    others = [m for m in ranked if m != v]
+    if others:
+        best = max(others, key=lambda m: ranked[m].mean)
+        text += f"; `{v}` − best baseline `{best}`: {compare(ranked[v], ranked[best]).text()}"
+    return text + "."
 
 
 def _read_gap(r: ReadingInputs) -> list[str]:
@@ -698,13 +769,15 @@ def _read_dolly(r: ReadingInputs) -> str | None:
 def reading(r: ReadingInputs) -> list[str]:
     """Rule-based statements on the result against the paper's claims, one markdown bullet each.
 
-    Rules: SWITCH's rank among the methods by average ROUGE-L and in the longest-reference bucket (pooled over
-    benchmarks); the baselines it does not beat; SWITCH − DistiLLM and SWITCH − SFT judged against the pooled seed
-    sd (:func:`compare`); whether its margin over the best other method is larger on the longest references than
-    on average (the paper's "especially on long responses"); whether the teacher share rises from the first to the
-    last response-position bucket with at least :data:`MIN_BUCKET_TOKENS` tokens (the decaying threshold's intent);
-    whether the teacher − student gap is clear and what share of it each method recovers. Statements whose inputs
-    are missing say so.
+    Rules: SWITCH's rank among itself and the baselines (runs of other methods) by average ROUGE-L and in the
+    longest-reference bucket (pooled over benchmarks); the baselines it does not beat; SWITCH − DistiLLM and
+    SWITCH − SFT judged against the pooled seed sd (:func:`compare`); whether its margin over the best other method
+    is larger on the longest references than on average by more than the seed sd (the paper's "especially on long
+    responses"); whether τ0 > ln 2 leaves the first positions to the student, and whether for a quarter of the
+    longest rollout or more (then the run is not the paper's regime); whether the teacher share rises from the
+    first to the last response-position bucket with at least :data:`MIN_BUCKET_TOKENS` tokens (the decaying
+    threshold's intent); each other SWITCH run's rank against the baselines and margins; whether the teacher −
+    student gap is clear and what share of it each method recovers. Statements whose inputs are missing say so.
     """
     if r.switch is None:
         return ["This study has no SWITCH run: nothing to read against the paper."]
@@ -716,6 +789,7 @@ def reading(r: ReadingInputs) -> list[str]:
     if dolly:
         lines.append(dolly)
     lines += _read_share(r)
+    lines += [_read_variant(r, v) for v in r.variants]
     lines += _read_gap(r)
     return lines
 
@@ -832,13 +906,14 @@ def write_results_doc(
     methods: Mapping[str, str] | None = None,
     trained: Sequence[str] = ("teacher", "student-sft"),
     target_share: float | None = None,
-    decay: float | None = None,
+    decays: Mapping[str, float] | None = None,
     plots_dir: str | Path | None = None,
     run_label: str | None = None,
     title: str = "Results",
     commands_note: str | None = None,
     notes: Sequence[str] = (),
     method_descriptions: Mapping[str, MethodDescription] | None = None,
+    generated_with: str | None = None,
 ) -> ResultsDoc:
     """Write the results document of a run (markdown + PNG plots) from its outputs alone.
 
@@ -853,25 +928,35 @@ def write_results_doc(
             method). The SWITCH run the reading is about is the one named ``switch``, else the first ``switch`` method.
         trained: which of ``teacher`` (teacher SFT) and ``student-sft`` (warm-up) were trained in this run.
         target_share: the τ0 calibration target (``rollout.target_teacher_share``).
-        decay: λ of the exponential threshold schedule (``rollout.decay``; None for another schedule).
+        decays: SWITCH run -> λ of its exponential threshold schedule (``rollout.decay`` with the run's overrides;
+            runs of another schedule left out).
         plots_dir: where the PNGs go (default: ``<out_md folder>/results``); linked relatively.
         run_label: how the run folder is named in the text (default: ``run_dir`` as given).
         title: the first heading.
         commands_note: a line under the commands (e.g. that they were reconstructed).
         notes: remarks of whoever ran the study (machine conditions...), listed under Provenance as operator's notes.
-        method_descriptions: run name -> what it trains on and with which loss
-            (:func:`switch_core.evaluation.method_text.describe_run`); shown as the Methods table when given.
+        method_descriptions: stage label (e.g. ``teacher SFT``) or run name -> what it trains on and with which loss
+            (:mod:`switch_core.evaluation.method_text`); shown as the Methods table, with each run's logged share of
+            rollout batches, when given.
+        generated_with: the git commit of the code writing the document, stated when it is not ``commit``.
 
     Returns:
         A :class:`ResultsDoc` with the files written and the missing inputs listed in the document.
 
     Raises:
-        ResultsDocError: an output file that exists but is not readable (names the file).
+        ResultsDocError: ``run_dir`` holds none of the outputs (nothing is written: a wrong ``--run-dir``, or a
+            checkout without the study, must not overwrite a published document), or an output file that exists but
+            is not readable (names the file).
     """
     out_md = Path(out_md)
     plots = Path(plots_dir) if plots_dir is not None else out_md.parent / "results"
     plots.mkdir(parents=True, exist_ok=True)
     outputs = load_run_outputs(run_dir, list(methods or ()))
+    if not (outputs.evaluations or outputs.summaries or outputs.data_report or outputs.traces):
+        raise ResultsDocError(
+            f"no run outputs in {outputs.run_dir} (no data report, training summary or evaluation): run the study "
+            "first (dvc repro or switch-kd pipeline) or give its folder with --run-dir; nothing written"
+        )
     evaluated = list(outputs.evaluations)
     if methods is None:
         methods = {m: m for m in evaluated if m not in REFERENCE_MODELS}
@@ -908,9 +993,10 @@ def write_results_doc(
         keep("share", plot_teacher_share({r: outputs.traces[r] for r in share_runs},
                                          plots / "teacher_share_by_position.png"))
 
-    tau0 = outputs.summaries.get(switch, {}).get("tau0") if switch else None
+    tau0 = {r: float(outputs.summaries[r]["tau0"]) for r in switch_runs
+            if outputs.summaries.get(r, {}).get("tau0") is not None}
     inputs = ReadingInputs(switch, runs, methods, averages, rouge, buckets, done, outputs.traces, target_share,
-                           tau0=tau0, decay=decay)
+                           tau0=tau0, decay=dict(decays or {}))
     bleu, em = benchmark_scores(evals, "bleu"), benchmark_scores(evals, "exact_match")
     label = run_label or str(run_dir)
     md = [
@@ -919,6 +1005,11 @@ def write_results_doc(
         "command)."), "",
         "## Provenance", "",
         f"- code: git commit `{commit}`" if commit else "- code: git commit unknown (pass `--commit`)",
+    ]
+    if generated_with and commit and generated_with != commit:
+        md.append(f"- this document was generated with the code at `{generated_with}`; `git diff {commit} "
+                  f"{generated_with.split()[0]}` shows what changed since the run")
+    md += [
         "- commands:", "", "```", *commands, "```", "",
     ]
     if commands_note:
@@ -934,13 +1025,24 @@ def write_results_doc(
     if overlap:
         md += ["- evaluation prompts that also occur in the training split (same prompt text): "
                + ", ".join(f"{b} {n}/{total}" for b, n, total in overlap)]
+    absent = [b for b in PAPER_BENCHMARKS if b not in benchmarks]
+    if absent:
+        md += [(f"- not evaluated: {', '.join(absent)} (of the paper's five benchmarks, method.md §5.1; not among this "
+               "run's benchmarks)")]
     md += ["", "Evaluation sets:", "",
            evaluation_sizes_table(evals, benchmarks), ""]
     if method_descriptions:
+        def label(name: str) -> str:
+            return f"`{name}`" if name in runs else name
+
+        logged = {label(name): f"{100 * share:.0f}%" for name in method_descriptions
+                  if (share := rollout_batch_share(outputs.logs.get(name))) is not None}
         md += ["## Methods", "",
-               ("Settings in force for each distillation run (the configuration with the run's overrides). p is the "
-                "teacher's next-token distribution, q the student's; a loss is per response token, averaged."), "",
-               methods_table(method_descriptions), ""]
+               ("Settings in force for each training stage (the configuration with each run's overrides). p is the "
+                "teacher's next-token distribution, q the student's; a loss is per response token, averaged. The kept "
+                "checkpoint is the one evaluated below. `rollout batches (logged)`: the share of the run's optimizer "
+                "steps that actually trained on rollouts rather than dataset examples, from its training log."), "",
+               methods_table({label(n): d for n, d in method_descriptions.items()}, logged), ""]
     md += [
         "## ROUGE-L", "",
         ("ROUGE-L F (stemming, max over references, ×100), mean ± sample sd over generation seeds (method.md §5.5). "
@@ -953,6 +1055,9 @@ def write_results_doc(
         md += [f"![average ROUGE-L]({links['average']})", ""]
     md += ["## BLEU and exact match", "", "BLEU (sacrebleu corpus, ×100):", "", score_table(bleu, models, done), "",
            "Exact match (%):", "", score_table(em, models, done), ""]
+    if em and all(score.mean == 0 for benches in em.values() for score in benches.values()):
+        md += [("Exact match is 0 for every model and benchmark: free-form answers never equal a reference word for "
+               "word here, so this table separates nothing; it is kept because the protocol reports it."), ""]
     md += ["## ROUGE-L by reference length", "",
            ("Reference length = tokens of the first reference under the model's tokenizer. Pooled over the "
            "benchmarks: per seed, the example-weighted mean of each benchmark's bucket mean."), ""]
