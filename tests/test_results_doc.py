@@ -93,7 +93,9 @@ def _fake_run(root: Path) -> Path:
         (run / "models" / name / "train_summary.json").write_text(json.dumps({
             "run": name, "steps": steps, "best_step": steps // 2, "best": {}, "final": {}, "wall_seconds": seconds,
             "tau0": 0.25 if name == "switch" else None,
-        }))
+        } | ({"calibration": {"tau0": 0.25, "achieved_share": 0.5, "target_share": 0.53, "history": [
+            {"tau0": 0.3, "share": 0.42}, {"tau0": 0.1, "share": 0.71}, {"tau0": 0.25, "share": 0.5}]}}
+             if name == "switch" else {})))
     (run / "seqkd").mkdir()
     (run / "seqkd" / "meta.json").write_text(json.dumps({"records": 10, "generated_tokens": 1200,
                                                          "tokens_per_second": 20.0}))
@@ -220,6 +222,8 @@ def test_teacher_share_time_data_and_provenance(doc) -> None:
     assert "| **total of the finished stages** | | | **13.5** |" in md  # (600 + 90 + 120) s
     assert "| student warm-up (SFT) | not finished | | |" in md
     assert "| **total** | | **3.0** | |" in md  # 6 evaluations of 30 s
+    assert ("τ0 search of `switch` on its calibration prompts (τ0 → teacher share, by τ0): 0.1 → 71.0%, 0.25 → 50.0%, "
+            "0.3 → 42.0%; kept 0.25 (50.0%).") in md
     # training 810 s + SeqKD data 1200 tokens / 20 tok/s = 60 s + evaluation 180 s = 1050 s
     assert ("Timed compute (wall time on the machine that ran it): training 13.5 + SeqKD data 1.0 + evaluation "
             "generation 3.0 = 17.5 min (0.29 h). Not timed: data preparation, teacher set-up, student build, "

@@ -59,6 +59,7 @@ def test_method_lowers_dev_loss(name: str, tmp_path) -> None:
 
     summary = json.loads((job.output_dir / SUMMARY_FILE).read_text())
     assert summary["best_step"] == result.best_step > 0 and summary["final"] == result.final_metrics
+    assert "calibration" not in summary  # no τ0 search in this run
     reloaded = AutoModelForCausalLM.from_pretrained(job.output_dir)
     assert isinstance(reloaded, torch.nn.Module)
 
@@ -79,7 +80,14 @@ def test_switch_calibrates_tau0_when_not_given(tmp_path) -> None:
     assert params[0]["params"]["rollout.tau0_calibrated"] == pytest.approx(result.tau0)
     calibration = [e["metrics"] for e in read_jsonl_events(tracker.path, "metrics") if "calibration/tau0" in e["metrics"]]
     assert calibration[0]["calibration/tau0"] == pytest.approx(result.tau0) and result.tau0 > 0
-    assert json.loads((job.output_dir / SUMMARY_FILE).read_text())["tau0"] == pytest.approx(result.tau0)
+    summary = json.loads((job.output_dir / SUMMARY_FILE).read_text())
+    assert summary["tau0"] == pytest.approx(result.tau0)
+    # the whole τ0 search is kept: the chosen τ0 is one of the tries, with the share it gave
+    search = summary["calibration"]
+    assert search["target_share"] == 0.5 and search["tau0"] == pytest.approx(result.tau0)
+    tried = {round(t["tau0"], 12): t["share"] for t in search["history"]}
+    assert tried[round(result.tau0, 12)] == pytest.approx(search["achieved_share"])
+    assert calibration[0]["calibration/teacher_share"] == pytest.approx(search["achieved_share"])
 
 
 def test_selection_by_rouge_keeps_best_rouge_checkpoint(tmp_path) -> None:

@@ -5,7 +5,7 @@ Reads, inside a run folder (:class:`~switch_core.layout.RunLayout`), every piece
 - ``eval/<model>/<benchmark>/metrics.json`` (:mod:`switch_core.evaluation.evaluate`): per-seed ROUGE-L, BLEU, exact
   match and ROUGE-L by reference-length bucket;
 - ``data/data_report.json`` (``prepare-data``): loaded records and split sizes;
-- ``models/<name>/train_summary.json`` (the training loop): steps, best step, wall seconds, τ0;
+- ``models/<name>/train_summary.json`` (the training loop): steps, best step, wall seconds, τ0 and its search;
 - ``seqkd/meta.json`` (``seqkd-data``): the teacher's generated tokens and tokens/s for the SeqKD data;
 - ``state/<run>/rollout_traces.jsonl`` (the training loop): teacher share by response position of SWITCH rollouts;
 - ``tracking/<run>/metrics.jsonl`` (the JSONL event log): ``rollout/teacher_share`` per logging window and the τ0
@@ -519,6 +519,13 @@ def teacher_share_table(outputs: RunOutputs, runs: Sequence[str], target: float 
             share, tokens = overall_share(trace)
             overall = f"{100 * share:.1f}% of {tokens} tokens"
         lines.append(f"| {run} | {tau_text} | {calib_text} | {logged} | {overall} |")
+    for run in runs:
+        search = (outputs.summaries.get(run) or {}).get("calibration")
+        if search and search.get("history"):
+            tries = sorted((float(t["tau0"]), float(t["share"])) for t in search["history"])
+            lines += ["", f"τ0 search of `{run}` on its calibration prompts (τ0 → teacher share, by τ0): "
+                      + ", ".join(f"{tau:.4g} → {100 * share:.1f}%" for tau, share in tries)
+                      + f"; kept {float(search['tau0']):.4g} ({100 * float(search['achieved_share']):.1f}%)."]
     rows = {run: position_buckets(outputs.traces[run]) for run in runs if run in outputs.traces}
     if rows:
         labels = list(dict.fromkeys(lab for r in rows.values() for lab, _, _ in r))

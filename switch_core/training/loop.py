@@ -137,13 +137,17 @@ class TrainResult:
     wall_seconds: float
     tau0: float | None
     output_dir: Path
+    calibration: dict[str, Any] | None = None
+    """The τ0 search when the run calibrated τ0 (:meth:`switch_core.rollout.CalibrationResult.to_dict`: the chosen τ0,
+    its share, the target and every (τ0, share) tried), else None."""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
+        """JSON-ready dict (``calibration`` only when the run calibrated τ0)."""
+        out = {
             "run": self.name, "steps": self.steps, "best_step": self.best_step, "best": self.best_metrics,
             "final": self.final_metrics, "wall_seconds": round(self.wall_seconds, 3), "tau0": self.tau0,
         }
+        return out | ({"calibration": self.calibration} if self.calibration is not None else {})
 
 
 def _layout(optim: OptimConfig, world: int, n_train: int) -> tuple[int, int]:
@@ -247,6 +251,7 @@ class _Run:
         self.optimizer = accelerator.prepare_optimizer(build_optimizer(self.student, job.optim))
         self.scheduler = build_scheduler(self.optimizer, job.optim, self.total_steps)
         self.tau0: float | None = job.rollout.tau0
+        self.calibration: dict[str, Any] | None = None
         self.step = 0
         self.best_step, self.best_value, self.best_metrics = -1, None, {}
         self.last_metrics: dict[str, float] = {}
@@ -284,7 +289,7 @@ class _Run:
             )]
         if self.acc.num_processes > 1:
             broadcast_object_list(result, from_process=0)
-        self.tau0 = float(result[0].tau0)
+        self.tau0, self.calibration = float(result[0].tau0), result[0].to_dict()
         if self.acc.is_main_process:
             self.tracker.log_params({"rollout.tau0_calibrated": self.tau0})
             self.tracker.log_metrics(
@@ -320,7 +325,7 @@ class _Run:
         return {
             "fingerprint": self.fingerprint(), "best_step": self.best_step, "best_value": self.best_value,
             "best_metrics": self.best_metrics, "last_metrics": self.last_metrics, "tau0": self.tau0,
-            "elapsed": self.wall_seconds(),
+            "calibration": self.calibration, "elapsed": self.wall_seconds(),
         }
 
     def wall_seconds(self) -> float:
@@ -347,6 +352,7 @@ class _Run:
         if trainer["fingerprint"].get("code") != self.fingerprint()["code"]:
             self._say("resuming a state saved by other switch_core code (the library changed since)")
         self.step, self.tau0, self.elapsed_before = int(trainer["step"]), trainer["tau0"], float(trainer["elapsed"])
+        self.calibration = trainer.get("calibration")  # absent from states saved before it was recorded
         self.best_step, self.best_value = int(trainer["best_step"]), trainer["best_value"]
         self.best_metrics, self.last_metrics = trainer["best_metrics"], trainer["last_metrics"]
         self.build_source()
@@ -526,7 +532,7 @@ class _Run:
             self.progress.close()
         result = TrainResult(
             job.name, self.step, self.best_step, self.best_metrics, self.last_metrics, self.wall_seconds(), self.tau0,
-            job.output_dir,
+            job.output_dir, self.calibration,
         )
         if self.acc.is_main_process:
             atomic_write_json(job.output_dir / SUMMARY_FILE, result.to_dict())
