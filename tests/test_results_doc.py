@@ -401,6 +401,21 @@ def test_switch_variants_are_ranked_against_the_baselines_not_each_other() -> No
         "SWITCH variant `switch-ln2` (τ0 = 0.6931, λ = 0.019): average ROUGE-L 13.00 ± 0.50, **1st of 3** against "
         "the baselines; `switch-ln2` − `switch`: +4.00 ROUGE-L, 8.0× the pooled seed sd 0.50: clear; `switch-ln2` − "
         "best baseline `distillm`: +1.00 ROUGE-L, 2.0× the pooled seed sd 0.50: small.")
+    alike = dict(averages, switch=Score(12.9, 0.5, 5))
+    variant = next(x for x in reading(_inputs(alike)) if x.startswith("SWITCH variant"))
+    assert "+0.10 ROUGE-L, 0.2× the pooled seed sd 0.50: within seed noise (the two SWITCH settings score alike)" in variant
+
+
+def test_a_best_method_that_hardly_trained_on_rollouts_is_said_to_lead_by_its_loss() -> None:
+    averages = {"sft": Score(10.0, 0.5, 5), "distillm": Score(12.0, 0.5, 5), "switch": Score(9.0, 0.5, 5)}
+    lines = reading(_inputs(averages, rollout_share={"distillm": 0.025, "switch": 1.0}))
+    assert lines[1] == ("The best method `distillm` trained on rollouts in only 2% of its steps (its training log): its "
+                        "lead here comes from its loss on the reference responses, not from learning on "
+                        "student-generated outputs.")
+    for shares in ({"distillm": 0.1}, {}):  # at least 10%, or no log: no such statement
+        assert not any(x.startswith("The best method") for x in reading(_inputs(averages, rollout_share=shares)))
+    best_sft = dict(averages, sft=Score(13.0, 0.5, 5))  # SFT never trains on rollouts: nothing to say
+    assert not any(x.startswith("The best method") for x in reading(_inputs(best_sft, rollout_share={"sft": 0.0})))
 
 
 def test_a_long_reference_margin_within_seed_noise_of_the_average_one_is_not_read_as_a_direction() -> None:
@@ -437,9 +452,10 @@ def test_zero_exact_match_absent_benchmarks_title_and_generating_commit(tmp_path
     md = out.read_text()
     assert md.startswith("# Results: the mystudy study\n")
     assert "Exact match is 0 for every model and benchmark" in md
-    assert "- not evaluated: self-inst, vicuna, uinst (of the paper's five benchmarks" in md
-    # tmp_path is no git checkout: the generating commit is unknown, so no second commit line
-    assert "generated with the code at" not in md
+    assert ("- not evaluated: self-inst (SelfInst), vicuna (Vicuna), uinst (UnNI) (of the paper's five benchmarks"
+            in md)
+    # the document names the code that wrote it (this checkout) besides the run's commit
+    assert "- this document was generated with the code at `" in md and "`git diff feedbeef " in md
     doc = write_results_doc(run, tmp_path / "S.md", commands=[], commit="abc1234", generated_with="def5678")
     assert ("- this document was generated with the code at `def5678`; `git diff abc1234 def5678` shows what changed "
             "since the run") in doc.markdown.read_text()

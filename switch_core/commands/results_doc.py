@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     commands = args.commands or reconstructed_commands(args, run_dir)
     note = None if args.commands else "(Reconstructed from the run folder; `--command` records the exact ones.)"
     head = git_commit(root)
+    code = git_commit(Path(__file__).resolve().parents[2])  # the checkout whose switch_core writes the document
     title = args.title or (f"Results: the {Path(args.preset).stem} study" if args.preset else "Results")
     descriptions = describe_sft_stages(config) | {name: describe_run(config, name) for name in config.runs}
     doc = write_results_doc(
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         benchmarks=config.eval.benchmarks, methods={name: r.method for name, r in config.runs.items()},
         trained=_trained(config), target_share=config.rollout.target_teacher_share, decays=_decays(config),
         run_label=args.run_dir or config.run_dir, title=title, commands_note=note, notes=args.notes,
-        method_descriptions=descriptions, generated_with=head,
+        method_descriptions=descriptions, generated_with=code,
     )
     print(f"results: {doc.markdown}")
     print(f"plots: {', '.join(str(p) for p in doc.plots) or 'none yet'}")

@@ -61,10 +61,13 @@ PAPER_MAX_NEW_TOKENS = 256
 """Response tokens at evaluation in the protocol (method.md §5.3)."""
 PAPER_DOLLY_NUMBERS = (26.2, 24.9)
 """The only paper numbers found: SWITCH vs an unnamed baseline, Dolly ROUGE-L (method.md §3, secondary source)."""
-PAPER_BENCHMARKS: tuple[str, ...] = ("dolly", "self-inst", "vicuna", "sinst", "uinst")
-"""The paper's five evaluation sets (method.md §5.1; uinst = UnNI)."""
+PAPER_BENCHMARKS: dict[str, str] = {"dolly": "Dolly", "self-inst": "SelfInst", "vicuna": "Vicuna", "sinst": "S-NI",
+                                    "uinst": "UnNI"}
+"""The paper's five evaluation sets, by benchmark name (method.md §5.1)."""
 POSITION_EDGES: tuple[int, ...] = (5, 10, 20, 50, 100)
 """Response-position buckets of the teacher-share table: [0,4], [5,9], [10,19], [20,49], [50,99], [100,∞)."""
+ON_POLICY_METHODS: frozenset[str] = frozenset({"imitkd", "gkd", "distillm", "switch", "minillm"})
+"""Methods that (may) train on rollouts; a low logged rollout share is worth a statement for them."""
 MIN_BUCKET_TOKENS = 20
 """A position bucket with fewer rollout tokens is too thin for the rise statement."""
 
@@ -557,6 +560,8 @@ class ReadingInputs:
         tau0: τ0 per SWITCH run (calibrated or set; ``train_summary.json``); runs without one are unknown.
         decay: λ of the exponential threshold per SWITCH run (``rollout.decay`` with its overrides); runs without one
             are unknown or use another schedule.
+        rollout_share: per run, the logged share of optimizer steps that trained on rollouts
+            (:func:`rollout_batch_share`); runs without a log are unknown.
     """
 
     switch: str | None
@@ -570,6 +575,7 @@ class ReadingInputs:
     target_share: float | None
     tau0: Mapping[str, float] = field(default_factory=dict)
     decay: Mapping[str, float] = field(default_factory=dict)
+    rollout_share: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def baselines(self) -> list[str]:
@@ -606,6 +612,10 @@ def _read_ranking(r: ReadingInputs) -> list[str]:
     lines = [(f"Overall, SWITCH (`{sw}`) ranks **{_ordinal(rank)} of {count}** methods (SWITCH and the baselines) by "
               f"the average ROUGE-L over "
              f"{len(r.benchmarks)} benchmarks ({ranked[sw].cell()}); {leader}.")]
+    if best != sw and r.method_of.get(best) in ON_POLICY_METHODS and r.rollout_share.get(best, 1.0) < 0.1:
+        lines.append(f"The best method `{best}` trained on rollouts in only {100 * r.rollout_share[best]:.0f}% of its "
+                     "steps (its training log): its lead here comes from its loss on the reference responses, not from "
+                     "learning on student-generated outputs.")
     beaten_by = [m for m in ranked if m != sw and ranked[m].mean >= ranked[sw].mean]
     if beaten_by:
         lines.append(f"The paper claims SWITCH beats every baseline; **here it does not**: "
@@ -732,7 +742,9 @@ def _read_variant(r: ReadingInputs, v: str) -> str:
     rank, count = rank_of(ranked, v)
     text = f"{head}: average ROUGE-L {r.averages[v].cell()}, **{_ordinal(rank)} of {count}** against the baselines"
     if r.switch in r.averages:
-        text += f"; `{v}` − `{r.switch}`: {compare(r.averages[v], r.averages[r.switch]).text()}"
+        versus = compare(r.averages[v], r.averages[r.switch])
+        alike = " (the two SWITCH settings score alike)" if versus.verdict == "within seed noise" else ""
+        text += f"; `{v}` − `{r.switch}`: {versus.text()}{alike}"
     others = [m for m in ranked if m != v]
     if others:
         best = max(others, key=lambda m: ranked[m].mean)
@@ -777,7 +789,8 @@ def reading(r: ReadingInputs) -> list[str]:
     """Rule-based statements on the result against the paper's claims, one markdown bullet each.
 
     Rules: SWITCH's rank among itself and the baselines (runs of other methods) by average ROUGE-L and in the
-    longest-reference bucket (pooled over benchmarks); the baselines it does not beat; SWITCH − DistiLLM and
+    longest-reference bucket (pooled over benchmarks); the baselines it does not beat; whether the best method
+    trained on rollouts in under 10% of its steps (then its lead is not that of on-policy learning); SWITCH − DistiLLM and
     SWITCH − SFT judged against the pooled seed sd (:func:`compare`); whether its margin over the best other method
     is larger on the longest references than on average by more than the seed sd (the paper's "especially on long
     responses"); whether τ0 > ln 2 leaves the first positions to the student, and whether for a quarter of the
@@ -1002,8 +1015,9 @@ def write_results_doc(
 
     tau0 = {r: float(outputs.summaries[r]["tau0"]) for r in switch_runs
             if outputs.summaries.get(r, {}).get("tau0") is not None}
+    shares = {r: share for r in runs if (share := rollout_batch_share(outputs.logs.get(r))) is not None}
     inputs = ReadingInputs(switch, runs, methods, averages, rouge, buckets, done, outputs.traces, target_share,
-                           tau0=tau0, decay=dict(decays or {}))
+                           tau0=tau0, decay=dict(decays or {}), rollout_share=shares)
     bleu, em = benchmark_scores(evals, "bleu"), benchmark_scores(evals, "exact_match")
     label = run_label or str(run_dir)
     md = [
@@ -1032,7 +1046,7 @@ def write_results_doc(
     if overlap:
         md += ["- evaluation prompts that also occur in the training split (same prompt text): "
                + ", ".join(f"{b} {n}/{total}" for b, n, total in overlap)]
-    absent = [b for b in PAPER_BENCHMARKS if b not in benchmarks]
+    absent = [f"{b} ({label})" for b, label in PAPER_BENCHMARKS.items() if b not in benchmarks]
     if absent:
         md += [(f"- not evaluated: {', '.join(absent)} (of the paper's five benchmarks, method.md §5.1; not among this "
                "run's benchmarks)")]
@@ -1042,8 +1056,7 @@ def write_results_doc(
         def label(name: str) -> str:
             return f"`{name}`" if name in runs else name
 
-        logged = {label(name): f"{100 * share:.0f}%" for name in method_descriptions
-                  if (share := rollout_batch_share(outputs.logs.get(name))) is not None}
+        logged = {label(name): f"{100 * share:.0f}%" for name, share in shares.items() if name in method_descriptions}
         md += ["## Methods", "",
                ("Settings in force for each training stage (the configuration with each run's overrides). p is the "
                 "teacher's next-token distribution, q the student's; a loss is per response token, averaged. The kept "
