@@ -386,6 +386,23 @@ def score_table(scores: Mapping[str, Mapping[str, Score]], models: Sequence[str]
     return "\n".join(lines)
 
 
+def has_per_seed(evaluations: Mapping[str, Mapping[str, dict[str, Any]]], key: str) -> bool:
+    """Whether every evaluation's per-seed rows carry ``key`` (older metrics files may lack some)."""
+    return all(key in row for benches in evaluations.values() for m in benches.values() for row in m["per_seed"])
+
+
+def length_table(lengths: Mapping[str, Score], stops: Mapping[str, Score], models: Sequence[str]) -> str:
+    """Markdown table per model: mean response length (tokens) and share of answers ended by a stop token (%), each
+    averaged over the benchmarks per seed, then mean ± sd over seeds."""
+    lines = ["| model | response length (tokens) | ended by a stop token (%) |", "|---|---|---|"]
+    for model in models:
+        if model in lengths and model in stops:
+            stop = stops[model]
+            lines.append(f"| {_model_label(model)} | {lengths[model].cell()} | "
+                         f"{Score(100 * stop.mean, 100 * stop.sd, stop.seeds).cell()} |")
+    return "\n".join(lines)
+
+
 def bucket_table(buckets: Mapping[str, Mapping[str, tuple[Score, int]]], models: Sequence[str]) -> str:
     """Markdown table models × reference-length buckets of pooled ROUGE-L ``mean ± sd`` (``n`` in the header)."""
     labels = sorted({lab for m in models for lab in buckets.get(m, {})}, key=_bucket_low)
@@ -480,6 +497,8 @@ def evaluation_time_table(evaluations: Mapping[str, Mapping[str, dict[str, Any]]
         rate = f"{tokens / seconds:.0f}" if seconds > 0 else "–"
         lines.append(f"| {_model_label(model)} | {len(benches)} | {seconds / 60:.1f} | {rate} |")
     lines.append(f"| **total** | | **{total / 60:.1f}** | |")
+    lines += ["", ("tokens/s depends on the machine's load when the model was evaluated and on how many answers stop "
+              "early (padding), so it compares models only under the same conditions.")]
     return "\n".join(lines)
 
 
@@ -493,8 +512,9 @@ def compute_summary(outputs: RunOutputs, trained: Sequence[str], runs: Sequence[
     total = train + (seqkd or 0.0) + generate
     untimed = ["data preparation", "teacher set-up", "student build"] + (
         [] if seqkd is not None else ["SeqKD data generation"]) + ["scoring"]
-    return (f"Timed compute (wall time on the machine that ran it): {' + '.join(parts)} = {total / 60:.1f} min "
-            f"({total / 3600:.2f} h). Not timed: {', '.join(untimed)}.")
+    return (f"Timed compute (each stage's wall time on the machine that ran it, summed; stages that ran at the same "
+            f"time count in full): {' + '.join(parts)} = {total / 60:.1f} min ({total / 3600:.2f} h). Not timed: "
+            f"{', '.join(untimed)}.")
 
 
 def teacher_share_table(outputs: RunOutputs, runs: Sequence[str], target: float | None) -> str:
@@ -562,6 +582,7 @@ class ReadingInputs:
             are unknown or use another schedule.
         rollout_share: per run, the logged share of optimizer steps that trained on rollouts
             (:func:`rollout_batch_share`); runs without a log are unknown.
+        stop_rate: per model, the share of evaluation answers ended by a stop token (averaged over ``benchmarks``).
     """
 
     switch: str | None
@@ -576,6 +597,7 @@ class ReadingInputs:
     tau0: Mapping[str, float] = field(default_factory=dict)
     decay: Mapping[str, float] = field(default_factory=dict)
     rollout_share: Mapping[str, float] = field(default_factory=dict)
+    stop_rate: Mapping[str, Score] = field(default_factory=dict)
 
     @property
     def baselines(self) -> list[str]:
@@ -600,6 +622,20 @@ def _named(r: ReadingInputs, method: str) -> str | None:
     return next((m for m in r.methods if r.method_of.get(m) == method), None)
 
 
+def _percent(share: float) -> str:
+    """A share as a percentage: one decimal below 10%, none above."""
+    return f"{100 * share:.1f}%" if share < 0.1 else f"{100 * share:.0f}%"
+
+
+def _listed(runs: Sequence[str]) -> str:
+    return ", ".join(f"`{m}`" for m in runs)
+
+
+def _with_verb(runs: Sequence[str], singular: str, plural: str) -> str:
+    """``"`a` scores"`` / ``"`a`, `b` score"``."""
+    return f"{_listed(runs)} {singular if len(runs) == 1 else plural}"
+
+
 def _read_ranking(r: ReadingInputs) -> list[str]:
     sw = r.switch
     ranked = {m: r.averages[m] for m in [*r.baselines, sw] if m in r.averages}
@@ -610,18 +646,24 @@ def _read_ranking(r: ReadingInputs) -> list[str]:
     best = max(ranked, key=lambda m: ranked[m].mean)
     leader = "it is the best method" if best == sw else f"the best method is `{best}` ({ranked[best].cell()})"
     lines = [(f"Overall, SWITCH (`{sw}`) ranks **{_ordinal(rank)} of {count}** methods (SWITCH and the baselines) by "
-              f"the average ROUGE-L over "
-             f"{len(r.benchmarks)} benchmarks ({ranked[sw].cell()}); {leader}.")]
+              f"the average ROUGE-L over {len(r.benchmarks)} benchmarks ({ranked[sw].cell()}); {leader}. Below, "
+              "\"clear\" means a difference of more than twice the pooled sd over generation seeds, each method "
+              "trained once: the spread between training runs is not measured.")]
     if best != sw and r.method_of.get(best) in ON_POLICY_METHODS and r.rollout_share.get(best, 1.0) < 0.1:
-        lines.append(f"The best method `{best}` trained on rollouts in only {100 * r.rollout_share[best]:.0f}% of its "
-                     "steps (its training log): its lead here comes from its loss on the reference responses, not from "
-                     "learning on student-generated outputs.")
+        lines.append(f"The best method `{best}` trained on rollouts in only {_percent(r.rollout_share[best])} of its "
+                     "steps (its training log), almost only on the reference responses: its lead here does not come "
+                     "from learning on student-generated outputs.")
     beaten_by = [m for m in ranked if m != sw and ranked[m].mean >= ranked[sw].mean]
+    claim = "The paper's abstract says SWITCH outperforms traditional KD methods"
     if beaten_by:
-        lines.append(f"The paper claims SWITCH beats every baseline; **here it does not**: "
-                     f"{', '.join(f'`{m}`' for m in beaten_by)} score at least as high on average.")
+        clearly = [m for m in beaten_by if compare(ranked[m], ranked[sw]).verdict == "clear"]
+        close = [m for m in beaten_by if m not in clearly]
+        parts = ([f"{_with_verb(clearly, 'scores', 'score')} clearly higher"] if clearly else []) + (
+            [f"{_with_verb(close, 'scores', 'score')} as high or higher by less than that" if clearly else
+             f"{_with_verb(close, 'scores', 'score')} as high or higher, though not clearly"] if close else [])
+        lines.append(f"{claim}; **here it does not beat them all**: {'; '.join(parts)}.")
     else:
-        lines.append(f"The paper claims SWITCH beats every baseline; here it does on average "
+        lines.append(f"{claim}; here it does on average "
                      f"({'the other method scores' if count == 2 else f'all {count - 1} other methods score'} lower).")
     wins = [b for b in r.benchmarks
             if sw in r.per_benchmark and b in r.per_benchmark[sw]
@@ -658,9 +700,12 @@ def _read_long(r: ReadingInputs) -> list[str]:
     n = r.buckets[sw][label][1]
     best_other = max((m for m in ranked if m != sw), key=lambda m: ranked[m].mean)
     long = compare(ranked[sw], ranked[best_other])
+    average_ranked = {m: r.averages[m] for m in ranked if m in r.averages}
+    versus = (f" (vs {_ordinal(rank_of(average_ranked, sw)[0])} on average)"
+              if sw in average_ranked and len(average_ranked) == count else "")
     lines = [(f"In the longest-reference bucket ({label} tokens, n={n} examples pooled over {len(r.benchmarks)} "
-             f"benchmarks) SWITCH ranks **{_ordinal(rank)} of {count}** ({ranked[sw].cell()}); margin over the best "
-             f"other method `{best_other}`: {long.text()}.")]
+             f"benchmarks) SWITCH ranks **{_ordinal(rank)} of {count}**{versus} ({ranked[sw].cell()}); margin over "
+             f"the best other method `{best_other}`: {long.text()}.")]
     overall = {m: r.averages[m] for m in ranked if m in r.averages}
     if len(overall) >= 2 and sw in overall:
         top = max((m for m in overall if m != sw), key=lambda m: overall[m].mean)
@@ -700,14 +745,14 @@ def _read_share(r: ReadingInputs) -> list[str]:
         positions = "every response position" if math.isinf(first) else f"response positions 0–{math.ceil(first) - 1}"
         lines.append(f"τ0 = {tau0:.3g} exceeds ln 2, the largest JSD, so the threshold cannot be crossed at "
                      f"{positions} (λ = {decay:g}): the student writes them alone and the teacher share comes from "
-                     "later positions (with τ0 ≤ ln 2 the teacher could step in from the start).")
+                     "later positions (with τ0 ≤ ln 2 the teacher may step in from the first token, when the JSD "
+                     "exceeds the threshold).")
         if first >= 0.25 * (longest + 1):
             crossable = [v for v in r.variants if r.tau0.get(v) is not None and r.tau0[v] <= math.log(2)]
             lines.append("So this run tests a student-written opening followed by mostly teacher-written tokens, not "
                          "the token-by-token switching from the first token that the paper describes; its rank says "
                          "little about SWITCH in the paper's regime"
-                         + (f" (the SWITCH run(s) {', '.join(f'`{v}`' for v in crossable)} have a τ0 crossable from "
-                            "the start: see below)." if crossable else "."))
+                         + (f" ({_listed(crossable)}: τ0 ≤ ln 2, see below)." if crossable else "."))
     if len(buckets) < 2:
         lines.append(f"Too few position buckets with ≥{MIN_BUCKET_TOKENS} tokens to tell whether the share rises "
                      "with position.")
@@ -735,6 +780,10 @@ def _read_variant(r: ReadingInputs, v: str) -> str:
     if trace is not None:
         share, tokens = overall_share(trace)
         settings += f"; teacher share {100 * share:.1f}% of {tokens} rollout tokens"
+        buckets = [b for b in position_buckets(trace) if b[2] >= MIN_BUCKET_TOKENS]
+        if len(buckets) >= 2:
+            (first, s0, _), (last, s1, _) = buckets[0], buckets[-1]
+            settings += f", {100 * s0:.1f}% at positions {first} and {100 * s1:.1f}% at {last}"
     head = f"SWITCH variant `{v}` ({settings})"
     if v not in r.averages:
         return f"{head}: not evaluated on every benchmark yet."
@@ -750,6 +799,20 @@ def _read_variant(r: ReadingInputs, v: str) -> str:
         best = max(others, key=lambda m: ranked[m].mean)
         text += f"; `{v}` − best baseline `{best}`: {compare(ranked[v], ranked[best]).text()}"
     return text + "."
+
+
+def _read_stops(r: ReadingInputs) -> list[str]:
+    """Runs whose evaluation answers never end with a stop token, against the others' stop rates."""
+    rates = {m: r.stop_rate[m].mean for m in r.methods if m in r.stop_rate}
+    never = [m for m, rate in rates.items() if rate == 0]
+    others = [rate for m, rate in rates.items() if rate > 0]
+    if not never or not others:
+        return []
+    low, high = _percent(min(others)), _percent(max(others))
+    return [(f"At evaluation, {_with_verb(never, 'never ends', 'never end')} an answer with a stop token: every answer "
+             f"runs to the new-token cap, while the other distillation runs end {low if low == high else f'{low}–{high}'} "
+             "of theirs (Response length). Longer answers change ROUGE-L (lower precision against short "
+             "references), so part of the ranking reflects answer length rather than content.")]
 
 
 def _read_gap(r: ReadingInputs) -> list[str]:
@@ -796,7 +859,8 @@ def reading(r: ReadingInputs) -> list[str]:
     responses"); whether τ0 > ln 2 leaves the first positions to the student, and whether for a quarter of the
     longest rollout or more (then the run is not the paper's regime); whether the teacher share rises from the
     first to the last response-position bucket with at least :data:`MIN_BUCKET_TOKENS` tokens (the decaying
-    threshold's intent); each other SWITCH run's rank against the baselines and margins; whether the teacher −
+    threshold's intent); each other SWITCH run's rank against the baselines and margins; which runs never end an
+    answer with a stop token at evaluation while others do; whether the teacher −
     student gap is clear and what share of it each method recovers. Statements whose inputs are missing say so.
     """
     if r.switch is None:
@@ -810,6 +874,7 @@ def reading(r: ReadingInputs) -> list[str]:
         lines.append(dolly)
     lines += _read_share(r)
     lines += [_read_variant(r, v) for v in r.variants]
+    lines += _read_stops(r)
     lines += _read_gap(r)
     return lines
 
@@ -1013,12 +1078,15 @@ def write_results_doc(
         keep("share", plot_teacher_share({r: outputs.traces[r] for r in share_runs},
                                          plots / "teacher_share_by_position.png"))
 
+    bleu, em = benchmark_scores(evals, "bleu"), benchmark_scores(evals, "exact_match")
+    measured = has_per_seed(evals, "mean_prediction_length") and has_per_seed(evals, "stopped_fraction")
+    lengths = average_scores(evals, done, "mean_prediction_length") if measured else {}
+    stops = average_scores(evals, done, "stopped_fraction") if measured else {}
     tau0 = {r: float(outputs.summaries[r]["tau0"]) for r in switch_runs
             if outputs.summaries.get(r, {}).get("tau0") is not None}
     shares = {r: share for r in runs if (share := rollout_batch_share(outputs.logs.get(r))) is not None}
     inputs = ReadingInputs(switch, runs, methods, averages, rouge, buckets, done, outputs.traces, target_share,
-                           tau0=tau0, decay=dict(decays or {}), rollout_share=shares)
-    bleu, em = benchmark_scores(evals, "bleu"), benchmark_scores(evals, "exact_match")
+                           tau0=tau0, decay=dict(decays or {}), rollout_share=shares, stop_rate=stops)
     label = run_label or str(run_dir)
     md = [
         f"# {title}", "",
@@ -1084,11 +1152,16 @@ def write_results_doc(
     md += [bucket_table(buckets, models) if buckets else "No model is evaluated on every benchmark yet.", ""]
     if "by_length" in links:
         md += [f"![ROUGE-L by reference length]({links['by_length']})", ""]
+    if stops:
+        md += ["## Response length", "",
+               ("Tokens generated per answer and share of answers that end with a stop token (the rest run to the "
+                "`max new tokens` cap), averaged over the benchmarks per seed, then mean ± sd over seeds."), "",
+               length_table(lengths, stops, models), ""]
     md += ["## SWITCH teacher share", "",
-           (f"Share of response tokens the teacher emitted in the training rollouts (the paper reports "
-           f"{100 * PAPER_TEACHER_SHARE:.0f}% at decay 1/10). τ0 is calibrated at the start of the run, on the "
-           "run's starting checkpoint (its `init_from`, e.g. the warmed-up student), for the target share. The "
-           "headline figure is the share over all rollout tokens (last column); the calibrated share is measured on "
+           (f"Share of response tokens the teacher emitted in the training rollouts ({100 * PAPER_TEACHER_SHARE:.0f}% "
+           "at decay 1/10 by a secondary source on the paper, method.md §1.1). A τ0 not set in the configuration is "
+           "calibrated at the start of the run, on the run's starting checkpoint (its `init_from`, e.g. the warmed-up "
+           "student), for the target share. The headline figure is the share over all rollout tokens (last column); the calibrated share is measured on "
            "the calibration prompts only, the logged shares per training step."), ""]
     md += [teacher_share_table(outputs, switch_runs, target_share) if switch_runs else "No SWITCH run.", ""]
     if "share" in links:
