@@ -68,6 +68,8 @@ POSITION_EDGES: tuple[int, ...] = (5, 10, 20, 50, 100)
 """Response-position buckets of the teacher-share table: [0,4], [5,9], [10,19], [20,49], [50,99], [100,∞)."""
 ON_POLICY_METHODS: frozenset[str] = frozenset({"imitkd", "gkd", "distillm", "switch", "minillm"})
 """Methods that (may) train on rollouts; a low logged rollout share is worth a statement for them."""
+RARE_STOP_RATE = 0.05
+"""Below this share of answers ended by a stop token, a run is said to (almost) never stop."""
 MIN_BUCKET_TOKENS = 20
 """A position bucket with fewer rollout tokens is too thin for the rise statement."""
 
@@ -802,17 +804,20 @@ def _read_variant(r: ReadingInputs, v: str) -> str:
 
 
 def _read_stops(r: ReadingInputs) -> list[str]:
-    """Runs whose evaluation answers never end with a stop token, against the others' stop rates."""
+    """Runs whose evaluation answers (almost) never end with a stop token, against the others' stop rates."""
     rates = {m: r.stop_rate[m].mean for m in r.methods if m in r.stop_rate}
-    never = [m for m, rate in rates.items() if rate == 0]
-    others = [rate for m, rate in rates.items() if rate > 0]
-    if not never or not others:
+    rarely = [m for m, rate in rates.items() if rate < RARE_STOP_RATE]
+    others = [rate for m, rate in rates.items() if rate >= RARE_STOP_RATE]
+    if not rarely or not others:
         return []
     low, high = _percent(min(others)), _percent(max(others))
-    return [(f"At evaluation, {_with_verb(never, 'never ends', 'never end')} an answer with a stop token: every answer "
-             f"runs to the new-token cap, while the other distillation runs end {low if low == high else f'{low}–{high}'} "
-             "of theirs (Response length). Longer answers change ROUGE-L (lower precision against short "
-             "references), so part of the ranking reflects answer length rather than content.")]
+    own = ", ".join(_percent(rates[m]) for m in rarely)
+    whose = "its" if len(rarely) == 1 else "their"
+    return [(f"At evaluation, {_with_verb(rarely, 'ends', 'end')} fewer than {_percent(RARE_STOP_RATE)} of {whose} "
+             f"answers with a stop token ({own}): nearly every answer runs to the new-token cap, while the other distillation "
+             f"runs end {low if low == high else f'{low}–{high}'} of theirs (Response length). Longer answers change "
+             "ROUGE-L (lower precision against short references), so part of the ranking reflects answer length "
+             "rather than content.")]
 
 
 def _read_gap(r: ReadingInputs) -> list[str]:
@@ -859,8 +864,8 @@ def reading(r: ReadingInputs) -> list[str]:
     responses"); whether τ0 > ln 2 leaves the first positions to the student, and whether for a quarter of the
     longest rollout or more (then the run is not the paper's regime); whether the teacher share rises from the
     first to the last response-position bucket with at least :data:`MIN_BUCKET_TOKENS` tokens (the decaying
-    threshold's intent); each other SWITCH run's rank against the baselines and margins; which runs never end an
-    answer with a stop token at evaluation while others do; whether the teacher −
+    threshold's intent); each other SWITCH run's rank against the baselines and margins; which runs end fewer than
+    :data:`RARE_STOP_RATE` of their evaluation answers with a stop token while others do not; whether the teacher −
     student gap is clear and what share of it each method recovers. Statements whose inputs are missing say so.
     """
     if r.switch is None:
