@@ -5,6 +5,7 @@ import json
 import math
 import shutil
 import statistics
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from switch_core.cli import main
+from switch_core.commands.results_doc import git_commit
 from switch_core.data.prompts import minillm_prompt
 from switch_core.data.records import InstructionRecord
 from switch_core.data.splits import write_records
@@ -494,3 +496,22 @@ def test_response_length_table_and_runs_that_never_stop(tmp_path: Path) -> None:
         path.write_text(json.dumps(data))
     md = write_results_doc(older, tmp_path / "O.md", commands=[], commit=None).markdown.read_text()
     assert "## Response length" not in md and "of its answers with a stop token" not in md
+
+
+def test_git_commit_marks_uncommitted_changes_only_under_the_given_paths(tmp_path: Path) -> None:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True).stdout
+
+    git("init", "-q")
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "a.py").write_text("x = 1\n")
+    (tmp_path / "RESULTS.md").write_text("old\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    sha = git("rev-parse", "HEAD").strip()
+    assert git_commit(tmp_path) == sha
+    (tmp_path / "RESULTS.md").write_text("new\n")  # the document being rewritten is not a change of the code
+    assert git_commit(tmp_path, ("code",)) == sha and git_commit(tmp_path) == f"{sha} + uncommitted changes"
+    (tmp_path / "code" / "a.py").write_text("x = 2\n")
+    assert git_commit(tmp_path, ("code",)) == f"{sha} + uncommitted changes"
+    assert git_commit(tmp_path / "not-a-checkout") is None

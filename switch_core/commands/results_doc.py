@@ -37,12 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "an operator's note (repeatable)")
 
 
-def git_commit(root: Path) -> str | None:
-    """``HEAD`` of the git checkout at ``root`` (``"<sha> + uncommitted changes"`` when tracked files differ), or
-    None when ``root`` is not a git checkout or git is missing."""
+def git_commit(root: Path, paths: tuple[str, ...] = ()) -> str | None:
+    """``HEAD`` of the git checkout at ``root`` (``"<sha> + uncommitted changes"`` when tracked files differ, only those
+    under ``paths`` when given), or None when ``root`` is not a git checkout or git is missing."""
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", *paths],
                                capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     commands = args.commands or reconstructed_commands(args, run_dir)
     note = None if args.commands else "(Reconstructed from the run folder; `--command` records the exact ones.)"
     head = git_commit(root)
-    code = git_commit(Path(__file__).resolve().parents[2])  # the checkout whose switch_core writes the document
+    code_root = Path(__file__).resolve().parents[2]  # the checkout whose switch_core writes the document
+    code = git_commit(code_root, ("switch_core",))
     title = args.title or (f"Results: the {Path(args.preset).stem} study" if args.preset else "Results")
     descriptions = describe_sft_stages(config) | {name: describe_run(config, name) for name in config.runs}
     doc = write_results_doc(
