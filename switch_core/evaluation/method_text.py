@@ -1,4 +1,5 @@
-"""What each distillation run trains on and with which loss, in words: the Methods table of docs/RESULTS.md.
+"""What each training stage (teacher SFT, student warm-up, every distillation run) trains on and with which loss, in
+words: the Methods table of docs/RESULTS.md.
 
 The text is derived from the validated configuration alone (a run's ``overrides`` applied), so the document states
 the settings that were actually in force, including the defaults a preset did not spell out (method.md §6; the
