@@ -624,6 +624,13 @@ def _named(r: ReadingInputs, method: str) -> str | None:
     return next((m for m in r.methods if r.method_of.get(m) == method), None)
 
 
+def _share_ends(trace: pd.DataFrame) -> tuple[tuple[str, float], tuple[str, float]] | None:
+    """``((label, share), (label, share))`` of the first and last position buckets with at least
+    :data:`MIN_BUCKET_TOKENS` tokens, or None when fewer than two have that many."""
+    buckets = [(label, share) for label, share, tokens in position_buckets(trace) if tokens >= MIN_BUCKET_TOKENS]
+    return (buckets[0], buckets[-1]) if len(buckets) >= 2 else None
+
+
 def _percent(share: float) -> str:
     """A share as a percentage: one decimal below 10%, none above."""
     return f"{100 * share:.1f}%" if share < 0.1 else f"{100 * share:.0f}%"
@@ -735,7 +742,6 @@ def _read_share(r: ReadingInputs) -> list[str]:
     trace = r.traces.get(sw) if sw else None
     if trace is None:
         return ["Teacher share by position: no rollout trace of the SWITCH run yet."]
-    buckets = [b for b in position_buckets(trace) if b[2] >= MIN_BUCKET_TOKENS]
     share, tokens = overall_share(trace)
     target = f"calibration target {100 * r.target_share:.0f}%, " if r.target_share is not None else ""
     lines = [(f"Teacher share over all {tokens} tokens of SWITCH's training rollouts: {100 * share:.1f}% ({target}"
@@ -755,7 +761,8 @@ def _read_share(r: ReadingInputs) -> list[str]:
                          "the token-by-token switching from the first token that the paper describes; its rank says "
                          "little about SWITCH in the paper's regime"
                          + (f" ({_listed(crossable)}: τ0 ≤ ln 2, see below)." if crossable else "."))
-    if len(buckets) < 2:
+    ends = _share_ends(trace)
+    if ends is None:
         lines.append(f"Too few position buckets with ≥{MIN_BUCKET_TOKENS} tokens to tell whether the share rises "
                      "with position.")
         return lines
@@ -764,7 +771,7 @@ def _read_share(r: ReadingInputs) -> list[str]:
         reach = float(trace.loc[trace["position"] == longest, "count"].sum()) / starts
         lines.append(f"{100 * reach:.0f}% of the rollouts run to the longest length in the trace ({longest + 1} "
                      "tokens).")
-    (first, s0, _), (last, s1, _) = buckets[0], buckets[-1]
+    (first, s0), (last, s1) = ends
     rises = s1 > s0
     lines.append(f"The teacher share {'rises' if rises else 'does not rise'} with response position: "
                  f"{100 * s0:.1f}% at positions {first} vs {100 * s1:.1f}% at {last}"
@@ -782,9 +789,9 @@ def _read_variant(r: ReadingInputs, v: str) -> str:
     if trace is not None:
         share, tokens = overall_share(trace)
         settings += f"; teacher share {100 * share:.1f}% of {tokens} rollout tokens"
-        buckets = [b for b in position_buckets(trace) if b[2] >= MIN_BUCKET_TOKENS]
-        if len(buckets) >= 2:
-            (first, s0, _), (last, s1, _) = buckets[0], buckets[-1]
+        ends = _share_ends(trace)
+        if ends is not None:
+            (first, s0), (last, s1) = ends
             settings += f", {100 * s0:.1f}% at positions {first} and {100 * s1:.1f}% at {last}"
     head = f"SWITCH variant `{v}` ({settings})"
     if v not in r.averages:
