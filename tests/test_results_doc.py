@@ -108,8 +108,8 @@ def _fake_run(root: Path) -> Path:
     log = [
         {"event": "params", "params": {"rollout.tau0_calibrated": 0.25}},
         {"event": "metrics", "step": 0, "metrics": {"calibration/tau0": 0.25, "calibration/teacher_share": 0.5}},
-        {"event": "metrics", "step": 5, "metrics": {"rollout/teacher_share": 0.41}},
-        {"event": "metrics", "step": 10, "metrics": {"rollout/teacher_share": 0.57}},
+        {"event": "metrics", "step": 5, "metrics": {"rollout/teacher_share": 0.41, "source/ground_truth": 0.98}},
+        {"event": "metrics", "step": 10, "metrics": {"rollout/teacher_share": 0.57, "source/ground_truth": 0.9}},
     ]
     (run / "tracking" / "switch" / "metrics.jsonl").write_text("\n".join(json.dumps(e) for e in log))
     return run
@@ -318,7 +318,7 @@ def test_cli_writes_the_document_from_the_configuration(tmp_path: Path) -> None:
     assert _table_row(md, "Methods", "`switch`") == (
         "| `switch` | switch | student-sft | fresh SWITCH rollouts (the teacher writes a token when JSD > τ_t = "
         "τ0·exp(−0.1·t); τ0 = 0.3) of up to 64 new tokens | forward KL KL(p‖q) | lr 0.0005, batch 8, 1 epoch | "
-        "best dev ROUGE-L on 32 dev examples, checked at each epoch end and at the last step | – |")
+        "best dev ROUGE-L on 32 dev examples, checked at each epoch end and at the last step | 6.0% |")  # (5·0.02 + 5·0.1) / 10
     assert "| skew KL KL(p‖αp+(1−α)q) (α = 0.1) |" in _table_row(md, "Methods", "`distillm`")
     # the default configuration trains the teacher and warms the student up: their stages head the table
     assert _table_row(md, "Methods", "teacher SFT").startswith("| teacher SFT | sft | teacher-base | the training")

@@ -1136,7 +1136,7 @@ def write_results_doc(
         def label(name: str) -> str:
             return f"`{name}`" if name in runs else name
 
-        logged = {label(name): f"{100 * share:.0f}%" for name, share in shares.items() if name in method_descriptions}
+        logged = {label(name): _percent(share) for name, share in shares.items() if name in method_descriptions}
         md += ["## Methods", "",
                ("Settings in force for each training stage (the configuration with each run's overrides). p is the "
                 "teacher's next-token distribution, q the student's; a loss is per response token, averaged. The kept "
