@@ -19,6 +19,11 @@ from typing import Any, Protocol, runtime_checkable
 from switch_core.config import Config
 
 
+class TrackerError(ValueError):
+    """The tracking backend failed (its store cannot be opened, created or written); the message names the store and
+    the fix. A ValueError, so the CLI reports it in one line."""
+
+
 @runtime_checkable
 class Tracker(Protocol):
     """Where a run's parameters, metrics, artifacts and tags go."""
@@ -126,6 +131,7 @@ def tracker_from_config(
 
     Raises:
         ValueError: no plugin is registered for the backend (reinstall the project: ``make install``).
+        TrackerError: the plugin's store failed.
     """
     backend = config.tracking.backend
     if backend == "none":

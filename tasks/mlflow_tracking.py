@@ -4,7 +4,11 @@ Store: a sqlite database at a fixed absolute path in the project folder (``sqlit
 explicit artifact location (``<project>/mlartifacts``), so DVC experiment workspaces, Prefect workers and CLI
 subprocesses all write to the same place; ``MLFLOW_TRACKING_URI`` (then ``tracking.mlflow_uri``) overrides it, e.g.
 with a tracking server. Checkpoints are logged by reference (a JSON file naming the folder and its files), never
-copied: DVC owns their bytes.
+copied: DVC owns their bytes. A new sqlite store is created and migrated by one process at a time (an exclusive lock
+on ``<store>.lock``, see :func:`store_client`), so stages and flows may start together on a fresh clone; any store
+failure of the tracker is a :class:`~switch_core.tracking.TrackerError` (the CLI's one-line error).
+The experiment carries ``mlflow.experimentKind = custom_model_development``, so the MLflow UI opens on its runs
+rather than on the (empty) GenAI overview.
 
 Linking runs across processes (environment variables, set by the Prefect tasks for the stage subprocess):
 
@@ -19,22 +23,27 @@ stage commands), the Prefect flow-run id when there is one, the preset and, wher
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import yaml
+from alembic.util import CommandError
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from switch_core.config import Config, flatten
-from switch_core.tracking import JsonlTracker, read_jsonl_events
+from switch_core.tracking import JsonlTracker, TrackerError, read_jsonl_events
 
 ENV_RUN_ID = "SWITCHKD_MLFLOW_RUN_ID"
 ENV_PARENT_RUN_ID = "SWITCHKD_MLFLOW_PARENT_RUN_ID"
@@ -47,6 +56,11 @@ COPY_LIMIT_BYTES = 20 * 2**20
 WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt"})
 """A folder holding one of these is a checkpoint: always logged by reference."""
 MAX_PARAM_CHARS = 6000
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""MLflow 3's experiment kind for model training (the UI's other kind, ``genai_development``, opens on traces)."""
+STORE_ERRORS = (MlflowException, SQLAlchemyError, CommandError, OSError)
+"""What a failing store raises (MLflow, SQLAlchemy, alembic migrations, the file system)."""
 _BATCH = 100
 
 
@@ -62,23 +76,75 @@ def tracking_uri(project_root: str | Path, configured: str | None = None) -> str
     return os.environ.get("MLFLOW_TRACKING_URI") or configured or default
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative paths against the working directory); None for other
+    stores and in-memory databases."""
+    try:
+        url = make_url(uri)
+    except ArgumentError:  # not an SQLAlchemy URL: a server, file store, databricks...
+        return None
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database).resolve()
+
+
+@contextmanager
+def store_errors(uri: str) -> Iterator[None]:
+    """Turn a store failure (see :data:`STORE_ERRORS`) into a :class:`~switch_core.tracking.TrackerError` naming the
+    store and the fix, so the CLI prints one line instead of a traceback."""
+    try:
+        yield
+    except FileNotFoundError:  # a missing artifact is the caller's error, not the store's
+        raise
+    except STORE_ERRORS as err:
+        text = str(getattr(err, "message", None) or err).strip().splitlines()
+        raise TrackerError(
+            f"MLflow store {uri} failed: {text[0] if text else type(err).__name__} (check that the store is "
+            "reachable and is an MLflow store, or choose another with MLFLOW_TRACKING_URI / tracking.mlflow_uri, "
+            "or set tracking.backend=jsonl)"
+        ) from err
+
+
+def store_client(uri: str) -> MlflowClient:
+    """An MLflow client on ``uri``. A sqlite store is opened (created and migrated when new or old) while holding an
+    exclusive lock on ``<database>.lock``, so that processes starting together do not race on its schema (MLflow
+    alone fails with ``table experiments already exists`` or an alembic error).
+
+    Raises:
+        TrackerError: the store cannot be opened, created or migrated.
+    """
+    with store_errors(uri):
+        database = sqlite_file(uri)
+        if database is None:
+            return MlflowClient(uri)
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with database.with_name(database.name + ".lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            return MlflowClient(uri)
+
+
 def artifact_location(project_root: str | Path) -> str:
     """``file://`` URI of the project's artifact folder (``<project>/mlartifacts``)."""
     return (Path(project_root).resolve() / ARTIFACTS_DIR).as_uri()
 
 
 def experiment_id(client: MlflowClient, name: str, project_root: str | Path) -> str:
-    """The id of experiment ``name``, created with the project's artifact location if it does not exist."""
+    """The id of experiment ``name``, created with the project's artifact location if it does not exist, and marked
+    as a model-training experiment (:data:`EXPERIMENT_KIND`) unless it already has a kind."""
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=f"{artifact_location(project_root)}/{name}")
-    except MlflowException:  # created meanwhile by another process
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise
-        return found.experiment_id
+    if found is None:
+        try:
+            return client.create_experiment(
+                name, artifact_location=f"{artifact_location(project_root)}/{name}",
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )
+        except MlflowException:  # created meanwhile by another process
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in found.tags:  # a store made before the tag was set
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return found.experiment_id
 
 
 def git_tags(project_root: str | Path) -> dict[str, str]:
@@ -177,7 +243,7 @@ class MlflowRun:
         uri: str | None = None,
     ) -> MlflowRun:
         """Create a run (a child of ``parent_run_id`` when given) in ``experiment`` of the project's store."""
-        client = MlflowClient(tracking_uri(project_root, uri))
+        client = store_client(tracking_uri(project_root, uri))
         all_tags = dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -187,7 +253,7 @@ class MlflowRun:
     @classmethod
     def attach(cls, project_root: str | Path, run_id: str, *, uri: str | None = None) -> MlflowRun:
         """Log into an existing run created elsewhere (not terminated by :meth:`end`)."""
-        return cls(MlflowClient(tracking_uri(project_root, uri)), run_id, owned=False)
+        return cls(store_client(tracking_uri(project_root, uri)), run_id, owned=False)
 
     def log_params(self, params: dict[str, Any], *, skip_existing: bool = False) -> None:
         """Log parameters (values as text, at most 6000 characters).
@@ -311,7 +377,8 @@ class MlflowTracker:
 
     One MLflow run per stage execution: it attaches to ``SWITCHKD_MLFLOW_RUN_ID`` when set (a Prefect task created the
     run), else creates a run named ``name`` (a child of ``SWITCHKD_MLFLOW_PARENT_RUN_ID`` when set) with the standard
-    tags (:func:`standard_tags`). Every event is also appended to ``jsonl_path`` when given, so the report finds the
+    tags (:func:`standard_tags`). A store failure raises :class:`~switch_core.tracking.TrackerError` (a ValueError:
+    the CLI's one-line error). Every event is also appended to ``jsonl_path`` when given, so the report finds the
     training logs whatever the backend. :meth:`close` logs the resolved configuration (the keys the stage logged
     itself win), the params file as an artifact, and ends a run it created.
 
@@ -335,14 +402,16 @@ class MlflowTracker:
         self.config, self.run_name = config, run_name
         self.root = project_root_of(project_root)
         uri = config.tracking.mlflow_uri
-        if os.environ.get(ENV_RUN_ID):
-            self.run = MlflowRun.attach(self.root, os.environ[ENV_RUN_ID], uri=uri)
-        else:
-            self.run = MlflowRun.start(
-                self.root, experiment=config.tracking.experiment, name=os.environ.get("DVC_STAGE") or name,
-                tags=standard_tags(self.root, preset=config.preset), parent_run_id=os.environ.get(ENV_PARENT_RUN_ID),
-                uri=uri,
-            )
+        self.store = tracking_uri(self.root, uri)
+        with store_errors(self.store):
+            if os.environ.get(ENV_RUN_ID):
+                self.run = MlflowRun.attach(self.root, os.environ[ENV_RUN_ID], uri=uri)
+            else:
+                self.run = MlflowRun.start(
+                    self.root, experiment=config.tracking.experiment, name=os.environ.get("DVC_STAGE") or name,
+                    tags=standard_tags(self.root, preset=config.preset),
+                    parent_run_id=os.environ.get(ENV_PARENT_RUN_ID), uri=uri,
+                )
         self.jsonl = JsonlTracker(jsonl_path) if jsonl_path else None
         self.closed = False
 
@@ -355,25 +424,29 @@ class MlflowTracker:
         """Record run parameters (immutable in MLflow: re-logging a key with another value raises ValueError)."""
         if self.jsonl:
             self.jsonl.log_params(params)
-        self.run.log_params(params)
+        with store_errors(self.store):
+            self.run.log_params(params)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Record metric values at an optimizer step."""
         if self.jsonl:
             self.jsonl.log_metrics(metrics, step)
-        self.run.log_metrics({k: float(v) for k, v in metrics.items()}, step)
+        with store_errors(self.store):
+            self.run.log_metrics({k: float(v) for k, v in metrics.items()}, step)
 
     def log_artifact(self, path: str | Path) -> None:
         """Record a file or folder: copied when small, by reference when a checkpoint or large."""
         if self.jsonl:
             self.jsonl.log_artifact(path)
-        self.run.log_artifact(path)
+        with store_errors(self.store):
+            self.run.log_artifact(path)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Attach string tags."""
         if self.jsonl:
             self.jsonl.set_tags(tags)
-        self.run.set_tags(tags)
+        with store_errors(self.store):
+            self.run.set_tags(tags)
 
     def close(self, failed: bool = False) -> None:
         """Log the configuration and end the run if this tracker created it (status ``FAILED`` when ``failed``).
@@ -382,9 +455,9 @@ class MlflowTracker:
             return
         self.closed = True
         if self.run.owned:
-            params_file = self.root / "params.yaml"
-            self.run.log_config(self.config, params_file, self.run_name)
-            self.run.end("FAILED" if failed else "FINISHED")
+            with store_errors(self.store):
+                self.run.log_config(self.config, self.root / "params.yaml", self.run_name)
+                self.run.end("FAILED" if failed else "FINISHED")
 
     def __enter__(self) -> Self:
         return self

@@ -6,6 +6,12 @@ Used by the browser test and to make the README screenshot::
 
 The UI runs as ``mlflow ui --workers 1`` on 127.0.0.1 (a free port) with job execution off, and is stopped on exit.
 Chromium is Debian's ``chromium`` with the flags that work on closed networks (no background networking).
+
+Landing page: MLflow 3.17's UI opens an experiment on its GenAI overview (traces, latency, token usage: empty for this
+project) unless its sidebar switch is on "Model training" (the browser remembers the choice) or the URL carries
+``workflowType=machine_learning``; :func:`experiment_url` gives that URL. The experiment's ``mlflow.experimentKind``
+tag (set by :func:`tasks.mlflow_tracking.experiment_id`) is MLflow's marker of the experiment kind, but this UI
+version chooses the page from the switch alone.
 """
 from __future__ import annotations
 
@@ -25,9 +31,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mlflow import MlflowClient
-
+from switch_core.tracking import TrackerError
 from tasks.dvc_stages import TELEMETRY_OFF
+from tasks.mlflow_tracking import store_client
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -93,6 +99,12 @@ def mlflow_ui(store_uri: str, *, timeout: float = 120.0, log: Path | None = None
         _stop(proc)
 
 
+def experiment_url(base: str, experiment_id: str) -> str:
+    """URL of an experiment in the UI at ``base``, opening on its runs table (the "Model training" view) rather than
+    the GenAI overview."""
+    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
 def compare_url(base: str, run_ids: list[str], experiment_ids: list[str]) -> str:
     """URL of the UI's compare view of ``run_ids``."""
     query = urllib.parse.urlencode({"runs": json.dumps(run_ids), "experiments": json.dumps(experiment_ids)})
@@ -147,8 +159,9 @@ def ablation_cells(store_uri: str, study: str | None = None) -> tuple[str, list[
 
     Raises:
         UiError: the store holds no such ablation run, or it has no cells.
+        TrackerError: the store cannot be opened.
     """
-    client = MlflowClient(store_uri)
+    client = store_client(store_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     query = "tags.`switchkd.flow` = 'ablation'" + (f" and tags.study = '{study}'" if study else "")
     parents = client.search_runs(experiments, query, order_by=["attributes.start_time DESC"], max_results=1)
@@ -193,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         names = screenshot_ablation(args.store, args.out, args.study)
-    except UiError as err:
+    except (UiError, TrackerError) as err:
         print(f"tasks.mlflow_ui: {err}", file=sys.stderr)
         return 2
     print(f"compare view of {', '.join(names)} -> {args.out}")

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+import textwrap
 import time
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -12,16 +14,19 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from switch_core.config import load_config
-from switch_core.tracking import JsonlTracker, Tracker, read_jsonl_events
+from switch_core.config import Config, TrackingConfig, load_config
+from switch_core.tracking import JsonlTracker, Tracker, TrackerError, read_jsonl_events
 from tasks.mlflow_tracking import (
     ENV_FLOW_RUN_ID,
     ENV_PARENT_RUN_ID,
     ENV_PRESET,
     ENV_RUN_ID,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
     MlflowRun,
     MlflowTracker,
     replay_jsonl,
+    sqlite_file,
     tracking_uri,
 )
 
@@ -168,3 +173,90 @@ def test_mlflow_backend_is_registered_as_a_tracker_plugin() -> None:
         "pyproject.toml needs [project.entry-points.\"switch_kd.trackers\"] mlflow = "
         "\"tasks.mlflow_tracking:MlflowTracker\" (then reinstall: make install)"
     )
+
+
+_STAGE = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from switch_core.config import Config, TrackingConfig
+    from tasks.mlflow_tracking import MlflowTracker
+    root, name, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    (root / f"ready-{name}").touch()
+    while len(list(root.glob("ready-*"))) < count:  # start together: the race is on creating the store
+        time.sleep(0.001)
+    config = Config(tracking=TrackingConfig(backend="mlflow", experiment="together"))
+    with MlflowTracker(config, name=name, project_root=root) as tracker:
+        tracker.log_metrics({"train/loss": 1.0}, step=1)
+    print(tracker.run_id)
+""")
+
+
+def test_stages_starting_together_on_a_new_store_all_record_their_run(tmp_path: Path) -> None:
+    """Two rounds of two stage processes on a fresh sqlite store: without the store lock MLflow's schema creation
+    races (`table experiments already exists`, `duplicate column name: step`, alembic's `Online migration expected
+    to match one row`) and one stage dies."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", ENV_RUN_ID, ENV_PARENT_RUN_ID)}
+    env["PYTHONPATH"] = str(PROJECT) + os.pathsep + env.get("PYTHONPATH", "")
+    for round_ in range(2):
+        root = tmp_path / f"store-{round_}"
+        root.mkdir()
+        names = ["a", "b"]
+        procs = [subprocess.Popen([sys.executable, "-c", _STAGE, str(root), name, str(len(names))], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in names]
+        results = [proc.communicate(timeout=600) + (proc.returncode,) for proc in procs]
+        for out, err, code in results:
+            assert code == 0, err[-3000:]
+        client = _client(root)
+        experiment = client.get_experiment_by_name("together")
+        runs = client.search_runs([experiment.experiment_id])
+        assert sorted(r.info.run_id for r in runs) == sorted(out.strip() for out, _, _ in results)
+        assert {r.info.status for r in runs} == {"FINISHED"}
+        assert [m.value for r in runs for m in client.get_metric_history(r.info.run_id, "train/loss")] == [1.0, 1.0]
+
+
+def test_a_broken_store_is_a_one_line_tracker_error(tmp_path: Path) -> None:
+    (tmp_path / "mlflow.db").write_bytes(b"this is not a sqlite database" * 100)
+    config = Config(tracking=TrackingConfig(backend="mlflow", experiment="broken"))
+    with pytest.raises(TrackerError) as caught:
+        MlflowTracker(config, name="stage", project_root=tmp_path)
+    message = str(caught.value)
+    assert isinstance(caught.value, ValueError)  # the CLI prints ValueErrors as one line, without a traceback
+    assert "\n" not in message and f"MLflow store sqlite:///{tmp_path / 'mlflow.db'} failed:" in message
+    assert "MLFLOW_TRACKING_URI" in message
+
+
+def test_sqlite_file_of_store_uris(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert sqlite_file(f"sqlite:///{tmp_path}/a/mlflow.db") == tmp_path / "a" / "mlflow.db"
+    assert sqlite_file("sqlite:///rel.db") == tmp_path / "rel.db"
+    assert sqlite_file("sqlite://") is None and sqlite_file("sqlite:///:memory:") is None
+    assert sqlite_file("http://server:5000") is None and sqlite_file("databricks") is None
+
+
+def test_experiment_is_marked_as_model_training(project: Path) -> None:
+    """MLflow 3's UI opens a GenAI experiment (or one without a kind) on its empty traces overview."""
+    MlflowRun.start(project, experiment="kind-new", name="r")
+    client = _client(project)
+    assert client.get_experiment_by_name("kind-new").tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    old = client.create_experiment("kind-old")  # a store made before the tag was set
+    MlflowRun.start(project, experiment="kind-old", name="r")
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert EXPERIMENT_KIND == "custom_model_development"
+
+
+@pytest.mark.slow
+def test_mlflow_ui_opens_the_experiment_on_its_runs(project: Path) -> None:
+    """The link the project gives lands on the runs table, not on the empty GenAI overview (traces, token usage)."""
+    from tasks.mlflow_ui import UiError, chromium, chromium_binary, experiment_url, mlflow_ui
+
+    try:
+        chromium_binary()
+    except UiError:
+        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium)")
+    run = MlflowRun.start(project, experiment="landing", name="landing-run-7f3")
+    run.end()
+    experiment = run.client.get_run(run.run_id).info.experiment_id
+    with mlflow_ui(f"sqlite:///{project / 'mlflow.db'}") as base:
+        dom = chromium(experiment_url(base, experiment))
+    assert "landing-run-7f3" in dom  # the runs table
+    assert "Overview" not in dom and "Token Usage" not in dom  # the GenAI overview's title and panels
