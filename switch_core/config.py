@@ -47,7 +47,9 @@ class DataConfig(_Strict):
     test_size: int = Field(60, ge=0, description="Examples held out as the run's own test benchmark.")
     split_seed: int = 0
     max_length: int = Field(512, ge=2, description="Prompt + response + EOS tokens (method.md §5.3).")
-    max_prompt_length: int = Field(256, ge=1, description="Prompt tokens; longer prompts keep their head.")
+    max_prompt_length: int = Field(
+        256, ge=1, description="Prompt tokens; a longer prompt is cut inside its instruction/input, its end kept."
+    )
     prompt_format: Literal["minillm", "chat_template"] = "minillm"
     on_bad_rows: Literal["error", "skip"] = "error"
     seqkd_limit: int | None = Field(

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from switch_core.data.prompts import format_prompt, prompt_ends
+from switch_core.data.records import InstructionRecord
 from switch_core.data.tokenize import (
     EmptyExampleError,
     TrainExample,
     collate_train,
+    count_truncated,
+    encode_prompt,
     left_pad,
     shift_labels,
     tokenize_example,
@@ -94,12 +100,59 @@ def test_bos_added_to_prompt_only(bos_tokenizer: PreTrainedTokenizerFast) -> Non
     assert ids == [bos] + _encode(bos_tokenizer, PROMPT)
 
 
-def test_prompt_truncation_keeps_head(bos_tokenizer: PreTrainedTokenizerFast) -> None:
-    full = [bos_tokenizer.bos_token_id] + _encode(bos_tokenizer, PROMPT)
-    assert len(full) > 6
-    example = tokenize_example("r1", PROMPT, RESPONSE, bos_tokenizer, max_length=40, max_prompt_length=6)
-    assert example.prompt_ids == full[:6]
-    assert example.labels[:6] == [-100] * 6
+def test_prompt_truncation_keeps_the_response_marker(bos_tokenizer: PreTrainedTokenizerFast) -> None:
+    """A long prompt is cut inside the instruction; its closing "### Response:" line survives (issue: the head was
+    kept, so the model was asked to continue the instruction instead of answering)."""
+    marker = "\n\n### Response:\n"
+    tail = _encode(bos_tokenizer, marker)
+    body = [bos_tokenizer.bos_token_id] + _encode(bos_tokenizer, PROMPT[: -len(marker)])
+    limit = len(tail) + 3
+    assert len(body) + len(tail) > limit
+    example = tokenize_example("r1", PROMPT, RESPONSE, bos_tokenizer, max_length=40, max_prompt_length=limit)
+    assert example.prompt_ids == body[:3] + tail
+    assert example.labels[:limit] == [-100] * limit and example.prompt_truncated is True
+    assert bos_tokenizer.decode(example.prompt_ids, skip_special_tokens=True).endswith("### Response:\n")
+    fits = tokenize_example("r2", PROMPT, RESPONSE, bos_tokenizer, max_length=80, max_prompt_length=64)
+    assert fits.prompt_ids == [bos_tokenizer.bos_token_id] + _encode(bos_tokenizer, PROMPT)
+    assert fits.prompt_truncated is False
+    assert count_truncated([example, fits]) == {"examples": 2, "prompts_truncated": 1, "responses_truncated": 0}
+
+
+def test_prompt_truncation_cuts_the_input_and_keeps_the_response_marker(tokenizer: PreTrainedTokenizerFast) -> None:
+    record = InstructionRecord(id="r", instruction="Name three colours.", references=("x",),
+                               input="The quick brown fox jumps over the lazy dog. " * 20)
+    prompt = format_prompt(record)
+    marker = "\n\n### Response:\n"
+    header = prompt[: prompt.index("### Input:\n") + len("### Input:\nThe quick")]
+    limit = len(_encode(tokenizer, header)) + len(_encode(tokenizer, marker)) + 5
+    encoded = encode_prompt(prompt, tokenizer, max_prompt_length=limit)
+    text = tokenizer.decode(encoded.ids)
+    assert len(encoded.ids) == limit and encoded.truncated and len(_encode(tokenizer, prompt)) > limit
+    assert text.startswith(header) and text.endswith(marker)
+    assert prompt.startswith(text[: -len(marker)])  # a head of the instruction + input text, then the marker
+
+
+def test_prompt_truncation_keeps_the_chat_template_end(tokenizer: PreTrainedTokenizerFast) -> None:
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<eos>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    record = InstructionRecord(id="r", instruction="Count from 1 to 10. " * 30, references=("x",))
+    prompt = format_prompt(record, style="chat_template", tokenizer=chat)
+    end = "<eos>\n<|assistant|>\n"
+    assert prompt_ends(chat)[0] == end and prompt.endswith(end)
+    tail = _encode(chat, end)
+    assert tail[0] == chat.eos_token_id  # the end of the user turn is a special token, kept as one
+    encoded = encode_prompt(prompt, chat, max_prompt_length=40)
+    assert encoded.ids == _encode(chat, prompt[: -len(end)])[: 40 - len(tail)] + tail and encoded.truncated
+
+
+def test_prompt_end_longer_than_the_limit_is_an_error(tokenizer: PreTrainedTokenizerFast) -> None:
+    n_tail = len(_encode(tokenizer, "\n\n### Response:\n"))
+    with pytest.raises(EmptyExampleError, match=r"example 'r': the prompt is empty .*takes \d+ tokens.*"
+                                                r"raise data.max_prompt_length"):
+        encode_prompt(PROMPT, tokenizer, max_prompt_length=n_tail, record_id="r")
 
 
 def test_response_truncated_to_max_length_with_eos_last(tokenizer: PreTrainedTokenizerFast) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from switch_core.data.tokenize import encode_prompt
 from switch_core.evaluation.generate import (
     GenerationSettingsError,
     decode_response,
@@ -138,6 +139,16 @@ def test_counts_and_throughput_fields(model, tokenizer):
     assert all(n == 6 for n, s in zip(result.response_lengths, result.stopped) if not s)
     assert result.generated_tokens == sum(result.response_lengths) + sum(result.stopped)
     assert result.seconds > 0 and result.tokens_per_second == pytest.approx(result.generated_tokens / result.seconds)
+
+
+def test_long_prompts_keep_the_response_marker_and_are_counted(model, tokenizer):
+    long = "### Instruction:\n" + "the cat sat on the mat " * 20 + "\n\n### Response:\n"
+    settings = {**SAMPLING, "max_prompt_length": 24}
+    result = generate_batch(model, tokenizer, [long, "the cat"], max_new_tokens=2, batch_size=2, seed=1, **settings)
+    assert result.prompt_truncated == [True, False] and result.prompt_lengths[0] == 24
+    marker = tokenizer.encode("\n\n### Response:\n", add_special_tokens=False)
+    kept = encode_prompt(long, tokenizer, max_prompt_length=24).ids
+    assert kept[-len(marker):] == marker
 
 
 def test_bad_settings_are_rejected(model, tokenizer):

@@ -1,7 +1,7 @@
 """Prompt formatting: the MiniLLM template (method.md §5.2) by default, the tokenizer's chat template as an option.
 
 The response is appended to the prompt directly, with no separator (method.md §5.2); tokenisation and the EOS token
-are handled by :mod:`switch_core.data.tokenize`.
+are handled by :mod:`switch_core.data.tokenize`, whose truncation keeps the format's end (:func:`prompt_ends`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,13 @@ MINILLM_TEMPLATE_WITH_INPUT = (
     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 )
 """MiniLLM ``tools/process_data_dolly.py`` template for records with a non-empty input (method.md §5.2)."""
+
+
+MINILLM_RESPONSE_MARKER = "\n\n### Response:\n"
+"""The end of both MiniLLM templates: the line after which the model writes its answer."""
+
+_PROBE = "\u2063switch-kd-probe\u2063"
+"""A user message no chat template alters, to find what a template renders after the user's text."""
 
 
 class PromptFormatError(ValueError):
@@ -77,3 +84,21 @@ def format_prompt(record: InstructionRecord, *, style: PromptStyle = "minillm", 
     if not isinstance(rendered, str):
         raise PromptFormatError(f"apply_chat_template returned {type(rendered).__name__}, expected str")
     return rendered
+
+
+def prompt_ends(tokenizer: Any = None) -> tuple[str, ...]:
+    """The closing parts of the prompt formats, longest first: what follows the instruction/input text in a prompt
+    and must survive truncation (the model answers after it).
+
+    They are the MiniLLM response marker (:data:`MINILLM_RESPONSE_MARKER`) and, when ``tokenizer`` has a chat
+    template, what its template renders after the user's message (the end of the user turn and the assistant header,
+    e.g. ``"<|im_end|>\\n<|im_start|>assistant\\n"``).
+    """
+    ends = {MINILLM_RESPONSE_MARKER}
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _PROBE}], tokenize=False, add_generation_prompt=True
+        )
+        if isinstance(rendered, str) and _PROBE in rendered:
+            ends.add(rendered.rsplit(_PROBE, 1)[1])
+    return tuple(sorted((e for e in ends if e), key=len, reverse=True))

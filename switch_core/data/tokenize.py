@@ -2,9 +2,12 @@
 
 Layout of one training example (method.md §5.2-5.3; landscape.md §4 item 4)::
 
-    input_ids = prompt_ids[:max_prompt_length] + response_ids[:budget] + [eos]
+    input_ids = prompt part                    + response_ids[:budget] + [eos]
     labels    = [-100] * len(prompt part)      + response_ids[:budget] + [eos]
     budget    = max_length - len(prompt part) - 1        (so the whole example is <= max_length tokens)
+
+The prompt part is the whole prompt when it fits ``max_prompt_length``; a longer prompt is cut inside its text (the
+instruction/input) and keeps the format's end, e.g. MiniLLM's ``### Response:`` line (:func:`encode_prompt`).
 
 Labels are aligned with ``input_ids`` (Hugging Face convention); the shift-by-one happens once, in
 :func:`shift_labels`. EOS is a label even when ``pad_token_id == eos_token_id``: padding is masked by position in
@@ -20,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from switch_core.data.prompts import prompt_ends
 
 IGNORE_INDEX = -100
 """Label value ignored by the loss (``torch.nn.functional.cross_entropy(ignore_index=-100)``)."""
@@ -43,6 +48,7 @@ class TrainExample:
         labels: same length; ``-100`` on the prompt, the response ids and EOS after it.
         prompt_length: number of prompt tokens (the ``-100`` head of ``labels``).
         response_truncated: True if response tokens were cut to fit ``max_length``.
+        prompt_truncated: True if the prompt was cut to fit ``max_prompt_length`` (:func:`encode_prompt`).
     """
 
     id: str
@@ -50,6 +56,7 @@ class TrainExample:
     labels: list[int]
     prompt_length: int
     response_truncated: bool = False
+    prompt_truncated: bool = False
 
     @property
     def prompt_ids(self) -> list[int]:
@@ -66,8 +73,29 @@ def _name(record_id: str | None) -> str:
     return f"example {record_id!r}" if record_id is not None else "example"
 
 
-def tokenize_prompt(prompt: str, tokenizer: Any, *, max_prompt_length: int, record_id: str | None = None) -> list[int]:
-    """Token ids of a prompt, truncated to its first ``max_prompt_length`` tokens (MiniLLM keeps the head, §5.3).
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """A tokenised prompt.
+
+    Attributes:
+        ids: token ids, ``1..max_prompt_length`` of them.
+        truncated: True if the prompt was longer than ``max_prompt_length`` tokens and was cut.
+    """
+
+    ids: list[int]
+    truncated: bool
+
+
+def encode_prompt(
+    prompt: str, tokenizer: Any, *, max_prompt_length: int, record_id: str | None = None
+) -> EncodedPrompt:
+    """Token ids of a prompt, at most ``max_prompt_length`` of them, the format's end kept.
+
+    A prompt that fits is encoded whole. A longer one is cut inside its text and keeps its end: when the prompt ends
+    with one of :func:`~switch_core.data.prompts.prompt_ends` (MiniLLM's ``\\n\\n### Response:\\n``, the chat
+    template's end of turn and assistant header), the text before it keeps its first tokens and the end is appended
+    whole, so the model is still asked to answer: the instruction's (or, with an input, the input's) tail is what is
+    lost. A prompt with no known end keeps its head (MiniLLM, method.md §5.3).
 
     The prompt is encoded with ``add_special_tokens=True`` (BOS when the tokenizer adds one) unless the text already
     starts with the tokenizer's BOS string (chat templates that render BOS themselves), so BOS is never doubled.
@@ -78,27 +106,57 @@ def tokenize_prompt(prompt: str, tokenizer: Any, *, max_prompt_length: int, reco
         max_prompt_length: maximum number of prompt tokens, >= 1.
         record_id: id used in error messages.
 
-    Returns:
-        ``list[int]`` of length ``1..max_prompt_length``.
-
     Raises:
         ValueError: ``max_prompt_length < 1``.
         EmptyExampleError: the prompt has no token other than special tokens (empty text, or truncation keeping
-            only BOS).
+            only BOS), or the format's end alone takes ``max_prompt_length`` tokens.
     """
     if max_prompt_length < 1:
         raise ValueError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
     bos = getattr(tokenizer, "bos_token", None)
     add_special = not (isinstance(bos, str) and bos and prompt.startswith(bos))
-    ids = [int(i) for i in tokenizer.encode(prompt, add_special_tokens=add_special)][:max_prompt_length]
     special = set(tokenizer.all_special_ids)
+    ids = [int(i) for i in tokenizer.encode(prompt, add_special_tokens=add_special)]
+    truncated = len(ids) > max_prompt_length
+    if truncated:
+        end = next((e for e in prompt_ends(tokenizer) if prompt.endswith(e) and len(e) < len(prompt)), "")
+        tail = [int(i) for i in tokenizer.encode(end, add_special_tokens=False)] if end else []
+        room = max_prompt_length - len(tail)
+        head = [int(i) for i in tokenizer.encode(prompt[: len(prompt) - len(end)], add_special_tokens=add_special)]
+        if room < 1 or all(i in special for i in head[:room]):
+            raise EmptyExampleError(
+                f"{_name(record_id)}: the prompt is empty after truncation to max_prompt_length={max_prompt_length}: "
+                f"the prompt format's end {end!r} takes {len(tail)} tokens and leaves no room for the instruction; "
+                "raise data.max_prompt_length",
+                record_id=record_id,
+            )
+        ids = head[:room] + tail
     if all(i in special for i in ids):
         raise EmptyExampleError(
             f"{_name(record_id)}: the prompt is empty after tokenisation/truncation to max_prompt_length="
             f"{max_prompt_length} (prompt text {prompt[:60]!r}); fix the data or raise max_prompt_length",
             record_id=record_id,
         )
-    return ids
+    return EncodedPrompt(ids=ids, truncated=truncated)
+
+
+def tokenize_prompt(prompt: str, tokenizer: Any, *, max_prompt_length: int, record_id: str | None = None) -> list[int]:
+    """The token ids of :func:`encode_prompt` (for callers that do not count truncated prompts).
+
+    Raises:
+        ValueError, EmptyExampleError: see :func:`encode_prompt`.
+    """
+    return encode_prompt(prompt, tokenizer, max_prompt_length=max_prompt_length, record_id=record_id).ids
+
+
+def count_truncated(examples: Sequence[TrainExample]) -> dict[str, int]:
+    """``{"examples", "prompts_truncated", "responses_truncated"}``: how many examples were cut to fit
+    ``max_prompt_length`` / ``max_length``."""
+    return {
+        "examples": len(examples),
+        "prompts_truncated": sum(e.prompt_truncated for e in examples),
+        "responses_truncated": sum(e.response_truncated for e in examples),
+    }
 
 
 def tokenize_example(
@@ -112,7 +170,7 @@ def tokenize_example(
 ) -> TrainExample:
     """Tokenise one (prompt, response) pair for training (method.md §5.2-5.3).
 
-    The prompt is tokenised by :func:`tokenize_prompt`; the response without special tokens, truncated so that
+    The prompt is tokenised by :func:`encode_prompt`; the response without special tokens, truncated so that
     ``prompt + response + EOS <= max_length``; EOS (``tokenizer.eos_token_id``) is appended and kept as a label.
 
     Args:
@@ -128,7 +186,7 @@ def tokenize_example(
 
     Raises:
         ValueError: ``max_length < 2`` or the tokenizer has no EOS token.
-        EmptyExampleError: empty prompt (see :func:`tokenize_prompt`), empty response text, or no room left for a
+        EmptyExampleError: empty prompt (see :func:`encode_prompt`), empty response text, or no room left for a
             single response token after the prompt and EOS; the message names ``record_id``.
     """
     if max_length < 2:
@@ -136,7 +194,8 @@ def tokenize_example(
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no EOS token (eos_token_id is None); set tokenizer.eos_token")
-    prompt_ids = tokenize_prompt(prompt, tokenizer, max_prompt_length=max_prompt_length, record_id=record_id)
+    encoded = encode_prompt(prompt, tokenizer, max_prompt_length=max_prompt_length, record_id=record_id)
+    prompt_ids = encoded.ids
     response_ids = [int(i) for i in tokenizer.encode(response, add_special_tokens=False)]
     if not response_ids:
         raise EmptyExampleError(f"{_name(record_id)}: the response is empty", record_id=record_id)
@@ -155,6 +214,7 @@ def tokenize_example(
         labels=[IGNORE_INDEX] * len(prompt_ids) + kept + [int(eos)],
         prompt_length=len(prompt_ids),
         response_truncated=len(kept) < len(response_ids),
+        prompt_truncated=encoded.truncated,
     )
 
 

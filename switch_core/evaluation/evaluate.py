@@ -5,7 +5,7 @@ For each benchmark, ``{out_dir}/{benchmark}/`` receives
 - ``generations.jsonl``: one line per example and seed: ``id``, ``seed``, ``prompt``, ``prediction``,
   ``references``, ``reference_length`` (tokens of the first reference under the evaluated model's tokenizer),
   ``prediction_length`` (response tokens before EOS), ``stopped`` (EOS produced), ``rouge_l`` and ``exact_match``
-  (0–100);
+  (0–100), ``prompt_truncated`` (the prompt was cut to ``max_prompt_length``, its end kept);
 - ``metrics.json``: per-seed and aggregate values, the protocol, the model path and fingerprints (see
   :func:`evaluate_benchmark`). It is written last, so its presence marks a finished benchmark.
 
@@ -348,6 +348,7 @@ def evaluate_benchmark(
                 "reference_length": ref_lengths[i],
                 "prediction_length": result.response_lengths[i],
                 "stopped": result.stopped[i],
+                "prompt_truncated": result.prompt_truncated[i],
                 "rouge_l": rouge[i],
                 "exact_match": em[i],
             })
@@ -362,6 +363,7 @@ def evaluate_benchmark(
         "fingerprint": run_fingerprint(protocol, model_fp, data_fp),
         "protocol": protocol.to_dict(),
         "num_examples": len(records),
+        "prompts_truncated": sum(result.prompt_truncated),  # the same prompts under every seed
         "available_examples": loaded.available,
         "limit": loaded.limit,
         "scale": "ROUGE-L, BLEU and exact match are on a 0-100 scale; sd is the sample sd over seeds (ddof=1)",

@@ -1,7 +1,8 @@
 """Batched response generation with left padding, under the evaluation protocol's decoding settings.
 
-Decoding follows MiniLLM / DistiLLM ``evaluate_main.py`` (method.md §5.3–5.4): prompts truncated to their first
-``max_prompt_length`` tokens and left-padded, ``do_sample=True`` at the given temperature, top-k (0 = off), top-p,
+Decoding follows MiniLLM / DistiLLM ``evaluate_main.py`` (method.md §5.3–5.4): prompts truncated to
+``max_prompt_length`` tokens (cut inside their text, the format's end kept:
+:func:`~switch_core.data.tokenize.encode_prompt`) and left-padded, ``do_sample=True`` at the given temperature, top-k (0 = off), top-p,
 ``no_repeat_ngram_size``, one beam, pad = the tokenizer's pad (eos when it has none). The response is the generated
 tokens up to the first EOS, decoded with ``skip_special_tokens=True``, ``<n>`` replaced by a newline, then stripped.
 
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
-from switch_core.data.tokenize import left_pad, tokenize_prompt
+from switch_core.data.tokenize import encode_prompt, left_pad
 
 
 class GenerationSettingsError(ValueError):
@@ -38,6 +39,8 @@ class GenerationResult:
         prompt_lengths: prompt tokens after truncation to ``max_prompt_length``.
         stopped: whether the model produced an EOS token within ``max_new_tokens``.
         seconds: wall-clock seconds spent in ``model.generate`` (prefill included).
+        prompt_truncated: whether each prompt was cut to ``max_prompt_length`` (its end kept, see
+            :func:`switch_core.data.tokenize.encode_prompt`).
     """
 
     texts: list[str]
@@ -46,6 +49,7 @@ class GenerationResult:
     prompt_lengths: list[int]
     stopped: list[bool]
     seconds: float
+    prompt_truncated: list[bool]
 
     @property
     def generated_tokens(self) -> int:
@@ -189,7 +193,7 @@ def generate_batch(
         model: a causal LM (run in eval mode without gradients here).
         tokenizer: its tokenizer (needs an EOS token; pad defaults to EOS).
         prompts: prompt strings (formatted, e.g. by :func:`switch_core.data.prompts.format_prompt`).
-        max_prompt_length: prompts keep their first ``max_prompt_length`` tokens (method.md §5.3).
+        max_prompt_length: prompt tokens kept (:func:`~switch_core.data.tokenize.encode_prompt`, method.md §5.3).
         max_new_tokens: maximum response tokens, EOS included.
         temperature: sampling temperature (> 0).
         top_k: keep the k most likely tokens; 0 = off.
@@ -217,7 +221,8 @@ def generate_batch(
         no_repeat_ngram_size=no_repeat_ngram_size, greedy=greedy, pad_token_id=pad_id, eos_ids=eos_ids,
         bos_token_id=tokenizer.bos_token_id,
     )
-    encoded = [tokenize_prompt(p, tokenizer, max_prompt_length=max_prompt_length) for p in prompts]
+    prompts_in = [encode_prompt(p, tokenizer, max_prompt_length=max_prompt_length) for p in prompts]
+    encoded = [p.ids for p in prompts_in]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     device = _model_device(model)
     texts: list[str] = [""] * len(prompts)
@@ -242,7 +247,10 @@ def generate_batch(
                 texts[row], kept[row], stopped[row] = decode_response(ids, tokenizer, eos_ids)
             if on_batch is not None:
                 on_batch(len(rows))
-    return GenerationResult(texts, kept, [len(k) for k in kept], [len(e) for e in encoded], stopped, seconds)
+    return GenerationResult(
+        texts, kept, [len(k) for k in kept], [len(e) for e in encoded], stopped, seconds,
+        [p.truncated for p in prompts_in],
+    )
 
 
 def generate_responses(

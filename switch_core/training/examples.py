@@ -1,10 +1,12 @@
 """Split files -> the tokenised examples and dev data a training run needs (method.md §5.2–5.3).
 
 Each record's prompt is formatted with ``data.prompt_format`` and tokenised with its first reference as the response
-(``tokenize_example``: prompt head kept, response truncated to ``max_length``, EOS appended and kept as a label).
+(``tokenize_example``: a long prompt cut inside its text with the format's end kept, response truncated to
+``max_length``, EOS appended and kept as a label).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from switch_core.config import DataConfig
 from switch_core.data.prompts import format_prompt
 from switch_core.data.records import InstructionRecord
 from switch_core.data.splits import read_records
-from switch_core.data.tokenize import TrainExample, tokenize_example
+from switch_core.data.tokenize import TrainExample, count_truncated, tokenize_example
 from switch_core.training import seeding
 from switch_core.training.dev import DevData
 
@@ -36,13 +38,19 @@ def tokenize_records(records: list[InstructionRecord], tokenizer: Any, data: Dat
 
 
 def load_examples(path: Path, tokenizer: Any, data: DataConfig) -> list[TrainExample]:
-    """Read a split file and tokenise it.
+    """Read a split file and tokenise it; say on stderr how many prompts were cut to ``data.max_prompt_length``.
 
     Raises:
         switch_core.data.records.DataFormatError: missing or malformed file.
         switch_core.data.tokenize.EmptyExampleError: see :func:`tokenize_records`.
     """
-    return tokenize_records(read_records(path), tokenizer, data)
+    examples = tokenize_records(read_records(path), tokenizer, data)
+    counts = count_truncated(examples)
+    if counts["prompts_truncated"]:
+        print(f"data: {counts['prompts_truncated']} of {counts['examples']} prompts in {path.name} are longer than "
+              f"data.max_prompt_length={data.max_prompt_length} tokens: cut inside the instruction/input, the "
+              "prompt format's end kept", file=sys.stderr)
+    return examples
 
 
 def load_dev(path: Path, tokenizer: Any, data: DataConfig, *, rouge_examples: int, seed: int) -> DevData:
