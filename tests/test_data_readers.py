@@ -136,7 +136,7 @@ def test_malformed_line_error_names_file_line_and_field(
     assert str(path) in message
     assert "line 3" in message
     assert needle in message
-    assert "on_bad_rows='skip'" in message
+    assert "--set data.on_bad_rows=skip" in message  # the CLI form
     assert info.value.line == 3 and info.value.reason == reason and info.value.field == field
     if field is not None:
         assert f"field {field!r}" in message
@@ -240,6 +240,50 @@ def test_dolly_raw_missing_response_names_field(tmp_path: Path) -> None:
     path = _write_lines(tmp_path / "raw.jsonl", [json.dumps({"instruction": "q", "context": "", "category": "c"})])
     with pytest.raises(DataFormatError, match=r"raw.jsonl, line 1, field 'response': missing required field"):
         read_dolly_raw(path)
+
+
+def test_rows_of_the_other_format_name_the_right_source(tmp_path: Path) -> None:
+    raw = _write_lines(tmp_path / "raw.jsonl", [json.dumps(r) for r in _dolly_rows()])
+    with pytest.raises(DataFormatError, match=r"field 'output': missing required field 'output' .*"
+                                              r"the row has 'response', as dolly_raw data does: "
+                                              r"set data.source=dolly_raw"):
+        read_minillm_jsonl(raw)
+    mini = _write_lines(tmp_path / "mini.jsonl", [json.dumps(_minillm_row(0))])
+    with pytest.raises(DataFormatError, match=r"the row has 'output', as minillm data does: set data.source=minillm"):
+        read_dolly_raw(mini)
+    bare = _write_lines(tmp_path / "bare.jsonl", [json.dumps({"instruction": "q"})])
+    with pytest.raises(DataFormatError) as info:
+        read_minillm_jsonl(bare)
+    assert "data.source" not in str(info.value)
+
+
+def test_a_folder_is_read_as_its_jsonl_files_in_name_order(tmp_path: Path) -> None:
+    folder = tmp_path / "dolly"
+    _write_lines(folder / "b.jsonl", [json.dumps(_minillm_row(2)), "", json.dumps(_minillm_row(3))])
+    _write_lines(folder / "a.jsonl", [json.dumps(_minillm_row(0)), json.dumps(_minillm_row(1))])
+    (folder / "README.md").write_text("not data")
+    (folder / "sub.jsonl").mkdir()  # a folder named like a file is not read
+    result = load_records("minillm", folder)
+    assert [r.instruction for r in result.records] == [f"Question {i}?" for i in range(4)]
+    assert [r.id for r in result.records] == [f"dolly-{i:05d}" for i in range(4)]
+    assert result.report.source == str(folder) and result.report.rows_read == 4
+    assert result.report.to_dict()["blank_lines"] == []  # a folder's line numbers would be ambiguous
+    _write_lines(folder / "c.jsonl", [json.dumps(_minillm_row(4, id="dolly-00001"))])
+    with pytest.raises(DataFormatError, match=rf"{folder / 'c.jsonl'}, line 1, field 'id': duplicate id "
+                                              rf"'dolly-00001' \(first at line 2 of {folder / 'a.jsonl'}\)"):
+        load_records("minillm", folder)
+    skipped = load_records("minillm", folder, on_bad_rows="skip")
+    assert len(skipped.records) == 4 and skipped.report.counts() == {"duplicate_id": 1}
+
+
+def test_a_folder_without_jsonl_files_says_what_is_expected(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "data.json").write_text("[]")
+    with pytest.raises(DataFormatError, match=r"empty: a folder without .jsonl files \(it holds \['data.json'\]\); "
+                                              r"data.path takes a .jsonl file or a folder of .jsonl files"):
+        load_records("dolly_raw", tmp_path / "empty")
+    with pytest.raises(DataFormatError, match="nowhere.jsonl: no such file or folder"):
+        load_records("minillm", tmp_path / "nowhere.jsonl")
 
 
 # ---------------------------------------------------------------------------------------------- Hugging Face

@@ -6,6 +6,7 @@ Sources:
   ``instruction``, ``input``, ``output`` (a string, or a list of reference strings for S-NI), ``prompt`` (already
   formatted; ``<n>`` stands for a newline) and ``topic`` (Vicuna: ``category``).
 - raw databricks-dolly-15k JSONL: ``instruction``, ``context``, ``response``, ``category``.
+- for both JSONL formats, a folder: its ``.jsonl`` files are read in name order as one source.
 - any Hugging Face dataset by hub name, local data folder (jsonl / parquet / csv loadable by ``datasets.load_dataset``)
   or ``save_to_disk`` folder, with Dolly-raw or MiniLLM columns (detected from the column names).
 - the embedded procedural suite (:mod:`switch_core.data.embedded`).
@@ -46,7 +47,10 @@ __all__ = [
 BadRowPolicy = Literal["error", "skip"]
 SourceKind = Literal["embedded", "minillm", "dolly_raw", "hf"]
 
-_SKIP_HINT = "Fix the row, or pass on_bad_rows='skip' to skip bad rows and count them in the report."
+_SKIP_HINT = (
+    "Fix the row, or skip bad rows with --set data.on_bad_rows=skip (on_bad_rows='skip' in Python); skipped rows "
+    "are counted in the data report."
+)
 # (parse a row dict into a record, given the id to use when the row has none)
 _RowParser = Callable[[dict[str, Any], str], InstructionRecord]
 
@@ -136,11 +140,21 @@ def _check_policy(on_bad_rows: str) -> None:
         raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}")
 
 
+_OTHER_FORMAT = {"output": ("response", "dolly_raw"), "response": ("output", "minillm")}
+"""Required field -> (the other format's field, its data.source): a row of the other format is named as such."""
+
+
+def _missing(row: dict[str, Any], name: str) -> DataFormatError:
+    text = f"missing required field {name!r} (row has {sorted(row)})"
+    other_field, other_source = _OTHER_FORMAT.get(name, (None, None))
+    if other_field in row:
+        text += f"; the row has {other_field!r}, as {other_source} data does: set data.source={other_source}"
+    return DataFormatError(text, field=name, reason="missing_field")
+
+
 def _required_str(row: dict[str, Any], name: str) -> str:
     if name not in row:
-        raise DataFormatError(
-            f"missing required field {name!r} (row has {sorted(row)})", field=name, reason="missing_field"
-        )
+        raise _missing(row, name)
     value = row[name]
     if not isinstance(value, str):
         raise DataFormatError(
@@ -162,9 +176,7 @@ def _optional_str(row: dict[str, Any], name: str) -> str | None:
 
 def _references(row: dict[str, Any], name: str) -> tuple[str, ...]:
     if name not in row:
-        raise DataFormatError(
-            f"missing required field {name!r} (row has {sorted(row)})", field=name, reason="missing_field"
-        )
+        raise _missing(row, name)
     value = row[name]
     if isinstance(value, str):
         value = [value]
@@ -236,7 +248,7 @@ def dolly_row_to_record(row: dict[str, Any], default_id: str) -> InstructionReco
 
 
 def _collect(
-    rows: Iterable[tuple[int, dict[str, Any] | DataFormatError]],
+    rows: Iterable[tuple[str, int, dict[str, Any] | DataFormatError]],
     parse: _RowParser,
     *,
     source: str,
@@ -245,10 +257,11 @@ def _collect(
     on_bad_rows: BadRowPolicy,
     report: BadRowReport,
 ) -> ReadResult:
-    """Parse rows, de-duplicate ids, apply the bad-row policy; error if nothing is left."""
+    """Parse ``(file or dataset, position, row)`` triples, de-duplicate ids, apply the bad-row policy; error if
+    nothing is left (``source`` names the whole input)."""
     records: list[InstructionRecord] = []
-    first_seen: dict[str, int] = {}
-    for index, (position, row) in enumerate(rows):
+    first_seen: dict[str, tuple[str, int]] = {}
+    for index, (origin, position, row) in enumerate(rows):
         report.rows_read += 1
         try:
             if isinstance(row, DataFormatError):
@@ -257,20 +270,18 @@ def _collect(
                 raise DataFormatError(f"row must be a JSON object, got {type(row).__name__}", reason="not_an_object")
             record = parse(row, f"{id_prefix}-{index:05d}")
             if record.id in first_seen:
-                raise DataFormatError(
-                    f"duplicate id {record.id!r} (first at {unit} {first_seen[record.id]})",
-                    field="id",
-                    reason="duplicate_id",
-                )
+                first_origin, first_position = first_seen[record.id]
+                at = f"{unit} {first_position}" + (f" of {first_origin}" if first_origin != origin else "")
+                raise DataFormatError(f"duplicate id {record.id!r} (first at {at})", field="id", reason="duplicate_id")
         except DataFormatError as err:
-            where = f"{source}, {unit} {position}" + (f", field {err.field!r}" if err.field else "")
+            where = f"{origin}, {unit} {position}" + (f", field {err.field!r}" if err.field else "")
             if on_bad_rows == "error":
                 raise DataFormatError(
-                    f"{where}: {err}. {_SKIP_HINT}", source=source, line=position, field=err.field, reason=err.reason
+                    f"{where}: {err}. {_SKIP_HINT}", source=origin, line=position, field=err.field, reason=err.reason
                 ) from None
             report.errors.append(RowError(position, err.reason, err.field, f"{where}: {err}"))
             continue
-        first_seen[record.id] = position
+        first_seen[record.id] = (origin, position)
         records.append(record)
     if not records:
         empty = "the file is empty or has only blank lines" if unit == "line" else "the split has no rows"
@@ -279,8 +290,9 @@ def _collect(
     return ReadResult(records, report)
 
 
-def _jsonl_rows(path: Path, report: BadRowReport) -> Iterator[tuple[int, dict[str, Any] | DataFormatError]]:
-    """Yield (1-based line number, parsed object or the error) for each non-blank line; record blank lines."""
+def _jsonl_rows(path: Path, blank_lines: list[int]) -> Iterator[tuple[int, dict[str, Any] | DataFormatError]]:
+    """Yield (1-based line number, parsed object or the error) for each non-blank line; append the numbers of
+    blank lines to ``blank_lines``."""
     with path.open("rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
             try:
@@ -292,7 +304,7 @@ def _jsonl_rows(path: Path, report: BadRowReport) -> Iterator[tuple[int, dict[st
                 )
                 continue
             if not text.strip():
-                report.blank_lines.append(line_no)
+                blank_lines.append(line_no)
                 continue
             try:
                 yield line_no, json.loads(text)
@@ -304,7 +316,30 @@ def _jsonl_rows(path: Path, report: BadRowReport) -> Iterator[tuple[int, dict[st
 
 
 def _default_prefix(path: Path) -> str:
+    if path.is_dir():
+        return path.name or "data"
     return f"{path.parent.name}-{path.stem}" if path.parent.name else path.stem
+
+
+def _jsonl_files(path: Path) -> list[Path]:
+    """The file ``path``, or the ``.jsonl`` files of the folder ``path`` in name order.
+
+    Raises:
+        DataFormatError: no such file or folder, or a folder without ``.jsonl`` files.
+    """
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataFormatError(f"{path}: no such file or folder", source=str(path), reason="missing_file")
+    files = sorted(p for p in path.iterdir() if p.suffix == ".jsonl" and p.is_file())
+    if not files:
+        found = sorted(p.name for p in path.iterdir())[:10]
+        raise DataFormatError(
+            f"{path}: a folder without .jsonl files (it holds {found or 'nothing'}); data.path takes a .jsonl file "
+            "or a folder of .jsonl files, read in name order",
+            source=str(path), reason="missing_file",
+        )
+    return files
 
 
 def read_jsonl(
@@ -314,31 +349,35 @@ def read_jsonl(
     on_bad_rows: BadRowPolicy = "error",
     id_prefix: str | None = None,
 ) -> ReadResult:
-    """Read a JSONL file row by row with a row parser, applying the bad-row policy.
+    """Read a JSONL file, or a folder's ``.jsonl`` files in name order, row by row with a row parser, applying the
+    bad-row policy.
 
     Args:
-        path: the ``.jsonl`` file (UTF-8; whitespace-only lines are ignored and listed in ``report.blank_lines``).
+        path: the ``.jsonl`` file (UTF-8; whitespace-only lines are ignored and, for a file, listed in
+            ``report.blank_lines``), or a folder whose ``*.jsonl`` files are read one after the other, sorted by name
+            (other files are ignored; line numbers in errors are those of the named file).
         parse: ``parse(row_dict, default_id) -> InstructionRecord``; raises :class:`DataFormatError` with ``field``
             and ``reason`` set for a bad row.
         on_bad_rows: ``"error"`` raises on the first bad row; ``"skip"`` skips it and reports it.
-        id_prefix: rows without ``id`` get ``f"{id_prefix}-{row_index:05d}"`` (index over non-blank rows from 0);
-            default ``"{parent folder}-{file stem}"``.
+        id_prefix: rows without ``id`` get ``f"{id_prefix}-{row_index:05d}"`` (index over non-blank rows from 0,
+            across a folder's files); default ``"{parent folder}-{file stem}"`` for a file, the folder's name for a
+            folder.
 
     Returns:
         Records in file order and the bad-row report.
 
     Raises:
-        DataFormatError: missing file, a bad row with ``on_bad_rows="error"`` (message names file, line and field),
+        DataFormatError: missing file or folder, a folder without ``.jsonl`` files, a bad row with ``on_bad_rows="error"`` (message names file, line and field),
             or no record at all.
         ValueError: ``on_bad_rows`` is neither ``"error"`` nor ``"skip"``.
     """
     _check_policy(on_bad_rows)
     path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: no such file", source=str(path), reason="missing_file")
+    files = _jsonl_files(path)
     report = BadRowReport(source=str(path))
+    blank_lines = report.blank_lines if files == [path] else []  # line numbers of a folder's files would be ambiguous
     return _collect(
-        _jsonl_rows(path, report),
+        ((str(file), line, row) for file in files for line, row in _jsonl_rows(file, blank_lines)),
         parse,
         source=str(path),
         unit="line",
@@ -354,7 +393,7 @@ def read_minillm_jsonl(
     """Read a MiniLLM / DistiLLM processed JSONL file (method.md §5.1; see :func:`minillm_row_to_record`).
 
     Args:
-        path: the ``.jsonl`` file.
+        path: the ``.jsonl`` file, or a folder of ``.jsonl`` files (read in name order, see :func:`read_jsonl`).
         on_bad_rows: ``"error"`` (default) raises on the first bad row; ``"skip"`` skips it and reports it.
         id_prefix: prefix of generated ids (rows without ``id`` get ``f"{id_prefix}-{row_index:05d}"``, the index
             counting non-blank rows from 0); default ``"{parent folder}-{file stem}"``, e.g. ``"dolly-valid"``.
@@ -363,8 +402,8 @@ def read_minillm_jsonl(
         Records in file order and the bad-row report.
 
     Raises:
-        DataFormatError: missing file, a bad row (with ``on_bad_rows="error"``; the message names file, line and
-            field), or no record at all.
+        DataFormatError: missing file or folder, a folder without ``.jsonl`` files, a bad row (with
+            ``on_bad_rows="error"``; the message names file, line and field), or no record at all.
         ValueError: ``on_bad_rows`` is neither ``"error"`` nor ``"skip"``.
     """
     return read_jsonl(path, minillm_row_to_record, on_bad_rows=on_bad_rows, id_prefix=id_prefix)
@@ -460,7 +499,7 @@ def read_hf_dataset(
     report = BadRowReport(source=source)
     prefix = id_prefix or f"{Path(name.rstrip('/')).name}-{split}"
     return _collect(
-        enumerate(dataset),
+        ((source, index, row) for index, row in enumerate(dataset)),
         parse,
         source=source,
         unit="row",
@@ -483,8 +522,8 @@ def load_records(
     """Read records from any supported source; the one entry point used by the commands.
 
     Args:
-        source: ``"embedded"`` (procedural suite, no ``path``), ``"minillm"`` / ``"dolly_raw"`` (JSONL file at
-            ``path``) or ``"hf"`` (hub name or local folder at ``path``).
+        source: ``"embedded"`` (procedural suite, no ``path``), ``"minillm"`` / ``"dolly_raw"`` (JSONL file, or folder
+            of ``.jsonl`` files, at ``path``) or ``"hf"`` (hub name or local folder at ``path``).
         path: file, folder or hub name; must be None for ``"embedded"``.
         split: split for ``"hf"`` only.
         config_name: dataset configuration for ``"hf"`` only.
