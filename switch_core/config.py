@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 MethodName = Literal["sft", "kd", "seqkd", "imitkd", "gkd", "distillm", "switch", "minillm"]
 DivergenceName = Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd"]
@@ -188,16 +188,23 @@ class OptimConfig(_Strict):
         return "no" if v is False else v
     gradient_checkpointing: bool = False
     seed: int = Field(10, description="Training seed (DistiLLM scripts use 10).")
+    _key: str = PrivateAttr("optim")
+
+    @property
+    def key(self) -> str:
+        """The section's key in :class:`Config` (``optim``, ``teacher_optim`` or ``warmup_optim``), so that a
+        message names the key in force: ``f"{optim.key}.batch_size"``."""
+        return self._key
 
     @model_validator(mode="after")
     def _batch(self) -> OptimConfig:
+        # the error's location names the section (optim, teacher_optim or warmup_optim): the message does not
         if self.batch_size % self.micro_batch_size:
             raise ValueError(
-                f"optim.batch_size ({self.batch_size}) must be a multiple of optim.micro_batch_size "
-                f"({self.micro_batch_size})"
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
             )
         if self.lr_min > self.lr:
-            raise ValueError(f"optim.lr_min ({self.lr_min}) must be <= optim.lr ({self.lr})")
+            raise ValueError(f"lr_min ({self.lr_min}) must be <= lr ({self.lr})")
         return self
 
 
@@ -399,6 +406,12 @@ class Config(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _optim_keys(self) -> Config:
+        for key in ("teacher_optim", "warmup_optim", "optim"):
+            getattr(self, key)._key = key
+        return self
+
+    @model_validator(mode="after")
     def _runs_resolve(self) -> Config:
         bases = {"student-init", "student-sft"}
         reserved = bases | {"teacher", "teacher-base"}
@@ -516,25 +529,40 @@ def _fields_at(path: tuple[Any, ...]) -> list[str]:
     return []
 
 
+def _one_of(options: list[str]) -> str:
+    return options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"
+
+
 def format_validation_error(err: ValidationError, origin: str) -> str:
-    """One line per problem: key path, bad value, what is allowed, nearest valid key for typos."""
-    lines = [f"invalid configuration ({origin}):"]
+    """One line per problem: key path, bad value, what is allowed, nearest valid key for typos.
+
+    Pydantic reports a value outside a union of literals (``DivergenceName | Literal["ce"]``) once per member; those
+    reports become one line listing every allowed value.
+    """
+    problems: dict[tuple[tuple[Any, ...], str], list[dict[str, Any]]] = {}
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal"))))
+        problems.setdefault((loc, repr(e.get("input"))), []).append(e)
+    lines = [f"invalid configuration ({origin}):"]
+    for (loc, _), errors in problems.items():
         path = ".".join(str(p) for p in loc) or "<root>"
-        value = e.get("input")
-        if e["type"] == "extra_forbidden":
+        value = errors[0].get("input")
+        if errors[0]["type"] == "extra_forbidden":
             hint = _did_you_mean(loc[-1], _fields_at(loc[:-1]))
             valid = ", ".join(_fields_at(loc[:-1]))
             lines.append(f"  - {path}: unknown key{hint}; valid keys here: {valid}")
             continue
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "literal_error":
-            expected = e.get("ctx", {}).get("expected", "")
-            options = [o.strip(" '") for o in str(expected).replace(" or ", ",").split(",")]
-            msg = f"must be one of {expected}{_did_you_mean(value, options)}"
+        options = [
+            option.strip()
+            for e in errors if e["type"] == "literal_error"
+            for option in str(e.get("ctx", {}).get("expected", "")).replace(" or ", ",").split(",")
+        ]
+        messages = [e["msg"].removeprefix("Value error, ") for e in errors if e["type"] != "literal_error"]
+        if options:
+            hint = _did_you_mean(value, [o.strip("'") for o in options])
+            messages.insert(0, f"must be one of {_one_of(options)}{hint}")
         shown = "" if isinstance(value, dict) else f" = {value!r}"
-        lines.append(f"  - {path}{shown}: {msg}")
+        lines.append(f"  - {path}{shown}: {' or '.join(dict.fromkeys(messages))}")
     return "\n".join(lines)
 
 

@@ -28,6 +28,9 @@ Numerics (docs/landscape.md §1, pain points 12-14):
 - ``0·log 0 = 0``: vocabulary entries with ``a_v = 0`` (logit ``−inf``, a masked vocabulary) contribute nothing and
   get finite (zero) gradients. An entry with ``a_v > 0`` where the mixture is 0 gives ``+inf`` (the divergence is
   infinite there);
+- a position whose logits have no finite maximum (all ``−inf``: every token masked; or a NaN / ``+inf`` logit) has no
+  distribution: the divergence there would be NaN, so it raises :class:`DivergenceError` naming the position (a check
+  over the ``[...]`` result, not the vocabulary: one reduction and one host sync per call);
 - results are clamped at 0 to remove negative rounding error only. In float32 the absolute accuracy is about 1e-7
   nats (the rounding of the two log-softmax normalisers); pass float64 logits to resolve smaller divergences.
 
@@ -88,6 +91,39 @@ def _log_probs(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
     return log_softmax(student_logits), log_softmax(teacher_logits)
 
 
+def _logits_problem(row: Tensor) -> str | None:
+    if bool(row.isnan().any()):
+        return "hold NaN"
+    if bool(torch.isneginf(row).all()):
+        return "are all -inf"
+    if bool(torch.isposinf(row).any()):
+        return "hold +inf"
+    return None
+
+
+def _defined(values: Tensor, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """``values`` (``[...]``), after checking that no position is NaN: one reduction over positions, none over the
+    vocabulary (the logits are only looked at to explain an error).
+
+    Raises:
+        DivergenceError: a position is NaN; the message names the first one and the logits row that caused it.
+    """
+    nan = values.isnan()
+    if not bool(nan.any()):
+        return values
+    index = tuple(int(i) for i in nan.nonzero()[0])
+    causes = [
+        f"the {who} logits there {problem}"
+        for who, logits in (("student", student_logits), ("teacher", teacher_logits))
+        if (problem := _logits_problem(logits[index])) is not None
+    ]
+    raise DivergenceError(
+        f"the divergence is undefined (NaN) at position {list(index)}: {'; '.join(causes) or 'NaN arithmetic'}. "
+        "A distribution needs at least one finite logit and no NaN or +inf: leave such positions out with the loss "
+        "mask rather than masking every token"
+    )
+
+
 def _kl_to_mixture(log_a: Tensor, log_b: Tensor, weight: float) -> Tensor:
     """``KL(a ‖ w·a + (1−w)·b)`` summed over the last axis, from log-probabilities ``[..., V]`` -> ``[...]``.
 
@@ -116,10 +152,11 @@ def forward_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: f
         ``[...]`` float32 (float64 if an input is float64), >= 0, in nats; ``+inf`` where ``p_v > 0 = q_v``.
 
     Raises:
-        DivergenceError: shapes differ (e.g. vocabulary sizes), non-float logits, or bad temperature.
+        DivergenceError: shapes differ (e.g. vocabulary sizes), non-float logits, or bad temperature; a position
+            whose logits are all ``-inf`` or hold NaN / ``+inf`` (the divergence there is undefined).
     """
     log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
-    return _kl_to_mixture(log_p, log_q, 0.0).clamp_min(0.0)
+    return _defined(_kl_to_mixture(log_p, log_q, 0.0).clamp_min(0.0), student_logits, teacher_logits)
 
 
 def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0) -> Tensor:
@@ -128,7 +165,7 @@ def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: f
     Args, returns and raises as :func:`forward_kl` (``+inf`` where ``q_v > 0 = p_v``).
     """
     log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
-    return _kl_to_mixture(log_q, log_p, 0.0).clamp_min(0.0)
+    return _defined(_kl_to_mixture(log_q, log_p, 0.0).clamp_min(0.0), student_logits, teacher_logits)
 
 
 def jensen_shannon(
@@ -161,7 +198,7 @@ def jensen_shannon(
         total = total + beta * _kl_to_mixture(log_p, log_q, beta)
     if beta < 1.0:
         total = total + (1.0 - beta) * _kl_to_mixture(log_q, log_p, 1.0 - beta)
-    return total.clamp_min(0.0)
+    return _defined(total.clamp_min(0.0), student_logits, teacher_logits)
 
 
 def skew_forward_kl(
@@ -186,7 +223,7 @@ def skew_forward_kl(
     """
     alpha = _check_unit_interval("alpha", alpha)
     log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
-    return _kl_to_mixture(log_p, log_q, alpha).clamp_min(0.0)
+    return _defined(_kl_to_mixture(log_p, log_q, alpha).clamp_min(0.0), student_logits, teacher_logits)
 
 
 def skew_reverse_kl(
@@ -210,7 +247,7 @@ def skew_reverse_kl(
     """
     alpha = _check_unit_interval("alpha", alpha)
     log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
-    return _kl_to_mixture(log_q, log_p, alpha).clamp_min(0.0)
+    return _defined(_kl_to_mixture(log_q, log_p, alpha).clamp_min(0.0), student_logits, teacher_logits)
 
 
 def total_variation(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0) -> Tensor:
@@ -219,7 +256,7 @@ def total_variation(student_logits: Tensor, teacher_logits: Tensor, *, temperatu
     Args, raises as :func:`forward_kl`. Returns ``[...]`` float32 (float64 if an input is float64) in [0, 1].
     """
     log_q, log_p = _log_probs(student_logits, teacher_logits, temperature)
-    return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(dim=-1)
+    return _defined(0.5 * (log_p.exp() - log_q.exp()).abs().sum(dim=-1), student_logits, teacher_logits)
 
 
 DIVERGENCES: dict[str, Divergence] = {

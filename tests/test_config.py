@@ -36,7 +36,8 @@ def test_every_preset_validates(preset):
         ("data.max_prompt_length=512", ["max_prompt_length (512) must be < data.max_length (512)"]),
         ("rollout.schedule=exponentail", ["rollout.schedule", "did you mean 'exponential'"]),
         ("methods.gdk.beta=0.2", ["unknown method 'gdk'", "did you mean 'gkd'"]),
-        ("optim.batch_size=6", ["multiple of optim.micro_batch_size"]),
+        ("optim.batch_size=6", ["  - optim: batch_size (6) must be a multiple of micro_batch_size (8)"]),
+        ("teacher_optim.batch_size=6", ["  - teacher_optim: batch_size (6) must be a multiple of micro_batch_size"]),
         ("optim.epochs=two", ["optim.epochs = 'two'", "valid integer"]),
         ("student.lora.rr=4", ["student.lora.rr", "did you mean 'r'", "valid keys here: r, alpha"]),
     ],
@@ -123,3 +124,28 @@ def test_unquoted_no_from_yaml_1_2_writers_means_no_mixed_precision(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("optim:\n  mixed_precision: no\n")
     assert load_config(params).optim.mixed_precision == "no"
+
+
+def test_a_value_outside_a_union_of_literals_is_one_line_listing_every_choice():
+    """methods.*.loss is ``DivergenceName | Literal["ce"]``: pydantic reports each member; the user sees one line."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides=["methods.switch.loss=fkll"])
+    lines = str(err.value).splitlines()[1:]
+    expected = (
+        "  - methods.switch.loss = 'fkll': must be one of 'fkl', 'rkl', 'jsd', 'skl', 'srkl', 'tvd' or 'ce' "
+        "(did you mean 'fkl'?)"
+    )
+    assert lines == [expected]
+
+
+def test_each_optimisation_section_knows_its_key_for_messages():
+    from switch_core.training.loop import TrainingSetupError, _layout
+
+    config = load_config(None, overrides=["teacher_optim.batch_size=8"])
+    assert (config.teacher_optim.key, config.warmup_optim.key, config.optim.key) == (
+        "teacher_optim", "warmup_optim", "optim"
+    )
+    assert config.run_config(next(iter(config.runs))).teacher_optim.key == "teacher_optim"
+    with pytest.raises(TrainingSetupError, match=r"3 training examples are fewer than one batch "
+                                                 r"\(teacher_optim.batch_size=8\)"):
+        _layout(config.teacher_optim, 1, 3)

@@ -342,3 +342,26 @@ def test_nearly_identical_inputs_are_accurate(name: str, kw: dict[str, float]) -
     got32 = DIVERGENCES[name](student.float(), teacher.float(), **kw).double()
     torch.testing.assert_close(got32, _reference_rows(name, student.float(), teacher.float(), **kw),
                                rtol=0.0, atol=3e-7)
+
+
+@pytest.mark.parametrize("name", sorted(DIVERGENCES))
+def test_a_logits_row_without_a_distribution_is_an_error_naming_the_position(name: str) -> None:
+    """All -inf (every token masked), NaN or +inf logits have no softmax: NaN before, a clear error now."""
+    fn = DIVERGENCES[name]
+    student, teacher = _logits((2, 3, 8), seed=5), _logits((2, 3, 8), seed=6)
+    masked = student.clone()
+    masked[1, 2] = -math.inf
+    with pytest.raises(DivergenceError, match=r"undefined \(NaN\) at position \[1, 2\]: the student logits there are "
+                                              r"all -inf\. .*loss mask"):
+        fn(masked, teacher)
+    broken = teacher.clone()
+    broken[0, 1, 3] = math.nan
+    with pytest.raises(DivergenceError, match=r"position \[0, 1\]: the teacher logits there hold NaN"):
+        fn(student, broken)
+    hot = teacher.clone()
+    hot[0, 0, 0] = math.inf
+    with pytest.raises(DivergenceError, match=r"position \[0, 0\]: the teacher logits there hold \+inf"):
+        fn(student, hot)
+    partly = student.clone()
+    partly[1, 2, :7] = -math.inf  # one finite logit is a (one-hot) distribution: fine
+    assert not fn(partly, teacher).isnan().any()

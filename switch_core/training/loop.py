@@ -153,12 +153,12 @@ class TrainResult:
 def _layout(optim: OptimConfig, world: int, n_train: int) -> tuple[int, int]:
     """``(sequences per process per step, steps per epoch)``."""
     if optim.batch_size % world:
-        raise TrainingSetupError(f"optim.batch_size={optim.batch_size} must be divisible by the {world} processes")
+        raise TrainingSetupError(f"{optim.key}.batch_size={optim.batch_size} must be divisible by the {world} processes")
     local = optim.batch_size // world
     steps_per_epoch = n_train // optim.batch_size
     if steps_per_epoch == 0:
         raise TrainingSetupError(
-            f"{n_train} training examples are fewer than one batch (optim.batch_size={optim.batch_size})"
+            f"{n_train} training examples are fewer than one batch ({optim.key}.batch_size={optim.batch_size})"
         )
     return local, steps_per_epoch
 
