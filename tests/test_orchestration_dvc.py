@@ -47,6 +47,51 @@ def test_default_pipeline_stages_in_dependency_order(workspace: Path) -> None:
     assert stage_names(workspace) == expected
 
 
+def _dvc_name(pipeline_name: str, runs: list[str]) -> str:
+    """The dvc.yaml stage of a ``switch-kd pipeline`` stage: ``distill-kd`` -> ``distill@kd``, ``evaluate-teacher``
+    -> ``evaluate-base@teacher``, ``evaluate-kd`` -> ``evaluate@kd``."""
+    for group in ("distill", "evaluate"):
+        item = pipeline_name.removeprefix(f"{group}-")
+        if item != pipeline_name:
+            return f"{group}@{item}" if group == "distill" or item in runs else f"evaluate-base@{item}"
+    return pipeline_name
+
+
+def test_pipeline_command_and_dvc_yaml_declare_the_same_stage_graph(workspace: Path) -> None:
+    """``switch-kd pipeline`` (make run) and dvc.yaml declare the stages twice: same stages, commands, outputs, and
+    an order that respects every dependency DVC sees. (dvc.yaml always has sft-student, seqkd-data and
+    evaluate-base@student-sft; the default params.yaml uses all three, so the two lists must be equal.)"""
+    from dvc.repo import Repo
+
+    from switch_core.commands.pipeline import pipeline_stages
+    from switch_core.layout import RunLayout
+
+    config = load_config(workspace / "params.yaml")
+    runs = list(config.runs)
+    layout = RunLayout.from_config(config, workspace)
+    ours = {_dvc_name(stage.name, runs): stage for stage in pipeline_stages(config, layout)}
+    order = list(ours)
+    with Repo(str(workspace)) as repo:
+        dvc = {stage.name: stage for stage in repo.index.stages}
+        edges = [(dep.name, stage.name) for stage, dep in repo.index.graph.edges]
+    assert order == [n for n in stage_names(workspace) if n in ours] and set(ours) == set(dvc)
+    assert all(order.index(first) < order.index(then) for first, then in edges)
+    for name, stage in ours.items():
+        command = dvc[name].cmd.split()
+        if stage.argv[0] == "evaluate":
+            assert command[-1] == "--quiet"  # DVC logs stay short; the pipeline shows progress
+            command = command[:-1]
+        if stage.argv[0] == "report":  # the one known difference: the pipeline also fixes the models' order
+            assert stage.argv[1:] == ("--models", ",".join(["teacher", "student-init", "student-sft", *runs]))
+            command += list(stage.argv[1:])
+        def paths_resolved(args: list[str]) -> list[str]:  # DVC runs in the workspace; the pipeline passes paths
+            return [str((workspace / a).resolve()) if "/" in a else a for a in args]
+
+        assert paths_resolved(command) == paths_resolved(["switch-kd", *stage.argv]), name
+        outs = [workspace / out.def_path for out in dvc[name].outs]
+        assert any(stage.output == out or out in stage.output.parents for out in outs), (name, stage.output, outs)
+
+
 def test_preset_and_chained_runs_reach_dvc_templating(tmp_path: Path) -> None:
     root = clone_workspace(PROJECT, tmp_path / "ws")
     # "lo" is listed first but starts from "hi": DVC's graph must order hi first
