@@ -17,19 +17,11 @@ from switch_core.commands.results_doc import git_commit
 from switch_core.data.prompts import minillm_prompt
 from switch_core.data.records import InstructionRecord
 from switch_core.data.splits import write_records
-from switch_core.evaluation.results_doc import (
-    ReadingInputs,
-    ResultsDocError,
-    Score,
-    compare,
-    position_buckets,
-    rank_of,
-    reading,
-    rollout_batch_share,
-    student_only_positions,
-    training_overlap,
-    write_results_doc,
-)
+from switch_core.reporting.loading import ReportInputError
+from switch_core.reporting.reading import ReadingInputs, reading, student_only_positions
+from switch_core.reporting.results_md import training_overlap, write_results_doc
+from switch_core.reporting.scores import Score, compare, rank_of, rollout_batch_share
+from switch_core.reporting.teacher_share import position_buckets
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SEEDS = (10, 20)
@@ -257,7 +249,7 @@ def test_missing_inputs_are_listed(doc) -> None:
 def test_a_folder_without_any_output_is_an_error_and_writes_nothing(tmp_path: Path) -> None:
     (tmp_path / "empty-run").mkdir()
     for folder in (tmp_path / "no-such-run", tmp_path / "empty-run"):
-        with pytest.raises(ResultsDocError, match=f"no run outputs in {folder}.*--run-dir; nothing written"):
+        with pytest.raises(ReportInputError, match=f"no run outputs in {folder}.*--run-dir; nothing written"):
             write_results_doc(folder, tmp_path / "RESULTS.md", commands=["dvc repro"], commit=None)
     assert not (tmp_path / "RESULTS.md").exists()
     assert main(["results-doc", "--set", f"run_dir={tmp_path / 'empty-run'}", "--out", str(tmp_path / "R.md")]) == 2
@@ -282,7 +274,7 @@ def test_a_metrics_file_without_per_seed_values_is_an_error_naming_it(tmp_path: 
     run = _fake_run(tmp_path)
     bad = run / "eval" / "switch" / "dolly" / "metrics.json"
     bad.write_text(json.dumps({"aggregate": {}}))
-    with pytest.raises(ResultsDocError, match=str(bad)):
+    with pytest.raises(ReportInputError, match=str(bad)):
         write_results_doc(run, tmp_path / "R.md", commands=[], commit=None)
 
 

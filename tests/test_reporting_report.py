@@ -1,4 +1,4 @@
-"""The comparison report: table values, limits shown, plots written, training logs and traces optional."""
+"""The comparison report (switch-kd report): table values, limits shown, plots written, training logs and traces optional."""
 from __future__ import annotations
 
 import argparse
@@ -9,15 +9,11 @@ import pandas as pd
 import pytest
 
 from switch_core.config import Config
-from switch_core.evaluation.report import (
-    ReportInputError,
-    build_report,
-    collect_metrics,
-    markdown_table,
-    read_training_log,
-    results_table,
-    teacher_share_by_position,
-)
+from switch_core.reporting.loading import ReportInputError, collect_metrics, read_training_log
+from switch_core.reporting.report_md import build_report
+from switch_core.reporting.scores import results_table
+from switch_core.reporting.tables import markdown_table
+from switch_core.reporting.teacher_share import teacher_share_by_position
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
