@@ -507,3 +507,18 @@ def test_git_commit_marks_uncommitted_changes_only_under_the_given_paths(tmp_pat
     (tmp_path / "code" / "a.py").write_text("x = 2\n")
     assert git_commit(tmp_path, ("code",)) == f"{sha} + uncommitted changes"
     assert git_commit(tmp_path / "not-a-checkout") is None
+
+
+def test_wall_times_are_read_from_a_timings_file_or_shown_as_not_recorded(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path)
+    for name in ("distillm", "switch"):  # the wall time moved out of train_summary.json
+        summary = run / "models" / name / "train_summary.json"
+        summary.write_text(json.dumps({k: v for k, v in json.loads(summary.read_text()).items()
+                                       if k != "wall_seconds"}))
+    (run / "models" / "switch" / "timings.json").write_text(json.dumps({"wall_seconds": 300.0}))
+    md = write_results_doc(run, tmp_path / "T.md", commands=[], commit=None,
+                           methods={"distillm": "distillm", "switch": "switch"}).markdown.read_text()
+    assert _table_row(md, "Training and evaluation time", "distill `switch`") == "| distill `switch` | 40 | 20 | 5.0 |"
+    assert _table_row(md, "Training and evaluation time", "distill `distillm`") == (
+        "| distill `distillm` | 40 | 20 | n/a |")
+    assert "| **total of the finished stages** | | | **15.0** |" in md  # (600 + 300) s; distillm's time unknown
