@@ -1,4 +1,5 @@
-"""The comparison report (switch-kd report): table values, limits shown, plots written, training logs and traces optional."""
+"""The comparison report (switch-kd report): table values, limits shown, reference rows first, plots written,
+training logs and traces optional, one trace line per step."""
 from __future__ import annotations
 
 import argparse

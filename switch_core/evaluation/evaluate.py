@@ -96,7 +96,8 @@ class EvalProtocol:
         try:  # the eval.* rules, as the configuration declares them
             EvalConfig.model_validate({name: getattr(self, name) for name in _CONFIG_KEYS})
         except ValidationError as err:
-            raise EvaluationError(format_validation_error(err, "evaluation protocol: eval.* or the evaluate flags")) from None
+            origin = "evaluation protocol: eval.* or the evaluate flags"
+            raise EvaluationError(format_validation_error(err, origin)) from None
         length_buckets(self.length_bucket_edges)  # MetricInputError on bad edges, before any generation
 
     @classmethod

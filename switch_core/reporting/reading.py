@@ -86,6 +86,7 @@ def _ordinal(k: int) -> str:
     suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
     return f"{k}{suffix}"
 
+
 def percent(share: float) -> str:
     """A share as a percentage: one decimal below 10%, none above."""
     return f"{100 * share:.1f}%" if share < 0.1 else f"{100 * share:.0f}%"
@@ -344,4 +345,3 @@ def reading(r: ReadingInputs) -> list[str]:
     lines += _read_stops(r)
     lines += _read_gap(r)
     return lines
-

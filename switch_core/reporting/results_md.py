@@ -60,7 +60,6 @@ class ResultsDoc:
     missing: list[str]
 
 
-
 def missing_inputs(outputs: RunOutputs, models: Sequence[str], benchmarks: Sequence[str], trained: Sequence[str],
                    runs: Sequence[str], switch_runs: Sequence[str]) -> list[str]:
     """Human-readable list of the expected outputs not (yet) in the run folder: the data report, each model's
@@ -185,7 +184,7 @@ def write_results_doc(
         commands_note: a line under the commands (e.g. that they were reconstructed).
         notes: remarks of whoever ran the study (machine conditions...), listed under Provenance as operator's notes.
         method_descriptions: stage label (e.g. ``teacher SFT``) or run name -> what it trains on and with which loss
-            (:mod:`switch_core.evaluation.method_text`); shown as the Methods table, with each run's logged share of
+            (:mod:`switch_core.reporting.method_text`); shown as the Methods table, with each run's logged share of
             rollout batches, when given.
         generated_with: the git commit of the code writing the document, stated when it is not ``commit``.
 

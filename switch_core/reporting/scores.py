@@ -53,7 +53,6 @@ class Comparison:
                 f"{self.pooled_sd:.2f}: {self.verdict}")
 
 
-
 def _score(values: Sequence[float]) -> Score:
     mean, sd = mean_and_sd(list(values))
     return Score(mean, sd if len(values) > 1 else math.nan, len(values))
@@ -148,11 +147,9 @@ def compare(a: Score, b: Score) -> Comparison:
     return Comparison(diff, pooled, "within seed noise" if abs(diff) <= pooled else "small")
 
 
-
 def has_per_seed(evaluations: Mapping[str, Mapping[str, dict[str, Any]]], key: str) -> bool:
     """Whether every evaluation's per-seed rows carry ``key`` (older metrics files may lack some)."""
     return all(key in row for benches in evaluations.values() for m in benches.values() for row in m["per_seed"])
-
 
 
 def benchmark_order(names: Iterable[str]) -> list[str]:
@@ -170,7 +167,7 @@ def results_table(metrics: pd.DataFrame) -> pd.DataFrame:
     of the table (NaN otherwise).
 
     Args:
-        metrics: :func:`collect_metrics` output.
+        metrics: :func:`~switch_core.reporting.loading.collect_metrics` output.
 
     Returns:
         DataFrame indexed by model (input order).
@@ -192,7 +189,7 @@ def compact_metrics(metrics: pd.DataFrame) -> dict[str, dict[str, dict[str, floa
     ``dvc metrics show`` / ``dvc metrics diff``.
 
     Args:
-        metrics: :func:`collect_metrics` output.
+        metrics: :func:`~switch_core.reporting.loading.collect_metrics` output.
     """
     out: dict[str, dict[str, dict[str, float]]] = {}
     for row in metrics.itertuples():
@@ -223,11 +220,9 @@ def rollout_batch_share(log: pd.DataFrame | None) -> float | None:
     return sum(w * (1.0 - float(examples.get(step, 0.0))) for step, w in windows.items()) / total
 
 
-
 def training_stages(trained: Sequence[str], runs: Sequence[str]) -> list[tuple[str, str]]:
     """``[(name, label)]`` of the training stages: the ``trained`` reference models, then the distillation ``runs``."""
     return [(n, label) for n, label in TRAINED_STAGES if n in trained] + [(r, f"distill `{r}`") for r in runs]
-
 
 
 def training_seconds(summaries: Mapping[str, dict[str, Any]], trained: Sequence[str], runs: Sequence[str]) -> float:
@@ -249,4 +244,3 @@ def generation_seconds(evaluations: Mapping[str, Mapping[str, dict[str, Any]]], 
     benches = evaluations.get(model, {}).values()
     return (sum(float(m.get("throughput", {}).get("seconds", 0.0)) for m in benches),
             sum(float(m.get("throughput", {}).get("generated_tokens", 0.0)) for m in benches))
-

@@ -36,7 +36,8 @@ def _cell(mean: float, sd: float, note: str = "") -> str:
 
 
 def markdown_table(metrics: pd.DataFrame) -> str:
-    """Markdown table models × benchmarks of ROUGE-L ``mean ± sd`` and the average (see :func:`results_table`).
+    """Markdown table models × benchmarks of ROUGE-L ``mean ± sd`` and the average
+    (:func:`~switch_core.reporting.scores.results_table`).
 
     A benchmark's header carries ``n=`` (examples evaluated) when all models used the same number; otherwise each
     cell carries its own ``(n=…)``. A ``limit`` is always shown (``limit N``) so quick runs are never mistaken for
@@ -110,7 +111,6 @@ def score_table(scores: Mapping[str, Mapping[str, Score]], models: Sequence[str]
             cells.append(f"**{text}**" if score is not None and best[col] == model else text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
 
 
 def length_table(lengths: Mapping[str, Score], stops: Mapping[str, Score], models: Sequence[str]) -> str:
@@ -257,4 +257,3 @@ def teacher_share_table(outputs: RunOutputs, runs: Sequence[str], target: float 
             cells = {lab: f"{100 * share:.1f}% ({tokens})" for lab, share, tokens in buckets}
             lines.append(f"| {run} | " + " | ".join(cells.get(lab, "–") for lab in labels) + " |")
     return "\n".join(lines)
-
