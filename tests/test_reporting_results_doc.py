@@ -522,3 +522,12 @@ def test_wall_times_are_read_from_a_timings_file_or_shown_as_not_recorded(tmp_pa
     assert _table_row(md, "Training and evaluation time", "distill `distillm`") == (
         "| distill `distillm` | 40 | 20 | n/a |")
     assert "| **total of the finished stages** | | | **15.0** |" in md  # (600 + 300) s; distillm's time unknown
+    for path in run.glob("eval/distillm/*/metrics.json"):  # the generation times moved out of metrics.json too
+        path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "throughput"}))
+    (run / "eval" / "switch" / "dolly" / "timings.json").write_text(json.dumps({"throughput": {
+        "seconds": 90.0, "generated_tokens": 900}}))
+    md = write_results_doc(run, tmp_path / "T.md", commands=[], commit=None,
+                           methods={"distillm": "distillm", "switch": "switch"}).markdown.read_text()
+    assert "| distillm | 2 | n/a | n/a |" in md
+    assert "| switch | 2 | 2.0 | 12 |" in md  # (90 + 30) s, (900 + 600) tokens
+    assert "| **total** | | **3.0** | |" in md  # teacher 60 s + switch 120 s

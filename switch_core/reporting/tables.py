@@ -182,14 +182,17 @@ def training_time_table(summaries: Mapping[str, dict[str, Any]], trained: Sequen
 
 
 def evaluation_time_table(evaluations: Mapping[str, Mapping[str, dict[str, Any]]], models: Sequence[str]) -> str:
-    """Markdown table per model: generation seconds summed over its evaluated benchmarks and seeds, tokens/s; and
-    their total."""
+    """Markdown table per model: generation seconds summed over its evaluated benchmarks and seeds, tokens/s (n/a when
+    no evaluation of the model recorded its throughput); and their total."""
     lines = ["| model | benchmarks | generation time (min) | tokens/s |", "|---|---|---|---|"]
     total = 0.0
     for model in models:
         benches = evaluations.get(model, {})
         if not benches:
             lines.append(f"| {model_label(model)} | not evaluated yet | | |")
+            continue
+        if not any("throughput" in m for m in benches.values()):
+            lines.append(f"| {model_label(model)} | {len(benches)} | n/a | n/a |")
             continue
         seconds, tokens = generation_seconds(evaluations, model)
         total += seconds
