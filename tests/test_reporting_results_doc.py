@@ -21,7 +21,7 @@ from switch_core.reporting.loading import ReportInputError
 from switch_core.reporting.reading import ReadingInputs, reading, student_only_positions
 from switch_core.reporting.results_md import training_overlap, write_results_doc
 from switch_core.reporting.scores import Score, compare, rank_of, rollout_batch_share
-from switch_core.reporting.teacher_share import position_buckets
+from switch_core.reporting.teacher_share import position_buckets, teacher_share
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SEEDS = (10, 20)
@@ -324,6 +324,10 @@ def test_position_buckets_hand_case() -> None:
     trace = pd.DataFrame({"position": range(120), "teacher": teacher, "count": [1.0] * 120})
     assert position_buckets(trace) == [("0–4", 2 / 5, 5), ("5–9", 0.0, 5), ("10–19", 0.0, 10), ("20–49", 0.0, 30),
                                        ("50–99", 0.0, 50), ("100+", 1.0, 20)]
+    assert teacher_share(trace) == (22 / 120, 120) and teacher_share(trace, 3, 4) == (1.0, 2)
+    assert teacher_share(trace, 98) == (20 / 22, 22)  # open-ended range
+    share, tokens = teacher_share(trace, 200)
+    assert math.isnan(share) and tokens == 0
 
 
 def test_a_tau0_above_ln2_is_read_as_student_only_first_positions(tmp_path: Path) -> None:
