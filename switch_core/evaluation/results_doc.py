@@ -47,6 +47,7 @@ from switch_core.evaluation.report import (
     teacher_share_by_position,
 )
 from switch_core.layout import RunLayout
+from switch_core.rollout.schedules import JSD_MAX, student_only_positions
 
 REFERENCE_MODELS: tuple[str, ...] = ("teacher", "student-init", "student-sft")
 """Reference rows: the teacher, the untrained (pruned) student and the warmed-up student."""
@@ -612,14 +613,6 @@ class ReadingInputs:
         return [m for m in self.methods if self.method_of.get(m) == "switch" and m != self.switch]
 
 
-def student_only_positions(tau0: float, decay: float) -> float:
-    """Response positions where the exponential threshold exceeds the largest possible JSD (ln 2), so the student
-    always emits: ``t < ln(τ0 / ln 2) / λ`` (SWITCH's rule, method.md §1; 0 when τ0 ≤ ln 2, inf when λ = 0)."""
-    if tau0 <= math.log(2):
-        return 0.0
-    return math.inf if decay <= 0 else math.log(tau0 / math.log(2)) / decay
-
-
 def _named(r: ReadingInputs, method: str) -> str | None:
     return next((m for m in r.methods if r.method_of.get(m) == method), None)
 
@@ -748,15 +741,15 @@ def _read_share(r: ReadingInputs) -> list[str]:
              f"paper {100 * PAPER_TEACHER_SHARE:.0f}%).")]
     longest = int(trace["position"].max())
     tau0, decay = r.tau0.get(sw), r.decay.get(sw)
-    if tau0 is not None and decay is not None and student_only_positions(tau0, decay) > 0:
-        first = student_only_positions(tau0, decay)
+    first = student_only_positions("exponential", tau0=tau0, decay=decay) if None not in (tau0, decay) else 0.0
+    if first > 0:
         positions = "every response position" if math.isinf(first) else f"response positions 0–{math.ceil(first) - 1}"
         lines.append(f"τ0 = {tau0:.3g} exceeds ln 2, the largest JSD, so the threshold cannot be crossed at "
                      f"{positions} (λ = {decay:g}): the student writes them alone and the teacher share comes from "
                      "later positions (with τ0 ≤ ln 2 the teacher may step in from the first token, when the JSD "
                      "exceeds the threshold).")
         if first >= 0.25 * (longest + 1):
-            crossable = [v for v in r.variants if r.tau0.get(v) is not None and r.tau0[v] <= math.log(2)]
+            crossable = [v for v in r.variants if r.tau0.get(v) is not None and r.tau0[v] <= JSD_MAX]
             lines.append("So this run tests a student-written opening followed by mostly teacher-written tokens, not "
                          "the token-by-token switching from the first token that the paper describes; its rank says "
                          "little about SWITCH in the paper's regime"
