@@ -204,7 +204,7 @@ class OptimConfig(_Strict):
 
 
 class RolloutConfig(_Strict):
-    """The SWITCH rollout engine (method.md §1): gate, threshold schedule, strategy, sampling and τ0 calibration.
+    """The SWITCH rollout engine (docs/METHOD.md §1): gate, threshold schedule, strategy, sampling and τ0 calibration.
 
     The one declaration of these settings: `switch_core.rollout.settings.RolloutSettings` takes its decoding fields'
     defaults and validation from here, and the ``rollout`` / ``calibrate`` commands their options' defaults and help.
@@ -222,20 +222,25 @@ class RolloutConfig(_Strict):
         "lengths.",
     )
     target_teacher_share: float = Field(
-        0.53, gt=0, lt=1, description="Calibration target: teacher share of the rollout tokens (method.md §1.1 item 4)."
+        0.53, gt=0, lt=1,
+        description="Calibration target: teacher share of the rollout tokens (docs/METHOD.md §1.1 item 4).",
     )
     decay: float = Field(0.1, ge=0, allow_inf_nan=False, description="λ of τ_t = τ0·exp(−λ·t), per response token.")
-    horizon: int | None = Field(None, ge=1, description="T of the linear schedule; default max_new_tokens.")
+    horizon: int | None = Field(
+        None, ge=1, description="T of the linear schedule in tokens; None = max_new_tokens."
+    )
     random_rate: float = Field(0.5, ge=0, le=1, description="strategy=random: teacher probability per token.")
     mixture_alpha: float = Field(0.2, ge=0, le=1, description="strategy=mixture: α of α·p + (1−α)·q.")
-    max_new_tokens: int = Field(256, ge=1, description="Response length limit in tokens (method.md §5.3).")
+    max_new_tokens: int = Field(256, ge=1, description="Response length limit in tokens (docs/METHOD.md §5.3).")
     greedy: bool = Field(False, description="Argmax decoding instead of sampling.")
     temperature: float = Field(
         1.0, gt=0, allow_inf_nan=False, description="Divides the logits, for sampling and for the gate's JSD."
     )
     top_k: int = Field(0, ge=0, description="Top-k sampling; 0 = off.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1.0 = off.")
-    calibration_prompts: int = Field(32, ge=1, description="Training prompts the τ0 search rolls out at each try.")
+    calibration_prompts: int = Field(
+        32, ge=1, description="Prompts (the first N training prompts) the τ0 search rolls out at each try."
+    )
     calibration_evaluations: int = Field(
         12, ge=1, description="Rollout passes the τ0 search may use before it keeps the closest τ0 found."
     )

@@ -94,7 +94,8 @@ def test_settings_defaults_and_ranges_are_the_schemas() -> None:
     assert all(getattr(settings, name) == getattr(schema, name) for name in DECODING)
     assert settings.tau0 is None and settings.needs_calibration
     assert settings.teacher_logits_dtype == MethodConfig().teacher_logits_dtype
-    assert RolloutSettings(pad_token_id=0, tau0=1).tau0 == 1.0 and isinstance(RolloutSettings(pad_token_id=0, tau0=1).tau0, float)
+    coerced = RolloutSettings(pad_token_id=0, tau0=1).tau0
+    assert coerced == 1.0 and isinstance(coerced, float)
     for name, value in (("tau0", math.inf), ("temperature", math.nan), ("top_k", 1.5), ("decay", -0.1)):
         with pytest.raises(RolloutSettingsError, match=name):
             RolloutSettings(pad_token_id=0, **{name: value})
@@ -119,8 +120,8 @@ def test_from_config_copies_the_section_and_applies_the_method() -> None:
     switch = RolloutSettings.from_config(config.model_copy(update={"strategy": "switch"}), MethodConfig(data="rollout"),
                                          pad_token_id=3, stop_token_ids=[2])
     assert (switch.strategy, switch.compute_divergence) == ("switch", True)
-    policy = RolloutSettings.from_config(config, MethodConfig(data="policy_gradient", loss="rkl", rollout_strategy="mixture"),
-                                         pad_token_id=3, stop_token_ids=[2])
+    minillm = MethodConfig(data="policy_gradient", loss="rkl", rollout_strategy="mixture")
+    policy = RolloutSettings.from_config(config, minillm, pad_token_id=3, stop_token_ids=[2])
     assert (policy.strategy, policy.compute_divergence) == ("mixture", True)
 
 
@@ -138,9 +139,9 @@ def test_command_defaults_are_the_schema_defaults(module) -> None:
     assert all(getattr(args, name) == getattr(RolloutConfig(), name) for name in fields)
     assert rollout_config(args) == RolloutConfig()
     assert args.max_prompt_length == DataConfig().max_prompt_length
-    if module is calibrate_command:
-        assert {"target_teacher_share", "calibration_tolerance", "calibration_evaluations", "calibration_prompts"} <= set(fields)
-    else:
+    calibration = {"target_teacher_share", "calibration_tolerance", "calibration_evaluations", "calibration_prompts"}
+    assert calibration <= set(fields)
+    if module is rollout_command:
         assert {"strategy", "tau0", "random_rate", "mixture_alpha"} <= set(fields)
 
 
@@ -184,3 +185,19 @@ def test_calibrate_settings_follows_the_config() -> None:
     by_hand = calibrate_tau0(student, teacher, [left_pad(prompts[:2], 0), left_pad(prompts[2:3], 0)], settings,
                              target_share=0.3, tolerance=0.0, max_evaluations=4, seed=5)
     assert result == by_hand and len(result.history) == 4
+
+
+def test_a_resumed_run_keeps_its_calibrated_tau0(tmp_path) -> None:
+    """τ0 travels in the run's settings: saved in trainer.json, restored on resume, no second search."""
+    from test_training_support import make_job, method
+
+    from switch_core.tracking import JsonlTracker, read_jsonl_events
+    from switch_core.training import train
+
+    first = train(make_job(tmp_path, method("switch"), rollout={"tau0": None}, max_steps=1))
+    assert first.tau0 is not None and first.calibration["tau0"] == first.tau0
+    tracker = JsonlTracker(tmp_path / "events.jsonl")
+    again = train(make_job(tmp_path, method("switch"), rollout={"tau0": None}, max_steps=1, resume=True),
+                  tracker=tracker)
+    assert (again.tau0, again.calibration) == (first.tau0, first.calibration)
+    assert not [e for e in read_jsonl_events(tracker.path, "metrics") if "calibration/tau0" in e["metrics"]]

@@ -10,17 +10,16 @@ from pathlib import Path
 
 from switch_core.atomic import atomic_write_json
 from switch_core.commands.rollout import (
-    add_config_option,
+    add_calibration_arguments,
     add_model_arguments,
     load_models,
     load_shared_tokenizer,
     read_prompts,
     rollout_config,
+    search_tau0,
     settings_from_config,
     tokenized_batches,
 )
-from switch_core.config import RolloutConfig
-from switch_core.rollout import calibrate_tau0
 
 USES_CONFIG = False
 
@@ -28,9 +27,7 @@ USES_CONFIG = False
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``calibrate`` options."""
     add_model_arguments(parser)
-    group = parser.add_argument_group("calibration")
-    for field in ("target_teacher_share", "calibration_tolerance", "calibration_evaluations", "calibration_prompts"):
-        add_config_option(group, RolloutConfig, field)
+    add_calibration_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON to this file")
 
 
@@ -40,13 +37,9 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts)[: config.calibration_prompts]
     tokenizer = load_shared_tokenizer(args)
     settings = settings_from_config(config, tokenizer)
-    batches = [(ids, mask) for _, ids, mask in tokenized_batches(prompts, tokenizer, args, args.prompts)]
+    batches = tokenized_batches(prompts, tokenizer, args, args.prompts)
     teacher, student = load_models(args, tokenizer)
-    result = calibrate_tau0(
-        student, teacher, batches, settings, target_share=config.target_teacher_share,
-        tolerance=config.calibration_tolerance, max_evaluations=config.calibration_evaluations, seed=args.seed,
-        progress=lambda tau0, share: print(f"tau0 {tau0:.6g}: teacher share {share:.4f}", flush=True),
-    )
+    result = search_tau0(student, teacher, batches, settings, config, args.seed)
     print(f"tau0 = {result.tau0:.6g} gives teacher share {result.achieved_share:.4f} "
           f"(target {config.target_teacher_share}) on {len(prompts)} prompts, {settings.schedule} schedule, "
           f"decay {settings.decay}")

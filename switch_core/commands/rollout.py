@@ -4,6 +4,10 @@ Input: JSONL whose rows carry a ``prompt`` field with the already formatted prom
 Output (written atomically, in input order): ``prompt``, ``prompt_token_ids``, ``token_ids`` (generated tokens only,
 incl. the stop token), ``sources`` (``"student" | "teacher"`` per token), ``divergence`` (the gate's JSD per token),
 ``threshold`` (τ_t per token) and ``text`` (decoded without special tokens).
+
+The decoding options are the ``rollout`` config section's fields (`switch_core.config.RolloutConfig`: same defaults,
+ranges and help). As in a training run, ``--strategy switch`` without ``--tau0`` first calibrates τ0 to
+``--target-share`` on the first ``--max-prompts`` prompts (the ``calibrate`` command's search).
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from switch_core.atomic import atomic_write_jsonl
 from switch_core.config import DataConfig, RolloutConfig
 from switch_core.data.tokenize import left_pad, tokenize_prompt
-from switch_core.rollout import RolloutSettings, rollout
+from switch_core.rollout import CalibrationResult, RolloutSettings, calibrate_tau0, rollout
 
 USES_CONFIG = False
 
@@ -61,15 +65,16 @@ def add_config_option(group: Any, section: type[BaseModel], field: str) -> None:
     kind = info.annotation
     if typing.get_origin(kind) is not Literal:  # `X | None` -> X
         kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+    name = option_name(field)
     help_text = f"{info.description or field} (default: {info.default})".replace("%", "%%")
     if kind is bool:
         action = argparse.BooleanOptionalAction if info.default else "store_true"
-        group.add_argument(option_name(field), dest=field, action=action, default=info.default, help=help_text)
+        group.add_argument(name, dest=field, action=action, default=info.default, help=help_text)
     elif typing.get_origin(kind) is Literal:
-        group.add_argument(option_name(field), dest=field, default=info.default, choices=typing.get_args(kind),
-                           help=help_text)
+        group.add_argument(name, dest=field, default=info.default, choices=typing.get_args(kind), help=help_text)
     else:
-        group.add_argument(option_name(field), dest=field, type=kind, default=info.default, help=help_text)
+        metavar = name.lstrip("-").replace("-", "_").upper()
+        group.add_argument(name, dest=field, type=kind, default=info.default, metavar=metavar, help=help_text)
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -116,12 +121,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         add_config_option(decoding, RolloutConfig, field)
 
 
+def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the τ0 search (``calibrate``, and ``rollout`` without ``--tau0``)."""
+    group = parser.add_argument_group("τ0 calibration")
+    for field in ("target_teacher_share", "calibration_tolerance", "calibration_evaluations", "calibration_prompts"):
+        add_config_option(group, RolloutConfig, field)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``rollout`` options."""
     add_model_arguments(parser)
     group = parser.add_argument_group("strategy")
     for field in ("strategy", "tau0", "random_rate", "mixture_alpha"):
         add_config_option(group, RolloutConfig, field)
+    add_calibration_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="output JSONL file")
 
 
@@ -204,6 +217,26 @@ def tokenized_batches(
     return batches
 
 
+def search_tau0(
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
+    batches: list[tuple[list[int], torch.Tensor, torch.Tensor]],
+    settings: RolloutSettings,
+    config: RolloutConfig,
+    seed: int,
+) -> CalibrationResult:
+    """The τ0 search on prompt batches (:func:`tokenized_batches`) as ``config`` says; prints each try.
+
+    Raises:
+        switch_core.rollout.CalibrationError: see :func:`switch_core.rollout.calibrate_tau0`.
+    """
+    return calibrate_tau0(
+        student, teacher, [(ids, mask) for _, ids, mask in batches], settings, target_share=config.target_teacher_share,
+        tolerance=config.calibration_tolerance, max_evaluations=config.calibration_evaluations, seed=seed,
+        progress=lambda tau0, share: print(f"tau0 {tau0:.6g}: teacher share {share:.4f}", flush=True),
+    )
+
+
 def _decode_all(
     teacher: PreTrainedModel,
     student: PreTrainedModel,
@@ -225,10 +258,13 @@ def run(args: argparse.Namespace) -> int:
     config = rollout_config(args)
     batches = tokenized_batches(prompts, tokenizer, args, args.prompts)
     settings = settings_from_config(config, tokenizer)
-    if settings.needs_calibration:
-        raise OptionError("--tau0 is required with --strategy switch (τ0 has no default; find one with "
-                          "switch-kd calibrate)")
     teacher, student = load_models(args, tokenizer)
+    if settings.needs_calibration:  # no --tau0: calibrated on the first --max-prompts prompts, as a training run does
+        chosen = tokenized_batches(prompts[: config.calibration_prompts], tokenizer, args, args.prompts)
+        result = search_tau0(student, teacher, chosen, settings, config, args.seed)
+        settings = result.settings
+        print(f"calibrated tau0 = {settings.tau0:.6g} (teacher share {result.achieved_share:.4f}, target "
+              f"{config.target_teacher_share})", flush=True)
     rows: list[dict[str, Any]] = [{} for _ in prompts]
     for index, row in _decode_all(teacher, student, tokenizer, batches, settings, args.seed):
         rows[index] = {"prompt": prompts[index], **row}

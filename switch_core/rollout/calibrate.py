@@ -8,9 +8,9 @@ The share depends on the tokens actually chosen (a teacher token changes the pre
 candidate τ0 is evaluated with real rollouts; the same seeds are used for every candidate (common random numbers),
 which makes the share close to non-increasing in τ0. The search: evaluate τ0 = ln 2 (the JSD maximum: above it the
 teacher never intervenes at t = 0, but a decaying schedule still lets it in later); while the share is above target,
-double τ0 (up to the value at which τ_t >= ln 2 for every step, `schedules.never_crossed_tau0`); then bisect the bracket (geometric midpoint once the
-lower end is > 0, since the useful τ0 may span orders of magnitude under an exponential schedule). The evaluated τ0
-with the share closest to the target is returned.
+double τ0 (up to the value at which τ_t >= ln 2 for every step: `schedules.never_crossed_tau0`); then bisect the
+bracket (geometric midpoint once the lower end is > 0, since the useful τ0 may span orders of magnitude under an
+exponential schedule). The evaluated τ0 with the share closest to the target is returned.
 """
 from __future__ import annotations
 
@@ -144,8 +144,10 @@ def calibrate_tau0(
         RolloutConfig.model_validate({_ARGUMENT_FIELDS[name]: value for name, value in arguments.items()})
     except ValidationError as error:
         argument = {field: name for name, field in _ARGUMENT_FIELDS.items()}
-        problems = [f"{argument[e['loc'][0]]}={arguments[argument[e['loc'][0]]]!r}: {e['msg']} (as rollout.{e['loc'][0]})"
-                    for e in error.errors()]
+        problems = []
+        for e in error.errors():
+            field = e["loc"][0]
+            problems.append(f"{argument[field]}={arguments[argument[field]]!r}: {e['msg']} (as rollout.{field})")
         raise CalibrationError("; ".join(problems)) from None
     if not prompt_batches:
         raise CalibrationError("no prompt batches: calibration needs prompts to decode")

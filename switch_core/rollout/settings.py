@@ -44,17 +44,18 @@ class RolloutSettings:
             ``response_mask``, never by comparing ids).
         strategy: token source rule, one of :data:`STRATEGIES` (see `switch_core.rollout.engine`).
         schedule: threshold schedule, ``exponential | linear | constant`` (`switch_core.rollout.schedules`).
-        tau0: τ0 >= 0 in nats, or None = not set: the paper does not give it (method.md §1.2), so it is calibrated
-            (:func:`switch_core.rollout.calibrate.calibrate_tau0` returns settings with it). A ``switch`` rollout
-            needs it; the other strategies only record τ_t (NaN when it is None).
-        decay: λ >= 0 per response token (the paper's "decay factor 1/10" read as λ = 0.1, method.md §1.1 item 4).
+        tau0: τ0 >= 0 in nats, or None = not set: the paper does not give it (docs/METHOD.md §1.2), so it is
+            calibrated (:func:`switch_core.rollout.calibrate.calibrate_tau0` returns settings with it). A ``switch``
+            rollout needs it; the other strategies only record τ_t (NaN when it is None).
+        decay: λ >= 0 per response token (the paper's "decay factor 1/10" read as λ = 0.1, docs/METHOD.md §1.1
+            item 4).
         horizon: T of the linear schedule; None = ``max_new_tokens``.
         random_rate: teacher probability per token of the ``random`` strategy, in [0, 1].
         mixture_alpha: teacher weight α of the ``mixture`` strategy, in [0, 1] (MiniLLM: 0.2).
-        max_new_tokens: maximum response length, >= 1 (method.md §5.3: 256).
+        max_new_tokens: maximum response length, >= 1 (docs/METHOD.md §5.3: 256).
         greedy: argmax decoding instead of sampling.
-        temperature: > 0; divides the logits for sampling *and* for the gate's JSD (method.md §1.3).
-        top_k: keep the k most likely tokens when sampling; 0 = off (method.md §5.4: 0).
+        temperature: > 0; divides the logits for sampling *and* for the gate's JSD (docs/METHOD.md §1.3).
+        top_k: keep the k most likely tokens when sampling; 0 = off (docs/METHOD.md §5.4: 0).
         top_p: nucleus sampling mass in (0, 1]; 1.0 = off.
         stop_token_ids: a row stops after emitting one of these (the stop token is part of the response).
         keep_teacher_logits: return the teacher's raw (temperature 1) next-token logits at every response step.
@@ -84,7 +85,7 @@ class RolloutSettings:
     compute_divergence: bool = True
 
     def __post_init__(self) -> None:
-        decoding = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in RolloutConfig.model_fields}
+        decoding = {name: getattr(self, name) for name in _decoding_fields()}
         try:
             checked = RolloutConfig.model_validate(decoding)
         except ValidationError as error:
