@@ -14,6 +14,7 @@ import pandas as pd
 from switch_core.reporting.references import PAPER_DOLLY_NUMBERS, PAPER_TEACHER_SHARE
 from switch_core.reporting.scores import Score, bucket_low, compare, rank_of
 from switch_core.reporting.teacher_share import MIN_BUCKET_TOKENS, share_ends, teacher_share
+from switch_core.rollout.schedules import JSD_MAX, student_only_positions
 
 ON_POLICY_METHODS: frozenset[str] = frozenset({"imitkd", "gkd", "distillm", "switch", "minillm"})
 """Methods that (may) train on rollouts; a low logged rollout share is worth a statement for them."""
@@ -66,16 +67,6 @@ class ReadingInputs:
     def variants(self) -> list[str]:
         """The SWITCH runs other than the one the reading is about."""
         return [m for m in self.methods if self.method_of.get(m) == "switch" and m != self.switch]
-
-
-# LOCAL HELPER, to be replaced by switch_core.rollout.schedules.student_only_positions once that exists (issue 13:
-# the "τ0 > ln 2" arithmetic belongs next to the threshold schedules; the "settings" change moves it there).
-def student_only_positions(tau0: float, decay: float) -> float:
-    """Response positions where the exponential threshold exceeds the largest possible JSD (ln 2), so the student
-    always emits: ``t < ln(τ0 / ln 2) / λ`` (SWITCH's rule, method.md §1; 0 when τ0 ≤ ln 2, inf when λ = 0)."""
-    if tau0 <= math.log(2):
-        return 0.0
-    return math.inf if decay <= 0 else math.log(tau0 / math.log(2)) / decay
 
 
 def _named(r: ReadingInputs, method: str) -> str | None:
@@ -204,15 +195,15 @@ def _read_share(r: ReadingInputs) -> list[str]:
              f"paper {100 * PAPER_TEACHER_SHARE:.0f}%).")]
     longest = int(trace["position"].max())
     tau0, decay = r.tau0.get(sw), r.decay.get(sw)
-    if tau0 is not None and decay is not None and student_only_positions(tau0, decay) > 0:
-        first = student_only_positions(tau0, decay)
+    first = student_only_positions("exponential", tau0=tau0, decay=decay) if None not in (tau0, decay) else 0.0
+    if first > 0:
         positions = "every response position" if math.isinf(first) else f"response positions 0–{math.ceil(first) - 1}"
         lines.append(f"τ0 = {tau0:.3g} exceeds ln 2, the largest JSD, so the threshold cannot be crossed at "
                      f"{positions} (λ = {decay:g}): the student writes them alone and the teacher share comes from "
                      "later positions (with τ0 ≤ ln 2 the teacher may step in from the first token, when the JSD "
                      "exceeds the threshold).")
         if first >= 0.25 * (longest + 1):
-            crossable = [v for v in r.variants if r.tau0.get(v) is not None and r.tau0[v] <= math.log(2)]
+            crossable = [v for v in r.variants if r.tau0.get(v) is not None and r.tau0[v] <= JSD_MAX]
             lines.append("So this run tests a student-written opening followed by mostly teacher-written tokens, not "
                          "the token-by-token switching from the first token that the paper describes; its rank says "
                          "little about SWITCH in the paper's regime"
