@@ -169,7 +169,7 @@ def main() -> None:
 
     # warm-up (first calls allocate and pick kernels)
     ids, mask = (x.to(args.device) for x in left_pad(prompt_ids[:2], pad))
-    rollout(student, teacher, ids, mask, RolloutSettings(pad_token_id=pad, max_new_tokens=4))
+    rollout(student, teacher, ids, mask, RolloutSettings(pad_token_id=pad, tau0=1.0, max_new_tokens=4))
     _generate(student, ids, mask, 4, pad, args.seed)
 
     header = (

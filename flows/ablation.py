@@ -197,7 +197,8 @@ def grid_table(cells: dict[str, dict[str, Any]], results: dict[str, dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.ablation``: run the ablation flow once."""
+    """``python -m flows.ablation``: run the ablation flow once; the flow itself logs the grid table and where
+    everything is (printed once)."""
     parser = argparse.ArgumentParser(prog="python -m flows.ablation", description=help_text(__doc__.split("\n\n")[0]))
     parser.add_argument("--grid", type=json.loads, default=None,
                         help="axis -> values as JSON; axes: tau0, target_share, decay, schedule, strategy, divergence "
@@ -212,10 +213,9 @@ def main(argv: list[str] | None = None) -> int:
                         help='run the training stages under accelerate launch, e.g. "--multi_gpu --num_processes 2"')
     parser.add_argument("--project-dir", default=None, help="the project folder (default: the one holding flows/)")
     args = parser.parse_args(argv)
-    result = ablation(grid=args.grid, method=args.method, preset=args.preset, overrides=args.overrides or None,
-                      study=args.study, init_from=args.init_from, accelerate_args=args.accelerate_args,
-                      project_dir=args.project_dir)
-    print(f"\n{result['summary']}")
+    ablation(grid=args.grid, method=args.method, preset=args.preset, overrides=args.overrides or None,
+             study=args.study, init_from=args.init_from, accelerate_args=args.accelerate_args,
+             project_dir=args.project_dir)
     return 0
 
 

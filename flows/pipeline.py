@@ -85,7 +85,8 @@ def pipeline(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.pipeline``: run the pipeline flow once and print where everything is."""
+    """``python -m flows.pipeline``: run the pipeline flow once; the flow itself logs the final table and where
+    everything is (printed once)."""
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=help_text(__doc__.split("\n\n")[0]))
     parser.add_argument("--preset", default=None, help="preset name (presets/NAME.yaml) or path, written to params.yaml")
     parser.add_argument("--methods", default=None, help="comma-separated runs or methods to keep (default: all)")
@@ -96,9 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project-dir", default=None, help="the project folder (default: the one holding flows/)")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    result = pipeline(preset=args.preset, methods=methods, overrides=args.overrides or None,
-                      accelerate_args=args.accelerate_args, project_dir=args.project_dir)
-    print(f"\n{result['summary']}")
+    pipeline(preset=args.preset, methods=methods, overrides=args.overrides or None,
+             accelerate_args=args.accelerate_args, project_dir=args.project_dir)
     return 0
 
 

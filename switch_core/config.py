@@ -23,6 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 MethodName = Literal["sft", "kd", "seqkd", "imitkd", "gkd", "distillm", "switch", "minillm"]
 DivergenceName = Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd"]
+StrategyName = Literal["switch", "student", "teacher", "random", "mixture"]
+"""Token source rules of the rollout engine (`switch_core.rollout.engine`)."""
+ScheduleName = Literal["exponential", "linear", "constant"]
+"""Threshold schedules τ_t of SWITCH's gate (`switch_core.rollout.schedules`)."""
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 
 
@@ -209,28 +213,48 @@ class OptimConfig(_Strict):
 
 
 class RolloutConfig(_Strict):
-    """The SWITCH rollout engine (method.md §1): gate, threshold schedule, strategy and sampling."""
+    """The SWITCH rollout engine (docs/METHOD.md §1): gate, threshold schedule, strategy, sampling and τ0 calibration.
 
-    strategy: Literal["switch", "student", "teacher", "random", "mixture"] = "switch"
-    schedule: Literal["exponential", "linear", "constant"] = "exponential"
-    tau0: float | None = Field(
-        None, ge=0, description="JSD threshold at t=0 in nats; None = calibrate. The JSD is at most ln 2, so with "
-        "τ0 > ln 2 the first ln(τ0 / ln 2) / decay response tokens are always the student's (calibration can choose "
-        "such a τ0 when the target share is low for the response lengths).",
+    The one declaration of these settings: `switch_core.rollout.settings.RolloutSettings` takes its decoding fields'
+    defaults and validation from here, and the ``rollout`` / ``calibrate`` commands their options' defaults and help.
+    """
+
+    strategy: StrategyName = Field(
+        "switch", description="Token source rule: switch (the JSD gate), student, teacher, random or mixture."
     )
-    target_teacher_share: float = Field(0.53, ge=0, le=1, description="Calibration target (method.md §1.1 item 4).")
-    decay: float = Field(0.1, ge=0, description="λ of τ_t = τ0·exp(−λ·t), per response token.")
-    horizon: int | None = Field(None, ge=1, description="T of the linear schedule; default max_new_tokens.")
+    schedule: ScheduleName = Field("exponential", description="Threshold schedule τ_t of the gate.")
+    tau0: float | None = Field(
+        None, ge=0, allow_inf_nan=False,
+        description="JSD threshold at t=0 in nats; None = calibrate. The JSD is at most ln 2, so a τ0 > ln 2 leaves "
+        "the first response tokens to the student alone (how many: switch_core.rollout.schedules."
+        "student_only_positions); calibration can choose such a τ0 when the target share is low for the response "
+        "lengths.",
+    )
+    target_teacher_share: float = Field(
+        0.53, gt=0, lt=1,
+        description="Calibration target: teacher share of the rollout tokens (docs/METHOD.md §1.1 item 4).",
+    )
+    decay: float = Field(0.1, ge=0, allow_inf_nan=False, description="λ of τ_t = τ0·exp(−λ·t), per response token.")
+    horizon: int | None = Field(
+        None, ge=1, description="T of the linear schedule in tokens; None = max_new_tokens."
+    )
     random_rate: float = Field(0.5, ge=0, le=1, description="strategy=random: teacher probability per token.")
     mixture_alpha: float = Field(0.2, ge=0, le=1, description="strategy=mixture: α of α·p + (1−α)·q.")
-    max_new_tokens: int = Field(256, ge=1)
-    greedy: bool = False
-    temperature: float = Field(1.0, gt=0)
-    top_k: int = Field(0, ge=0, description="0 = off.")
-    top_p: float = Field(1.0, gt=0, le=1)
-    calibration_prompts: int = Field(32, ge=1, description="Training prompts the τ0 search rolls out at each try.")
+    max_new_tokens: int = Field(256, ge=1, description="Response length limit in tokens (docs/METHOD.md §5.3).")
+    greedy: bool = Field(False, description="Argmax decoding instead of sampling.")
+    temperature: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="Divides the logits, for sampling and for the gate's JSD."
+    )
+    top_k: int = Field(0, ge=0, description="Top-k sampling; 0 = off.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass; 1.0 = off.")
+    calibration_prompts: int = Field(
+        32, ge=1, description="Prompts (the first N training prompts) the τ0 search rolls out at each try."
+    )
     calibration_evaluations: int = Field(
         12, ge=1, description="Rollout passes the τ0 search may use before it keeps the closest τ0 found."
+    )
+    calibration_tolerance: float = Field(
+        0.02, ge=0, lt=1, description="The τ0 search stops when |teacher share − target| <= this."
     )
     batch_size: int = Field(8, ge=1, description="Prompts per rollout batch.")
 
@@ -257,7 +281,7 @@ class MethodConfig(_Strict):
     teacher_logits_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="dtype of the kept rollout teacher logits (bfloat16 halves their memory)."
     )
-    rollout_strategy: Literal["switch", "student", "teacher", "random", "mixture"] | None = Field(
+    rollout_strategy: StrategyName | None = Field(
         None, description="Generator of rollout batches; None = rollout.strategy."
     )
     ppo_epochs: int = Field(

@@ -79,10 +79,10 @@ def test_help_works(argv, capsys):
 
 
 def test_help_text_turns_sphinx_markup_into_plain_text(capsys):
-    assert help_text("see :mod:`switch_core.evaluation.results_doc` and :class:`~switch_core.config.Config`") == (
-        "see switch_core.evaluation.results_doc and Config")
+    assert help_text("see :mod:`switch_core.reporting.results_md` and :class:`~switch_core.config.Config`") == (
+        "see switch_core.reporting.results_md and Config")
     assert help_text("  ``--resume`` continues\n") == "`--resume` continues"
     with pytest.raises(SystemExit):
         main(["results-doc", "--help"])
     out = capsys.readouterr().out
-    assert "see switch_core.evaluation.results_doc)" in out and "``" not in out and ":mod:" not in out
+    assert "see switch_core.reporting.results_md)" in out and "``" not in out and ":mod:" not in out

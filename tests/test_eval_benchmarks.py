@@ -12,7 +12,6 @@ from switch_core.evaluation.benchmarks import (
     BENCHMARKS,
     BenchmarkNotFoundError,
     BenchmarkSpec,
-    load_benchmark,
     read_benchmark,
     subsample_indices,
 )
@@ -55,7 +54,7 @@ def test_local_minillm_file_is_read_with_prompt_and_ids(tmp_path):
 
 def test_sinst_upstream_layout_and_list_references(tmp_path):
     _write(tmp_path / "sinst" / "11_" / "valid.jsonl", _rows(3, list_refs=True))
-    records = load_benchmark("sinst", data_dir=tmp_path)
+    records = read_benchmark("sinst", data_dir=tmp_path).records
     assert [r.references for r in records] == [(f"answer {i}", f"other {i}") for i in range(3)]
 
 
@@ -69,12 +68,12 @@ def test_uinst_keeps_only_the_first_10000(tmp_path):
 
 def test_limit_is_a_seeded_subsample_in_file_order(tmp_path):
     _write(tmp_path / "vicuna" / "valid.jsonl", _rows(40))
-    a = [r.id for r in load_benchmark("vicuna", data_dir=tmp_path, limit=7, seed=0)]
-    b = [r.id for r in load_benchmark("vicuna", data_dir=tmp_path, limit=7, seed=0)]
-    c = [r.id for r in load_benchmark("vicuna", data_dir=tmp_path, limit=7, seed=1)]
+    a = [r.id for r in read_benchmark("vicuna", data_dir=tmp_path, limit=7, seed=0).records]
+    b = [r.id for r in read_benchmark("vicuna", data_dir=tmp_path, limit=7, seed=0).records]
+    c = [r.id for r in read_benchmark("vicuna", data_dir=tmp_path, limit=7, seed=1).records]
     assert a == b and a != c
     assert len(a) == 7 and a == sorted(a)
-    assert len(load_benchmark("vicuna", data_dir=tmp_path, limit=100)) == 40
+    assert len(read_benchmark("vicuna", data_dir=tmp_path, limit=100).records) == 40
     assert subsample_indices(5, None, 0) == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="limit"):
         subsample_indices(5, 0, 0)
@@ -82,19 +81,19 @@ def test_limit_is_a_seeded_subsample_in_file_order(tmp_path):
 
 def test_missing_set_error_lists_every_place_looked(tmp_path):
     with pytest.raises(BenchmarkNotFoundError) as info:
-        load_benchmark("sinst", data_dir=tmp_path)  # tests run with HF_HUB_OFFLINE=1: the hub attempt fails fast
+        read_benchmark("sinst", data_dir=tmp_path)  # tests run with HF_HUB_OFFLINE=1: the hub attempt fails fast
     message = str(info.value)
     assert str(tmp_path / "sinst" / "valid.jsonl") in message
     assert str(tmp_path / "sinst" / "11_" / "valid.jsonl") in message
     assert "hub MiniLLM/sinst/11_/valid.jsonl" in message
     with pytest.raises(BenchmarkNotFoundError, match="hub") as info:
-        load_benchmark("dolly", data_dir=tmp_path, hub=False)
+        read_benchmark("dolly", data_dir=tmp_path, hub=False)
     assert "hub MiniLLM" not in str(info.value)
 
 
 def test_unknown_benchmark_names_the_registered_ones(tmp_path):
     with pytest.raises(BenchmarkNotFoundError, match="registered benchmarks: dolly, self-inst"):
-        load_benchmark("doly", data_dir=tmp_path)
+        read_benchmark("doly", data_dir=tmp_path)
 
 
 def test_hub_path_through_a_local_copy_of_the_repo(tmp_path):
@@ -109,6 +108,6 @@ def test_hub_path_through_a_local_copy_of_the_repo(tmp_path):
 def test_embedded_reads_the_run_test_split(tmp_path):
     records = [InstructionRecord(id=f"e{i}", instruction=f"do {i}", references=(f"done {i}",)) for i in range(3)]
     write_records(records, tmp_path / "run" / "data" / "test.jsonl")
-    assert load_benchmark("embedded", data_dir=None, run_dir=tmp_path / "run") == records
+    assert read_benchmark("embedded", data_dir=None, run_dir=tmp_path / "run").records == records
     with pytest.raises(BenchmarkNotFoundError, match="prepare-data"):
-        load_benchmark("embedded", data_dir=None, run_dir=tmp_path / "other")
+        read_benchmark("embedded", data_dir=None, run_dir=tmp_path / "other")

@@ -154,9 +154,19 @@ def test_protocol_rejects_bad_settings():
         EvalProtocol(limit=0)
     with pytest.raises(MetricInputError, match="increasing"):
         EvalProtocol(length_bucket_edges=(10, 5))
-    protocol = EvalProtocol.from_config(Config().eval)
+    with pytest.raises(EvaluationError, match="temperature"):  # the eval.* rules of the configuration apply
+        EvalProtocol(temperature=0.0)
+    protocol = EvalProtocol.from_config(Config())
     assert protocol.seeds == (10, 20, 30, 40, 50) and protocol.top_k == 0 and protocol.no_repeat_ngram_size == 6
     assert (protocol.max_prompt_length, protocol.max_new_tokens, protocol.batch_size) == (256, 256, 16)
+    assert protocol == EvalProtocol()  # the defaults are the configuration's
+    config = Config.model_validate({"seed": 7, "data": {"prompt_format": "chat_template"}, "eval": {"top_p": 0.9}})
+    protocol = EvalProtocol.from_config(config, limit=3)
+    assert (protocol.subsample_seed, protocol.prompt_style, protocol.top_p, protocol.limit) == (7, "chat_template",
+                                                                                                  0.9, 3)
+    assert protocol.generation_kwargs() == {"max_prompt_length": 256, "max_new_tokens": 256, "temperature": 1.0,
+                                            "top_k": 0, "top_p": 0.9, "no_repeat_ngram_size": 6, "batch_size": 16,
+                                            "greedy": False}
 
 
 def _cli_args(argv: list[str], config: Config, root: Path) -> argparse.Namespace:

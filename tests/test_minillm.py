@@ -24,7 +24,6 @@ from switch_core.training import (
     PolicyTokens,
     batch_loss,
     choose_action,
-    rollout_settings,
     train,
 )
 from switch_core.training.lm_corpus import PT_KD_RATIO, LMCorpusError, lm_batch, load_lm_corpus
@@ -228,8 +227,8 @@ def test_policy_gradient_points_along_the_exact_reverse_kl_gradient() -> None:
 def test_stored_policy_values_line_up_with_the_batch_tokens(chunk: int) -> None:
     model, frozen = student(), teacher()
     minillm = method("minillm")
-    settings = rollout_settings(RolloutConfig(max_new_tokens=10), minillm, tau0=None, pad_token_id=0,
-                                stop_token_ids=[tokenizer().eos_token_id])
+    settings = RolloutSettings.from_config(RolloutConfig(max_new_tokens=10), minillm, pad_token_id=0,
+                                           stop_token_ids=[tokenizer().eos_token_id])
     source = BatchSource(minillm, student=model, teacher=frozen, settings=settings, pad_token_id=0, seed=3,
                          total_steps=8, rollout_batch_size=chunk, keep_teacher_logits=False)
     out = source.next(0, examples()[:8], offset=0)

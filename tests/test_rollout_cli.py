@@ -149,3 +149,21 @@ def test_calibrate_prints_and_writes_the_result(
     assert (result["tau0"], result["achieved_share"]) == (best["tau0"], best["share"])
     assert printed.count("teacher share") == len(result["history"]) + 1
     assert f"tau0 = {result['tau0']:.6g}" in printed
+
+
+def test_rollout_without_tau0_calibrates_it_as_the_calibrate_command_does(
+    checkpoints: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    teacher, student = checkpoints
+    prompts = _prompts_file(tmp_path, PROMPTS)
+    common = ["--teacher", str(teacher), "--student", str(student), "--prompts", str(prompts), "--target-share", "0.6",
+              "--max-new-tokens", "8", "--max-evaluations", "3", "--max-prompts", "4", "--decay", "0.2"]
+    assert _run(calibrate_command, [*common, "--out", str(tmp_path / "calibration.json")]) == 0
+    tau0 = json.loads((tmp_path / "calibration.json").read_text())["tau0"]
+    capsys.readouterr()
+    assert _run(rollout_command, [*common, "--out", str(tmp_path / "rollouts.jsonl")]) == 0
+    assert f"calibrated tau0 = {tau0:.6g}" in capsys.readouterr().out
+    for line in (tmp_path / "rollouts.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        assert row["threshold"] == pytest.approx([tau0 * math.exp(-0.2 * t) for t in range(len(row["token_ids"]))],
+                                                 rel=1e-6)

@@ -164,7 +164,7 @@ def test_results_can_feed_a_training_loss() -> None:
     """Tokens and teacher logits are ordinary tensors (not inference-mode ones): a backward pass through them works."""
     student, teacher = tiny("gpt2", 32, seed=7), tiny("gpt2", 48, seed=8)
     ids, mask = left_pad(PROMPTS, pad_token_id=0)
-    settings = RolloutSettings(pad_token_id=0, max_new_tokens=4, keep_teacher_logits=True)
+    settings = RolloutSettings(pad_token_id=0, tau0=0.2, max_new_tokens=4, keep_teacher_logits=True)
     batch = rollout(student, teacher, ids, mask, settings, generator=torch.Generator().manual_seed(1))
     full_ids, full_mask = batch.full_sequences()
     lp = ids.shape[1]

@@ -52,4 +52,4 @@ def test_bad_parameters_are_named(kwargs: dict, message: str) -> None:
 
 def test_negative_steps_are_rejected() -> None:
     with pytest.raises(ScheduleError, match="t must be >= 0"):
-        threshold("exponential", torch.tensor([-1, 0]), tau0=0.1)
+        threshold("exponential", torch.tensor([-1, 0]), tau0=0.1, decay=0.1)

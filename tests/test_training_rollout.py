@@ -7,7 +7,8 @@ import torch
 from test_training_support import examples, method, student, teacher, tokenizer
 
 from switch_core.config import RolloutConfig
-from switch_core.training import BatchSource, LossSpec, batch_loss, rollout_settings
+from switch_core.rollout import RolloutSettings
+from switch_core.training import BatchSource, LossSpec, batch_loss
 from switch_core.training.sources import Action
 
 
@@ -17,7 +18,7 @@ def _source(
     cfg = RolloutConfig(strategy=strategy, tau0=0.1, max_new_tokens=10)
     switch = method("switch")
     pad = tokenizer().pad_token_id
-    settings = rollout_settings(cfg, switch, tau0=cfg.tau0, pad_token_id=pad, stop_token_ids=[tokenizer().eos_token_id])
+    settings = RolloutSettings.from_config(cfg, switch, pad_token_id=pad, stop_token_ids=[tokenizer().eos_token_id])
     return BatchSource(
         switch, student=model, teacher=teach, settings=settings, pad_token_id=pad, seed=5, total_steps=10,
         rollout_batch_size=rollout_batch_size, keep_teacher_logits=keep,

@@ -9,6 +9,7 @@ import torch
 from test_training_support import method, student
 
 from switch_core.config import Config, OptimConfig, RolloutConfig, TrackingConfig
+from switch_core.rollout import RolloutSettings
 from switch_core.tracking import JsonlTracker, NullTracker, Tracker, read_jsonl_events, tracker_from_config
 from switch_core.training import (
     Action,
@@ -17,14 +18,13 @@ from switch_core.training import (
     Sequence1D,
     batch_from_sequences,
     choose_action,
-    rollout_settings,
 )
 from switch_core.training.optim import build_optimizer, build_scheduler, cosine_lr
 from switch_core.training.progress import Progress
 from switch_core.training.seeding import Stream, derive_seed, generator
 
 ADAPTIVE = method("distillm")  # data=adaptive, replay, capacity 1000
-SETTINGS = rollout_settings(RolloutConfig(), ADAPTIVE, tau0=0.1, pad_token_id=0, stop_token_ids=[0])
+SETTINGS = RolloutSettings.from_config(RolloutConfig(tau0=0.1), ADAPTIVE, pad_token_id=0, stop_token_ids=[0])
 
 
 @pytest.mark.parametrize(

@@ -104,13 +104,12 @@ def run(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.benchmarks.split(",") if n.strip()] if args.benchmarks else config.eval.benchmarks
     if not names:
         raise ValueError("--benchmarks: no benchmark given")
-    overrides: dict = {"prompt_style": config.data.prompt_format, "subsample_seed": config.seed, "greedy": args.greedy}
-    overrides["length_bucket_edges"] = tuple(args.length_buckets)
+    overrides: dict = {"greedy": args.greedy, "length_bucket_edges": tuple(args.length_buckets)}
     if args.seeds is not None:
         overrides["seeds"] = tuple(args.seeds)
     if args.limit is not None:
         overrides["limit"] = args.limit
-    protocol = EvalProtocol.from_config(config.eval, **overrides)
+    protocol = EvalProtocol.from_config(config, **overrides)
     data_dir = _resolve(args.data_dir or config.eval.data_dir, root)
     benchmarks = [
         read_benchmark(

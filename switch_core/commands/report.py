@@ -1,15 +1,15 @@
 """Tables and plots comparing evaluated models: report.md, results.csv, results_long.csv and PNG plots.
 
 Reads ``EVALS/<model>/<benchmark>/metrics.json``; training logs and SWITCH rollout traces are optional (globs under
-``--runs``; see :mod:`switch_core.evaluation.report` for the formats).
+``--runs``; see :mod:`switch_core.reporting.loading` for the formats).
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from switch_core.evaluation.report import TRACE_GLOB, TRAIN_LOG_GLOB, build_report
 from switch_core.layout import RunLayout
+from switch_core.reporting.report_md import TRACE_GLOB, TRAIN_LOG_GLOB, build_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """Write docs/RESULTS.md (and its plots, in docs/results/) from a run's outputs: ``switch-kd results-doc``.
 
 Everything in the document comes from the run folder (evaluations, data report, training summaries, SWITCH traces
-and logs; see :mod:`switch_core.evaluation.results_doc`) and from the configuration (the expected models, benchmarks
+and logs; see :mod:`switch_core.reporting.results_md`) and from the configuration (the expected models, benchmarks
 and runs, and each run's method settings). Missing outputs are listed, so the command also works while a study is
 still running. The git commit is read from the project's checkout (``--commit`` to give it, e.g. when the run was
 made in another workspace); the commands are given with ``--command`` (repeatable) or reconstructed from the run
@@ -16,9 +16,9 @@ from pathlib import Path
 
 from switch_core.commands.pipeline import evaluated_models
 from switch_core.config import Config
-from switch_core.evaluation.method_text import describe_run, describe_sft_stages
-from switch_core.evaluation.results_doc import write_results_doc
 from switch_core.layout import RunLayout
+from switch_core.reporting.method_text import describe_run, describe_sft_stages
+from switch_core.reporting.results_md import write_results_doc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

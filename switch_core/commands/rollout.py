@@ -4,23 +4,30 @@ Input: JSONL whose rows carry a ``prompt`` field with the already formatted prom
 Output (written atomically, in input order): ``prompt``, ``prompt_token_ids``, ``token_ids`` (generated tokens only,
 incl. the stop token), ``sources`` (``"student" | "teacher"`` per token), ``divergence`` (the gate's JSD per token),
 ``threshold`` (τ_t per token) and ``text`` (decoded without special tokens).
+
+The decoding options are the ``rollout`` config section's fields (`switch_core.config.RolloutConfig`: same defaults,
+ranges and help). As in a training run, ``--strategy switch`` without ``--tau0`` first calibrates τ0 to
+``--target-share`` on the first ``--max-prompts`` prompts (the ``calibrate`` command's search).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ValidationError
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from switch_core.atomic import atomic_write_jsonl
+from switch_core.config import DataConfig, RolloutConfig
 from switch_core.data.tokenize import left_pad, tokenize_prompt
-from switch_core.rollout import SCHEDULES, STRATEGIES, RolloutSettings, rollout
+from switch_core.rollout import CalibrationResult, RolloutSettings, calibrate_tau0, rollout
 
 USES_CONFIG = False
 
@@ -31,6 +38,43 @@ class PromptFileError(ValueError):
 
 class OptionError(ValueError):
     """A command-line option is out of range (the message names it)."""
+
+
+_OPTION_NAMES = {
+    "target_teacher_share": "--target-share", "calibration_prompts": "--max-prompts",
+    "calibration_evaluations": "--max-evaluations", "calibration_tolerance": "--tolerance",
+}
+"""Config fields whose option is not named after the field (the rule: ``max_new_tokens`` -> ``--max-new-tokens``)."""
+
+
+def option_name(field: str) -> str:
+    """The command-line option of a config field, e.g. ``--max-new-tokens`` for ``max_new_tokens``."""
+    return _OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+def add_config_option(group: Any, section: type[BaseModel], field: str) -> None:
+    """Add the option of a config field (e.g. ``RolloutConfig``'s ``tau0``): its default, type, choices and help are
+    the schema's, so a setting is declared once. The parsed value lands in ``args.<field>``.
+
+    Args:
+        group: an ``argparse`` parser or argument group.
+        section: the config section class (`switch_core.config`).
+        field: the field's name.
+    """
+    info = section.model_fields[field]
+    kind = info.annotation
+    if typing.get_origin(kind) is not Literal:  # `X | None` -> X
+        kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+    name = option_name(field)
+    help_text = f"{info.description or field} (default: {info.default})".replace("%", "%%")
+    if kind is bool:
+        action = argparse.BooleanOptionalAction if info.default else "store_true"
+        group.add_argument(name, dest=field, action=action, default=info.default, help=help_text)
+    elif typing.get_origin(kind) is Literal:
+        group.add_argument(name, dest=field, default=info.default, choices=typing.get_args(kind), help=help_text)
+    else:
+        metavar = name.lstrip("-").replace("-", "_").upper()
+        group.add_argument(name, dest=field, type=kind, default=info.default, metavar=metavar, help=help_text)
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -69,29 +113,43 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--prompts", required=True, type=Path, help="JSONL file with a 'prompt' field per line")
     models.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
     models.add_argument("--device", default="cpu", help="device of both models, e.g. cpu or cuda:0 (default: cpu)")
-    models.add_argument("--batch-size", type=int, default=8, help="prompts per rollout batch (default: 8)")
-    models.add_argument("--max-prompt-length", type=int, default=256, help="prompt tokens kept, head first (256)")
+    add_config_option(models, RolloutConfig, "batch_size")
+    add_config_option(models, DataConfig, "max_prompt_length")
     models.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     decoding = parser.add_argument_group("decoding")
-    decoding.add_argument("--max-new-tokens", type=int, default=256, help="response length limit (default: 256)")
-    decoding.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
-    decoding.add_argument("--temperature", type=float, default=1.0, help="sampling and gate temperature (1.0)")
-    decoding.add_argument("--top-k", type=int, default=0, help="top-k sampling, 0 = off (default: 0)")
-    decoding.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, 1.0 = off (default: 1.0)")
-    decoding.add_argument("--schedule", default="exponential", choices=SCHEDULES, help="threshold schedule")
-    decoding.add_argument("--decay", type=float, default=0.1, help="λ per response token (default: 0.1)")
-    decoding.add_argument("--horizon", type=int, default=None, help="linear schedule horizon (default: max-new-tokens)")
+    for field in ("max_new_tokens", "greedy", "temperature", "top_k", "top_p", "schedule", "decay", "horizon"):
+        add_config_option(decoding, RolloutConfig, field)
+
+
+def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the τ0 search (``calibrate``, and ``rollout`` without ``--tau0``)."""
+    group = parser.add_argument_group("τ0 calibration")
+    for field in ("target_teacher_share", "calibration_tolerance", "calibration_evaluations", "calibration_prompts"):
+        add_config_option(group, RolloutConfig, field)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``rollout`` options."""
     add_model_arguments(parser)
     group = parser.add_argument_group("strategy")
-    group.add_argument("--strategy", default="switch", choices=STRATEGIES, help="token source rule (default: switch)")
-    group.add_argument("--tau0", type=float, default=0.2, help="τ0 in nats (default: 0.2; calibrate it)")
-    group.add_argument("--random-rate", type=float, default=0.5, help="teacher rate of --strategy random (0.5)")
-    group.add_argument("--mixture-alpha", type=float, default=0.2, help="teacher weight of --strategy mixture (0.2)")
+    for field in ("strategy", "tau0", "random_rate", "mixture_alpha"):
+        add_config_option(group, RolloutConfig, field)
+    add_calibration_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="output JSONL file")
+
+
+def rollout_config(args: argparse.Namespace) -> RolloutConfig:
+    """The ``rollout`` config section of the options (``args.<field>``; the schema's defaults for the others).
+
+    Raises:
+        OptionError: an option out of the field's range (names the option and the allowed range).
+    """
+    values = {name: value for name, value in vars(args).items() if name in RolloutConfig.model_fields}
+    try:
+        return RolloutConfig(**values)
+    except ValidationError as error:
+        problems = [f"{option_name(e['loc'][0])} {values[e['loc'][0]]}: {e['msg']}" for e in error.errors()]
+        raise OptionError("; ".join(problems)) from None
 
 
 def load_shared_tokenizer(args: argparse.Namespace) -> PreTrainedTokenizerBase:
@@ -124,47 +182,26 @@ def load_models(
     return teacher, student
 
 
-def settings_from_args(
-    args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase, **overrides: Any
-) -> RolloutSettings:
-    """Rollout settings from the command-line options; pad and stop ids from the tokenizer (stop = eos).
-
-    Raises:
-        switch_core.rollout.RolloutSettingsError: an option is out of range.
-    """
-    values: dict[str, Any] = {
-        "pad_token_id": int(tokenizer.pad_token_id),
-        "stop_token_ids": (int(tokenizer.eos_token_id),),
-        "schedule": args.schedule,
-        "decay": args.decay,
-        "horizon": args.horizon,
-        "max_new_tokens": args.max_new_tokens,
-        "greedy": args.greedy,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-    }
-    for name in ("strategy", "tau0", "random_rate", "mixture_alpha"):
-        if hasattr(args, name):
-            values[name] = getattr(args, name)
-    values.update(overrides)
-    return RolloutSettings(**values)
+def settings_from_config(config: RolloutConfig, tokenizer: PreTrainedTokenizerBase) -> RolloutSettings:
+    """Rollout settings of the options' config; pad and stop ids from the tokenizer (stop = eos)."""
+    return RolloutSettings.from_config(
+        config, pad_token_id=int(tokenizer.pad_token_id), stop_token_ids=(int(tokenizer.eos_token_id),)
+    )
 
 
 def tokenized_batches(
     prompts: list[str], tokenizer: PreTrainedTokenizerBase, args: argparse.Namespace, source: Path
 ) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
-    """Tokenise (``add_special_tokens=True``, head kept) and batch prompts, longest first, left-padded.
+    """Tokenise (``add_special_tokens=True``, head kept) and batch prompts, longest first, left-padded
+    (``args.batch_size`` prompts per batch, validated by :func:`rollout_config`).
 
     Returns:
         ``(original indices, prompt_ids [B, Lp], prompt_mask [B, Lp])`` per batch.
 
     Raises:
-        OptionError: ``--batch-size`` or ``--max-prompt-length`` below 1.
+        OptionError: ``--max-prompt-length`` below 1.
         switch_core.data.tokenize.EmptyExampleError: a prompt is empty after tokenisation (names the line).
     """
-    if args.batch_size < 1:
-        raise OptionError(f"--batch-size {args.batch_size} must be >= 1")
     if args.max_prompt_length < 1:
         raise OptionError(f"--max-prompt-length {args.max_prompt_length} must be >= 1")
     ids = [
@@ -178,6 +215,26 @@ def tokenized_batches(
         prompt_ids, prompt_mask = left_pad([ids[i] for i in indices], int(tokenizer.pad_token_id))
         batches.append((indices, prompt_ids, prompt_mask))
     return batches
+
+
+def search_tau0(
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
+    batches: list[tuple[list[int], torch.Tensor, torch.Tensor]],
+    settings: RolloutSettings,
+    config: RolloutConfig,
+    seed: int,
+) -> CalibrationResult:
+    """The τ0 search on prompt batches (:func:`tokenized_batches`) as ``config`` says; prints each try.
+
+    Raises:
+        switch_core.rollout.CalibrationError: see :func:`switch_core.rollout.calibrate_tau0`.
+    """
+    return calibrate_tau0(
+        student, teacher, [(ids, mask) for _, ids, mask in batches], settings, target_share=config.target_teacher_share,
+        tolerance=config.calibration_tolerance, max_evaluations=config.calibration_evaluations, seed=seed,
+        progress=lambda tau0, share: print(f"tau0 {tau0:.6g}: teacher share {share:.4f}", flush=True),
+    )
 
 
 def _decode_all(
@@ -198,9 +255,16 @@ def run(args: argparse.Namespace) -> int:
     """Decode every prompt and write the rows; print the teacher share. Returns 0."""
     prompts = read_prompts(args.prompts)
     tokenizer = load_shared_tokenizer(args)
-    settings = settings_from_args(args, tokenizer)
+    config = rollout_config(args)
     batches = tokenized_batches(prompts, tokenizer, args, args.prompts)
+    settings = settings_from_config(config, tokenizer)
     teacher, student = load_models(args, tokenizer)
+    if settings.needs_calibration:  # no --tau0: calibrated on the first --max-prompts prompts, as a training run does
+        chosen = tokenized_batches(prompts[: config.calibration_prompts], tokenizer, args, args.prompts)
+        result = search_tau0(student, teacher, chosen, settings, config, args.seed)
+        settings = result.settings
+        print(f"calibrated tau0 = {settings.tau0:.6g} (teacher share {result.achieved_share:.4f}, target "
+              f"{config.target_teacher_share})", flush=True)
     rows: list[dict[str, Any]] = [{} for _ in prompts]
     for index, row in _decode_all(teacher, student, tokenizer, batches, settings, args.seed):
         rows[index] = {"prompt": prompts[index], **row}

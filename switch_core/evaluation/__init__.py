@@ -2,16 +2,14 @@
 
 Modules: :mod:`~switch_core.evaluation.benchmarks` (registry and loading), :mod:`~switch_core.evaluation.generate`
 (left-padded batched sampling), :mod:`~switch_core.evaluation.metrics` (ROUGE-L, BLEU, exact match, length
-buckets), :mod:`~switch_core.evaluation.evaluate` (one model × benchmarks × seeds -> generations.jsonl +
-metrics.json) and :mod:`~switch_core.evaluation.report` (tables and plots; imported on its own because it needs
-pandas and matplotlib).
+buckets) and :mod:`~switch_core.evaluation.evaluate` (one model × benchmarks × seeds -> generations.jsonl +
+metrics.json). Tables, plots and documents from these files: :mod:`switch_core.reporting`.
 """
 from switch_core.evaluation.benchmarks import (
     BENCHMARKS,
     BenchmarkNotFoundError,
     BenchmarkSpec,
     LoadedBenchmark,
-    load_benchmark,
     read_benchmark,
 )
 from switch_core.evaluation.evaluate import EvalProtocol, EvaluationSummary, evaluate_model
@@ -32,7 +30,6 @@ __all__ = [
     "generate_batch",
     "generate_responses",
     "length_buckets",
-    "load_benchmark",
     "read_benchmark",
     "rouge_l",
 ]

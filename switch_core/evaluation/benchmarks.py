@@ -214,16 +214,3 @@ def read_benchmark(
         records = records[: spec.max_examples]
     keep = subsample_indices(len(records), limit, seed)
     return LoadedBenchmark(spec, [records[i] for i in keep], source, len(records), limit)
-
-
-def load_benchmark(
-    name: str | BenchmarkSpec,
-    *,
-    data_dir: str | Path | None,
-    run_dir: str | Path | None = None,
-    limit: int | None = None,
-    seed: int = 0,
-    hub: bool = True,
-) -> list[InstructionRecord]:
-    """The evaluated examples of a benchmark; arguments and errors as :func:`read_benchmark`."""
-    return read_benchmark(name, data_dir=data_dir, run_dir=run_dir, limit=limit, seed=seed, hub=hub).records

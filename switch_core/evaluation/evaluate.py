@@ -20,12 +20,15 @@ import datetime as _dt
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from switch_core.atomic import atomic_write_json, atomic_write_jsonl
-from switch_core.config import EvalConfig
+from switch_core.config import Config, EvalConfig, format_validation_error
 from switch_core.data.prompts import PromptStyle, format_prompt
 from switch_core.evaluation.benchmarks import LoadedBenchmark
 from switch_core.evaluation.generate import GenerationResult, generate_batch
@@ -54,67 +57,61 @@ REFERENCE_LENGTH_RULE = (
 )
 
 
+def _config_default(name: str) -> Any:
+    """The default of ``eval.<name>`` as :class:`~switch_core.config.EvalConfig` declares it."""
+    return EvalConfig.model_fields[name].get_default(call_default_factory=True)
+
+
 @dataclass(frozen=True)
 class EvalProtocol:
-    """The decoding and scoring settings of an evaluation (defaults: method.md §5.3–5.5).
+    """The decoding and scoring settings of an evaluation: the ``eval`` section of the configuration (its defaults
+    and rules, declared once in :class:`~switch_core.config.EvalConfig`, docs/METHOD.md §5.3–5.5) plus what the
+    evaluation adds. Build it with :meth:`from_config`.
 
     Attributes:
-        seeds: generation seeds (method.md §5.4: 10, 20, 30, 40, 50).
-        max_prompt_length: prompt tokens kept (the head), 256.
-        max_new_tokens: response tokens, 256.
-        temperature, top_k, top_p: sampling settings (1.0, 0 = off, 1.0).
-        no_repeat_ngram_size: 6, as MiniLLM's argparse default.
-        batch_size: prompts per ``generate`` call (part of the protocol: it changes the random draws).
-        limit: examples per benchmark (seeded subsample), None = all.
-        subsample_seed: seed of that subsample.
-        prompt_style: ``"minillm"`` (the benchmark's own prompt) or ``"chat_template"``.
+        seeds, max_prompt_length, max_new_tokens, temperature, top_k, top_p, no_repeat_ngram_size, batch_size, limit:
+            ``eval.*`` (``batch_size`` is part of the protocol: it changes the random draws; ``limit`` = examples per
+            benchmark, a seeded subsample, None = all).
+        subsample_seed: seed of that subsample (the configuration's ``seed``).
+        prompt_style: ``"minillm"`` (the benchmark's own prompt) or ``"chat_template"`` (``data.prompt_format``).
         length_bucket_edges: upper bounds of the reference-length buckets in tokens.
         greedy: argmax decoding instead of sampling (not the paper protocol; for quick checks).
     """
 
-    seeds: tuple[int, ...] = (10, 20, 30, 40, 50)
-    max_prompt_length: int = 256
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    no_repeat_ngram_size: int = 6
-    batch_size: int = 16
-    limit: int | None = None
+    seeds: tuple[int, ...] = tuple(_config_default("seeds"))
+    max_prompt_length: int = _config_default("max_prompt_length")
+    max_new_tokens: int = _config_default("max_new_tokens")
+    temperature: float = _config_default("temperature")
+    top_k: int = _config_default("top_k")
+    top_p: float = _config_default("top_p")
+    no_repeat_ngram_size: int = _config_default("no_repeat_ngram_size")
+    batch_size: int = _config_default("batch_size")
+    limit: int | None = _config_default("limit")
     subsample_seed: int = 0
     prompt_style: PromptStyle = "minillm"
     length_bucket_edges: tuple[int, ...] = DEFAULT_BUCKET_EDGES
     greedy: bool = False
 
     def __post_init__(self) -> None:
-        if not self.seeds:
-            raise EvaluationError("the evaluation needs at least one seed (eval.seeds / --seeds)")
-        if self.batch_size < 1:
-            raise EvaluationError(f"eval.batch_size must be >= 1, got {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise EvaluationError(f"eval.limit / --limit must be >= 1 or unset, got {self.limit}")
+        try:  # the eval.* rules, as the configuration declares them
+            EvalConfig.model_validate({name: getattr(self, name) for name in _CONFIG_KEYS})
+        except ValidationError as err:
+            origin = "evaluation protocol: eval.* or the evaluate flags"
+            raise EvaluationError(format_validation_error(err, origin)) from None
         length_buckets(self.length_bucket_edges)  # MetricInputError on bad edges, before any generation
 
     @classmethod
-    def from_config(cls, config: EvalConfig, **overrides: Any) -> EvalProtocol:
-        """Protocol from ``Config.eval``; ``overrides`` (e.g. ``seeds``, ``limit``, ``prompt_style``) win.
+    def from_config(cls, config: Config, **overrides: Any) -> EvalProtocol:
+        """Protocol from the configuration: ``eval.*``, ``seed`` (the subsample seed) and ``data.prompt_format``;
+        ``overrides`` (e.g. ``seeds``, ``limit``, ``greedy``, ``length_bucket_edges``) win.
 
         Raises:
-            EvaluationError: no seed, ``batch_size`` or ``limit`` below 1.
+            EvaluationError: a value the ``eval`` section does not allow (no seed, ``batch_size`` or ``limit``
+                below 1...), naming the key.
             switch_core.evaluation.metrics.MetricInputError: length-bucket edges not strictly increasing.
         """
-        values: dict[str, Any] = {
-            "seeds": tuple(config.seeds),
-            "max_prompt_length": config.max_prompt_length,
-            "max_new_tokens": config.max_new_tokens,
-            "temperature": config.temperature,
-            "top_k": config.top_k,
-            "top_p": config.top_p,
-            "no_repeat_ngram_size": config.no_repeat_ngram_size,
-            "batch_size": config.batch_size,
-            "limit": config.limit,
-        }
-        values.update(overrides)
+        values: dict[str, Any] = {name: getattr(config.eval, name) for name in _CONFIG_KEYS}
+        values |= {"subsample_seed": config.seed, "prompt_style": config.data.prompt_format} | overrides
         values["seeds"] = tuple(int(s) for s in values["seeds"])
         values["length_bucket_edges"] = tuple(int(e) for e in values.get("length_bucket_edges", DEFAULT_BUCKET_EDGES))
         return cls(**values)
@@ -127,17 +124,14 @@ class EvalProtocol:
         return data
 
     def generation_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`~switch_core.evaluation.generate.generate_batch` other than ``seed``."""
-        return {
-            "max_prompt_length": self.max_prompt_length,
-            "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-            "top_k": self.top_k,
-            "top_p": self.top_p,
-            "no_repeat_ngram_size": self.no_repeat_ngram_size,
-            "batch_size": self.batch_size,
-            "greedy": self.greedy,
-        }
+        """Keyword arguments of :func:`~switch_core.evaluation.generate.generate_batch` other than ``seed``: every
+        protocol setting its signature names."""
+        names = {f.name for f in fields(self)}
+        return {name: getattr(self, name) for name in signature(generate_batch).parameters if name in names}
+
+
+_CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in fields(EvalProtocol) if f.name in EvalConfig.model_fields)
+"""The protocol settings that are ``eval.*`` keys of the configuration."""
 
 
 def data_fingerprint(records: Sequence[Any]) -> str:

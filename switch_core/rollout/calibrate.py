@@ -8,9 +8,9 @@ The share depends on the tokens actually chosen (a teacher token changes the pre
 candidate τ0 is evaluated with real rollouts; the same seeds are used for every candidate (common random numbers),
 which makes the share close to non-increasing in τ0. The search: evaluate τ0 = ln 2 (the JSD maximum: above it the
 teacher never intervenes at t = 0, but a decaying schedule still lets it in later); while the share is above target,
-double τ0 (up to the value at which τ_t >= ln 2 for every step); then bisect the bracket (geometric midpoint once the
-lower end is > 0, since the useful τ0 may span orders of magnitude under an exponential schedule). The evaluated τ0
-with the share closest to the target is returned.
+double τ0 (up to the value at which τ_t >= ln 2 for every step: `schedules.never_crossed_tau0`); then bisect the
+bracket (geometric midpoint once the lower end is > 0, since the useful τ0 may span orders of magnitude under an
+exponential schedule). The evaluated τ0 with the share closest to the target is returned.
 """
 from __future__ import annotations
 
@@ -21,13 +21,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor, nn
 
-from switch_core.rollout.engine import RolloutSettings, model_device, rollout
-from switch_core.rollout.schedules import threshold
+from switch_core.config import RolloutConfig
+from switch_core.data.tokenize import left_pad
+from switch_core.rollout.engine import model_device, rollout
+from switch_core.rollout.schedules import JSD_MAX, never_crossed_tau0
+from switch_core.rollout.settings import RolloutSettings
 
-JSD_MAX = math.log(2.0)
-"""Largest value of the symmetric JSD in nats (method.md §1.1 item 1)."""
+_SCHEMA = RolloutConfig()  # defaults of the search's arguments
+_ARGUMENT_FIELDS = {
+    "target_share": "target_teacher_share", "tolerance": "calibration_tolerance",
+    "max_evaluations": "calibration_evaluations",
+}
+"""calibrate_tau0 argument -> the `switch_core.config.RolloutConfig` field that declares and validates it."""
 
 
 class CalibrationError(ValueError):
@@ -39,19 +47,24 @@ class CalibrationResult:
     """Outcome of :func:`calibrate_tau0`.
 
     Attributes:
-        tau0: the chosen τ0 (nats).
-        achieved_share: teacher share of the rollouts at ``tau0`` (token-weighted over all prompts).
+        settings: the given settings with the chosen τ0 (nats): what the rollouts use from then on.
+        achieved_share: teacher share of the rollouts at that τ0 (token-weighted over all prompts).
         target_share: the requested share.
         history: ``(tau0, share)`` of every evaluation, in order.
     """
 
-    tau0: float
+    settings: RolloutSettings
     achieved_share: float
     target_share: float
     history: tuple[tuple[float, float], ...]
 
+    @property
+    def tau0(self) -> float:
+        """The chosen τ0 (nats)."""
+        return self.settings.tau0
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
+        """JSON-ready dict: ``tau0``, ``achieved_share``, ``target_share`` and ``history`` (``tau0``, ``share``)."""
         return {
             "tau0": self.tau0,
             "achieved_share": self.achieved_share,
@@ -92,25 +105,15 @@ def teacher_share(
     return teacher_tokens / tokens if tokens else math.nan
 
 
-def _never_intervenes_above(settings: RolloutSettings) -> float:
-    """The τ0 above which τ_t >= ln 2 at every step, so the teacher never intervenes (inf if there is none)."""
-    ratios = threshold(
-        settings.schedule, torch.arange(settings.max_new_tokens), tau0=1.0, decay=settings.decay,
-        horizon=settings.schedule_horizon,
-    ).to(torch.float64)
-    smallest = float(ratios.min())
-    return JSD_MAX / smallest if smallest > 0 else math.inf
-
-
 def calibrate_tau0(
     student: nn.Module,
     teacher: nn.Module,
     prompt_batches: Sequence[tuple[Tensor, Tensor]],
     settings: RolloutSettings,
     *,
-    target_share: float = 0.53,
-    tolerance: float = 0.02,
-    max_evaluations: int = 12,
+    target_share: float = _SCHEMA.target_teacher_share,
+    tolerance: float = _SCHEMA.calibration_tolerance,
+    max_evaluations: int = _SCHEMA.calibration_evaluations,
     seed: int = 0,
     progress: Callable[[float, float], None] | None = None,
 ) -> CalibrationResult:
@@ -121,27 +124,31 @@ def calibrate_tau0(
         teacher: the teacher causal LM.
         prompt_batches: ``(prompt_ids, prompt_mask)`` left-padded batches; more prompts and tokens give a steadier
             share at a higher cost (each evaluation decodes all of them).
-        settings: rollout settings with ``strategy="switch"``; its ``tau0`` is ignored; ``keep_teacher_logits`` is
-            turned off during the search.
-        target_share: wanted teacher share in (0, 1) (the paper's 53%).
-        tolerance: stop when ``|share − target| <= tolerance``.
-        max_evaluations: rollout passes allowed, >= 1.
+        settings: rollout settings with ``strategy="switch"``; its ``tau0`` is ignored (None is fine);
+            ``keep_teacher_logits`` is turned off during the search.
+        target_share: wanted teacher share in (0, 1) (the paper's 53%; ``rollout.target_teacher_share``).
+        tolerance: stop when ``|share − target| <= tolerance``, in [0, 1) (``rollout.calibration_tolerance``).
+        max_evaluations: rollout passes allowed, >= 1 (``rollout.calibration_evaluations``).
         seed: base seed of every evaluation (the same for each candidate τ0).
         progress: called with ``(tau0, share)`` after each evaluation.
 
     Returns:
-        A :class:`CalibrationResult`.
+        A :class:`CalibrationResult` whose ``settings`` are ``settings`` with the chosen τ0.
 
     Raises:
         CalibrationError: target or tolerance out of range, ``max_evaluations < 1``, no prompt batches, or a strategy
             other than ``switch``.
     """
-    if not 0.0 < target_share < 1.0:
-        raise CalibrationError(f"target_share={target_share} must be in (0, 1)")
-    if not 0.0 <= tolerance < 1.0:
-        raise CalibrationError(f"tolerance={tolerance} must be in [0, 1)")
-    if max_evaluations < 1:
-        raise CalibrationError(f"max_evaluations={max_evaluations} must be >= 1")
+    arguments = {"target_share": target_share, "tolerance": tolerance, "max_evaluations": max_evaluations}
+    try:
+        RolloutConfig.model_validate({_ARGUMENT_FIELDS[name]: value for name, value in arguments.items()})
+    except ValidationError as error:
+        argument = {field: name for name, field in _ARGUMENT_FIELDS.items()}
+        problems = []
+        for e in error.errors():
+            field = e["loc"][0]
+            problems.append(f"{argument[field]}={arguments[argument[field]]!r}: {e['msg']} (as rollout.{field})")
+        raise CalibrationError("; ".join(problems)) from None
     if not prompt_batches:
         raise CalibrationError("no prompt batches: calibration needs prompts to decode")
     if settings.strategy != "switch":
@@ -159,7 +166,7 @@ def calibrate_tau0(
     def close_enough() -> bool:
         return any(abs(share - target_share) <= tolerance for _, share in history)
 
-    cap = _never_intervenes_above(base)
+    cap = never_crossed_tau0(base.schedule, steps=base.max_new_tokens, decay=base.decay, horizon=base.schedule_horizon)
     low, high = 0.0, JSD_MAX
     share_high = evaluate(high)
     while share_high > target_share and not close_enough() and high < cap and len(history) < max_evaluations:
@@ -174,4 +181,48 @@ def calibrate_tau0(
         else:
             high = middle
     tau0, share = min(history, key=lambda item: abs(item[1] - target_share))
-    return CalibrationResult(tau0=tau0, achieved_share=share, target_share=target_share, history=tuple(history))
+    return CalibrationResult(
+        settings=dataclasses.replace(settings, tau0=tau0), achieved_share=share, target_share=target_share,
+        history=tuple(history),
+    )
+
+
+def calibrate_settings(
+    student: nn.Module,
+    teacher: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    settings: RolloutSettings,
+    config: RolloutConfig,
+    *,
+    seed: int,
+    progress: Callable[[float, float], None] | None = None,
+) -> CalibrationResult:
+    """τ0 of ``settings`` calibrated as the ``rollout`` config section says (a training run's calibration).
+
+    The first ``config.calibration_prompts`` prompts, left-padded in batches of ``config.batch_size`` in their
+    order, are decoded at each try; the search (:func:`calibrate_tau0`) aims at ``config.target_teacher_share``
+    within ``config.calibration_tolerance`` in at most ``config.calibration_evaluations`` tries.
+
+    Args:
+        student: the student causal LM (at the run's starting checkpoint, method.md §1.2).
+        teacher: the teacher causal LM.
+        prompts: prompt token ids (e.g. the training prompts), unpadded.
+        settings: the run's rollout settings (``strategy="switch"``; e.g. :meth:`RolloutSettings.from_config`).
+        config: the validated ``rollout`` section.
+        seed: base seed of every try.
+        progress: called with ``(tau0, share)`` after each try.
+
+    Returns:
+        A :class:`CalibrationResult` whose ``settings`` are ``settings`` with the chosen τ0.
+
+    Raises:
+        CalibrationError: see :func:`calibrate_tau0` (e.g. no prompts).
+    """
+    chosen = list(prompts[: config.calibration_prompts])
+    size = config.batch_size
+    batches = [left_pad(chosen[i : i + size], settings.pad_token_id) for i in range(0, len(chosen), size)]
+    return calibrate_tau0(
+        student, teacher, batches, settings, target_share=config.target_teacher_share,
+        tolerance=config.calibration_tolerance, max_evaluations=config.calibration_evaluations, seed=seed,
+        progress=progress,
+    )

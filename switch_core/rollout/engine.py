@@ -51,127 +51,21 @@ from torch import Tensor, nn
 from transformers import TopKLogitsWarper, TopPLogitsWarper
 
 from switch_core.divergences import jensen_shannon
-from switch_core.rollout.schedules import ScheduleError, threshold, validate_schedule
+from switch_core.rollout.settings import (  # noqa: F401  (re-exported: the settings lived here)
+    STRATEGIES,
+    TEACHER_LOGITS_DTYPES,
+    RolloutSettings,
+    RolloutSettingsError,
+)
 
-STRATEGIES: tuple[str, ...] = ("switch", "student", "teacher", "random", "mixture")
-TEACHER_LOGITS_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
 GATE_BETA = 0.5
 """β of the JSD in SWITCH's intervention test: the symmetric JSD (method.md §1.1)."""
 
 _COMPACT_FRACTION = 0.75  # drop finished rows from the caches once at most this fraction of compute rows runs
 
 
-class RolloutSettingsError(ValueError):
-    """A :class:`RolloutSettings` field is out of range; the message names the field."""
-
-
 class RolloutInputError(ValueError):
     """Prompt tensors are malformed (shape, dtype, not left-padded, empty row) or ids fall outside the vocabulary."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class RolloutSettings:
-    """How to decode a rollout batch (validated on construction).
-
-    Attributes:
-        pad_token_id: id written after a row has finished (may equal a stop id; padding is marked by
-            ``response_mask``, never by comparing ids).
-        strategy: one of :data:`STRATEGIES` (see the module docstring).
-        schedule: threshold schedule, one of ``exponential | linear | constant`` (`switch_core.rollout.schedules`).
-        tau0: τ0 >= 0 in nats. Not given by the paper (method.md §1.2): calibrate it with
-            :func:`switch_core.rollout.calibrate.calibrate_tau0`; the default 0.2 is only a starting point.
-        decay: λ >= 0 per response token (the paper's "decay factor 1/10" read as λ = 0.1, method.md §1.1 item 4).
-        horizon: T of the linear schedule; None = ``max_new_tokens``.
-        random_rate: teacher probability per token of the ``random`` strategy, in [0, 1].
-        mixture_alpha: teacher weight α of the ``mixture`` strategy, in [0, 1] (MiniLLM: 0.2).
-        max_new_tokens: maximum response length, >= 1 (method.md §5.3: 256).
-        greedy: argmax decoding instead of sampling.
-        temperature: > 0; divides the logits for sampling *and* for the gate's JSD (method.md §1.3).
-        top_k: keep the k most likely tokens when sampling; 0 = off (method.md §5.4: 0).
-        top_p: nucleus sampling mass in (0, 1]; 1.0 = off.
-        stop_token_ids: a row stops after emitting one of these (the stop token is part of the response).
-        keep_teacher_logits: return the teacher's raw (temperature 1) next-token logits at every response step.
-        teacher_logits_dtype: storage dtype of those logits: ``float32 | bfloat16 | float16``.
-        compute_divergence: record the gate's JSD for every strategy. ``switch`` always computes it. With
-            ``student`` and neither this nor ``keep_teacher_logits`` the teacher is never run (pure student
-            sampling); with ``teacher`` and not this the student is never run.
-    """
-
-    pad_token_id: int
-    strategy: str = "switch"
-    schedule: str = "exponential"
-    tau0: float = 0.2
-    decay: float = 0.1
-    horizon: int | None = None
-    random_rate: float = 0.5
-    mixture_alpha: float = 0.2
-    max_new_tokens: int = 256
-    greedy: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    stop_token_ids: tuple[int, ...] = ()
-    keep_teacher_logits: bool = False
-    teacher_logits_dtype: str = "bfloat16"
-    compute_divergence: bool = True
-
-    def __post_init__(self) -> None:
-        def bad(name: str, message: str) -> RolloutSettingsError:
-            return RolloutSettingsError(f"rollout setting {name}={getattr(self, name)!r}: {message}")
-
-        if self.strategy not in STRATEGIES:
-            raise bad("strategy", f"use one of {', '.join(STRATEGIES)}")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise bad("max_new_tokens", "must be an integer >= 1")
-        if self.horizon is not None and (not isinstance(self.horizon, int) or self.horizon < 1):
-            raise bad("horizon", "must be an integer >= 1 or None (= max_new_tokens)")
-        try:
-            validate_schedule(
-                self.schedule, tau0=float(self.tau0), decay=float(self.decay), horizon=self.schedule_horizon
-            )
-        except ScheduleError as error:
-            raise RolloutSettingsError(f"rollout settings: {error}") from error
-        for name in ("random_rate", "mixture_alpha"):
-            if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                raise bad(name, "must be in [0, 1]")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise bad("temperature", "must be a finite number > 0")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise bad("top_k", "must be an integer >= 0 (0 = off)")
-        if not 0.0 < float(self.top_p) <= 1.0:
-            raise bad("top_p", "must be in (0, 1] (1.0 = off)")
-        if not isinstance(self.pad_token_id, int) or self.pad_token_id < 0:
-            raise bad("pad_token_id", "must be an integer token id >= 0 (e.g. tokenizer.pad_token_id)")
-        stop_ids = tuple(self.stop_token_ids)
-        if not all(isinstance(i, int) and i >= 0 for i in stop_ids):
-            raise bad("stop_token_ids", "must be integer token ids >= 0 (e.g. (tokenizer.eos_token_id,))")
-        object.__setattr__(self, "stop_token_ids", stop_ids)
-        if self.teacher_logits_dtype not in TEACHER_LOGITS_DTYPES:
-            raise bad("teacher_logits_dtype", f"use one of {', '.join(TEACHER_LOGITS_DTYPES)}")
-
-    @property
-    def schedule_horizon(self) -> int:
-        """The linear schedule's horizon T: ``horizon``, or ``max_new_tokens`` when it is None."""
-        return self.horizon if self.horizon is not None else self.max_new_tokens
-
-    def thresholds(self, device: torch.device | str | None = None) -> Tensor:
-        """τ_t for t = 0 .. max_new_tokens − 1: ``[max_new_tokens]`` float32."""
-        steps = torch.arange(self.max_new_tokens, device=device)
-        return threshold(self.schedule, steps, tau0=self.tau0, decay=self.decay, horizon=self.schedule_horizon)
-
-    @property
-    def runs_teacher(self) -> bool:
-        """Whether the teacher model is run at all."""
-        return self.strategy != "student" or self.compute_divergence or self.keep_teacher_logits
-
-    @property
-    def runs_student(self) -> bool:
-        """Whether the student model is run at all."""
-        return self.strategy != "teacher" or self.compute_divergence
 
 
 @dataclass
@@ -216,7 +110,7 @@ class RolloutBatch:
         divergence: ``[B, T]`` float32, the gate's JSD (β = 0.5, after the temperature) at each step; NaN where it
             was not computed (``compute_divergence=False`` and not ``switch``); 0 on padding.
         threshold: ``[T]`` float32, τ_t of the configured schedule (recorded for every strategy; only ``switch`` acts
-            on it).
+            on it; NaN when τ0 is not set).
         sampling_logprobs: ``[B, T]`` float32, log-probability of the token under the distribution it was drawn from
             (after temperature / top-k / top-p; the mixture for ``mixture``); 0 for greedy decoding and padding.
         student_logprobs: ``[B, T]`` float32, log q(token) under the student's raw (temperature 1) distribution;
@@ -271,13 +165,13 @@ class RolloutBatch:
 
         Returns:
             Dicts with ``prompt_token_ids`` (padding removed), ``token_ids`` (generated tokens incl. the stop token),
-            ``sources`` (``"student" | "teacher"`` per token), ``divergence``, ``threshold`` (τ_t per token) and
-            ``text`` (decoded with ``skip_special_tokens=True``; None without a tokenizer).
+            ``sources`` (``"student" | "teacher"`` per token), ``divergence``, ``threshold`` (τ_t per token; None
+            when τ0 is not set) and ``text`` (decoded with ``skip_special_tokens=True``; None without a tokenizer).
         """
         prompt_ids, prompt_mask = self.prompt_ids.cpu().tolist(), self.prompt_mask.cpu().tolist()
         tokens, valid = self.tokens.cpu().tolist(), self.response_mask.cpu().tolist()
         teacher, divergence = self.teacher_chosen.cpu().tolist(), self.divergence.cpu().tolist()
-        tau = self.threshold.cpu().tolist()
+        tau = [None if math.isnan(x) else x for x in self.threshold.cpu().tolist()]  # None: τ0 not set
         rows = []
         for b in range(len(tokens)):
             n = sum(valid[b])

@@ -22,7 +22,7 @@ from switch_core.training.loop import SUMMARY_FILE, TRACE_FILE, TrainingSetupErr
 from switch_core.training.losses import LossSpec, token_loss_terms, token_losses
 from switch_core.training.objective import OutputHeadError, batch_loss
 from switch_core.training.replay import ReplayBuffer
-from switch_core.training.sources import Action, BatchSource, MethodSetupError, choose_action, rollout_settings
+from switch_core.training.sources import Action, BatchSource, MethodSetupError, choose_action
 from switch_core.training.state import StateError, StateMismatchError
 
 __all__ = [
@@ -47,7 +47,6 @@ __all__ = [
     "batch_from_sequences",
     "batch_loss",
     "choose_action",
-    "rollout_settings",
     "token_loss_terms",
     "token_losses",
     "train",

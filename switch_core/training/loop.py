@@ -24,6 +24,7 @@ weights of an uninterrupted run. The teacher is frozen: eval mode, ``requires_gr
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -40,12 +41,12 @@ from transformers import PreTrainedModel
 
 from switch_core.atomic import atomic_write_json
 from switch_core.config import EvalConfig, MethodConfig, OptimConfig, RolloutConfig
-from switch_core.data.tokenize import TrainExample, left_pad
+from switch_core.data.tokenize import TrainExample
 from switch_core.evaluation.generate import eos_token_ids
 from switch_core.hashing import source_fingerprint
 from switch_core.models.checkpoint import save_pretrained_atomic
 from switch_core.processes import make_accelerator
-from switch_core.rollout import calibrate_tau0
+from switch_core.rollout import RolloutSettings, calibrate_settings
 from switch_core.tracking import NullTracker, Tracker
 from switch_core.training import seeding
 from switch_core.training.batches import batch_from_examples
@@ -55,7 +56,7 @@ from switch_core.training.losses import LossSpec
 from switch_core.training.objective import batch_loss, check_output_head
 from switch_core.training.optim import build_optimizer, build_scheduler
 from switch_core.training.progress import Progress
-from switch_core.training.sources import ROLLOUT_DATA, BatchSource, rollout_settings
+from switch_core.training.sources import ROLLOUT_DATA, BatchSource
 from switch_core.training.state import (
     Resumable,
     StateMismatchError,
@@ -250,7 +251,10 @@ class _Run:
         self.params = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = accelerator.prepare_optimizer(build_optimizer(self.student, job.optim))
         self.scheduler = build_scheduler(self.optimizer, job.optim, self.total_steps)
-        self.tau0: float | None = job.rollout.tau0
+        self.settings = RolloutSettings.from_config(  # tau0 None until calibrated (switch) or restored
+            job.rollout, job.method, pad_token_id=self.pad_id,
+            stop_token_ids=eos_token_ids(self.student, job.tokenizer),
+        )
         self.calibration: dict[str, Any] | None = None
         self.step = 0
         self.best_step, self.best_value, self.best_metrics = -1, None, {}
@@ -271,45 +275,30 @@ class _Run:
 
     def calibrate(self) -> None:
         """τ0 for a target teacher share, once at the start (student at its init checkpoint, train prompts)."""
-        strategy = self.job.method.rollout_strategy or self.job.rollout.strategy
-        if not self.uses_rollouts or strategy != "switch" or self.tau0 is not None:
+        if not self.uses_rollouts or not self.settings.needs_calibration:
             return
-        cfg = self.job.rollout
         result: list[Any] = [None]
         if self.acc.is_main_process:
-            settings = rollout_settings(
-                cfg, self.job.method, tau0=None, pad_token_id=self.pad_id, stop_token_ids=self.stop_ids()
-            )
-            prompts = [e.prompt_ids for e in self.job.train[: cfg.calibration_prompts]]
-            batches = [left_pad(prompts[i : i + cfg.batch_size], self.pad_id) for i in range(0, len(prompts), cfg.batch_size)]
             seed = seeding.derive_seed(self.optim.seed, seeding.Stream.CALIBRATION) % 2**31
-            result = [calibrate_tau0(
-                self.student, self.teacher, batches, settings, target_share=cfg.target_teacher_share, seed=seed,
-                max_evaluations=cfg.calibration_evaluations,
+            result = [calibrate_settings(
+                self.student, self.teacher, [e.prompt_ids for e in self.job.train], self.settings, self.job.rollout,
+                seed=seed,
             )]
         if self.acc.num_processes > 1:
             broadcast_object_list(result, from_process=0)
-        self.tau0, self.calibration = float(result[0].tau0), result[0].to_dict()
+        self.settings, self.calibration = result[0].settings, result[0].to_dict()
         if self.acc.is_main_process:
-            self.tracker.log_params({"rollout.tau0_calibrated": self.tau0})
+            self.tracker.log_params({"rollout.tau0_calibrated": result[0].tau0})
             self.tracker.log_metrics(
-                {"calibration/tau0": self.tau0, "calibration/teacher_share": result[0].achieved_share}, step=0
+                {"calibration/tau0": result[0].tau0, "calibration/teacher_share": result[0].achieved_share}, step=0
             )
-            self._say(f"calibrated tau0 = {self.tau0:.4f} (teacher share {result[0].achieved_share:.3f}, "
+            self._say(f"calibrated tau0 = {result[0].tau0:.4f} (teacher share {result[0].achieved_share:.3f}, "
                       f"target {result[0].target_share:.2f})")
 
-    def stop_ids(self) -> list[int]:
-        return eos_token_ids(self.student, self.job.tokenizer)
-
     def build_source(self) -> None:
-        settings = None
-        if self.uses_rollouts:
-            settings = rollout_settings(
-                self.job.rollout, self.job.method, tau0=self.tau0, pad_token_id=self.pad_id,
-                stop_token_ids=self.stop_ids(),
-            )
         self.source = BatchSource(
-            self.job.method, student=self.student, teacher=self.teacher, settings=settings, pad_token_id=self.pad_id,
+            self.job.method, student=self.student, teacher=self.teacher,
+            settings=self.settings if self.uses_rollouts else None, pad_token_id=self.pad_id,
             seed=self.optim.seed, total_steps=self.total_steps, rollout_batch_size=self.job.rollout.batch_size,
             keep_teacher_logits=self.job.method.reuse_rollout_teacher_logits and self.spec.needs_teacher,
             rank=self.acc.process_index,
@@ -324,7 +313,7 @@ class _Run:
     def trainer_state(self) -> dict[str, Any]:
         return {
             "fingerprint": self.fingerprint(), "best_step": self.best_step, "best_value": self.best_value,
-            "best_metrics": self.best_metrics, "last_metrics": self.last_metrics, "tau0": self.tau0,
+            "best_metrics": self.best_metrics, "last_metrics": self.last_metrics, "tau0": self.settings.tau0,
             "calibration": self.calibration, "elapsed": self.wall_seconds(),
         }
 
@@ -351,7 +340,8 @@ class _Run:
         trainer, rank_state = loaded
         if trainer["fingerprint"].get("code") != self.fingerprint()["code"]:
             self._say("resuming a state saved by other switch_core code (the library changed since)")
-        self.step, self.tau0, self.elapsed_before = int(trainer["step"]), trainer["tau0"], float(trainer["elapsed"])
+        self.step, self.elapsed_before = int(trainer["step"]), float(trainer["elapsed"])
+        self.settings = dataclasses.replace(self.settings, tau0=trainer["tau0"])
         self.calibration = trainer.get("calibration")  # absent from states saved before it was recorded
         self.best_step, self.best_value = int(trainer["best_step"]), trainer["best_value"]
         self.best_metrics, self.last_metrics = trainer["best_metrics"], trainer["last_metrics"]
@@ -531,8 +521,8 @@ class _Run:
         if self.progress is not None:
             self.progress.close()
         result = TrainResult(
-            job.name, self.step, self.best_step, self.best_metrics, self.last_metrics, self.wall_seconds(), self.tau0,
-            job.output_dir, self.calibration,
+            job.name, self.step, self.best_step, self.best_metrics, self.last_metrics, self.wall_seconds(),
+            self.settings.tau0, job.output_dir, self.calibration,
         )
         if self.acc.is_main_process:
             atomic_write_json(job.output_dir / SUMMARY_FILE, result.to_dict())

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from switch_core.config import MethodConfig, RolloutConfig
+from switch_core.config import MethodConfig
 from switch_core.data.tokenize import TrainExample, left_pad
 from switch_core.rollout import RolloutBatch, RolloutSettings, rollout
 from switch_core.training import seeding
@@ -114,32 +114,6 @@ def choose_action(method: MethodConfig, *, r: float, step: int, total_steps: int
     if r < phi:
         return Action.REPLAY
     return Action.GROUND_TRUTH
-
-
-def rollout_settings(
-    rollout_cfg: RolloutConfig,
-    method: MethodConfig,
-    *,
-    tau0: float | None,
-    pad_token_id: int,
-    stop_token_ids: Sequence[int],
-) -> RolloutSettings:
-    """Rollout settings of a method: ``rollout`` section + the method's strategy and kept-logits dtype.
-
-    ``tau0`` (given or calibrated) matters only for the ``switch`` strategy; None keeps the engine's default.
-    ``data: policy_gradient`` runs both models whatever the strategy (``compute_divergence``): its rewards need the
-    teacher's and the student's log-probability of every token.
-    """
-    strategy = method.rollout_strategy or rollout_cfg.strategy
-    extra = {} if tau0 is None else {"tau0": float(tau0)}
-    return RolloutSettings(
-        pad_token_id=int(pad_token_id), strategy=strategy, schedule=rollout_cfg.schedule, decay=rollout_cfg.decay,
-        horizon=rollout_cfg.horizon, random_rate=rollout_cfg.random_rate, mixture_alpha=rollout_cfg.mixture_alpha,
-        max_new_tokens=rollout_cfg.max_new_tokens, greedy=rollout_cfg.greedy, temperature=rollout_cfg.temperature,
-        top_k=rollout_cfg.top_k, top_p=rollout_cfg.top_p, stop_token_ids=tuple(int(i) for i in stop_token_ids),
-        teacher_logits_dtype=method.teacher_logits_dtype,
-        compute_divergence=strategy == "switch" or method.data == "policy_gradient", **extra,
-    )
 
 
 @dataclass

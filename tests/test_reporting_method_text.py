@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from switch_core.config import ConfigError, MethodConfig, RolloutConfig, validate_dict
-from switch_core.evaluation.method_text import (
+from switch_core.reporting.method_text import (
     batches_text,
     describe_run,
     generator_text,

@@ -17,19 +17,11 @@ from switch_core.commands.results_doc import git_commit
 from switch_core.data.prompts import minillm_prompt
 from switch_core.data.records import InstructionRecord
 from switch_core.data.splits import write_records
-from switch_core.evaluation.results_doc import (
-    ReadingInputs,
-    ResultsDocError,
-    Score,
-    compare,
-    position_buckets,
-    rank_of,
-    reading,
-    rollout_batch_share,
-    student_only_positions,
-    training_overlap,
-    write_results_doc,
-)
+from switch_core.reporting.loading import ReportInputError
+from switch_core.reporting.reading import ReadingInputs, reading
+from switch_core.reporting.results_md import training_overlap, write_results_doc
+from switch_core.reporting.scores import Score, compare, rank_of, rollout_batch_share
+from switch_core.reporting.teacher_share import position_buckets, teacher_share
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SEEDS = (10, 20)
@@ -257,7 +249,7 @@ def test_missing_inputs_are_listed(doc) -> None:
 def test_a_folder_without_any_output_is_an_error_and_writes_nothing(tmp_path: Path) -> None:
     (tmp_path / "empty-run").mkdir()
     for folder in (tmp_path / "no-such-run", tmp_path / "empty-run"):
-        with pytest.raises(ResultsDocError, match=f"no run outputs in {folder}.*--run-dir; nothing written"):
+        with pytest.raises(ReportInputError, match=f"no run outputs in {folder}.*--run-dir; nothing written"):
             write_results_doc(folder, tmp_path / "RESULTS.md", commands=["dvc repro"], commit=None)
     assert not (tmp_path / "RESULTS.md").exists()
     assert main(["results-doc", "--set", f"run_dir={tmp_path / 'empty-run'}", "--out", str(tmp_path / "R.md")]) == 2
@@ -282,7 +274,7 @@ def test_a_metrics_file_without_per_seed_values_is_an_error_naming_it(tmp_path: 
     run = _fake_run(tmp_path)
     bad = run / "eval" / "switch" / "dolly" / "metrics.json"
     bad.write_text(json.dumps({"aggregate": {}}))
-    with pytest.raises(ResultsDocError, match=str(bad)):
+    with pytest.raises(ReportInputError, match=str(bad)):
         write_results_doc(run, tmp_path / "R.md", commands=[], commit=None)
 
 
@@ -332,12 +324,13 @@ def test_position_buckets_hand_case() -> None:
     trace = pd.DataFrame({"position": range(120), "teacher": teacher, "count": [1.0] * 120})
     assert position_buckets(trace) == [("0–4", 2 / 5, 5), ("5–9", 0.0, 5), ("10–19", 0.0, 10), ("20–49", 0.0, 30),
                                        ("50–99", 0.0, 50), ("100+", 1.0, 20)]
+    assert teacher_share(trace) == (22 / 120, 120) and teacher_share(trace, 3, 4) == (1.0, 2)
+    assert teacher_share(trace, 98) == (20 / 22, 22)  # open-ended range
+    share, tokens = teacher_share(trace, 200)
+    assert math.isnan(share) and tokens == 0
 
 
 def test_a_tau0_above_ln2_is_read_as_student_only_first_positions(tmp_path: Path) -> None:
-    assert student_only_positions(0.5, 0.1) == 0.0  # below ln 2: the teacher can step in from the first token
-    assert student_only_positions(44.36, 0.1) == pytest.approx(math.log(44.36 / math.log(2)) / 0.1)  # ≈ 41.6
-    assert student_only_positions(1.0, 0.0) == math.inf
     run = _fake_run(tmp_path)
     summary = run / "models" / "switch" / "train_summary.json"
     summary.write_text(json.dumps(json.loads(summary.read_text()) | {"tau0": 44.36}))
@@ -515,3 +508,27 @@ def test_git_commit_marks_uncommitted_changes_only_under_the_given_paths(tmp_pat
     (tmp_path / "code" / "a.py").write_text("x = 2\n")
     assert git_commit(tmp_path, ("code",)) == f"{sha} + uncommitted changes"
     assert git_commit(tmp_path / "not-a-checkout") is None
+
+
+def test_wall_times_are_read_from_a_timings_file_or_shown_as_not_recorded(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path)
+    for name in ("distillm", "switch"):  # the wall time moved out of train_summary.json
+        summary = run / "models" / name / "train_summary.json"
+        summary.write_text(json.dumps({k: v for k, v in json.loads(summary.read_text()).items()
+                                       if k != "wall_seconds"}))
+    (run / "models" / "switch" / "timings.json").write_text(json.dumps({"wall_seconds": 300.0}))
+    md = write_results_doc(run, tmp_path / "T.md", commands=[], commit=None,
+                           methods={"distillm": "distillm", "switch": "switch"}).markdown.read_text()
+    assert _table_row(md, "Training and evaluation time", "distill `switch`") == "| distill `switch` | 40 | 20 | 5.0 |"
+    assert _table_row(md, "Training and evaluation time", "distill `distillm`") == (
+        "| distill `distillm` | 40 | 20 | n/a |")
+    assert "| **total of the finished stages** | | | **15.0** |" in md  # (600 + 300) s; distillm's time unknown
+    for path in run.glob("eval/distillm/*/metrics.json"):  # the generation times moved out of metrics.json too
+        path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "throughput"}))
+    (run / "eval" / "switch" / "dolly" / "timings.json").write_text(json.dumps({"throughput": {
+        "seconds": 90.0, "generated_tokens": 900}}))
+    md = write_results_doc(run, tmp_path / "T.md", commands=[], commit=None,
+                           methods={"distillm": "distillm", "switch": "switch"}).markdown.read_text()
+    assert "| distillm | 2 | n/a | n/a |" in md
+    assert "| switch | 2 | 2.0 | 12 |" in md  # (90 + 30) s, (900 + 600) tokens
+    assert "| **total** | | **3.0** | |" in md  # teacher 60 s + switch 120 s

@@ -1,4 +1,5 @@
-"""The comparison report: table values, limits shown, plots written, training logs and traces optional."""
+"""The comparison report (switch-kd report): table values, limits shown, reference rows first, plots written,
+training logs and traces optional, one trace line per step."""
 from __future__ import annotations
 
 import argparse
@@ -9,15 +10,11 @@ import pandas as pd
 import pytest
 
 from switch_core.config import Config
-from switch_core.evaluation.report import (
-    ReportInputError,
-    build_report,
-    collect_metrics,
-    markdown_table,
-    read_training_log,
-    results_table,
-    teacher_share_by_position,
-)
+from switch_core.reporting.loading import ReportInputError, collect_metrics, read_training_log
+from switch_core.reporting.report_md import build_report
+from switch_core.reporting.scores import results_table
+from switch_core.reporting.tables import markdown_table
+from switch_core.reporting.teacher_share import teacher_share_by_position
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -156,3 +153,36 @@ def test_cli_report(tmp_path, capsys):
     assert (tmp_path / "out" / "report.md").is_file()
     assert "training logs read: 0; rollout traces read: 0" in capsys.readouterr().out
     assert list(pd.read_csv(tmp_path / "out" / "results.csv")["model"]) == ["sft", "switch"]
+
+
+def test_a_trace_step_written_twice_counts_once_its_last_line_wins(tmp_path):
+    path = tmp_path / "rollout_traces.jsonl"
+    rows = [
+        {"step": 1, "teacher_share_by_position": [1.0, 0.0], "count_by_position": [2, 2]},
+        {"step": 2, "teacher_share_by_position": [0.0, 0.0], "count_by_position": [2, 2]},
+        {"step": 1, "teacher_share_by_position": [0.5], "count_by_position": [4]},  # step 1 again (a resumed run)
+        {"sources": ["teacher"]},  # lines without a step all count
+        {"sources": ["teacher"]},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    frame = teacher_share_by_position(path)
+    # position 0: 0.5*4 (step 1, last line) + 0 (step 2) + 1 + 1 of 4 + 2 + 1 + 1; position 1: step 2 only
+    assert frame["count"].tolist() == [8.0, 2.0]
+    assert frame["teacher"].tolist() == [4.0, 0.0]
+
+
+def test_reference_rows_come_first_and_are_labelled(tmp_path):
+    evals = _write_evals(tmp_path)
+    for model in ("teacher", "student-init"):
+        path = evals / model / "dolly" / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(_metrics("dolly", 30.0, 1.0)))
+    md = build_report(evals, tmp_path / "report").markdown.read_text()
+    table = md.split("## ROUGE-L (mean ± sd over seeds)", 1)[1].split("Settings per model:", 1)[0]
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][1:]
+    assert rows == ["teacher (reference)", "student-init (untrained student)", "kd", "sft", "switch"]
+    settings = md.split("Settings per model:", 1)[1].split("##", 1)[0]
+    assert [line.split("|")[1].strip() for line in settings.splitlines() if line.startswith("| ")][1:3] == [
+        "teacher (reference)", "student-init (untrained student)"]
+    order = build_report(evals, tmp_path / "r2", models=["switch", "teacher", "kd"]).markdown.read_text()
+    assert order.index("| teacher (reference) |") < order.index("| switch |") < order.index("| kd |")

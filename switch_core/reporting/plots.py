@@ -1,0 +1,116 @@
+"""The reports' plots, as PNG files: ROUGE-L by reference length, average ROUGE-L per model, teacher share by
+response position, training curves.
+
+matplotlib's Agg canvas through ``matplotlib.figure.Figure`` (no pyplot, no global backend state).
+"""
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from switch_core.atomic import atomic_write_bytes
+from switch_core.reporting.references import REFERENCE_MODELS
+from switch_core.reporting.scores import Score, benchmark_order, bucket_low
+from switch_core.reporting.teacher_share import teacher_share
+
+
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Save a matplotlib figure as a 110-dpi PNG, atomically (:func:`~switch_core.atomic.atomic_write_bytes`).
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_rouge_by_length(metrics: pd.DataFrame, path: str | Path) -> Path:
+    """ROUGE-L by reference-length bucket, one panel per benchmark, one line per model (mean ± sd over seeds).
+
+    Returns:
+        The PNG path.
+    """
+    benchmarks = benchmark_order(metrics["benchmark"])
+    fig = Figure(figsize=(4.2 * len(benchmarks), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(benchmarks), squeeze=False)[0]
+    for ax, bench in zip(axes, benchmarks):
+        part = metrics[metrics["benchmark"] == bench]
+        labels = list(dict.fromkeys(label for by in part["by_length"] for label in by))
+        labels.sort(key=bucket_low)
+        for _, row in part.iterrows():
+            ys = [row["by_length"].get(lab, {}).get("mean", math.nan) for lab in labels]
+            sds = [row["by_length"].get(lab, {}).get("sd", math.nan) for lab in labels]
+            ax.errorbar(range(len(labels)), ys, yerr=sds, marker="o", capsize=3, label=row["model"])
+        ax.set_xticks(range(len(labels)), labels, rotation=30)
+        ax.set_title(bench)
+        ax.set_xlabel("reference length (tokens)")
+        ax.set_ylabel("ROUGE-L")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    return save_png(fig, path)
+
+
+def plot_teacher_share(traces: Mapping[str, pd.DataFrame], path: str | Path) -> Path:
+    """Teacher share by response position, one line per run (positions with no token are skipped)."""
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for name, frame in traces.items():
+        valid = frame[frame["count"] > 0]
+        total = teacher_share(frame)[0]
+        ax.plot(valid["position"], valid["share"], label=f"{name} (overall {100 * total:.1f}%)")
+    ax.set_xlabel("response position (tokens)")
+    ax.set_ylabel("teacher share")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return save_png(fig, path)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") or "metric"
+
+
+def plot_training_curves(logs: Mapping[str, pd.DataFrame], out_dir: str | Path) -> dict[str, Path]:
+    """One PNG per metric name (``curve_<metric>.png``), one line per run, value against optimizer step.
+
+    Returns:
+        Metric name -> PNG path, in sorted metric order.
+    """
+    metrics = sorted({m for frame in logs.values() for m in frame["metric"].unique()})
+    written: dict[str, Path] = {}
+    for metric in metrics:
+        fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+        ax = fig.subplots()
+        for name, frame in logs.items():
+            part = frame[frame["metric"] == metric].sort_values("step")
+            if len(part):
+                ax.plot(part["step"], part["value"], marker="." if len(part) < 30 else None, label=name)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(metric)
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+        written[metric] = save_png(fig, Path(out_dir) / f"curve_{_slug(metric)}.png")
+    return written
+
+
+def plot_averages(averages: Mapping[str, Score], models: Sequence[str], path: str | Path) -> Path:
+    """Horizontal bars of the average ROUGE-L per model with seed-sd error bars (models in ``models`` order)."""
+    names = [m for m in models if m in averages]
+    fig = Figure(figsize=(6.4, 0.45 * len(names) + 1.2), layout="constrained")
+    ax = fig.subplots()
+    ax.barh(range(len(names)), [averages[m].mean for m in names],
+            xerr=[0.0 if math.isnan(averages[m].sd) else averages[m].sd for m in names], capsize=3,
+            color=["0.6" if m in REFERENCE_MODELS else "C0" for m in names])
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("average ROUGE-L over benchmarks (mean ± sd over seeds)")
+    ax.grid(axis="x", alpha=0.3)
+    return save_png(fig, path)

@@ -1,0 +1,75 @@
+"""A run folder's outputs, read at once for the results document (:func:`load_run_outputs`)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from switch_core.evaluation.evaluate import METRICS_FILE
+from switch_core.layout import RunLayout
+from switch_core.reporting.loading import TRACE_FILE, check_metrics, read_json, read_training_log
+from switch_core.reporting.teacher_share import teacher_share_by_position
+
+
+@dataclass
+class RunOutputs:
+    """What :func:`load_run_outputs` found in a run folder; absent pieces are None or missing keys.
+
+    ``traces`` holds each run's teacher share by position
+    (:func:`~switch_core.reporting.teacher_share.teacher_share_by_position`), ``logs`` its training log
+    (:func:`~switch_core.reporting.loading.read_training_log`).
+    """
+
+    run_dir: Path
+    evaluations: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    data_report: dict[str, Any] | None = None
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seqkd_meta: dict[str, Any] | None = None
+    traces: dict[str, pd.DataFrame] = field(default_factory=dict)
+    logs: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def empty(self) -> bool:
+        """Whether the folder holds none of the outputs (no evaluation, training summary, data report or trace)."""
+        return not (self.evaluations or self.summaries or self.data_report or self.traces)
+
+
+def load_run_outputs(run_dir: str | Path, runs: Sequence[str] = ()) -> RunOutputs:
+    """Read every output the results document uses from a run folder; nothing is required.
+
+    Reads ``eval/<model>/<benchmark>/metrics.json``, ``data/data_report.json``, ``models/<name>/train_summary.json``,
+    ``seqkd/meta.json``, ``state/<run>/rollout_traces.jsonl`` and ``tracking/<run>/metrics.jsonl``.
+
+    Args:
+        run_dir: the run folder (``run_dir`` of the configuration).
+        runs: distillation run names whose rollout trace and training log are read (besides any other run that has a
+            trace file).
+
+    Returns:
+        The :class:`RunOutputs`; evaluations keyed ``[model][benchmark]``.
+
+    Raises:
+        ReportInputError: a file that exists but is not valid JSON, a metrics.json without per-seed values, or a trace
+            or log line that is not JSON (names file and line).
+    """
+    layout = RunLayout(Path(run_dir))
+    out = RunOutputs(layout.root)
+    for path in sorted(layout.root.glob(f"eval/*/*/{METRICS_FILE}")):
+        out.evaluations.setdefault(path.parent.parent.name, {})[path.parent.name] = check_metrics(path, read_json(path))
+    if layout.data_report.is_file():
+        out.data_report = read_json(layout.data_report)
+    for path in sorted(layout.root.glob("models/*/train_summary.json")):
+        out.summaries[path.parent.name] = read_json(path)
+    if layout.seqkd_meta.is_file():
+        out.seqkd_meta = read_json(layout.seqkd_meta)
+    traced = {p.parent.name for p in layout.root.glob(f"state/*/{TRACE_FILE}")}
+    for name in list(dict.fromkeys([*runs, *sorted(traced)])):
+        trace = layout.state(name) / TRACE_FILE
+        if trace.is_file():
+            out.traces[name] = teacher_share_by_position(trace)
+        log = layout.root / "tracking" / name / "metrics.jsonl"
+        if log.is_file():
+            out.logs[name] = read_training_log(log)
+    return out
