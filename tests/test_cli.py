@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -86,3 +87,22 @@ def test_help_text_turns_sphinx_markup_into_plain_text(capsys):
         main(["results-doc", "--help"])
     out = capsys.readouterr().out
     assert "see switch_core.reporting.results_md)" in out and "``" not in out and ":mod:" not in out
+
+
+def test_commands_do_not_import_each_other():
+    """A command module imports shared helpers from modules that are not commands (issue 13), never another
+    command's module: commands stay independent front ends."""
+    import ast
+
+    from switch_core.cli import COMMANDS
+
+    commands = {f"switch_core.commands.{module}" for _, module, _ in COMMANDS}
+    found = []
+    for _, module, _ in COMMANDS:
+        path = Path(__file__).resolve().parents[1] / "switch_core" / "commands" / f"{module}.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in commands:
+                found.append(f"{module} imports {node.module}")
+            if isinstance(node, ast.ImportFrom) and node.module == "switch_core.commands":
+                found += [f"{module} imports {alias.name}" for alias in node.names]
+    assert found == []

@@ -63,8 +63,8 @@ def test_pipeline_command_and_dvc_yaml_declare_the_same_stage_graph(workspace: P
     evaluate-base@student-sft; the default params.yaml uses all three, so the two lists must be equal.)"""
     from dvc.repo import Repo
 
-    from switch_core.commands.pipeline import pipeline_stages
     from switch_core.layout import RunLayout
+    from switch_core.stages import pipeline_stages
 
     config = load_config(workspace / "params.yaml")
     runs = list(config.runs)

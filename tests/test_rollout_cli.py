@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, GPT2Config
 
 from switch_core.commands import calibrate as calibrate_command
 from switch_core.commands import rollout as rollout_command
-from switch_core.commands.rollout import OptionError, PromptFileError
+from switch_core.commands.rollout_inputs import OptionError, PromptFileError
 from switch_core.data.tokenize import EmptyExampleError, tokenize_prompt
 from switch_core.models.checkpoint import save_pretrained_atomic
 from switch_core.models.loading import load_tokenizer
@@ -100,13 +100,13 @@ def test_rollout_sampling_is_seeded_and_truncates_prompts(checkpoints: tuple[Pat
     teacher, student = checkpoints
     prompts = _prompts_file(tmp_path, PROMPTS)
     args = ["--teacher", str(teacher), "--student", str(student), "--prompts", str(prompts), "--strategy", "random",
-            "--random-rate", "0.5", "--max-new-tokens", "6", "--max-prompt-length", "4", "--top-p", "0.9"]
+            "--random-rate", "0.5", "--max-new-tokens", "6", "--max-prompt-length", "10", "--top-p", "0.9"]
     outputs = []
     for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
         _run(rollout_command, [*args, "--seed", seed, "--out", str(tmp_path / f"{name}.jsonl")])
         outputs.append([json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()])
     assert outputs[0] == outputs[1] and outputs[0] != outputs[2]
-    assert all(len(r["prompt_token_ids"]) <= 4 for r in outputs[0])
+    assert all(len(r["prompt_token_ids"]) <= 10 for r in outputs[0])  # the response marker kept within the 10
 
 
 def test_rollout_names_the_bad_line(checkpoints: tuple[Path, Path], tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from test_rollout_calibrate import STUDENT_LOGITS, TEACHER_LOGITS, ConstantLM
 
 from switch_core.commands import calibrate as calibrate_command
 from switch_core.commands import rollout as rollout_command
-from switch_core.commands.rollout import OptionError, rollout_config
+from switch_core.commands.rollout_inputs import OptionError, rollout_config
 from switch_core.config import DataConfig, MethodConfig, RolloutConfig
 from switch_core.data.tokenize import left_pad
 from switch_core.divergences import jensen_shannon

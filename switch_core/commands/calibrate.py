@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from switch_core.atomic import atomic_write_json
-from switch_core.commands.rollout import (
+from switch_core.commands.rollout_inputs import (
     add_calibration_arguments,
     add_model_arguments,
     load_models,

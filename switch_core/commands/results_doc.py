@@ -14,11 +14,11 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from switch_core.commands.pipeline import evaluated_models
 from switch_core.config import Config
 from switch_core.layout import RunLayout
 from switch_core.reporting.method_text import describe_run, describe_sft_stages
 from switch_core.reporting.results_md import write_results_doc
+from switch_core.stages import evaluated_models
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

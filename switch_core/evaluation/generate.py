@@ -22,6 +22,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 
 from switch_core.data.tokenize import encode_prompt, left_pad
+from switch_core.models.device import model_device
 
 
 class GenerationSettingsError(ValueError):
@@ -162,10 +163,6 @@ def _generation_mode(model: PreTrainedModel, config: GenerationConfig) -> Iterat
         model.train(was_training)
 
 
-def _model_device(model: PreTrainedModel) -> torch.device:
-    return next(model.parameters()).device
-
-
 def generate_batch(
     model: PreTrainedModel,
     tokenizer: Any,
@@ -224,7 +221,7 @@ def generate_batch(
     prompts_in = [encode_prompt(p, tokenizer, max_prompt_length=max_prompt_length) for p in prompts]
     encoded = [p.ids for p in prompts_in]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    device = _model_device(model)
+    device = model_device(model)
     texts: list[str] = [""] * len(prompts)
     kept: list[list[int]] = [[] for _ in prompts]
     stopped = [False] * len(prompts)

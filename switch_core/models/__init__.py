@@ -3,6 +3,7 @@ the teacher/student compatibility check and atomic checkpoint saving."""
 
 from switch_core.models.checkpoint import save_pretrained_atomic
 from switch_core.models.compat import IncompatibleModelsError, check_compatible
+from switch_core.models.device import model_device
 from switch_core.models.embedded import EMBEDDED_TEACHER_NAME, EmbeddedModelError, embedded_teacher_dir
 from switch_core.models.loading import (
     EMBEDDED_SPEC,
@@ -35,6 +36,7 @@ __all__ = [
     "evenly_spaced_layers",
     "load_causal_lm",
     "load_tokenizer",
+    "model_device",
     "model_from_config",
     "prune_layers",
     "resolve_dtype",

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from switch_core.config import RolloutConfig
 from switch_core.data.tokenize import left_pad
-from switch_core.rollout.engine import model_device, rollout
+from switch_core.models.device import model_device
+from switch_core.rollout.engine import rollout
 from switch_core.rollout.schedules import JSD_MAX, never_crossed_tau0
 from switch_core.rollout.settings import RolloutSettings
 

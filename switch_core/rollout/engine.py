@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from transformers import TopKLogitsWarper, TopPLogitsWarper
 
 from switch_core.divergences import jensen_shannon
+from switch_core.models.device import model_device
 from switch_core.rollout.settings import (  # noqa: F401  (re-exported: the settings lived here)
     STRATEGIES,
     TEACHER_LOGITS_DTYPES,
@@ -185,15 +186,6 @@ class RolloutBatch:
                 "text": tokenizer.decode(token_ids, skip_special_tokens=True) if tokenizer is not None else None,
             })
         return rows
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of a model: ``model.device`` (Hugging Face), else its first parameter's, else the CPU."""
-    device = getattr(model, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    parameter = next(iter(model.parameters()), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 class _Decoder:

@@ -22,6 +22,7 @@ from operator import itemgetter
 import torch
 from torch import Tensor, nn
 
+from switch_core.models.device import model_device
 from switch_core.training.batches import TrainBatch
 from switch_core.training.losses import LossSpec, token_loss_terms
 
@@ -122,7 +123,7 @@ def batch_loss(
         if teacher is None:
             raise ValueError(f"loss {spec.name!r} needs the teacher, but no teacher was given")
         with torch.no_grad(), autocast():
-            teacher_hidden = final_hidden_states(teacher, batch.to(_device(teacher)))[:, :-1][mask.to(_device(teacher))]
+            teacher_hidden = final_hidden_states(teacher, batch.to(model_device(teacher)))[:, :-1][mask.to(model_device(teacher))]
     with autocast():
         hidden = final_hidden_states(student, batch)[:, :-1][mask]  # [N, H]
     leaf = hidden.detach().requires_grad_(backward is not None)
@@ -149,7 +150,3 @@ def batch_loss(
     if backward is not None:
         torch.autograd.backward(hidden, leaf.grad)
     return total
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device

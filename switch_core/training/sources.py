@@ -49,6 +49,7 @@ from torch import nn
 
 from switch_core.config import MethodConfig
 from switch_core.data.tokenize import TrainExample, left_pad
+from switch_core.models.device import model_device
 from switch_core.rollout import RolloutBatch, RolloutSettings, rollout
 from switch_core.training import seeding
 from switch_core.training.batches import (
@@ -261,7 +262,7 @@ class BatchSource:
         self, step: int, examples: Sequence[TrainExample], offset: int, keep: bool
     ) -> tuple[list[RolloutBatch], TrainBatch, list[Sequence1D], dict[str, float], tuple[list[int], list[int]]]:
         settings = dataclasses.replace(self.settings, keep_teacher_logits=keep)
-        device = self._device()
+        device = model_device(self.student)
         began = time.perf_counter()
         chunks: list[RolloutBatch] = []
         for start in range(0, len(examples), self.rollout_batch_size):
@@ -344,7 +345,4 @@ class BatchSource:
         if self.buffer is not None and state["buffer"] is not None:
             self.buffer.load_state_dict(state["buffer"])
         stored = state.get("stored")
-        self.stored = None if stored is None else TrainBatch.from_state_dict(stored).to(self._device())
-
-    def _device(self) -> torch.device:
-        return next(self.student.parameters()).device
+        self.stored = None if stored is None else TrainBatch.from_state_dict(stored).to(model_device(self.student))
