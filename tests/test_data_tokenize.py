@@ -118,18 +118,25 @@ def test_prompt_truncation_keeps_the_response_marker(bos_tokenizer: PreTrainedTo
     assert count_truncated([example, fits]) == {"examples": 2, "prompts_truncated": 1, "responses_truncated": 0}
 
 
-def test_prompt_truncation_cuts_the_input_and_keeps_the_response_marker(tokenizer: PreTrainedTokenizerFast) -> None:
-    record = InstructionRecord(id="r", instruction="Name three colours.", references=("x",),
+def test_prompt_truncation_cuts_instruction_and_input_and_keeps_the_template(tokenizer: PreTrainedTokenizerFast) -> None:
+    """MiniLLM template with input: the template's text stays whole; instruction and input each keep their head,
+    neither pushes the other out."""
+    record = InstructionRecord(id="r", instruction="Count from 1 to 10: 1, 2, 3, 4, 5. " * 10, references=("x",),
                                input="The quick brown fox jumps over the lazy dog. " * 20)
     prompt = format_prompt(record)
-    marker = "\n\n### Response:\n"
-    header = prompt[: prompt.index("### Input:\n") + len("### Input:\nThe quick")]
-    limit = len(_encode(tokenizer, header)) + len(_encode(tokenizer, marker)) + 5
+    preamble = prompt[: prompt.index("### Instruction:\n") + len("### Instruction:\n")]
+    fixed = [_encode(tokenizer, t) for t in (preamble, "\n\n### Input:\n", "\n\n### Response:\n")]
+    instruction, given = _encode(tokenizer, record.instruction), _encode(tokenizer, record.input)
+    limit = sum(map(len, fixed)) + 41
+    assert len(instruction) > 21 and len(given) > 21
     encoded = encode_prompt(prompt, tokenizer, max_prompt_length=limit)
-    text = tokenizer.decode(encoded.ids)
-    assert len(encoded.ids) == limit and encoded.truncated and len(_encode(tokenizer, prompt)) > limit
-    assert text.startswith(header) and text.endswith(marker)
-    assert prompt.startswith(text[: -len(marker)])  # a head of the instruction + input text, then the marker
+    assert encoded.truncated and encoded.ids == (
+        fixed[0] + instruction[:20] + fixed[1] + given[:21] + fixed[2]  # 41 = 20 + 21: the longer part gets the odd token
+    )
+    short = InstructionRecord(id="s", instruction="Name three colours.", references=("x",), input=record.input)
+    kept = encode_prompt(format_prompt(short), tokenizer, max_prompt_length=limit)
+    short_instruction = _encode(tokenizer, short.instruction)
+    assert kept.ids == fixed[0] + short_instruction + fixed[1] + given[: 41 - len(short_instruction)] + fixed[2]
 
 
 def test_prompt_truncation_keeps_the_chat_template_end(tokenizer: PreTrainedTokenizerFast) -> None:
@@ -150,7 +157,7 @@ def test_prompt_truncation_keeps_the_chat_template_end(tokenizer: PreTrainedToke
 
 def test_prompt_end_longer_than_the_limit_is_an_error(tokenizer: PreTrainedTokenizerFast) -> None:
     n_tail = len(_encode(tokenizer, "\n\n### Response:\n"))
-    with pytest.raises(EmptyExampleError, match=r"example 'r': the prompt is empty .*takes \d+ tokens.*"
+    with pytest.raises(EmptyExampleError, match=r"example 'r': the prompt is empty .*fixed text \(\d+ tokens.*"
                                                 r"raise data.max_prompt_length"):
         encode_prompt(PROMPT, tokenizer, max_prompt_length=n_tail, record_id="r")
 

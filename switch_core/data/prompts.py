@@ -29,6 +29,12 @@ MINILLM_TEMPLATE_WITH_INPUT = (
 MINILLM_RESPONSE_MARKER = "\n\n### Response:\n"
 """The end of both MiniLLM templates: the line after which the model writes its answer."""
 
+MINILLM_INSTRUCTION_MARKER = "### Instruction:\n"
+"""The header before the instruction in both MiniLLM templates."""
+
+MINILLM_INPUT_MARKER = "\n\n### Input:\n"
+"""The header between the instruction and the input in the MiniLLM template with input."""
+
 _PROBE = "\u2063switch-kd-probe\u2063"
 """A user message no chat template alters, to find what a template renders after the user's text."""
 

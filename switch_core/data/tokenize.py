@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from switch_core.data.prompts import prompt_ends
+from switch_core.data.prompts import MINILLM_INPUT_MARKER, MINILLM_INSTRUCTION_MARKER, prompt_ends
 
 IGNORE_INDEX = -100
 """Label value ignored by the loss (``torch.nn.functional.cross_entropy(ignore_index=-100)``)."""
@@ -93,9 +93,11 @@ def encode_prompt(
 
     A prompt that fits is encoded whole. A longer one is cut inside its text and keeps its end: when the prompt ends
     with one of :func:`~switch_core.data.prompts.prompt_ends` (MiniLLM's ``\\n\\n### Response:\\n``, the chat
-    template's end of turn and assistant header), the text before it keeps its first tokens and the end is appended
-    whole, so the model is still asked to answer: the instruction's (or, with an input, the input's) tail is what is
-    lost. A prompt with no known end keeps its head (MiniLLM, method.md §5.3).
+    template's end of turn and assistant header), the end is kept whole, so the model is still asked to answer, and
+    the text before it keeps its first tokens. In the MiniLLM template with input, the template's text (preamble,
+    ``### Instruction:`` and ``### Input:`` headers) is kept whole and the instruction and the input each keep their
+    head: the shorter one whole if it fits in half the room, the other the rest (:func:`_shares`). A prompt with no
+    known end keeps its head (MiniLLM, method.md §5.3).
 
     The prompt is encoded with ``add_special_tokens=True`` (BOS when the tokenizer adds one) unless the text already
     starts with the tokenizer's BOS string (chat templates that render BOS themselves), so BOS is never doubled.
@@ -121,16 +123,23 @@ def encode_prompt(
     if truncated:
         end = next((e for e in prompt_ends(tokenizer) if prompt.endswith(e) and len(e) < len(prompt)), "")
         tail = [int(i) for i in tokenizer.encode(end, add_special_tokens=False)] if end else []
-        room = max_prompt_length - len(tail)
-        head = [int(i) for i in tokenizer.encode(prompt[: len(prompt) - len(end)], add_special_tokens=add_special)]
-        if room < 1 or all(i in special for i in head[:room]):
+        fixed, instruction, marker, input_text = _input_parts(prompt[: len(prompt) - len(end)]) if end else (
+            "", prompt, "", "")
+        texts = [instruction, input_text] if marker else [instruction]
+        parts = [[int(i) for i in tokenizer.encode(t, add_special_tokens=add_special and not fixed and n == 0)]
+                 for n, t in enumerate(texts)]
+        head = [int(i) for i in tokenizer.encode(fixed, add_special_tokens=add_special)] if fixed else []
+        between = [int(i) for i in tokenizer.encode(marker, add_special_tokens=False)] if marker else []
+        room = max_prompt_length - len(head) - len(between) - len(tail)
+        kept = [part[:n] for part, n in zip(parts, _shares([len(x) for x in parts], max(room, 0)), strict=True)]
+        if room < len(parts) or all(i in special for i in head + kept[0]):
             raise EmptyExampleError(
                 f"{_name(record_id)}: the prompt is empty after truncation to max_prompt_length={max_prompt_length}: "
-                f"the prompt format's end {end!r} takes {len(tail)} tokens and leaves no room for the instruction; "
-                "raise data.max_prompt_length",
+                f"the prompt format's fixed text ({len(head) + len(between) + len(tail)} tokens, ending {end!r}) "
+                "leaves no room for the instruction; raise data.max_prompt_length",
                 record_id=record_id,
             )
-        ids = head[:room] + tail
+        ids = head + kept[0] + between + (kept[1] if marker else []) + tail
     if all(i in special for i in ids):
         raise EmptyExampleError(
             f"{_name(record_id)}: the prompt is empty after tokenisation/truncation to max_prompt_length="
@@ -138,6 +147,30 @@ def encode_prompt(
             record_id=record_id,
         )
     return EncodedPrompt(ids=ids, truncated=truncated)
+
+
+def _input_parts(body: str) -> tuple[str, str, str, str]:
+    """``(fixed head, instruction, input header, input)`` of a prompt's text before its end: for the MiniLLM template
+    with input, the preamble with the ``### Instruction:`` header, the instruction, the ``### Input:`` header and the
+    input; for any other prompt ``("", body, "", "")``."""
+    instruction_part, marker, input_text = body.rpartition(MINILLM_INPUT_MARKER)
+    if not marker:
+        return "", body, "", ""
+    preamble, header, instruction = instruction_part.partition(MINILLM_INSTRUCTION_MARKER)
+    return (preamble + header, instruction, marker, input_text) if header else ("", instruction_part, marker, input_text)
+
+
+def _shares(lengths: list[int], room: int) -> list[int]:
+    """Tokens each part keeps when all of them together may keep ``room`` (water-filling): a part shorter than an
+    equal share of what is left is kept whole, the others share the rest, so a long instruction cannot push the input
+    out, nor a long input the instruction. E.g. ``_shares([10, 100], 40) == [10, 30]``, ``_shares([50, 100], 41) ==
+    [20, 21]``."""
+    kept = [0] * len(lengths)
+    left = room
+    for rank, i in enumerate(sorted(range(len(lengths)), key=lambda i: lengths[i])):
+        kept[i] = min(lengths[i], left // (len(lengths) - rank))
+        left -= kept[i]
+    return kept
 
 
 def tokenize_prompt(prompt: str, tokenizer: Any, *, max_prompt_length: int, record_id: str | None = None) -> list[int]:
