@@ -8,6 +8,9 @@ A state folder holds everything an uninterrupted run would still have in memory 
     trainer.json    step, best checkpoint so far, last dev metrics, calibrated tau0, elapsed time, run fingerprint
     rank-<r>.pt     per process: torch RNG states, the batch source (DistiLLM φ, replay buffer)
 
+(the best checkpoint so far sits next to them in ``state/<run-name>/best``, :mod:`.outputs`). A state is resumed
+only by a run with the same :func:`resume_fingerprint`: settings, inputs and (unless lenient) library code.
+
 Writing: the folder is filled under a hidden temporary name, renamed, and only then does ``latest`` (a one-line
 text file, replaced atomically) point at it; older step folders are removed afterwards. A run killed at any moment
 leaves ``latest`` naming a complete folder.
@@ -24,6 +27,9 @@ import torch
 from accelerate import Accelerator
 
 from switch_core.atomic import atomic_write_json, atomic_write_text
+from switch_core.hashing import source_fingerprint
+from switch_core.training.job import TrainJob
+from switch_core.training.sources import ROLLOUT_DATA
 
 LATEST = "latest"
 
@@ -195,7 +201,8 @@ def load_state(
     if changed:
         raise StateMismatchError(
             f"{folder} belongs to a run with other settings or inputs (changed: {', '.join(changed)}); "
-            "run without --resume to start over", changed,
+            "pass --restart to discard it and start over (or restore the settings and inputs it was saved with)",
+            changed,
         )
     rank_file = folder / f"rank-{accelerator.process_index}.pt"
     if not rank_file.is_file():
@@ -215,3 +222,41 @@ def clear_state(state_dir: Path, accelerator: Accelerator) -> None:
     if accelerator.is_main_process and state_dir.exists():
         shutil.rmtree(state_dir)
     accelerator.wait_for_everyone()
+
+
+def resume_fingerprint(job: TrainJob) -> dict[str, Any]:
+    """What a resumed run must share with the saved state: settings (optimiser without logging cadence, method,
+    rollout settings when the method rolls out, training-set size, selection criterion), ``job.inputs`` and the
+    library code (``code``: :func:`~switch_core.hashing.source_fingerprint`; a strict resume only warns about it).
+
+    Returns:
+        A JSON-ready dict (saved in ``trainer.json``).
+    """
+    uses_rollouts = job.method.data in ROLLOUT_DATA
+    data = {
+        "optim": job.optim.model_dump(exclude={"log_every", "save_every"}), "method": job.method.model_dump(),
+        "rollout": job.rollout.model_dump() if uses_rollouts else None, "train": len(job.train),
+        "select_by": job.select_by, "inputs": job.inputs, "code": source_fingerprint(),
+    }
+    return json.loads(json.dumps(data))
+
+
+def lenient_keys(job: TrainJob) -> frozenset[str]:
+    """Fingerprint keys whose change does not prevent resuming ``job``: ``code`` for a strict resume (it warns),
+    none when ``restart_if_incompatible`` (any change starts over)."""
+    return frozenset() if job.restart_if_incompatible else frozenset({"code"})
+
+
+def will_resume(job: TrainJob, num_processes: int) -> bool:
+    """Whether :func:`~switch_core.training.loop.train` will continue the saved state of ``job`` (False when it
+    starts over or will raise).
+
+    The stage commands ask this before training, to continue the run's metrics log only when the run continues.
+
+    Raises:
+        StateError: ``latest`` names a folder that does not exist.
+    """
+    if not job.resume:
+        return False
+    changes = state_changes(job.state_dir, resume_fingerprint(job), num_processes, lenient=lenient_keys(job))
+    return changes is not None and not changes
