@@ -20,6 +20,19 @@ def _umask() -> int:
     return mask
 
 
+def follow_umask(folder: str | Path) -> None:
+    """Give every file under ``folder`` the mode of a newly created file (``0o666`` less the umask): writers that
+    create files owner-only (safetensors' ``save_file`` writes ``0o600``) then match every other file.
+
+    Raises:
+        OSError: a file's mode cannot be changed.
+    """
+    mode = 0o666 & ~_umask()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically, creating parent folders.
 

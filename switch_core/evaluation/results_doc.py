@@ -5,8 +5,9 @@ Reads, inside a run folder (:class:`~switch_core.layout.RunLayout`), every piece
 - ``eval/<model>/<benchmark>/metrics.json`` (:mod:`switch_core.evaluation.evaluate`): per-seed ROUGE-L, BLEU, exact
   match and ROUGE-L by reference-length bucket;
 - ``data/data_report.json`` (``prepare-data``): loaded records and split sizes;
-- ``models/<name>/train_summary.json`` (the training loop): steps, best step, wall seconds, τ0 and its search;
-- ``seqkd/meta.json`` (``seqkd-data``): the teacher's generated tokens and tokens/s for the SeqKD data;
+- ``models/<name>/train_summary.json`` (the training loop): steps, best step, τ0 and its search; the wall seconds from
+  ``state/<name>/timings.json`` (older summaries carry ``wall_seconds`` themselves);
+- ``seqkd/meta.json`` (``seqkd-data``): the teacher's generated tokens; its tokens/s from ``timings/seqkd/timings.json``;
 - ``state/<run>/rollout_traces.jsonl`` (the training loop): teacher share by response position of SWITCH rollouts;
 - ``tracking/<run>/metrics.jsonl`` (the JSONL event log): ``rollout/teacher_share`` per logging window and the τ0
   calibration (``calibration/tau0``, ``calibration/teacher_share``).
@@ -177,15 +178,18 @@ def load_run_outputs(run_dir: str | Path, runs: Sequence[str] = ()) -> RunOutput
     layout = RunLayout(Path(run_dir))
     out = RunOutputs(layout.root)
     for path in sorted(layout.root.glob(f"eval/*/*/{METRICS_FILE}")):
+        timings = layout.timings(path.parent) / "timings.json"  # generation seconds, kept out of metrics.json
         out.evaluations.setdefault(path.parent.parent.name, {})[path.parent.name] = _check_metrics(
             path, _read_json(path)
-        )
+        ) | ({"throughput": _read_json(timings)["throughput"]} if timings.is_file() else {})
     if layout.data_report.is_file():
         out.data_report = _read_json(layout.data_report)
     for path in sorted(layout.root.glob("models/*/train_summary.json")):
-        out.summaries[path.parent.name] = _read_json(path)
+        timings = layout.state(path.parent.name) / "timings.json"  # wall seconds, kept out of the summary
+        out.summaries[path.parent.name] = _read_json(path) | (_read_json(timings) if timings.is_file() else {})
     if layout.seqkd_meta.is_file():
-        out.seqkd_meta = _read_json(layout.seqkd_meta)
+        timings = layout.timings(layout.seqkd_meta.parent) / "timings.json"
+        out.seqkd_meta = _read_json(layout.seqkd_meta) | (_read_json(timings) if timings.is_file() else {})
     traced = {p.parent.name for p in layout.root.glob("state/*/rollout_traces.jsonl")}
     for name in list(dict.fromkeys([*runs, *sorted(traced)])):
         trace = layout.state(name) / "rollout_traces.jsonl"
@@ -457,8 +461,8 @@ def training_time_table(summaries: Mapping[str, dict[str, Any]], trained: Sequen
         if summary is None:
             lines.append(f"| {label} | not finished | | |")
             continue
-        lines.append(f"| {label} | {summary['steps']} | {summary['best_step']} | "
-                     f"{float(summary['wall_seconds']) / 60:.1f} |")
+        wall = f"{float(summary['wall_seconds']) / 60:.1f}" if "wall_seconds" in summary else "unknown"
+        lines.append(f"| {label} | {summary['steps']} | {summary['best_step']} | {wall} |")
     total = training_seconds(summaries, trained, runs)
     lines.append(f"| **total of the finished stages** | | | **{total / 60:.1f}** |")
     return "\n".join(lines)
@@ -466,7 +470,7 @@ def training_time_table(summaries: Mapping[str, dict[str, Any]], trained: Sequen
 
 def training_seconds(summaries: Mapping[str, dict[str, Any]], trained: Sequence[str], runs: Sequence[str]) -> float:
     """Wall seconds summed over the finished training stages (``trained`` and ``runs``)."""
-    return sum(float(summaries[n]["wall_seconds"]) for n, _ in _stages(trained, runs) if n in summaries)
+    return sum(float(summaries[n].get("wall_seconds", 0.0)) for n, _ in _stages(trained, runs) if n in summaries)
 
 
 def seqkd_seconds(meta: Mapping[str, Any] | None) -> float | None:
