@@ -280,7 +280,7 @@ class _Run:
         """Back-propagate ``lm_coef ×`` the pre-training loss token mean of the step's corpus batch (MiniLLM's
         ``pt_loss``, method.md §6.5; normalised by the batch's global token count); returns that mean."""
         batch = lm_batch(
-            self.job.lm_corpus, seed=self.optim.seed, step=self.step, offset=start, count=self.local_size,
+            self.job.lm_corpus, seed=self.optim.seed, step=self.step, offset=start, count=self.layout.local_size,
             global_count=self.optim.batch_size, pad_token_id=self.pad_id,
         ).to(self.acc.device)
         tokens = self.acc.reduce(
