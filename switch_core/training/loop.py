@@ -347,7 +347,7 @@ class _Run:
             self.build_source()
             self.evaluate()
         else:
-            self._say(f"resuming at step {self.step}/{self.total_steps}")
+            self._say(f"resuming at step {self.step}/{self.total_steps} (saved state in {job.state_dir})")
         if self.acc.is_main_process:
             self.progress = Progress(job.name, self.total_steps, self.step, self.optim.log_every)
         window: list[dict[str, float]] = []
