@@ -381,7 +381,6 @@ class _Run:
         return result
 
 
-
 def train(job: TrainJob, *, accelerator: Accelerator | None = None, tracker: Tracker | None = None) -> TrainResult:
     """Train ``job.student`` with ``job.method`` (module docstring); write the best checkpoint and a summary.
 
