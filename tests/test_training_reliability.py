@@ -96,6 +96,8 @@ def test_an_incompatible_state_is_kept_until_restart(project: Path, capsys: pyte
     assert _cli(project, *argv) == 0  # finished (or resumed) run: state at step 4
     state = project / "runs" / "tiny" / "state" / "kd"
     saved = latest_state(state)
+    log = project / "runs" / "tiny" / "tracking" / "kd" / "metrics.jsonl"
+    logged = log.read_text()
     capsys.readouterr()
 
     changed = (*argv, "--set", "optim.lr=5e-4")
@@ -103,6 +105,7 @@ def test_an_incompatible_state_is_kept_until_restart(project: Path, capsys: pyte
     err = capsys.readouterr().err
     assert "changed: optim" in err and "--restart" in err
     assert latest_state(state) == saved and (saved / "model.pt").is_file()  # nothing deleted
+    assert log.read_text() == logged  # nor the run's metrics log
 
     assert _cli(project, *changed, "--restart") == 0
     assert "resuming" not in capsys.readouterr().err

@@ -28,7 +28,7 @@ from switch_core.tracking import NullTracker, Tracker, tracker_from_config
 from switch_core.training.examples import load_dev, load_examples
 from switch_core.training.job import TrainJob
 from switch_core.training.losses import LossSpec
-from switch_core.training.state import will_resume
+from switch_core.training.state import resume_decision
 
 
 class StageInputError(ValueError):
@@ -143,14 +143,15 @@ def stage_tracker(config: Config, layout: RunLayout, job: TrainJob, tracker: Tra
     """The tracker of a stage: ``tracker`` if given, else the configured one (``tracking/<name>/metrics.jsonl``); a
     :class:`~switch_core.tracking.NullTracker` on every process but the main one.
 
-    The JSONL log continues when the run will resume its saved state (:func:`~switch_core.training.state.will_resume`)
-    and starts afresh otherwise, so it always describes the one run whose checkpoint is in ``models/<name>``.
+    The JSONL log continues when the run will resume its saved state, starts afresh when the run starts over, and is
+    left alone when the run will refuse an incompatible state (:func:`~switch_core.training.state.resume_decision`),
+    so it always describes the one run whose state is in ``state/<name>``.
     """
     state = process_state()
     if not state.is_main_process:
         return NullTracker()
     jsonl = layout.root / "tracking" / job.name / "metrics.jsonl"
-    if tracker is None and not will_resume(job, state.num_processes):
+    if tracker is None and resume_decision(job, state.num_processes) == "fresh":
         jsonl.unlink(missing_ok=True)
     return tracker or tracker_from_config(config, jsonl, name=job.name)
 

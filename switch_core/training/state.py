@@ -21,7 +21,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
@@ -247,16 +247,28 @@ def lenient_keys(job: TrainJob) -> frozenset[str]:
     return frozenset() if job.restart_if_incompatible else frozenset({"code"})
 
 
-def will_resume(job: TrainJob, num_processes: int) -> bool:
-    """Whether :func:`~switch_core.training.loop.train` will continue the saved state of ``job`` (False when it
-    starts over or will raise).
+def resume_decision(job: TrainJob, num_processes: int) -> Literal["fresh", "resume", "refuse"]:
+    """What :func:`~switch_core.training.loop.train` will do with the saved state of ``job``: start ``fresh``
+    (no state, ``resume`` off, or an incompatible state with ``restart_if_incompatible``), ``resume`` it, or
+    ``refuse`` it (an incompatible state without ``restart_if_incompatible``: it raises, nothing is deleted).
 
-    The stage commands ask this before training, to continue the run's metrics log only when the run continues.
+    The stage commands ask this before training, to continue the run's metrics log only when the run continues and
+    to start a new one only when the run starts over.
 
     Raises:
         StateError: ``latest`` names a folder that does not exist.
     """
     if not job.resume:
-        return False
+        return "fresh"
     changes = state_changes(job.state_dir, resume_fingerprint(job), num_processes, lenient=lenient_keys(job))
-    return changes is not None and not changes
+    if changes is None:
+        return "fresh"
+    if not changes:
+        return "resume"
+    return "fresh" if job.restart_if_incompatible else "refuse"
+
+
+def will_resume(job: TrainJob, num_processes: int) -> bool:
+    """Whether :func:`~switch_core.training.loop.train` will continue the saved state of ``job``
+    (:func:`resume_decision` is ``resume``)."""
+    return resume_decision(job, num_processes) == "resume"
