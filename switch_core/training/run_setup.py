@@ -28,7 +28,7 @@ from switch_core.tracking import NullTracker, Tracker, tracker_from_config
 from switch_core.training.examples import load_dev, load_examples
 from switch_core.training.job import TrainJob
 from switch_core.training.losses import LossSpec
-from switch_core.training.state import resume_decision
+from switch_core.training.state import check_resumable, lenient_keys, resume_decision, resume_fingerprint
 
 
 class StageInputError(ValueError):
@@ -144,14 +144,21 @@ def stage_tracker(config: Config, layout: RunLayout, job: TrainJob, tracker: Tra
     :class:`~switch_core.tracking.NullTracker` on every process but the main one.
 
     The JSONL log continues when the run will resume its saved state, starts afresh when the run starts over, and is
-    left alone when the run will refuse an incompatible state (:func:`~switch_core.training.state.resume_decision`),
+    left alone when the run would refuse an incompatible state (:func:`~switch_core.training.state.resume_decision`),
     so it always describes the one run whose state is in ``state/<name>``.
+
+    Raises:
+        switch_core.training.state.StateMismatchError: the run would refuse its saved state (raised here, before
+            anything is logged).
     """
     state = process_state()
     if not state.is_main_process:
         return NullTracker()
     jsonl = layout.root / "tracking" / job.name / "metrics.jsonl"
-    if tracker is None and resume_decision(job, state.num_processes) == "fresh":
+    decision = resume_decision(job, state.num_processes)
+    if decision == "refuse":  # fail before the tracker records anything
+        check_resumable(job.state_dir, resume_fingerprint(job), state.num_processes, lenient=lenient_keys(job))
+    if tracker is None and decision == "fresh":
         jsonl.unlink(missing_ok=True)
     return tracker or tracker_from_config(config, jsonl, name=job.name)
 

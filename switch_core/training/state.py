@@ -163,6 +163,38 @@ def state_changes(
     return _changed_keys(trainer["fingerprint"], fingerprint, lenient)
 
 
+def check_resumable(
+    state_dir: Path, fingerprint: dict[str, Any], world_size: int, *, lenient: frozenset[str] = frozenset()
+) -> dict[str, Any] | None:
+    """The latest state's ``trainer.json`` if a run of ``fingerprint`` on ``world_size`` processes can resume it.
+
+    Returns:
+        The trainer dict, or None when there is no saved state.
+
+    Raises:
+        StateMismatchError: another configuration, inputs (the fingerprint keys outside ``lenient``) or process
+            count; the message names what changed and ``--restart``. Nothing is deleted.
+        StateError: ``latest`` names a folder that does not exist.
+    """
+    folder = latest_state(state_dir)
+    if folder is None:
+        return None
+    trainer = json.loads((folder / "trainer.json").read_text(encoding="utf-8"))
+    if trainer["world_size"] != world_size:
+        raise StateMismatchError(
+            f"{folder} was saved by {trainer['world_size']} process(es), this run has {world_size}: resume with the "
+            "same process count (the replay buffers are per process), or pass --restart to discard it", ["world_size"],
+        )
+    changed = _changed_keys(trainer["fingerprint"], fingerprint, lenient)
+    if changed:
+        raise StateMismatchError(
+            f"{folder} belongs to a run with other settings or inputs (changed: {', '.join(changed)}); "
+            "pass --restart to discard it and start over (or restore the settings and inputs it was saved with)",
+            changed,
+        )
+    return trainer
+
+
 def load_state(
     state_dir: Path,
     objects: Resumable,
@@ -188,22 +220,10 @@ def load_state(
         StateMismatchError: another configuration, inputs or process count.
         StateError: missing files.
     """
-    folder = latest_state(state_dir)
-    if folder is None:
+    trainer = check_resumable(state_dir, fingerprint, accelerator.num_processes, lenient=lenient)
+    if trainer is None:
         return None
-    trainer = json.loads((folder / "trainer.json").read_text(encoding="utf-8"))
-    if trainer["world_size"] != accelerator.num_processes:
-        raise StateMismatchError(
-            f"{folder} was saved by {trainer['world_size']} process(es), this run has {accelerator.num_processes}: "
-            "resume with the same process count (the replay buffers are per process)", ["world_size"],
-        )
-    changed = _changed_keys(trainer["fingerprint"], fingerprint, lenient)
-    if changed:
-        raise StateMismatchError(
-            f"{folder} belongs to a run with other settings or inputs (changed: {', '.join(changed)}); "
-            "pass --restart to discard it and start over (or restore the settings and inputs it was saved with)",
-            changed,
-        )
+    folder = latest_state(state_dir)
     rank_file = folder / f"rank-{accelerator.process_index}.pt"
     if not rank_file.is_file():
         raise StateError(f"{rank_file} is missing; remove {state_dir} to start over")
