@@ -108,7 +108,7 @@ def ablation_cell(cell: str, values: dict[str, Any], project_dir: str, context: 
         stage_context = context | {"mlflow": mlflow_context(config, run)}
         results = run_stages(root, [f"distill@{cell}", f"evaluate@{cell}"], stage_context)
         layout = RunLayout.from_config(config, root)
-        metrics = train_summary_metrics(layout.model(cell)) | eval_metrics(layout.eval_dir(cell))
+        metrics = train_summary_metrics(layout.model(cell)) | eval_metrics(layout.eval_dir(cell), layout.timings(layout.eval_dir(cell)))
         if run:
             run.log_metrics(metrics, step=0)
     return {"stages": {name: r["state"] for name, r in results.items()}, "metrics": metrics}

@@ -149,7 +149,7 @@ def model_names(config: Config) -> list[str]:
 def comparison(root: Path, config: Config) -> dict[str, dict[str, float]]:
     """``{model: eval metrics}`` (:func:`tasks.stage_record.eval_metrics`) of every evaluated model."""
     layout = RunLayout.from_config(config, root)
-    return {m: eval_metrics(layout.eval_dir(m)) for m in model_names(config) if layout.eval_dir(m).is_dir()}
+    return {m: eval_metrics(layout.eval_dir(m), layout.timings(layout.eval_dir(m))) for m in model_names(config) if layout.eval_dir(m).is_dir()}
 
 
 def comparison_table(table: dict[str, dict[str, float]]) -> str:

@@ -1,4 +1,8 @@
-"""Atomic file writes: write a temporary sibling, fsync, rename. A reader sees the old file or the new one."""
+"""Atomic file writes: write a temporary sibling, fsync, rename. A reader sees the old file or the new one.
+
+The written file gets the permissions of any newly created file (``0o666`` less the process umask), not the
+owner-only ``0o600`` of the temporary file, so a shared checkout's group can read checkpoints and summaries.
+"""
 from __future__ import annotations
 
 import json
@@ -7,6 +11,26 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back: ``os.umask`` has no read-only form)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(folder: str | Path) -> None:
+    """Give every file under ``folder`` the mode of a newly created file (``0o666`` less the umask): writers that
+    create files owner-only (safetensors' ``save_file`` writes ``0o600``) then match every other file.
+
+    Raises:
+        OSError: a file's mode cannot be changed.
+    """
+    mode = 0o666 & ~_umask()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -23,6 +47,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import re
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -77,6 +78,12 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def rerun_command(argv: list[str]) -> str:
+    """The shell command that continues an interrupted ``switch-kd argv``: the same arguments without
+    ``--restart`` (which would discard the training state the interrupted run saved)."""
+    return shlex.join(["switch-kd", *(a for a in argv if a != "--restart")])
+
+
 def _resolve_config(args: argparse.Namespace) -> None:
     params = Path(args.params)
     if not params.exists() and args.params == "params.yaml":
@@ -109,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"(switch-kd --debug {args.command} ... or SWITCHKD_DEBUG=1 shows the full traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"switch-kd {args.command}: interrupted; finished work is kept, re-run to resume", file=sys.stderr)
+        print(f"switch-kd {args.command}: interrupted; finished work is kept (a training run keeps its last saved "
+              f"state): `{rerun_command(argv)}` continues", file=sys.stderr)
         return 130
 
 

@@ -60,3 +60,13 @@ class RunLayout:
     @property
     def report_dir(self) -> Path:
         return self.root / "report"
+
+    # timings: what differs between re-runs of the same inputs (seconds, rates, dates), kept out of tracked outputs
+    def timings(self, output: Path) -> Path:
+        """The timings folder of a stage output folder under ``root``: the same path under ``timings/``
+        (``eval/kd`` -> ``timings/eval/kd``). Training runs keep theirs in ``state/<name>/timings.json``.
+
+        Raises:
+            ValueError: ``output`` is not under ``root``.
+        """
+        return self.root / "timings" / Path(output).resolve().relative_to(self.root.resolve())

@@ -37,8 +37,9 @@ def trained_model(name: str) -> str | None:
     return item if group == "distill" else TRAINED_MODEL.get(group)
 
 
-def eval_metrics(eval_dir: str | Path) -> dict[str, float]:
-    """Flat evaluation metrics of one model from ``<eval_dir>/<benchmark>/metrics.json``.
+def eval_metrics(eval_dir: str | Path, timings_dir: str | Path | None = None) -> dict[str, float]:
+    """Flat evaluation metrics of one model from ``<eval_dir>/<benchmark>/metrics.json`` (tokens/s from
+    ``<timings_dir>/<benchmark>/timings.json``, or from metrics.json files written before timings moved out).
 
     Keys ``<benchmark>/rouge_l`` (mean over seeds), ``<benchmark>/rouge_l_sd``, ``<benchmark>/bleu``,
     ``<benchmark>/exact_match``, ``<benchmark>/tokens_per_s``; empty when nothing was evaluated.
@@ -58,6 +59,9 @@ def eval_metrics(eval_dir: str | Path) -> dict[str, float]:
         metrics[f"{bench}/rouge_l_sd"] = float(agg["rouge_l"]["sd"])
         metrics[f"{bench}/bleu"] = float(agg["bleu"]["mean"])
         metrics[f"{bench}/exact_match"] = float(agg["exact_match"]["mean"])
+        timings = Path(timings_dir) / bench / "timings.json" if timings_dir is not None else None
+        if timings is not None and timings.is_file():
+            data = json.loads(timings.read_text(encoding="utf-8"))
         if isinstance(data.get("throughput"), dict) and "tokens_per_s" in data["throughput"]:
             metrics[f"{bench}/tokens_per_s"] = float(data["throughput"]["tokens_per_s"])
     return metrics
@@ -124,7 +128,7 @@ def record_stage(
     group = stage_group(name)
     if group in ("evaluate", "evaluate-base"):
         eval_dir = root / next(iter(outs))
-        run.log_metrics(eval_metrics(eval_dir), step=0)
+        run.log_metrics(eval_metrics(eval_dir, layout.timings(eval_dir)), step=0)
         for path in sorted(eval_dir.glob("*/metrics.json")):
             run.client.log_artifact(run.run_id, str(path), f"metrics/{path.parent.name}")
         _log_generation_samples(run, eval_dir)

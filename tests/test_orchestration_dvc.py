@@ -181,3 +181,29 @@ def test_params_yaml_survives_dvc_exp_run_set_param(tmp_path: Path) -> None:
     after = load_config(params)
     assert after.seed == 7
     assert after.model_dump() == before.model_dump() | {"seed": 7}
+
+
+def _output_hashes(root: Path) -> dict[str, str]:
+    """``{output path: md5}`` of every stage output recorded in dvc.lock."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+@pytest.mark.slow  # the tiny pipeline twice (a few minutes on 2 busy cores)
+def test_a_forced_rerun_records_the_same_output_hashes(tmp_path: Path) -> None:
+    """Outputs hold no timings (issue 17, item 8): re-running every stage from scratch gives the same hashes."""
+    import shutil
+
+    from tasks.dvc_stages import run_dvc
+
+    root = clone_workspace(PROJECT, tmp_path / "ws")
+    apply_params(root / "params.yaml", preset="tiny", methods=["kd", "switch"])
+    run_dvc(root, ["repro"])
+    first = _output_hashes(root)
+    for untracked in ("state", "timings", "tracking"):  # nothing of the first run may be reused
+        shutil.rmtree(root / "runs" / "tiny" / untracked, ignore_errors=True)
+    run_dvc(root, ["repro", "--force"])
+    second = _output_hashes(root)
+    assert "runs/tiny/models/switch" in first and "runs/tiny/eval/switch" in first and "runs/tiny/seqkd" in first
+    assert second == first
+    assert (root / "runs" / "tiny" / "timings" / "eval" / "switch" / "embedded" / "timings.json").is_file()

@@ -516,7 +516,8 @@ def test_wall_times_are_read_from_a_timings_file_or_shown_as_not_recorded(tmp_pa
         summary = run / "models" / name / "train_summary.json"
         summary.write_text(json.dumps({k: v for k, v in json.loads(summary.read_text()).items()
                                        if k != "wall_seconds"}))
-    (run / "models" / "switch" / "timings.json").write_text(json.dumps({"wall_seconds": 300.0}))
+    (run / "state" / "switch").mkdir(parents=True, exist_ok=True)  # training timings live with the run's state
+    (run / "state" / "switch" / "timings.json").write_text(json.dumps({"wall_seconds": 300.0}))
     md = write_results_doc(run, tmp_path / "T.md", commands=[], commit=None,
                            methods={"distillm": "distillm", "switch": "switch"}).markdown.read_text()
     assert _table_row(md, "Training and evaluation time", "distill `switch`") == "| distill `switch` | 40 | 20 | 5.0 |"
@@ -525,7 +526,8 @@ def test_wall_times_are_read_from_a_timings_file_or_shown_as_not_recorded(tmp_pa
     assert "| **total of the finished stages** | | | **15.0** |" in md  # (600 + 300) s; distillm's time unknown
     for path in run.glob("eval/distillm/*/metrics.json"):  # the generation times moved out of metrics.json too
         path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "throughput"}))
-    (run / "eval" / "switch" / "dolly" / "timings.json").write_text(json.dumps({"throughput": {
+    (run / "timings" / "eval" / "switch" / "dolly").mkdir(parents=True)  # evaluation timings: the timings/ tree
+    (run / "timings" / "eval" / "switch" / "dolly" / "timings.json").write_text(json.dumps({"throughput": {
         "seconds": 90.0, "generated_tokens": 900}}))
     md = write_results_doc(run, tmp_path / "T.md", commands=[], commit=None,
                            methods={"distillm": "distillm", "switch": "switch"}).markdown.read_text()

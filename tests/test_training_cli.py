@@ -80,7 +80,7 @@ def test_stage_chain(project: Path, capsys: pytest.CaptureFixture) -> None:
     assert f"resuming at step {low['steps']}/{low['steps']}" in capsys.readouterr().err
     assert len(log.read_text().splitlines()) > events  # a resumed run continues its log
 
-    assert _cli(project, "distill", "--run", "switch-low") == 0  # a fresh run starts a new log
+    assert _cli(project, "distill", "--run", "switch-low", "--restart") == 0  # a fresh run starts a new log
     fresh = read_jsonl_events(log, "tags")
     assert len(fresh) == 1 and len(log.read_text().splitlines()) <= events
 
@@ -112,7 +112,7 @@ def test_resume_compatible_continues_the_same_run_and_restarts_a_changed_one(
     base = ("distill", "--run", "kd", "--set", "student.warmup=false", "--set", "teacher.sft=false",
             "--set", "optim.max_steps=2")
     log = project / "runs" / "tiny" / "tracking" / "kd" / "metrics.jsonl"
-    assert _cli(project, *base) == 0
+    assert _cli(project, *base, "--restart") == 0  # the state of another test's kd run is discarded
     events = len(log.read_text().splitlines())
     capsys.readouterr()
     assert _cli(project, *base, "--resume-compatible") == 0

@@ -9,13 +9,18 @@ import torch.nn.functional as F
 from test_training_support import examples, student, teacher, tokenizer
 
 from switch_core.config import _default_methods
-from switch_core.training import LossSpec, TrainBatch, batch_from_examples, batch_loss, token_losses
+from switch_core.training import LossSpec, TrainBatch, batch_from_examples, batch_loss, token_loss_terms
 from switch_core.training.objective import OutputHeadError, check_output_head
 
 # Student logits [0, ln 3] -> q = (1/4, 3/4); teacher logits [0, 0] -> p = (1/2, 1/2); the target token is 1.
 STUDENT = torch.tensor([[0.0, math.log(3.0)]])
 TEACHER = torch.tensor([[0.0, 0.0]])
 TARGET = torch.tensor([1])
+
+
+def token_losses(spec: LossSpec, *args: torch.Tensor) -> torch.Tensor:
+    """The per-token loss the training objective uses (``token_loss_terms(...)["loss"]``)."""
+    return token_loss_terms(spec, *args)["loss"]
 
 
 def kl(a: list[float], b: list[float]) -> float:

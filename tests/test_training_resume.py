@@ -16,9 +16,8 @@ from safetensors.torch import load_file
 from test_training_support import make_job, method
 
 from switch_core.hashing import source_fingerprint
-from switch_core.training import StateError, StateMismatchError, loop, train
-from switch_core.training.loop import resume_fingerprint, will_resume
-from switch_core.training.state import latest_state
+from switch_core.training import StateError, StateMismatchError, state, train
+from switch_core.training.state import latest_state, resume_fingerprint, will_resume
 
 TESTS_DIR = Path(__file__).resolve().parent
 # DistiLLM's adaptive schedule from φ = 0.5 with a small buffer: ground-truth, fresh-rollout and replay steps all
@@ -138,7 +137,7 @@ def test_a_state_of_other_inputs_is_refused_or_restarted(tmp_path) -> None:
 
 def test_other_library_code_warns_on_resume_and_restarts_a_compatible_resume(tmp_path, monkeypatch, capsys) -> None:
     train(_sft_job(tmp_path))
-    monkeypatch.setattr(loop, "source_fingerprint", lambda: "sha256:edited")
+    monkeypatch.setattr(state, "source_fingerprint", lambda: "sha256:edited")
 
     strict = _sft_job(tmp_path, resume=True)
     assert will_resume(strict, 1)

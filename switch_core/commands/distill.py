@@ -4,7 +4,8 @@ A run is a method (``runs.NAME.method``: kd, seqkd, imitkd, gkd, distillm, switc
 starts from (``runs.NAME.init_from``: student-init, student-sft — student-init when ``student.warmup`` is false —, or
 another run, which chains stages, e.g. SFT warm-up -> SWITCH with a high τ0 -> SWITCH with a lower τ0) and dotted config overrides for this run only (``runs.NAME.overrides``).
 It trains with ``optim`` and writes the checkpoint with the best dev ROUGE-L to ``models/NAME`` with
-``train_summary.json``; its resumable state goes to ``state/NAME`` (``--resume`` continues a killed run).
+``train_summary.json`` when it ends; its resumable state goes to ``state/NAME``: re-running the command continues
+a killed or interrupted run, ``--restart`` starts over (see ``switch_core.commands.training_flags``).
 ``--method NAME`` is accepted for ``--run NAME``. Run under ``accelerate launch`` for several processes.
 """
 from __future__ import annotations
@@ -12,19 +13,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from switch_core.commands.training_flags import add_resume_arguments, resume_options
 from switch_core.config import Config, flatten
 from switch_core.layout import RunLayout
 from switch_core.tracking import Tracker, closing_tracker
+from switch_core.training.job import TrainResult
 from switch_core.training.lm_corpus import load_lm_corpus
-from switch_core.training.loop import TrainResult, train
+from switch_core.training.loop import train
 from switch_core.training.run_setup import (
-    add_resume_arguments,
     build_job,
     is_main_process,
     needs_teacher,
     require,
     resolve_select_by,
-    resume_options,
     stage_tracker,
 )
 
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def distill(
     config: Config, layout: RunLayout, run_name: str,
     *,
-    resume: bool = False,
+    resume: bool = True,
     restart_if_incompatible: bool = False,
     tracker: Tracker | None = None,
 ) -> TrainResult:

@@ -121,10 +121,12 @@ def run(args: argparse.Namespace) -> int:
     model = _model_spec(args.model, root)
     out = _resolve(args.out, root) if args.out else layout.eval_dir(Path(model.rstrip("/")).name)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    # timings out of the (DVC-tracked) results: timings/eval/<name> for a folder of the run, else beside the results
+    timings = layout.timings(out) if out.resolve().is_relative_to(layout.root.resolve()) else None
     summary = evaluate_model(
         model, benchmarks, protocol, out, force=args.force, device=device, dtype=args.dtype,
         throughput_prompts=args.throughput_prompts, throughput_tokens=args.throughput_tokens,
-        show_progress=not args.quiet,
+        show_progress=not args.quiet, timings_dir=timings,
     )
     print(format_summary(summary))
     print(f"results in {out}")

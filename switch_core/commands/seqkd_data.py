@@ -102,7 +102,10 @@ def _generate(
     atomic_write_json(meta_path, {
         "inputs": fingerprint, "records": len(kept), "dropped_empty": len(records) - len(kept),
         "stopped_with_eos": sum(result.stopped), "generated_tokens": result.generated_tokens,
-        "tokens_per_second": round(result.tokens_per_second, 1),
+    })
+    # the rate differs between re-runs: kept out of the (DVC-tracked) seqkd folder
+    atomic_write_json(layout.timings(out.parent) / "timings.json", {
+        "generated_tokens": result.generated_tokens, "tokens_per_second": round(result.tokens_per_second, 1),
     })
     print(f"seqkd-data: {len(kept)} teacher responses ({len(records) - len(kept)} empty dropped) -> {out}")
 

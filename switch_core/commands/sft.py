@@ -6,24 +6,25 @@
 ``optim.select_by`` (of the section used) overrides the criterion. With ``teacher.sft: false`` the teacher is used as
 it is: ``--role teacher`` then copies models/teacher-base to models/teacher (hard links), so every later stage and
 DVC see the same layout. Run under ``accelerate launch`` for several
-processes; ``--resume`` continues a killed run from ``state/<teacher|student-sft>``.
+processes; re-running the command continues a killed or interrupted run from ``state/<teacher|student-sft>``,
+``--restart`` starts over (see ``switch_core.commands.training_flags``).
 """
 from __future__ import annotations
 
 import argparse
 
+from switch_core.commands.training_flags import add_resume_arguments, resume_options
 from switch_core.config import Config, MethodConfig, flatten
 from switch_core.layout import RunLayout
 from switch_core.models.checkpoint import copy_checkpoint
 from switch_core.tracking import Tracker, closing_tracker
-from switch_core.training.loop import TrainResult, train
+from switch_core.training.job import TrainResult
+from switch_core.training.loop import train
 from switch_core.training.run_setup import (
-    add_resume_arguments,
     build_job,
     is_main_process,
     require,
     resolve_select_by,
-    resume_options,
     stage_tracker,
 )
 
@@ -45,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def sft(
     config: Config, layout: RunLayout, role: str,
     *,
-    resume: bool = False,
+    resume: bool = True,
     restart_if_incompatible: bool = False,
     tracker: Tracker | None = None,
 ) -> TrainResult:

@@ -9,6 +9,11 @@ For each benchmark, ``{out_dir}/{benchmark}/`` receives
 - ``metrics.json``: per-seed and aggregate values, the protocol, the model path and fingerprints (see
   :func:`evaluate_benchmark`). It is written last, so its presence marks a finished benchmark.
 
+Timings (generation seconds, tokens/s, the date) differ between two runs of the same evaluation, so they are kept
+out of these files: ``timings.json`` per benchmark and ``throughput.json`` go to a separate timings folder
+(``timings_dir``; the benchmark folders themselves when not given), and the result files are the same bytes for the
+same model, data and protocol.
+
 Metrics (method.md §5.5): ROUGE-L F-measure with stemming, max over references, ×100, averaged over examples; the mean
 and sample standard deviation over seeds. Also corpus BLEU (sacrebleu) and exact match, and ROUGE-L per
 reference-length bucket (method.md §2). A benchmark whose ``metrics.json`` already holds the same fingerprint (model
@@ -51,6 +56,7 @@ class EvaluationError(ValueError):
 METRICS_FILE = "metrics.json"
 GENERATIONS_FILE = "generations.jsonl"
 THROUGHPUT_FILE = "throughput.json"
+TIMINGS_FILE = "timings.json"
 REFERENCE_LENGTH_RULE = (
     "tokens of the first reference under the evaluated model's tokenizer (add_special_tokens=False); "
     "for multi-reference rows (S-NI) only the first reference is counted"
@@ -293,8 +299,10 @@ def evaluate_benchmark(
     model_path: str,
     model_fp: str,
     progress: Callable[[int], object] | None = None,
+    timings_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Generate for every seed, score, and write ``generations.jsonl`` then ``metrics.json`` (both atomically).
+    """Generate for every seed, score, and write ``generations.jsonl``, ``timings.json`` then ``metrics.json``
+    (atomically).
 
     Args:
         model: the causal LM (eval mode).
@@ -305,9 +313,11 @@ def evaluate_benchmark(
         model_path: recorded in metrics.json.
         model_fp: model fingerprint (:func:`~switch_core.hashing.checkpoint_fingerprint`).
         progress: called after each generation batch with its number of prompts.
+        timings_dir: where ``timings.json`` goes (``created``, ``throughput``: batch size, generated tokens,
+            seconds, tokens/s; ``tokens_per_s_by_seed``); default ``out_dir``.
 
     Returns:
-        The metrics.json content.
+        The metrics.json content with the timings' ``throughput`` and ``created`` added.
 
     Raises:
         switch_core.data.prompts.PromptFormatError: chat-template style with a tokenizer without a template.
@@ -321,6 +331,7 @@ def evaluate_benchmark(
     per_seed: list[dict[str, Any]] = []
     tokens = 0
     seconds = 0.0
+    rates: list[float] = []
     for seed in protocol.seeds:
         result: GenerationResult = generate_batch(
             model, tokenizer, prompts, seed=seed, on_batch=progress, **protocol.generation_kwargs()
@@ -328,7 +339,7 @@ def evaluate_benchmark(
         metrics, rouge, em = score_seed(result.texts, references, ref_lengths, protocol.length_bucket_edges)
         metrics["mean_prediction_length"] = sum(result.response_lengths) / len(records)
         metrics["stopped_fraction"] = sum(result.stopped) / len(records)
-        metrics["tokens_per_s"] = result.tokens_per_second
+        rates.append(result.tokens_per_second)
         per_seed.append({"seed": seed, **metrics})
         tokens += result.generated_tokens
         seconds += result.seconds
@@ -364,18 +375,22 @@ def evaluate_benchmark(
         "reference_length": REFERENCE_LENGTH_RULE,
         "per_seed": per_seed,
         "aggregate": aggregate_seeds(per_seed),
+    }
+    timings = {
         "throughput": {
             "batch_size": protocol.batch_size,
             "generated_tokens": tokens,
             "seconds": seconds,
             "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
         },
+        "tokens_per_s_by_seed": rates,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     out_dir = Path(out_dir)
     atomic_write_jsonl(out_dir / GENERATIONS_FILE, rows)
+    atomic_write_json(Path(timings_dir or out_dir) / TIMINGS_FILE, timings)
     atomic_write_json(out_dir / METRICS_FILE, metrics_json)
-    return metrics_json
+    return metrics_json | {"throughput": timings["throughput"], "created": timings["created"]}
 
 
 def median_length_window(prompts: Sequence[str], tokenizer: Any, n: int) -> list[str]:
@@ -447,13 +462,14 @@ def evaluate_model(
     throughput_prompts: int = 16,
     throughput_tokens: int = 64,
     show_progress: bool = True,
+    timings_dir: str | Path | None = None,
 ) -> EvaluationSummary:
     """Evaluate one checkpoint on several benchmarks × ``protocol.seeds``; resume finished benchmarks.
 
     The model is loaded only when at least one benchmark has to be computed. Then a throughput probe
     (:func:`measure_throughput`: batched vs one prompt at a time) runs with ``min(max_new_tokens,
     throughput_tokens)`` new tokens on the ``throughput_prompts`` prompts of the computed benchmarks around the
-    median prompt length (:func:`median_length_window`), and is written to ``{out_dir}/throughput.json``.
+    median prompt length (:func:`median_length_window`), and is written to ``{timings_dir}/throughput.json``.
 
     Args:
         model_path: checkpoint folder, ``.gguf`` file, ``"embedded"`` or a cached hub name.
@@ -466,6 +482,7 @@ def evaluate_model(
         throughput_prompts: prompts of the throughput probe; 0 = no probe.
         throughput_tokens: new-token cap of the probe.
         show_progress: tqdm bars over generation batches.
+        timings_dir: the timings folder (``throughput.json``, ``{benchmark}/timings.json``); default ``out_dir``.
 
     Returns:
         An :class:`EvaluationSummary`.
@@ -499,6 +516,7 @@ def evaluate_model(
                 metrics = evaluate_benchmark(
                     model, tokenizer, item.loaded, protocol, item.out_dir, model_path=str(model_path),
                     model_fp=model_fp, progress=bar.update,
+                    timings_dir=Path(timings_dir) / item.loaded.spec.name if timings_dir else None,
                 )
             outcomes[item.loaded.spec.name] = BenchmarkOutcome(item.loaded.spec.name, metrics, False, item.out_dir)
         if throughput_prompts > 0:
@@ -508,5 +526,5 @@ def evaluate_model(
             throughput = measure_throughput(
                 model, tokenizer, prompts, protocol, max_new_tokens=min(protocol.max_new_tokens, throughput_tokens)
             )
-            write_throughput(throughput, out_dir)
+            write_throughput(throughput, timings_dir or out_dir)
     return EvaluationSummary(str(model_path), [outcomes[p.loaded.spec.name] for p in planned], throughput)

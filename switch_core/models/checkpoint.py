@@ -13,6 +13,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from switch_core.atomic import follow_umask
 from switch_core.models.lora import has_lora, merged_state_dict
 
 
@@ -163,6 +164,7 @@ def save_pretrained_atomic(
             model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        follow_umask(tmp)  # safetensors writes its files owner-only
         replace_folder(tmp, folder)
     finally:
         if tmp.exists():

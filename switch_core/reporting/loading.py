@@ -11,9 +11,10 @@ Formats:
   "teacher", ...]}`` (``RolloutBatch.to_rows()``; booleans or 0/1 are accepted too, 1/True = teacher) or an aggregate
   ``{"step": int, "teacher_share_by_position": [...], "count_by_position": [...]}`` (counts default to 1 per
   position). A step written twice (a resumed run repeating a step) counts once: its last line wins;
-- timings: the wall-clock keys (``wall_seconds``, ``throughput``, ``created``) are read from a ``timings.json`` next
-  to a ``train_summary.json`` or ``metrics.json`` when there is one (its keys win), else from the file itself; a key
-  found nowhere is shown as n/a.
+- timings: the wall-clock keys (``wall_seconds``, ``throughput``, ``created``) are kept out of the tracked outputs, in
+  a ``timings.json`` of the run's untracked folders (``state/<run>/`` for training, ``timings/eval/<model>/<benchmark>/``
+  and ``timings/seqkd/``, :meth:`~switch_core.layout.RunLayout.timings`); files written before that carry them
+  themselves; a key found nowhere is shown as n/a.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import pandas as pd
 from switch_core.evaluation.evaluate import METRICS_FILE
 
 TIMINGS_FILE = "timings.json"
-"""Optional file next to a train_summary.json or metrics.json holding its wall-clock keys."""
+"""Untracked file holding an output's wall-clock keys (module docstring)."""
 TRACE_FILE = "rollout_traces.jsonl"
 """A training run's rollout trace, in its state folder."""
 
@@ -36,15 +37,14 @@ class ReportInputError(ValueError):
     """A report input that is missing or unreadable (no metrics.json found, a malformed file); names the file."""
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``, merged with the ``timings.json`` next to it when there is one (its keys win).
+def read_json(path: Path, timings: Path | None = None) -> dict[str, Any]:
+    """A JSON object from ``path``, merged with the JSON object in ``timings`` when that file exists (its keys win).
 
     Raises:
         ReportInputError: the file is not readable as JSON, or holds something other than an object.
     """
     data = _json_object(path)
-    timings = path.parent / TIMINGS_FILE
-    if path.name != TIMINGS_FILE and timings.is_file():
+    if timings is not None and timings.is_file():
         data = data | _json_object(timings)
     return data
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from switch_core.evaluation.evaluate import METRICS_FILE
 from switch_core.layout import RunLayout
-from switch_core.reporting.loading import TRACE_FILE, check_metrics, read_json, read_training_log
+from switch_core.reporting.loading import TIMINGS_FILE, TRACE_FILE, check_metrics, read_json, read_training_log
 from switch_core.reporting.teacher_share import teacher_share_by_position
 
 
@@ -57,13 +57,14 @@ def load_run_outputs(run_dir: str | Path, runs: Sequence[str] = ()) -> RunOutput
     layout = RunLayout(Path(run_dir))
     out = RunOutputs(layout.root)
     for path in sorted(layout.root.glob(f"eval/*/*/{METRICS_FILE}")):
-        out.evaluations.setdefault(path.parent.parent.name, {})[path.parent.name] = check_metrics(path, read_json(path))
+        metrics = read_json(path, layout.timings(path.parent) / TIMINGS_FILE)
+        out.evaluations.setdefault(path.parent.parent.name, {})[path.parent.name] = check_metrics(path, metrics)
     if layout.data_report.is_file():
         out.data_report = read_json(layout.data_report)
     for path in sorted(layout.root.glob("models/*/train_summary.json")):
-        out.summaries[path.parent.name] = read_json(path)
+        out.summaries[path.parent.name] = read_json(path, layout.state(path.parent.name) / TIMINGS_FILE)
     if layout.seqkd_meta.is_file():
-        out.seqkd_meta = read_json(layout.seqkd_meta)
+        out.seqkd_meta = read_json(layout.seqkd_meta, layout.timings(layout.seqkd_meta.parent) / TIMINGS_FILE)
     traced = {p.parent.name for p in layout.root.glob(f"state/*/{TRACE_FILE}")}
     for name in list(dict.fromkeys([*runs, *sorted(traced)])):
         trace = layout.state(name) / TRACE_FILE

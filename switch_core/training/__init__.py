@@ -7,7 +7,10 @@
 - :mod:`.policy_gradient`, :mod:`.lm_corpus`: MiniLLM's rewards, advantages, importance weights and PPO loss; its
   optional pre-training LM term;
 - :mod:`.optim`, :mod:`.state`, :mod:`.dev`, :mod:`.progress`, :mod:`.seeding`: AdamW + cosine, atomic resumable
-  state, dev metrics, console progress, derived random streams;
+  state and its fingerprint, dev metrics, console progress, derived random streams;
+- :mod:`.job`, :mod:`.step`, :mod:`.step_stats`, :mod:`.traces`, :mod:`.outputs`: a run's inputs and result, the
+  step's examples and gradient reduction, its named statistics and logging windows, rollout traces, the best
+  checkpoint and the published output folder;
 - :mod:`.loop`: :func:`train`.
 """
 from switch_core.training.batches import (
@@ -18,15 +21,18 @@ from switch_core.training.batches import (
     batch_from_sequences,
 )
 from switch_core.training.dev import DevData
-from switch_core.training.loop import SUMMARY_FILE, TRACE_FILE, TrainingSetupError, TrainJob, TrainResult, train
-from switch_core.training.losses import LossSpec, token_loss_terms, token_losses
+from switch_core.training.job import SUMMARY_FILE, TIMINGS_FILE, TrainingSetupError, TrainJob, TrainResult
+from switch_core.training.loop import train
+from switch_core.training.losses import LossSpec, token_loss_terms
 from switch_core.training.objective import OutputHeadError, batch_loss
 from switch_core.training.replay import ReplayBuffer
 from switch_core.training.sources import Action, BatchSource, MethodSetupError, choose_action
 from switch_core.training.state import StateError, StateMismatchError
+from switch_core.training.traces import TRACE_FILE, read_traces
 
 __all__ = [
     "SUMMARY_FILE",
+    "TIMINGS_FILE",
     "TRACE_FILE",
     "Action",
     "BatchSource",
@@ -47,7 +53,7 @@ __all__ = [
     "batch_from_sequences",
     "batch_loss",
     "choose_action",
+    "read_traces",
     "token_loss_terms",
-    "token_losses",
     "train",
 ]

@@ -15,9 +15,14 @@ Per optimizer step (global batch ``optim.batch_size`` sequences, ``batch_size / 
    backward calls per micro-batch. With MiniLLM's pre-training term (``lm_coef > 0``) a batch of the pre-training
    corpus adds ``lm_coef · sum(pt loss) / N_pt_global`` (:mod:`.lm_corpus`) before the gradients are reduced;
 4. dev evaluation after every epoch, every ``optim.eval_every`` steps and at the last step (plus once before
-   training, which DistiLLM's adaptive schedule needs); the best checkpoint by ``select_by`` is written to the output
-   folder (``save_pretrained``, atomically);
+   training, which DistiLLM's adaptive schedule needs); the best checkpoint by ``select_by`` is kept in the state
+   folder (``save_pretrained``, atomically) and published to the output folder when the run ends (:mod:`.outputs`);
 5. a resumable state after every epoch, every ``optim.save_every`` steps and at the end (:mod:`.state`).
+
+The run's parts live in their own modules: :mod:`.job` (what a run is given and returns), :mod:`.step` (which
+examples a step trains on, gradient reduction), :mod:`.step_stats` (the step's named sums and metrics, logging
+windows), :mod:`.traces` (rollout traces), :mod:`.outputs` (best checkpoint, publishing), :mod:`.state` (resumable
+state and its fingerprint).
 
 Every random choice derives from ``optim.seed`` (:mod:`.seeding`) or the saved RNG state, so ``resume`` reaches the
 weights of an uninterrupted run. The teacher is frozen: eval mode, ``requires_grad=False``, used under ``no_grad``.
@@ -25,200 +30,42 @@ weights of an uninterrupted run. The teacher is frozen: eval mode, ``requires_gr
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
-from transformers import PreTrainedModel
 
-from switch_core.atomic import atomic_write_json
-from switch_core.config import EvalConfig, MethodConfig, OptimConfig, RolloutConfig
-from switch_core.data.tokenize import TrainExample
 from switch_core.evaluation.generate import eos_token_ids
-from switch_core.hashing import source_fingerprint
-from switch_core.models.checkpoint import save_pretrained_atomic
 from switch_core.processes import make_accelerator
 from switch_core.rollout import RolloutSettings, calibrate_settings
 from switch_core.tracking import NullTracker, Tracker
 from switch_core.training import seeding
 from switch_core.training.batches import batch_from_examples
-from switch_core.training.dev import DevData, dev_losses, dev_rouge_l
+from switch_core.training.dev import dev_losses, dev_rouge_l
+from switch_core.training.job import TrainingSetupError, TrainJob, TrainResult
 from switch_core.training.lm_corpus import PT_LOSS, lm_batch
 from switch_core.training.losses import LossSpec
 from switch_core.training.objective import batch_loss, check_output_head
 from switch_core.training.optim import build_optimizer, build_scheduler
+from switch_core.training.outputs import publish, remove_output, save_best
 from switch_core.training.progress import Progress
 from switch_core.training.sources import ROLLOUT_DATA, BatchSource
 from switch_core.training.state import (
     Resumable,
     StateMismatchError,
     clear_state,
+    lenient_keys,
     load_state,
+    resume_fingerprint,
     save_state,
-    state_changes,
 )
-
-SUMMARY_FILE = "train_summary.json"
-TRACE_FILE = "rollout_traces.jsonl"
-"""Per-step teacher share by response position of the run's rollouts, in ``state/<run>/`` (read by the report)."""
-
-
-class TrainingSetupError(ValueError):
-    """The run cannot start: batch sizes that do not divide, too little data, a missing teacher..."""
-
-
-@dataclass
-class TrainJob:
-    """Everything one training run needs (the command modules build it from the configuration).
-
-    Attributes:
-        name: run name (``teacher``, ``student-sft`` or a ``runs`` key); tags progress lines and metrics.
-        student: the model to train (its weights are updated in place).
-        tokenizer: the shared tokenizer (saved with the checkpoint; pad/eos ids).
-        train: tokenised training examples (ground truth, or the SeqKD data).
-        dev: dev examples and the ROUGE-L subset.
-        optim: optimisation settings.
-        method: batch source and loss.
-        output_dir: where the best checkpoint and ``train_summary.json`` go (``models/<name>``).
-        state_dir: resumable state (``state/<name>``).
-        select_by: best-checkpoint criterion, ``rouge_l`` (higher is better) or ``loss`` (``dev/loss``, lower).
-        teacher: the frozen teacher, or None when the method needs none.
-        rollout: rollout engine settings (methods with rollouts).
-        generation: decoding settings of the dev ROUGE-L generations (the evaluation protocol's).
-        max_prompt_length: prompt truncation for dev generations.
-        resume: continue from ``state_dir`` when it holds a state (else start fresh). A state of other settings or
-            inputs raises :class:`~switch_core.training.state.StateMismatchError`; a state saved by other library
-            code is resumed with a warning.
-        restart_if_incompatible: with ``resume``, start over instead when the saved state belongs to other settings,
-            inputs, library code or process count (what ``dvc repro`` and ``switch-kd pipeline`` use: a stage re-run
-            for a changed dependency never continues a stale state, a killed one continues).
-        inputs: fingerprints of what the run starts from (checkpoints, data files, LoRA settings;
-            :func:`~switch_core.training.run_setup.input_fingerprints`), part of the resume fingerprint.
-        lm_corpus: MiniLLM's pre-training examples (:func:`~switch_core.training.lm_corpus.load_lm_corpus`); required
-            when ``method.lm_coef > 0``.
-    """
-
-    name: str
-    student: PreTrainedModel
-    tokenizer: Any
-    train: list[TrainExample]
-    dev: DevData
-    optim: OptimConfig
-    method: MethodConfig
-    output_dir: Path
-    state_dir: Path
-    select_by: Literal["rouge_l", "loss"]
-    teacher: PreTrainedModel | None = None
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    generation: EvalConfig = field(default_factory=EvalConfig)
-    max_prompt_length: int = 256
-    resume: bool = False
-    restart_if_incompatible: bool = False
-    inputs: dict[str, Any] = field(default_factory=dict)
-    lm_corpus: list[TrainExample] | None = None
-
-
-@dataclass
-class TrainResult:
-    """Outcome of :func:`train` (also written as ``train_summary.json`` in the output folder)."""
-
-    name: str
-    steps: int
-    best_step: int
-    best_metrics: dict[str, float]
-    final_metrics: dict[str, float]
-    wall_seconds: float
-    tau0: float | None
-    output_dir: Path
-    calibration: dict[str, Any] | None = None
-    """The τ0 search when the run calibrated τ0 (:meth:`switch_core.rollout.CalibrationResult.to_dict`: the chosen τ0,
-    its share, the target and every (τ0, share) tried), else None."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (``calibration`` only when the run calibrated τ0)."""
-        out = {
-            "run": self.name, "steps": self.steps, "best_step": self.best_step, "best": self.best_metrics,
-            "final": self.final_metrics, "wall_seconds": round(self.wall_seconds, 3), "tau0": self.tau0,
-        }
-        return out | ({"calibration": self.calibration} if self.calibration is not None else {})
-
-
-def _layout(optim: OptimConfig, world: int, n_train: int) -> tuple[int, int]:
-    """``(sequences per process per step, steps per epoch)``."""
-    if optim.batch_size % world:
-        raise TrainingSetupError(f"{optim.key}.batch_size={optim.batch_size} must be divisible by the {world} processes")
-    local = optim.batch_size // world
-    steps_per_epoch = n_train // optim.batch_size
-    if steps_per_epoch == 0:
-        raise TrainingSetupError(
-            f"{n_train} training examples are fewer than one batch ({optim.key}.batch_size={optim.batch_size})"
-        )
-    return local, steps_per_epoch
-
-
-def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    return torch.randperm(n, generator=seeding.generator(seed, seeding.Stream.DATA_ORDER, epoch)).tolist()
-
-
-def _all_reduce_gradients(params: Sequence[torch.nn.Parameter], accelerator: Accelerator) -> None:
-    """Sum gradients over processes in one flat buffer (missing gradients count as zeros)."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="sum")
-    offset = 0
-    for p in params:
-        p.grad = flat[offset : offset + p.numel()].view_as(p)
-        offset += p.numel()
-
-
-def _is_better(select_by: str, value: float, best: float | None) -> bool:
-    if not math.isfinite(value):
-        return False
-    if best is None:
-        return True
-    return value > best if select_by == "rouge_l" else value < best
-
-
-def resume_fingerprint(job: TrainJob) -> dict[str, Any]:
-    """What a resumed run must share with the saved state: settings (optimiser without logging cadence, method,
-    rollout settings when the method rolls out, training-set size, selection criterion), ``job.inputs`` and the
-    library code (``code``: :func:`~switch_core.hashing.source_fingerprint`; a strict resume only warns about it).
-
-    Returns:
-        A JSON-ready dict (saved in ``trainer.json``).
-    """
-    uses_rollouts = job.method.data in ROLLOUT_DATA
-    data = {
-        "optim": job.optim.model_dump(exclude={"log_every", "save_every"}), "method": job.method.model_dump(),
-        "rollout": job.rollout.model_dump() if uses_rollouts else None, "train": len(job.train),
-        "select_by": job.select_by, "inputs": job.inputs, "code": source_fingerprint(),
-    }
-    return json.loads(json.dumps(data))
-
-
-def _lenient_keys(job: TrainJob) -> frozenset[str]:
-    return frozenset() if job.restart_if_incompatible else frozenset({"code"})
-
-
-def will_resume(job: TrainJob, num_processes: int) -> bool:
-    """Whether :func:`train` will continue the saved state of ``job`` (False when it starts over or will raise).
-
-    The stage commands ask this before training, to continue the run's metrics log only when the run continues.
-
-    Raises:
-        switch_core.training.state.StateError: ``latest`` names a folder that does not exist.
-    """
-    if not job.resume:
-        return False
-    changes = state_changes(job.state_dir, resume_fingerprint(job), num_processes, lenient=_lenient_keys(job))
-    return changes is not None and not changes
+from switch_core.training.step import StepLayout, all_reduce_gradients, step_examples
+from switch_core.training.step_stats import StepSums, is_better, mean_metrics, policy_metrics, rollout_metrics
+from switch_core.training.traces import append_trace, truncate_traces
 
 
 class _Run:
@@ -227,7 +74,8 @@ class _Run:
     def __init__(self, job: TrainJob, accelerator: Accelerator, tracker: Tracker) -> None:
         self.job, self.acc, self.tracker = job, accelerator, tracker
         self.optim = job.optim
-        self.local_size, self.steps_per_epoch = _layout(job.optim, accelerator.num_processes, len(job.train))
+        self.layout = StepLayout.of(job.optim, accelerator.num_processes, len(job.train))
+        self.steps_per_epoch = self.layout.steps_per_epoch
         self.total_steps = job.optim.max_steps or job.optim.epochs * self.steps_per_epoch
         self.spec = LossSpec.from_method(job.method)
         self.pad_id = job.tokenizer.pad_token_id if job.tokenizer.pad_token_id is not None else job.tokenizer.eos_token_id
@@ -321,14 +169,15 @@ class _Run:
         return self.elapsed_before + time.perf_counter() - self.started
 
     def restore(self) -> bool:
-        """Load the saved state (True), or report that the run starts over (False).
+        """Load the saved state (True), or report that the run starts over (False). The rollout trace is cut back
+        to the saved step (the lines of later steps are written again).
 
         Raises:
             StateMismatchError: the state belongs to another run and ``restart_if_incompatible`` is off.
         """
         try:
             loaded = load_state(
-                self.job.state_dir, self.objects(), self.acc, self.fingerprint(), lenient=_lenient_keys(self.job)
+                self.job.state_dir, self.objects(), self.acc, self.fingerprint(), lenient=lenient_keys(self.job)
             )
         except StateMismatchError as error:
             if not self.job.restart_if_incompatible:
@@ -345,6 +194,8 @@ class _Run:
         self.calibration = trainer.get("calibration")  # absent from states saved before it was recorded
         self.best_step, self.best_value = int(trainer["best_step"]), trainer["best_value"]
         self.best_metrics, self.last_metrics = trainer["best_metrics"], trainer["last_metrics"]
+        if self.acc.is_main_process:
+            truncate_traces(self.job.state_dir, self.step)
         self.build_source()
         self.source.load_state_dict(rank_state["source"])
         return True
@@ -360,69 +211,65 @@ class _Run:
     def train_step(self) -> dict[str, float]:
         """One optimizer step; returns the step's metrics (global over processes)."""
         began = time.perf_counter()
-        epoch, position = divmod(self.step, self.steps_per_epoch)
-        order = _epoch_order(len(self.job.train), self.optim.seed, epoch)
-        start = position * self.optim.batch_size + self.acc.process_index * self.local_size
-        examples = [self.job.train[i] for i in order[start : start + self.local_size]]
-        out = self.source.next(self.step, examples, offset=start - position * self.optim.batch_size)
-        batch = out.batch.to(self.acc.device)
-        counts = torch.tensor(
-            [batch.num_loss_tokens, int(batch.attention_mask.sum())], dtype=torch.float64, device=self.acc.device
+        acc = self.acc
+        share = step_examples(
+            self.job.train, self.step, self.layout, seed=self.optim.seed, batch_size=self.optim.batch_size,
+            rank=acc.process_index,
         )
-        counts = self.acc.reduce(counts, reduction="sum")
+        out = self.source.next(self.step, share.examples, offset=share.offset)
+        batch = out.batch.to(acc.device)
+        response_tokens, tokens = acc.reduce(
+            torch.tensor([batch.num_loss_tokens, int(batch.attention_mask.sum())], dtype=torch.float64, device=acc.device),
+            reduction="sum",
+        ).tolist()
         self.student.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.acc.device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
         terms: dict[str, torch.Tensor] = {}
         for micro in batch.micro_batches(self.optim.micro_batch_size):
             loss_sum += batch_loss(
                 self.student, self.teacher, micro, self.spec, chunk_tokens=self.optim.loss_chunk_tokens,
-                scale=1.0 / float(counts[0]), backward=self.acc.backward, autocast=self.acc.autocast, terms=terms,
+                scale=1.0 / response_tokens, backward=acc.backward, autocast=acc.autocast, terms=terms,
             ).double()
-        lm_loss = self._lm_loss(start) if self.job.method.lm_coef > 0 else None
-        if self.acc.num_processes > 1:
-            _all_reduce_gradients(self.params, self.acc)
-        grad_norm = self.acc.clip_grad_norm_(self.params, self.optim.grad_clip)
+        lm_loss = self._lm_loss(share.start) if self.job.method.lm_coef > 0 else None
+        if acc.num_processes > 1:
+            all_reduce_gradients(self.params, acc)
+        grad_norm = acc.clip_grad_norm_(self.params, self.optim.grad_clip)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        counters = ("rollout_tokens", "teacher_tokens", "rollout_seconds", *_POLICY_COUNTERS)
-        stats = torch.tensor(
-            [float(loss_sum)] + [out.stats.get(k, 0.0) for k in counters] + [float(terms.get(k, 0.0)) for k in _TERMS],
-            dtype=torch.float64, device=self.acc.device,
+        sums = StepSums.collect(float(loss_sum), out.stats, terms).reduced(
+            lambda t: acc.reduce(t, reduction="sum"), acc.device
         )
-        stats = self.acc.reduce(stats, reduction="sum")
         seconds = time.perf_counter() - began
-        loss = float(stats[0] / counts[0])
+        loss = sums.loss_sum / response_tokens
+        with_share = self.uses_rollouts and self.source.settings.strategy != "student"
         metrics = {
             "train/loss": loss if lm_loss is None else loss + self.job.method.lm_coef * lm_loss,
             "train/lr": lr, "train/grad_norm": float(grad_norm),
-            "train/response_tokens": float(counts[0]), "train/tokens_per_second": float(counts[1]) / seconds,
+            "train/response_tokens": response_tokens, "train/tokens_per_second": tokens / seconds,
             "train/step_seconds": seconds, "train/epoch": self.step / self.steps_per_epoch,
             f"source/{out.action.value}": 1.0,
         }
         if self.uses_rollouts:
             metrics["train/phi"] = self.source.phi
-        if stats[1] > 0:
-            if self.source.settings.strategy != "student":
-                metrics["rollout/teacher_share"] = float(stats[2] / stats[1])
-            metrics["rollout/mean_length"] = float(stats[1]) / self.optim.batch_size
-            metrics["rollout/seconds"] = float(stats[3]) / self.acc.num_processes
+        metrics |= rollout_metrics(
+            sums, batch_size=self.optim.batch_size, processes=acc.num_processes, with_share=with_share
+        )
         if self.spec.policy_gradient:
-            sums = dict(zip(counters + _TERMS, stats[1:].tolist(), strict=True))
-            metrics.update(_policy_metrics(sums, float(counts[0]), self.spec.single_step_reg))
+            metrics |= policy_metrics(sums, response_tokens, self.spec.single_step_reg)
         if lm_loss is not None:
             metrics["train/lm_loss"] = lm_loss
-        if out.by_position is not None and self.source.settings.strategy != "student" and self.acc.is_main_process:
-            self._append_trace(*out.by_position)
+        if out.by_position is not None and with_share and acc.is_main_process:
+            append_trace(self.job.state_dir, self.step, *out.by_position)
         return metrics
 
     def _lm_loss(self, start: int) -> float:
         """Back-propagate ``lm_coef ×`` the pre-training loss token mean of the step's corpus batch (MiniLLM's
         ``pt_loss``, method.md §6.5; normalised by the batch's global token count); returns that mean."""
         batch = lm_batch(
-            self.job.lm_corpus, seed=self.optim.seed, step=self.step, offset=start, count=self.local_size,
+            self.job.lm_corpus, seed=self.optim.seed, step=self.step, offset=start, count=self.layout.local_size,
             global_count=self.optim.batch_size, pad_token_id=self.pad_id,
         ).to(self.acc.device)
         tokens = self.acc.reduce(
@@ -435,16 +282,6 @@ class _Run:
                 scale=self.job.method.lm_coef / float(tokens), backward=self.acc.backward, autocast=self.acc.autocast,
             ).double()
         return float(self.acc.reduce(total, reduction="sum") / tokens)
-
-    def _append_trace(self, teacher_at: list[int], tokens_at: list[int]) -> None:
-        """One line of the rollout trace: the main process's teacher share at each response position."""
-        row = {
-            "step": self.step, "count_by_position": tokens_at,
-            "teacher_share_by_position": [t / n if n else None for t, n in zip(teacher_at, tokens_at)],
-        }
-        self.job.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.job.state_dir / TRACE_FILE, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
 
     def evaluate(self) -> dict[str, float]:
         """Dev metrics of the current student; updates the best checkpoint and DistiLLM's φ.
@@ -466,10 +303,10 @@ class _Run:
         self.student.train()
         self.source.after_evaluation(metrics["dev/ce"])
         value = metrics.get("dev/rouge_l" if job.select_by == "rouge_l" else "dev/loss", math.nan)
-        if self.step > 0 and _is_better(job.select_by, value, self.best_value):
+        if self.step > 0 and is_better(job.select_by, value, self.best_value):
             self.best_step, self.best_value, self.best_metrics = self.step, value, dict(metrics)
             if self.acc.is_main_process:
-                save_pretrained_atomic(self.student, job.tokenizer, job.output_dir)
+                save_best(self.student, job.tokenizer, job.state_dir)
             self.acc.wait_for_everyone()
         self.last_metrics = dict(metrics)
         if self.acc.is_main_process:
@@ -492,12 +329,14 @@ class _Run:
         resumed = job.resume and self.restore()
         if not resumed:
             clear_state(job.state_dir, self.acc)
+            if self.acc.is_main_process:
+                remove_output(job.output_dir)
             torch.manual_seed(seeding.derive_seed(self.optim.seed, seeding.Stream.GLOBAL, self.acc.process_index))
             self.calibrate()
             self.build_source()
             self.evaluate()
         else:
-            self._say(f"resuming at step {self.step}/{self.total_steps}")
+            self._say(f"resuming at step {self.step}/{self.total_steps} (saved state in {job.state_dir})")
         if self.acc.is_main_process:
             self.progress = Progress(job.name, self.total_steps, self.step, self.optim.log_every)
         window: list[dict[str, float]] = []
@@ -510,7 +349,7 @@ class _Run:
                     metrics.get("rollout/teacher_share"),
                 )
             if self.acc.is_main_process and (self.step % self.optim.log_every == 0 or self.step == self.total_steps):
-                self.tracker.log_metrics(_mean_metrics(window), step=self.step)
+                self.tracker.log_metrics(mean_metrics(window), step=self.step)
                 window = []
             last = self.step == self.total_steps
             epoch_end = self.step % self.steps_per_epoch == 0
@@ -525,49 +364,10 @@ class _Run:
             self.settings.tau0, job.output_dir, self.calibration,
         )
         if self.acc.is_main_process:
-            atomic_write_json(job.output_dir / SUMMARY_FILE, result.to_dict())
+            publish(result, job.state_dir)
             self.tracker.log_artifact(job.output_dir)
         self.acc.wait_for_everyone()
         return result
-
-
-_LAST_VALUE = ("train/lr", "train/epoch", "train/phi")
-_POLICY_COUNTERS = ("reward_sum", "return_sum", "return_sq_sum", "weight_sum")
-_TERMS = ("pg", "reg", "clipped")
-
-
-def _policy_metrics(sums: dict[str, float], tokens: float, with_reg: bool) -> dict[str, float]:
-    """MiniLLM's step metrics from global sums: token means of the PPO loss, of the single-step KL and of the clipped
-    tokens; on rollout steps the rollout's reward mean, return mean / std before whitening and importance-weight
-    mean."""
-    metrics = {"train/pg_loss": sums["pg"] / tokens, "train/clip_fraction": sums["clipped"] / tokens}
-    if with_reg:
-        metrics["train/reg_loss"] = sums["reg"] / tokens
-    rolled = sums["rollout_tokens"]
-    if rolled > 0:
-        mean = sums["return_sum"] / rolled
-        metrics.update({
-            "rollout/reward_mean": sums["reward_sum"] / rolled, "rollout/return_mean": mean,
-            "rollout/return_std": math.sqrt(max(sums["return_sq_sum"] / rolled - mean * mean, 0.0)),
-            "rollout/importance_weight_mean": sums["weight_sum"] / rolled,
-        })
-    return metrics
-
-
-def _mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
-    """Each metric over the steps of a logging window: the mean (``source/*`` become the fraction of steps that
-    used that source; rollout metrics average over the steps that had rollouts), the last value for lr, epoch, φ."""
-    keys = sorted({k for m in window for k in m})
-    out = {}
-    for key in keys:
-        if key in _LAST_VALUE:
-            out[key] = window[-1][key]
-        elif key.startswith("source/"):
-            out[key] = sum(m.get(key, 0.0) for m in window) / len(window)
-        else:
-            values = [m[key] for m in window if key in m]
-            out[key] = sum(values) / len(values)
-    return out
 
 
 def train(job: TrainJob, *, accelerator: Accelerator | None = None, tracker: Tracker | None = None) -> TrainResult:
@@ -581,7 +381,8 @@ def train(job: TrainJob, *, accelerator: Accelerator | None = None, tracker: Tra
 
     Returns:
         The :class:`TrainResult`; ``job.output_dir`` holds the best checkpoint (loadable with
-        ``AutoModelForCausalLM.from_pretrained``) and ``train_summary.json``.
+        ``AutoModelForCausalLM.from_pretrained``) and ``train_summary.json``, published when the run ends;
+        ``job.state_dir`` holds ``timings.json``.
 
     Raises:
         TrainingSetupError: batch sizes, data size or a missing teacher.

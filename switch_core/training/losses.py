@@ -90,20 +90,6 @@ class LossSpec:
         return get_divergence(self.name, **params.get(self.name, {}))
 
 
-def token_losses(
-    spec: LossSpec,
-    student_logits: Tensor,
-    targets: Tensor,
-    teacher_logits: Tensor | None = None,
-    policy: PolicyTokens | None = None,
-) -> Tensor:
-    """Per-token loss of ``spec`` at ``N`` response positions (``token_loss_terms(...)["loss"]``).
-
-    Args, returns and raises as :func:`token_loss_terms`.
-    """
-    return token_loss_terms(spec, student_logits, targets, teacher_logits, policy)["loss"]
-
-
 def token_loss_terms(
     spec: LossSpec,
     student_logits: Tensor,

@@ -1,4 +1,4 @@
-"""Configuration + stage layout -> a :class:`~switch_core.training.loop.TrainJob` (shared by ``sft`` and ``distill``).
+"""Configuration + stage layout -> a :class:`~switch_core.training.job.TrainJob` (shared by ``sft`` and ``distill``).
 
 The stage layout (switch_core.layout) fixes where each training stage reads and writes:
 
@@ -15,7 +15,6 @@ of a distillation run is ``models/teacher`` (``teacher.sft: true``) or ``models/
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,27 +26,9 @@ from switch_core.models.lora import apply_lora
 from switch_core.processes import process_state
 from switch_core.tracking import NullTracker, Tracker, tracker_from_config
 from switch_core.training.examples import load_dev, load_examples
-from switch_core.training.loop import TrainJob, will_resume
+from switch_core.training.job import TrainJob
 from switch_core.training.losses import LossSpec
-
-
-def add_resume_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--resume`` (strict) and ``--resume-compatible`` (what dvc.yaml and ``switch-kd pipeline`` pass) of the
-    training commands."""
-    resume = parser.add_mutually_exclusive_group()
-    resume.add_argument(
-        "--resume", action="store_true",
-        help="continue from the saved training state, if any (an error if it belongs to other settings or inputs)",
-    )
-    resume.add_argument(
-        "--resume-compatible", action="store_true",
-        help="continue a saved state of the same settings, inputs and code, else start over (dvc.yaml uses this)",
-    )
-
-
-def resume_options(args: argparse.Namespace) -> dict[str, bool]:
-    """``resume`` and ``restart_if_incompatible`` keyword arguments from :func:`add_resume_arguments`' flags."""
-    return {"resume": args.resume or args.resume_compatible, "restart_if_incompatible": args.resume_compatible}
+from switch_core.training.state import check_resumable, lenient_keys, resume_decision, resume_fingerprint
 
 
 class StageInputError(ValueError):
@@ -162,14 +143,22 @@ def stage_tracker(config: Config, layout: RunLayout, job: TrainJob, tracker: Tra
     """The tracker of a stage: ``tracker`` if given, else the configured one (``tracking/<name>/metrics.jsonl``); a
     :class:`~switch_core.tracking.NullTracker` on every process but the main one.
 
-    The JSONL log continues when the run will resume its saved state (:func:`~switch_core.training.loop.will_resume`)
-    and starts afresh otherwise, so it always describes the one run whose checkpoint is in ``models/<name>``.
+    The JSONL log continues when the run will resume its saved state, starts afresh when the run starts over, and is
+    left alone when the run would refuse an incompatible state (:func:`~switch_core.training.state.resume_decision`),
+    so it always describes the one run whose state is in ``state/<name>``.
+
+    Raises:
+        switch_core.training.state.StateMismatchError: the run would refuse its saved state (raised here, before
+            anything is logged).
     """
     state = process_state()
     if not state.is_main_process:
         return NullTracker()
     jsonl = layout.root / "tracking" / job.name / "metrics.jsonl"
-    if tracker is None and not will_resume(job, state.num_processes):
+    decision = resume_decision(job, state.num_processes)
+    if decision == "refuse":  # fail before the tracker records anything
+        check_resumable(job.state_dir, resume_fingerprint(job), state.num_processes, lenient=lenient_keys(job))
+    if tracker is None and decision == "fresh":
         jsonl.unlink(missing_ok=True)
     return tracker or tracker_from_config(config, jsonl, name=job.name)
 

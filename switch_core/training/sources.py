@@ -139,6 +139,26 @@ class SourceOutput:
     by_position: tuple[list[int], list[int]] | None = None
 
 
+@dataclass
+class RolloutDraw:
+    """One fresh rollout of a step's prompts, in the forms the batch source needs.
+
+    Attributes:
+        chunks: the rollout batches as the engine returned them (``rollout.batch_size`` prompts each).
+        batch: the training batch of all of them (teacher logits kept when asked).
+        sequences: the unpadded prompt/response pairs (what the replay buffer stores).
+        stats: additive counters (:attr:`SourceOutput.stats`: ``rollout_sequences``, ``rollout_tokens``,
+            ``teacher_tokens``, ``rollout_seconds``).
+        by_position: ``(teacher_tokens, tokens)`` at each 0-based response position (:attr:`SourceOutput.by_position`).
+    """
+
+    chunks: list[RolloutBatch]
+    batch: TrainBatch
+    sequences: list[Sequence1D]
+    stats: dict[str, float]
+    by_position: tuple[list[int], list[int]]
+
+
 def _sequences(rb: RolloutBatch) -> list[Sequence1D]:
     """Unpadded prompt/response pairs of a rollout batch (the response keeps its stop token)."""
     return [
@@ -242,25 +262,22 @@ class BatchSource:
                 raise MethodSetupError(f"step {step}: no stored rollout to reuse (a state saved without it?)")
             return SourceOutput(self.stored, action)
         if action is Action.POLICY_ROLLOUT:
-            chunks, batch, _, stats, by_position = self._rollout(step, examples, offset, keep=False)
-            policy, policy_stats = self._policy_values(chunks)
-            self.stored = dataclasses.replace(batch, policy=policy)
-            return SourceOutput(self.stored, action, stats | policy_stats, by_position)
+            draw = self._rollout(step, examples, offset, keep=False)
+            policy, policy_stats = self._policy_values(draw.chunks)
+            self.stored = dataclasses.replace(draw.batch, policy=policy)
+            return SourceOutput(self.stored, action, draw.stats | policy_stats, draw.by_position)
         keep = self.keep_teacher_logits and action in (Action.ROLLOUT, Action.ROLLOUT_STORE) and self._runs_teacher
-        _, batch, sequences, stats, by_position = self._rollout(step, examples, offset, keep)
+        draw = self._rollout(step, examples, offset, keep)
         if action is not Action.ROLLOUT:
-            self.buffer.push(sequences)
-        if action is Action.ROLLOUT_REPLAY:
-            batch = self._replay(step, len(examples))
-        return SourceOutput(batch, action, stats, by_position)
+            self.buffer.push(draw.sequences)
+        batch = self._replay(step, len(examples)) if action is Action.ROLLOUT_REPLAY else draw.batch
+        return SourceOutput(batch, action, draw.stats, draw.by_position)
 
     def _replay(self, step: int, count: int) -> TrainBatch:
         drawn = self.buffer.sample(count, seeding.generator(self.seed, seeding.Stream.REPLAY, step, self.rank))
         return batch_from_sequences(drawn, self.pad_token_id)
 
-    def _rollout(
-        self, step: int, examples: Sequence[TrainExample], offset: int, keep: bool
-    ) -> tuple[list[RolloutBatch], TrainBatch, list[Sequence1D], dict[str, float], tuple[list[int], list[int]]]:
+    def _rollout(self, step: int, examples: Sequence[TrainExample], offset: int, keep: bool) -> RolloutDraw:
         settings = dataclasses.replace(self.settings, keep_teacher_logits=keep)
         device = model_device(self.student)
         began = time.perf_counter()
@@ -288,7 +305,7 @@ class BatchSource:
             valid = rb.response_mask.cpu()
             teacher_at[: valid.shape[1]] += (rb.teacher_chosen.cpu() & valid).sum(0)
             tokens_at[: valid.shape[1]] += valid.sum(0)
-        return chunks, batch, sequences, stats, (teacher_at.tolist(), tokens_at.tolist())
+        return RolloutDraw(chunks, batch, sequences, stats, (teacher_at.tolist(), tokens_at.tolist()))
 
     def _policy_values(self, chunks: list[RolloutBatch]) -> tuple[PolicyTokens, dict[str, float]]:
         """MiniLLM's per-token values of a rollout's response tokens (chunks right-padded to the longest response,

@@ -8,6 +8,9 @@ A state folder holds everything an uninterrupted run would still have in memory 
     trainer.json    step, best checkpoint so far, last dev metrics, calibrated tau0, elapsed time, run fingerprint
     rank-<r>.pt     per process: torch RNG states, the batch source (DistiLLM φ, replay buffer)
 
+(the best checkpoint so far sits next to them in ``state/<run-name>/best``, :mod:`.outputs`). A state is resumed
+only by a run with the same :func:`resume_fingerprint`: settings, inputs and (unless lenient) library code.
+
 Writing: the folder is filled under a hidden temporary name, renamed, and only then does ``latest`` (a one-line
 text file, replaced atomically) point at it; older step folders are removed afterwards. A run killed at any moment
 leaves ``latest`` naming a complete folder.
@@ -18,12 +21,15 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
 
 from switch_core.atomic import atomic_write_json, atomic_write_text
+from switch_core.hashing import source_fingerprint
+from switch_core.training.job import TrainJob
+from switch_core.training.sources import ROLLOUT_DATA
 
 LATEST = "latest"
 
@@ -157,6 +163,38 @@ def state_changes(
     return _changed_keys(trainer["fingerprint"], fingerprint, lenient)
 
 
+def check_resumable(
+    state_dir: Path, fingerprint: dict[str, Any], world_size: int, *, lenient: frozenset[str] = frozenset()
+) -> dict[str, Any] | None:
+    """The latest state's ``trainer.json`` if a run of ``fingerprint`` on ``world_size`` processes can resume it.
+
+    Returns:
+        The trainer dict, or None when there is no saved state.
+
+    Raises:
+        StateMismatchError: another configuration, inputs (the fingerprint keys outside ``lenient``) or process
+            count; the message names what changed and ``--restart``. Nothing is deleted.
+        StateError: ``latest`` names a folder that does not exist.
+    """
+    folder = latest_state(state_dir)
+    if folder is None:
+        return None
+    trainer = json.loads((folder / "trainer.json").read_text(encoding="utf-8"))
+    if trainer["world_size"] != world_size:
+        raise StateMismatchError(
+            f"{folder} was saved by {trainer['world_size']} process(es), this run has {world_size}: resume with the "
+            "same process count (the replay buffers are per process), or pass --restart to discard it", ["world_size"],
+        )
+    changed = _changed_keys(trainer["fingerprint"], fingerprint, lenient)
+    if changed:
+        raise StateMismatchError(
+            f"{folder} belongs to a run with other settings or inputs (changed: {', '.join(changed)}); "
+            "pass --restart to discard it and start over (or restore the settings and inputs it was saved with)",
+            changed,
+        )
+    return trainer
+
+
 def load_state(
     state_dir: Path,
     objects: Resumable,
@@ -182,21 +220,10 @@ def load_state(
         StateMismatchError: another configuration, inputs or process count.
         StateError: missing files.
     """
-    folder = latest_state(state_dir)
-    if folder is None:
+    trainer = check_resumable(state_dir, fingerprint, accelerator.num_processes, lenient=lenient)
+    if trainer is None:
         return None
-    trainer = json.loads((folder / "trainer.json").read_text(encoding="utf-8"))
-    if trainer["world_size"] != accelerator.num_processes:
-        raise StateMismatchError(
-            f"{folder} was saved by {trainer['world_size']} process(es), this run has {accelerator.num_processes}: "
-            "resume with the same process count (the replay buffers are per process)", ["world_size"],
-        )
-    changed = _changed_keys(trainer["fingerprint"], fingerprint, lenient)
-    if changed:
-        raise StateMismatchError(
-            f"{folder} belongs to a run with other settings or inputs (changed: {', '.join(changed)}); "
-            "run without --resume to start over", changed,
-        )
+    folder = latest_state(state_dir)
     rank_file = folder / f"rank-{accelerator.process_index}.pt"
     if not rank_file.is_file():
         raise StateError(f"{rank_file} is missing; remove {state_dir} to start over")
@@ -215,3 +242,53 @@ def clear_state(state_dir: Path, accelerator: Accelerator) -> None:
     if accelerator.is_main_process and state_dir.exists():
         shutil.rmtree(state_dir)
     accelerator.wait_for_everyone()
+
+
+def resume_fingerprint(job: TrainJob) -> dict[str, Any]:
+    """What a resumed run must share with the saved state: settings (optimiser without logging cadence, method,
+    rollout settings when the method rolls out, training-set size, selection criterion), ``job.inputs`` and the
+    library code (``code``: :func:`~switch_core.hashing.source_fingerprint`; a strict resume only warns about it).
+
+    Returns:
+        A JSON-ready dict (saved in ``trainer.json``).
+    """
+    uses_rollouts = job.method.data in ROLLOUT_DATA
+    data = {
+        "optim": job.optim.model_dump(exclude={"log_every", "save_every"}), "method": job.method.model_dump(),
+        "rollout": job.rollout.model_dump() if uses_rollouts else None, "train": len(job.train),
+        "select_by": job.select_by, "inputs": job.inputs, "code": source_fingerprint(),
+    }
+    return json.loads(json.dumps(data))
+
+
+def lenient_keys(job: TrainJob) -> frozenset[str]:
+    """Fingerprint keys whose change does not prevent resuming ``job``: ``code`` for a strict resume (it warns),
+    none when ``restart_if_incompatible`` (any change starts over)."""
+    return frozenset() if job.restart_if_incompatible else frozenset({"code"})
+
+
+def resume_decision(job: TrainJob, num_processes: int) -> Literal["fresh", "resume", "refuse"]:
+    """What :func:`~switch_core.training.loop.train` will do with the saved state of ``job``: start ``fresh``
+    (no state, ``resume`` off, or an incompatible state with ``restart_if_incompatible``), ``resume`` it, or
+    ``refuse`` it (an incompatible state without ``restart_if_incompatible``: it raises, nothing is deleted).
+
+    The stage commands ask this before training, to continue the run's metrics log only when the run continues and
+    to start a new one only when the run starts over.
+
+    Raises:
+        StateError: ``latest`` names a folder that does not exist.
+    """
+    if not job.resume:
+        return "fresh"
+    changes = state_changes(job.state_dir, resume_fingerprint(job), num_processes, lenient=lenient_keys(job))
+    if changes is None:
+        return "fresh"
+    if not changes:
+        return "resume"
+    return "fresh" if job.restart_if_incompatible else "refuse"
+
+
+def will_resume(job: TrainJob, num_processes: int) -> bool:
+    """Whether :func:`~switch_core.training.loop.train` will continue the saved state of ``job``
+    (:func:`resume_decision` is ``resume``)."""
+    return resume_decision(job, num_processes) == "resume"
