@@ -14,7 +14,8 @@ from prefect.runtime import flow_run
 from switch_core.config import Config
 from switch_core.layout import RunLayout
 from tasks.dvc_stages import GPU_STAGES, inspect_stage, stage_group
-from tasks.mlflow_tracking import MlflowRun, standard_tags, tracking_uri
+from tasks.mlflow_tracking import MlflowRun, standard_tags, store_client, tracking_uri
+from tasks.mlflow_ui import experiment_url
 from tasks.prefect_tasks import run_stage
 from tasks.stage_record import eval_metrics
 
@@ -167,15 +168,21 @@ def comparison_table(table: dict[str, dict[str, float]]) -> str:
 
 
 def where_things_are(root: Path, config: Config) -> str:
-    """Lines naming the report, the MLflow store (and how to open its UI) and the DVC outputs."""
+    """Lines naming the report, the MLflow store (how to open its UI, and the link that lands on the experiment's
+    runs rather than MLflow's GenAI overview) and the DVC outputs."""
     layout = RunLayout.from_config(config, root)
     uri = tracking_uri(root, config.tracking.mlflow_uri)
-    return "\n".join([
+    lines = [
         f"report:       {layout.report_dir / 'report.md'}",
         (f"MLflow store: {uri} (UI: MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri {uri} "
          "--workers 1 --host 127.0.0.1 --port 5000)"),
-        f"DVC outputs:  {layout.root} (dvc.lock; `dvc status`, `dvc metrics show`, `dvc plots show`)",
-    ])
+    ]
+    if config.tracking.backend == "mlflow":
+        found = store_client(uri).get_experiment_by_name(config.tracking.experiment)
+        if found is not None:
+            lines.append(f"MLflow runs:  {experiment_url('http://127.0.0.1:5000', found.experiment_id)}")
+    lines.append(f"DVC outputs:  {layout.root} (dvc.lock; `dvc status`, `dvc metrics show`, `dvc plots show`)")
+    return "\n".join(lines)
 
 
 def log_summary(run: MlflowRun | None, table: dict[str, dict[str, float]], root: Path, config: Config) -> None:

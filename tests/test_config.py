@@ -139,7 +139,8 @@ def test_a_value_outside_a_union_of_literals_is_one_line_listing_every_choice():
 
 
 def test_each_optimisation_section_knows_its_key_for_messages():
-    from switch_core.training.loop import TrainingSetupError, _layout
+    from switch_core.training.job import TrainingSetupError
+    from switch_core.training.step import StepLayout
 
     config = load_config(None, overrides=["teacher_optim.batch_size=8"])
     assert (config.teacher_optim.key, config.warmup_optim.key, config.optim.key) == (
@@ -148,4 +149,4 @@ def test_each_optimisation_section_knows_its_key_for_messages():
     assert config.run_config(next(iter(config.runs))).teacher_optim.key == "teacher_optim"
     with pytest.raises(TrainingSetupError, match=r"3 training examples are fewer than one batch "
                                                  r"\(teacher_optim.batch_size=8\)"):
-        _layout(config.teacher_optim, 1, 3)
+        StepLayout.of(config.teacher_optim, 1, 3)

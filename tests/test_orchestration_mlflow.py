@@ -260,3 +260,15 @@ def test_mlflow_ui_opens_the_experiment_on_its_runs(project: Path) -> None:
         dom = chromium(experiment_url(base, experiment))
     assert "landing-run-7f3" in dom  # the runs table
     assert "Overview" not in dom and "Token Usage" not in dom  # the GenAI overview's title and panels
+
+
+def test_the_flow_summary_links_to_the_experiments_runs(tmp_path: Path) -> None:
+    from flows.common import where_things_are
+    from tasks.mlflow_tracking import experiment_id, store_client
+
+    config = Config(tracking=TrackingConfig(experiment="summary-link"))
+    uri = tracking_uri(tmp_path, None)
+    assert "MLflow runs:" not in where_things_are(tmp_path, config)  # no experiment yet: no link to a missing page
+    exp = experiment_id(store_client(uri), "summary-link", tmp_path)
+    link = [line for line in where_things_are(tmp_path, config).splitlines() if line.startswith("MLflow runs:")]
+    assert link == [f"MLflow runs:  http://127.0.0.1:5000/#/experiments/{exp}?workflowType=machine_learning"]
