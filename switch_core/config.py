@@ -224,6 +224,10 @@ class RolloutConfig(_Strict):
         12, ge=1, description="Rollout passes the τ0 search may use before it keeps the closest τ0 found."
     )
     batch_size: int = Field(8, ge=1, description="Prompts per rollout batch.")
+    engine: Literal["speculative", "lockstep"] = Field(
+        "speculative", description="speculative = one model drafts, the other verifies a chunk in one forward "
+        "(switch_core.rollout.speculative); lockstep = one token at a time. Both give the same rollout.",
+    )
 
 
 class MethodConfig(_Strict):

@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from switch_core.atomic import atomic_write_jsonl
 from switch_core.data.tokenize import left_pad, tokenize_prompt
-from switch_core.rollout import SCHEDULES, STRATEGIES, RolloutSettings, rollout
+from switch_core.rollout import ENGINES, SCHEDULES, STRATEGIES, RolloutSettings, rollout
 
 USES_CONFIG = False
 
@@ -91,6 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tau0", type=float, default=0.2, help="τ0 in nats (default: 0.2; calibrate it)")
     group.add_argument("--random-rate", type=float, default=0.5, help="teacher rate of --strategy random (0.5)")
     group.add_argument("--mixture-alpha", type=float, default=0.2, help="teacher weight of --strategy mixture (0.2)")
+    group.add_argument("--engine", default="speculative", choices=ENGINES,
+                       help="speculative (draft and verify) or lockstep; same rollout (default: speculative)")
     parser.add_argument("--out", required=True, type=Path, help="output JSONL file")
 
 
@@ -144,7 +146,7 @@ def settings_from_args(
         "top_k": args.top_k,
         "top_p": args.top_p,
     }
-    for name in ("strategy", "tau0", "random_rate", "mixture_alpha"):
+    for name in ("strategy", "tau0", "random_rate", "mixture_alpha", "engine"):
         if hasattr(args, name):
             values[name] = getattr(args, name)
     values.update(overrides)

@@ -1,7 +1,8 @@
-"""SWITCH rollouts: lockstep student/teacher decoding with a divergence gate, threshold schedules, τ0 calibration."""
+"""SWITCH rollouts: student/teacher decoding (lockstep or speculative) with the divergence gate, threshold schedules,
+τ0 calibration."""
 from switch_core.rollout.calibrate import CalibrationError, CalibrationResult, calibrate_tau0
 from switch_core.rollout.engine import (
-    GATE_BETA,
+    ENGINES,
     STRATEGIES,
     TEACHER_LOGITS_DTYPES,
     RolloutBatch,
@@ -11,9 +12,11 @@ from switch_core.rollout.engine import (
     RolloutTimer,
     rollout,
 )
+from switch_core.rollout.gate import GATE_BETA, decide, switch_gate
 from switch_core.rollout.schedules import SCHEDULES, ScheduleError, threshold, validate_schedule
 
 __all__ = [
+    "ENGINES",
     "GATE_BETA",
     "SCHEDULES",
     "STRATEGIES",
@@ -27,7 +30,9 @@ __all__ = [
     "RolloutTimer",
     "ScheduleError",
     "calibrate_tau0",
+    "decide",
     "rollout",
+    "switch_gate",
     "threshold",
     "validate_schedule",
 ]

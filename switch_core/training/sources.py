@@ -138,7 +138,8 @@ def rollout_settings(
         max_new_tokens=rollout_cfg.max_new_tokens, greedy=rollout_cfg.greedy, temperature=rollout_cfg.temperature,
         top_k=rollout_cfg.top_k, top_p=rollout_cfg.top_p, stop_token_ids=tuple(int(i) for i in stop_token_ids),
         teacher_logits_dtype=method.teacher_logits_dtype,
-        compute_divergence=strategy == "switch" or method.data == "policy_gradient", **extra,
+        compute_divergence=strategy == "switch" or method.data == "policy_gradient", engine=rollout_cfg.engine,
+        **extra,
     )
 
 

@@ -1,0 +1,204 @@
+"""Exact speculative SWITCH rollouts: one model drafts a chunk, the other scores it in one forward pass.
+
+The gate needs both models' next-token distributions at every response position, but not from one-token forwards.
+Each chunk of the decoding loop:
+
+1. **Draft.** The *drafter* (the model expected to write the next stretch) decodes k tokens with its own KV cache,
+   one forward per token, drawing each token exactly as it would be drawn if the drafter were the source at that
+   position (:func:`switch_core.rollout.sampling.draw_from`: argmax, or inverse-CDF sampling with the position's keyed
+   uniform). The drafter now has its logits at the k positions.
+2. **Verify.** The other model (the *verifier*) reads the same k tokens in one forward pass and so has its logits at
+   the same k positions.
+3. **Check in order.** At each position the strategy's rule (:mod:`switch_core.rollout.gate`, the same as the
+   lockstep engine's) picks the source and the token is drawn from it with the position's uniform
+   (:func:`switch_core.rollout.sampling.select_tokens`). While the token equals the draft the draft is accepted; at
+   the first position where it differs, the drawn token is kept and the rest of the chunk is discarded (a stop token
+   or ``max_new_tokens`` also ends a row's chunk). Every kept position was decided from the logits of the very
+   prefix lockstep decoding would have fed, with the same uniforms: the rollout is the lockstep one.
+
+Discarded positions stay in both KV caches as masked holes: their attention-mask column is set to 0, so no later
+token attends to them, and position ids (``cumsum(mask) − 1``) skip them. Rows therefore accept different lengths in
+one batch without cropping the caches row by row (``DynamicCache.crop`` crops every row alike). The last kept token
+of a chunk is fed to both models at the start of the next chunk (the verifier reads it with the drafts). The first
+chunk starts from the prompt prefill, whose logits are at hand.
+
+Which model drafts follows recent decisions: the teacher drafts while the teacher wrote most of the recently kept
+tokens (late in a SWITCH response, where τ_t is small), else the student (early, where τ_t is large); the first
+chunk's guess comes from the strategy (the student for ``switch`` and ``student``, the teacher for ``teacher``,
+the more likely source for ``random`` / ``mixture``). The chunk length follows the measured acceptance rate α of the
+current drafter: about the mean run to the first rejection, ``1 / (1 − α)``, between 1 and ``max_draft_tokens``.
+At k = 1 a chunk costs what a lockstep step costs (one one-token forward of each model).
+
+Results equal the lockstep engine's up to floating-point rounding: the verifier's chunk forward and a run of
+one-token forwards compute the same logits with differently shaped matrix products, and the holes change the
+lengths of the attention reductions. In float64 no decision changed in the tests; in float32 a position whose
+JSD lies within rounding of τ_t, or whose uniform lies within rounding of a CDF step, can flip (the test suite
+measures how often).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from switch_core.rollout.engine import (
+    COMPACT_FRACTION,
+    Decoder,
+    Responses,
+    RolloutBatch,
+    RolloutSettings,
+    RolloutTimer,
+    draws_needed,
+    model_device,
+)
+from switch_core.rollout.gate import decide, switch_gate
+from switch_core.rollout.sampling import COMPONENT_DRAW, TOKEN_DRAW, draw_from, keyed_uniforms, select_tokens, warper
+
+_RECENT = 0.5  # weight of the last chunk in the running teacher share and acceptance rate
+
+
+def _prior_teacher_share(settings: RolloutSettings) -> float:
+    """The teacher share expected before any decision: it picks the first drafter."""
+    return {"switch": 0.0, "student": 0.0, "teacher": 1.0, "random": settings.random_rate,
+            "mixture": settings.mixture_alpha}[settings.strategy]
+
+
+def chunk_length(acceptance: float, max_draft_tokens: int) -> int:
+    """Draft length for a drafter whose tokens are accepted with probability ``acceptance`` per position: the mean
+    run to the first rejection, ``1 / (1 − α)``, rounded, in ``[1, max_draft_tokens]``."""
+    if acceptance >= 1.0 - 1.0 / max_draft_tokens:
+        return max_draft_tokens
+    return max(1, min(max_draft_tokens, round(1.0 / (1.0 - acceptance))))
+
+
+def decode_speculative(
+    student: nn.Module,
+    teacher: nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    settings: RolloutSettings,
+    generator: torch.Generator | None,
+    timer: RolloutTimer | None,
+) -> RolloutBatch:
+    """The speculative engine (module docstring) for :func:`switch_core.rollout.engine.rollout`, which validates the
+    inputs and sets eval mode and ``no_grad``. Both models are run. Returns the rollout on the student's device."""
+    device = model_device(student)
+
+    def section(name: str) -> Any:
+        return timer.section(name) if timer is not None else nullcontext()
+
+    prompt_ids, prompt_mask = prompt_ids.to(device).long(), prompt_mask.to(device).long()
+    decoders = {"student": Decoder(student, device), "teacher": Decoder(teacher, device)}
+    gate = settings.strategy == "switch" or settings.compute_divergence
+    warp = warper(settings.temperature, settings.top_k, settings.top_p)
+    taus = settings.thresholds(device)
+    stop_ids = torch.tensor(settings.stop_token_ids, dtype=torch.long, device=device)
+    batch, steps = prompt_ids.shape[0], settings.max_new_tokens
+    uniforms = keyed_uniforms(generator, batch, steps, device, needed=draws_needed(settings))
+
+    mask = prompt_mask
+    at_hand: dict[str, Tensor] | None = {}
+    for name, decoder in decoders.items():
+        with section(name):
+            at_hand[name] = decoder(prompt_ids, mask)
+    out = Responses(settings, batch, at_hand["student"].shape[-1], device)
+
+    rows = torch.arange(batch, device=device)  # original row of each compute row
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)  # response tokens kept per compute row
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    pending: Tensor | None = None  # last kept token of each row, not yet fed to either model
+    share = _prior_teacher_share(settings)
+    drafter = "teacher" if share > 0.5 else "student"
+    acceptance = max(share, 1.0 - share)
+    k_max = settings.max_draft_tokens
+    while True:
+        remaining = int((steps - lengths[~finished]).max())
+        k = min(chunk_length(acceptance, k_max), remaining)
+        verifier = "student" if drafter == "teacher" else "teacher"
+        positions = lengths[:, None] + torch.arange(k, device=device)  # [n, k] response positions
+        clamped = positions.clamp(max=steps - 1)
+        u = uniforms[rows[:, None], clamped]  # [n, k, PURPOSES]
+
+        # 1. draft k tokens with the drafter's cache
+        offset = 0 if pending is None else 1  # the pending token is fed first
+        fed = [] if pending is None else [pending]
+        drafts, draft_logits = [], []
+        chunk_mask = torch.cat([mask, mask.new_ones((mask.shape[0], offset + k - 1))], dim=1)
+        base = mask.shape[1]
+        for j in range(k):
+            if j == 0 and pending is None:
+                logits = at_hand[drafter]
+            else:
+                with section(drafter):
+                    logits = decoders[drafter](fed[-1][:, None], chunk_mask[:, : base + len(fed)])
+            with section("select"):
+                draft_logits.append(logits)
+                drafts.append(draw_from(logits, u[:, j, TOKEN_DRAW], settings, warp))
+                if j < k - 1:
+                    fed.append(drafts[-1])
+        # 2. the verifier reads the same tokens in one forward
+        verify_logits = [] if pending is not None else [at_hand[verifier][:, None]]
+        if fed:
+            with section(verifier):
+                verify_logits.append(decoders[verifier].forward(torch.stack(fed, dim=1), chunk_mask, keep=len(fed)))
+        at_hand = None
+
+        # 3. decide every position as if its prefix matched the draft; keep up to the first difference
+        with section("select"):
+            by_model = {drafter: torch.stack(draft_logits, dim=1), verifier: torch.cat(verify_logits, dim=1)}
+            n, vocab = rows.shape[0], by_model["student"].shape[-1]
+            q, p = by_model["student"].reshape(n * k, vocab), by_model["teacher"].reshape(n * k, vocab)
+            tau, u_flat = taus[clamped].reshape(-1), u.reshape(n * k, -1)
+            jsd = switch_gate(p, q, tau, settings.temperature)[1] if gate else None
+            use_teacher = decide(
+                settings.strategy, divergence=jsd, tau=tau, component_draw=u_flat[:, COMPONENT_DRAW],
+                random_rate=settings.random_rate, mixture_alpha=settings.mixture_alpha, greedy=settings.greedy,
+            )
+            tokens, sampling_lp, use_teacher = select_tokens(q, p, use_teacher, u_flat[:, TOKEN_DRAW], settings, warp)
+            tokens = tokens.reshape(n, k)
+            drafted = torch.stack(drafts, dim=1)
+            mismatch = tokens != drafted
+            done = torch.isin(tokens, stop_ids) | (positions >= steps - 1)
+            ends = mismatch | done
+            ends[:, -1] = True
+            end = ends.int().argmax(dim=1)  # first position that ends the row's chunk
+            running = ~finished
+            kept = (torch.arange(k, device=device)[None, :] <= end[:, None]) & running[:, None]
+            flat = kept.flatten()
+            out.write(
+                rows[:, None].expand(n, k).reshape(-1)[flat], positions.reshape(-1)[flat],
+                active=torch.ones(int(flat.sum()), dtype=torch.bool, device=device), tokens=tokens.reshape(-1)[flat],
+                use_teacher=use_teacher[flat], jsd=jsd[flat] if jsd is not None else None,
+                sampling_lp=sampling_lp[flat], q=q[flat], p=p[flat],
+            )
+            # the caches keep the fed drafts before the row's end; later ones become masked holes
+            valid = torch.arange(len(fed), device=device)[None, :] - offset < end[:, None]
+            mask = torch.cat([mask, valid.long()], dim=1)
+            pending = tokens.gather(1, end[:, None]).squeeze(1)
+            lengths = torch.where(running, lengths + end + 1, lengths)
+            finished = finished | (running & done.gather(1, end[:, None]).squeeze(1))
+
+            accepted = ((~mismatch) & kept).sum()
+            share = (1 - _RECENT) * share + _RECENT * float((use_teacher.reshape(n, k) & kept).sum() / kept.sum())
+            acceptance = (1 - _RECENT) * acceptance + _RECENT * float(accepted / kept.sum())
+            if timer is not None:
+                active = int(running.sum())
+                timer.count(chunks=active, drafted=k * active, accepted=int(accepted))
+            still = int((~finished).sum())
+            if still == 0:
+                break
+            new_drafter = "teacher" if share > 0.5 else "student"
+            if new_drafter != drafter:  # the other model's acceptance is about the opposite share
+                drafter, acceptance = new_drafter, max(share, 1.0 - share)
+            if still <= COMPACT_FRACTION * n:
+                keep = (~finished).nonzero().flatten()
+                rows, mask, lengths, finished, pending = (x[keep] for x in (rows, mask, lengths, finished, pending))
+                for decoder in decoders.values():
+                    decoder.keep_rows(keep)
+    if timer is not None:
+        timer.count(forwards=sum(d.calls for d in decoders.values()))
+    used = int(out.response_mask.sum(dim=1).max())
+    return out.batch(prompt_ids, prompt_mask, taus, used)
+
