@@ -91,8 +91,9 @@ def reference_decode(
     return rows
 
 
+@pytest.mark.parametrize("engine", ["lockstep", "speculative"])
 @pytest.mark.parametrize("arch", ["gpt2", "opt", "llama"])
-def test_greedy_switch_matches_the_no_cache_reference(arch: str) -> None:
+def test_greedy_switch_matches_the_no_cache_reference(arch: str, engine: str) -> None:
     student, teacher = tiny(arch, 32, seed=1), tiny(arch, 48, seed=2)
     tau0, decay, max_new = 0.6, 0.05, 12
 
@@ -111,7 +112,7 @@ def test_greedy_switch_matches_the_no_cache_reference(arch: str) -> None:
     ids, mask = left_pad(PROMPTS, pad_token_id=0)
     settings = RolloutSettings(
         pad_token_id=0, tau0=tau0, decay=decay, max_new_tokens=max_new, greedy=True, stop_token_ids=(stop,),
-        keep_teacher_logits=True, teacher_logits_dtype="float32",
+        keep_teacher_logits=True, teacher_logits_dtype="float32", engine=engine,
     )
     batch = rollout(student, teacher, ids, mask, settings)
     assert batch.tokens.shape == (4, max_new)
@@ -136,12 +137,13 @@ def test_greedy_switch_matches_the_no_cache_reference(arch: str) -> None:
         assert torch.equal(batch.teacher_logits[b, n:], torch.zeros(max_new - n, VOCAB))
 
 
+@pytest.mark.parametrize("engine", ["lockstep", "speculative"])
 @pytest.mark.parametrize("strategy", ["teacher", "student"])
-def test_pure_strategies_match_the_reference(strategy: str) -> None:
+def test_pure_strategies_match_the_reference(strategy: str, engine: str) -> None:
     student, teacher = tiny("llama", 32, seed=3), tiny("llama", 48, seed=4)
     ref = reference_decode(student, teacher, PROMPTS, tau=lambda t: 0.0, max_new_tokens=6, source=strategy)
     ids, mask = left_pad(PROMPTS, pad_token_id=0)
-    settings = RolloutSettings(pad_token_id=0, strategy=strategy, max_new_tokens=6, greedy=True)
+    settings = RolloutSettings(pad_token_id=0, strategy=strategy, max_new_tokens=6, greedy=True, engine=engine)
     batch = rollout(student, teacher, ids, mask, settings)
     assert batch.tokens.tolist() == [[s["token"] for s in row] for row in ref]
     assert batch.teacher_chosen.all().item() == (strategy == "teacher")
