@@ -15,7 +15,7 @@ import torch
 from switch_core.data.tokenize import left_pad
 from switch_core.models.tiny import tiny_causal_lm
 from switch_core.rollout import RolloutBatch, RolloutSettings, RolloutTimer, rollout
-from switch_core.rollout.speculative import chunk_length
+from switch_core.rollout.planner import ChunkPlanner, expected_tokens, plan_chunk
 
 VOCAB = 97
 PROMPTS = [[5, 17, 33, 8, 64, 21], [40, 9, 77], [12], [88, 3, 50, 61, 14], [7, 7, 7, 7, 7, 7, 7, 7], [3, 96],
@@ -153,9 +153,29 @@ def test_compaction_of_finished_rows_and_long_batches() -> None:
     assert_same(lockstep, speculative)
 
 
-def test_chunk_length_follows_the_acceptance_rate() -> None:
-    assert [chunk_length(a, 8) for a in (0.0, 0.3, 0.5, 0.75, 0.8, 0.875, 1.0)] == [1, 1, 2, 4, 5, 8, 8]
-    assert chunk_length(1.0, 1) == 1 and chunk_length(0.9, 16) == 10
+def test_planner_picks_the_cheapest_drafter_and_draft_length() -> None:
+    assert expected_tokens(0.5, 3) == pytest.approx(1.75) and expected_tokens(1.0, 4) == 4.0
+    one, select = {"student": 1.0, "teacher": 4.0}, 0.0
+    # weight-bound chunk forwards (a further token costs 5% of a step): the student drafts long while it is accepted
+    cheap = {"student": 0.05, "teacher": 0.2}
+    assert plan_chunk({"student": 0.95, "teacher": 0.1}, one, cheap, select, 8) == ("student", 8)
+    # the teacher writes nearly everything and its forwards cost 4x: its own draft with a cheap student verify wins
+    assert plan_chunk({"student": 0.05, "teacher": 1.0}, one, cheap, select, 8) == ("teacher", 8)
+    # at α = 0.99 the 8th draft token no longer pays: (4k + 1 + 0.05(k − 1)) / E(k) is 4.3134 at k = 7, 4.3166 at 8
+    assert plan_chunk({"student": 0.05, "teacher": 0.99}, one, cheap, select, 8) == ("teacher", 7)
+    # arithmetic-bound forwards (a further token costs a full step): no draft beats one lockstep step unless accepted
+    full = {"student": 1.0, "teacher": 4.0}
+    assert plan_chunk({"student": 0.5, "teacher": 0.5}, one, full, select, 8)[1] == 1
+    # hand check, α = 0.5: the student drafting k = 2 costs (2 + 4 + 0.2) / 1.5 = 4.13 per token, k = 1: 5.0, k = 3:
+    # (3 + 4 + 0.4) / 1.75 = 4.23
+    assert plan_chunk({"student": 0.5, "teacher": 0.0}, one, cheap, select, 3) == ("student", 2)
+    planner = ChunkPlanner(prior_share=0.0, max_draft_tokens=8)
+    assert planner.next() == ("student", 1)  # one-token steps until both models' forwards are timed
+    planner.observe_forward("student", 1, 1.0)
+    planner.observe_forward("teacher", 1, 4.0)
+    planner.observe_forward("teacher", 5, 4.8)  # a further token costs 0.2 s
+    assert planner.extra["teacher"] == pytest.approx(0.2)
+    assert planner.next() == ("student", 8)  # prior acceptance of the student's drafts: 1
 
 
 # ---------------------------------------------------------------------------------------- float32

@@ -22,12 +22,11 @@ one batch without cropping the caches row by row (``DynamicCache.crop`` crops ev
 of a chunk is fed to both models at the start of the next chunk (the verifier reads it with the drafts). The first
 chunk starts from the prompt prefill, whose logits are at hand.
 
-Which model drafts follows recent decisions: the teacher drafts while the teacher wrote most of the recently kept
-tokens (late in a SWITCH response, where τ_t is small), else the student (early, where τ_t is large); the first
-chunk's guess comes from the strategy (the student for ``switch`` and ``student``, the teacher for ``teacher``,
-the more likely source for ``random`` / ``mixture``). The chunk length follows the measured acceptance rate α of the
-current drafter: about the mean run to the first rejection, ``1 / (1 − α)``, between 1 and ``max_draft_tokens``.
-At k = 1 a chunk costs what a lockstep step costs (one one-token forward of each model).
+Which model drafts, and how many tokens, is planned before each chunk by :mod:`switch_core.rollout.planner`: the
+cheapest expected seconds per kept token, from running averages of the measured forward costs of both models and of
+how often each model's own draw was the chosen token (early in a SWITCH response, where τ_t is large, mostly the
+student's; late, where τ_t is small, mostly the teacher's). The first chunks have one token (a lockstep step) until
+both models' one-token forwards have been timed. The plan changes the speed, never the tokens.
 
 Results equal the lockstep engine's up to floating-point rounding: the verifier's chunk forward and a run of
 one-token forwards compute the same logits with differently shaped matrix products, and the holes change the
@@ -37,6 +36,7 @@ measures how often).
 """
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from typing import Any
 
@@ -54,9 +54,8 @@ from switch_core.rollout.engine import (
     model_device,
 )
 from switch_core.rollout.gate import decide, switch_gate
+from switch_core.rollout.planner import ChunkPlanner
 from switch_core.rollout.sampling import COMPONENT_DRAW, TOKEN_DRAW, draw_from, keyed_uniforms, select_tokens, warper
-
-_RECENT = 0.5  # weight of the last chunk in the running teacher share and acceptance rate
 
 
 def _prior_teacher_share(settings: RolloutSettings) -> float:
@@ -65,12 +64,16 @@ def _prior_teacher_share(settings: RolloutSettings) -> float:
             "mixture": settings.mixture_alpha}[settings.strategy]
 
 
-def chunk_length(acceptance: float, max_draft_tokens: int) -> int:
-    """Draft length for a drafter whose tokens are accepted with probability ``acceptance`` per position: the mean
-    run to the first rejection, ``1 / (1 − α)``, rounded, in ``[1, max_draft_tokens]``."""
-    if acceptance >= 1.0 - 1.0 / max_draft_tokens:
-        return max_draft_tokens
-    return max(1, min(max_draft_tokens, round(1.0 / (1.0 - acceptance))))
+class _Clock:
+    """Wall seconds for the planner; synchronises the CUDA devices in use before each reading."""
+
+    def __init__(self, *devices: torch.device) -> None:
+        self.cuda = sorted({d for d in devices if d.type == "cuda"}, key=str)
+
+    def __call__(self) -> float:
+        for device in self.cuda:
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
 
 
 def decode_speculative(
@@ -98,24 +101,24 @@ def decode_speculative(
     batch, steps = prompt_ids.shape[0], settings.max_new_tokens
     uniforms = keyed_uniforms(generator, batch, steps, device, needed=draws_needed(settings))
 
+    planner = ChunkPlanner(_prior_teacher_share(settings), settings.max_draft_tokens)
+    clock = _Clock(device, *(d.device for d in decoders.values()))
     mask = prompt_mask
     at_hand: dict[str, Tensor] | None = {}
     for name, decoder in decoders.items():
         with section(name):
+            start = clock()
             at_hand[name] = decoder(prompt_ids, mask)
+            planner.observe_forward(name, prompt_ids.shape[1], clock() - start)
     out = Responses(settings, batch, at_hand["student"].shape[-1], device)
 
     rows = torch.arange(batch, device=device)  # original row of each compute row
     lengths = torch.zeros(batch, dtype=torch.long, device=device)  # response tokens kept per compute row
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     pending: Tensor | None = None  # last kept token of each row, not yet fed to either model
-    share = _prior_teacher_share(settings)
-    drafter = "teacher" if share > 0.5 else "student"
-    acceptance = max(share, 1.0 - share)
-    k_max = settings.max_draft_tokens
     while True:
-        remaining = int((steps - lengths[~finished]).max())
-        k = min(chunk_length(acceptance, k_max), remaining)
+        drafter, k = planner.next()
+        k = min(k, int((steps - lengths[~finished]).max()))
         verifier = "student" if drafter == "teacher" else "teacher"
         positions = lengths[:, None] + torch.arange(k, device=device)  # [n, k] response positions
         clamped = positions.clamp(max=steps - 1)
@@ -132,7 +135,9 @@ def decode_speculative(
                 logits = at_hand[drafter]
             else:
                 with section(drafter):
+                    start = clock()
                     logits = decoders[drafter](fed[-1][:, None], chunk_mask[:, : base + len(fed)])
+                    planner.observe_forward(drafter, 1, clock() - start)
             with section("select"):
                 draft_logits.append(logits)
                 drafts.append(draw_from(logits, u[:, j, TOKEN_DRAW], settings, warp))
@@ -142,11 +147,14 @@ def decode_speculative(
         verify_logits = [] if pending is not None else [at_hand[verifier][:, None]]
         if fed:
             with section(verifier):
+                start = clock()
                 verify_logits.append(decoders[verifier].forward(torch.stack(fed, dim=1), chunk_mask, keep=len(fed)))
+                planner.observe_forward(verifier, len(fed), clock() - start)
         at_hand = None
 
         # 3. decide every position as if its prefix matched the draft; keep up to the first difference
         with section("select"):
+            start = clock()
             by_model = {drafter: torch.stack(draft_logits, dim=1), verifier: torch.cat(verify_logits, dim=1)}
             n, vocab = rows.shape[0], by_model["student"].shape[-1]
             q, p = by_model["student"].reshape(n * k, vocab), by_model["teacher"].reshape(n * k, vocab)
@@ -180,18 +188,20 @@ def decode_speculative(
             lengths = torch.where(running, lengths + end + 1, lengths)
             finished = finished | (running & done.gather(1, end[:, None]).squeeze(1))
 
-            accepted = ((~mismatch) & kept).sum()
-            share = (1 - _RECENT) * share + _RECENT * float((use_teacher.reshape(n, k) & kept).sum() / kept.sum())
-            acceptance = (1 - _RECENT) * acceptance + _RECENT * float(accepted / kept.sum())
+            # how often each model's own draw was the chosen token: the acceptance of either model as drafter
+            accepted = int(((~mismatch) & kept).sum())
+            verifier_logits = q if verifier == "student" else p
+            verifier_draws = draw_from(verifier_logits, u_flat[:, TOKEN_DRAW], settings, warp).reshape(n, k)
+            positions_kept = int(kept.sum())
+            planner.observe_acceptance(drafter, accepted, positions_kept)
+            planner.observe_acceptance(verifier, int(((tokens == verifier_draws) & kept).sum()), positions_kept)
+            planner.observe_select(k, clock() - start)
             if timer is not None:
                 active = int(running.sum())
-                timer.count(chunks=active, drafted=k * active, accepted=int(accepted))
+                timer.count(chunks=active, drafted=k * active, accepted=accepted)
             still = int((~finished).sum())
             if still == 0:
                 break
-            new_drafter = "teacher" if share > 0.5 else "student"
-            if new_drafter != drafter:  # the other model's acceptance is about the opposite share
-                drafter, acceptance = new_drafter, max(share, 1.0 - share)
             if still <= COMPACT_FRACTION * n:
                 keep = (~finished).nonzero().flatten()
                 rows, mask, lengths, finished, pending = (x[keep] for x in (rows, mask, lengths, finished, pending))
