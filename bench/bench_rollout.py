@@ -12,9 +12,9 @@ target teacher share, every method generates exactly ``--new-tokens`` tokens per
 
 τ0 per target share (exponential schedule, λ = 0.1): from one student rollout per batch size that records the JSD of
 every position, τ0 is the (1 − share) quantile of ``JSD_t · e^(λ t)`` (the share the gate would give on the student's
-own sequences); the achieved share of the SWITCH rollout is printed next to the target. The "same" column counts the
-rows where the two engines emitted identical tokens and sources (float32: rounding may part a row, see
-tests/test_rollout_speculative.py).
+own sequences); the achieved share of the SWITCH rollout is printed next to the target. The last column counts the
+rows where the two engines part (a different token or source; float32 rounding of the chunk forward, see
+tests/test_rollout_speculative.py) over the positions compared up to each row's first difference.
 
 Optionally (``--reference-tokens N``) a no-cache reference (both models re-read the whole sequence at every step)
 runs N steps per batch size, extrapolated to ``--new-tokens`` assuming a step costs proportionally to the sequence
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -119,6 +120,56 @@ def measure_reference(
     return f"| {ids.shape[0]} | {seconds:.1f} (extrapolated from {steps} steps) |"
 
 
+COST_KS = (1, 2, 4, 8, 16)
+
+
+def forward_costs(model: nn.Module, ids: Tensor, mask: Tensor, repeats: int = 3) -> dict[int, float]:
+    """Seconds of one forward of ``k`` new tokens per row after the prompt (k in :data:`COST_KS`), best of
+    ``repeats``: k = 1 is a decode step, k > 1 a verify forward."""
+    costs = {}
+    with torch.no_grad():
+        cache = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1).cache
+        for k in COST_KS:
+            step_mask = torch.cat([mask, mask.new_ones((mask.shape[0], k))], dim=1)
+            positions = (step_mask.cumsum(-1) - 1)[:, -k:]
+            best = float("inf")
+            for _ in range(repeats):
+                seconds, _, _ = _timed(lambda m=step_mask, p=positions, k=k: model(
+                    input_ids=ids[:, -k:] if ids.shape[1] >= k else ids[:, -1:].expand(-1, k), attention_mask=m,
+                    position_ids=p, cache=cache, use_cache=True, logits_to_keep=k))
+                cache.crop(-k)
+                best = min(best, seconds)
+            costs[k] = best
+    return costs
+
+
+def cost_at(costs: dict[int, float], k: float) -> float:
+    """Forward seconds at a (fractional) k, interpolated linearly between the measured ks."""
+    ks = sorted(costs)
+    for low, high in itertools.pairwise(ks):
+        if k <= high:
+            return costs[low] + (costs[high] - costs[low]) * (k - low) / (high - low)
+    return costs[ks[-1]] * k / ks[-1]
+
+
+def predicted_ratio(
+    counts: dict[str, int], costs: dict[str, dict[int, float]], batch: int, new_tokens: int
+) -> float:
+    """The cost model's speculative / lockstep time (docs of the bench table): chunk forwards over decode steps.
+
+    With every row running to ``new_tokens`` (EOS off) a batch chunk is ``chunks / batch`` row-chunks; each drafts
+    ``k̄ = drafted / chunks`` tokens. A chunk drafted by D costs ``k̄·c_D(1) + c_V(k̄)``; lockstep costs
+    ``new_tokens·(c_S(1) + c_T(1))``. Selection work is left out.
+    """
+    chunks = counts["chunks"] / batch
+    k = counts["drafted"] / max(counts["chunks"], 1)
+    teacher = counts["teacher_drafts"] / max(counts["chunks"], 1)
+    by_teacher = k * costs["teacher"][1] + cost_at(costs["student"], k)
+    by_student = k * costs["student"][1] + cost_at(costs["teacher"], k)
+    speculative = chunks * (teacher * by_teacher + (1 - teacher) * by_student)
+    return speculative / (new_tokens * (costs["student"][1] + costs["teacher"][1]))
+
+
 class Best:
     """Best wall time (and its CPU time and result) over repeats, per method."""
 
@@ -174,10 +225,13 @@ def measure_engines(
 
 
 def table_row(
-    size: int, target: float, tau0: float, engines: Best, timers: dict[str, RolloutTimer], generate: Best
+    size: int, target: float, tau0: float, engines: Best, timers: dict[str, RolloutTimer], generate: Best,
+    costs: dict[str, dict[int, float]],
 ) -> str:
     lockstep, speculative = engines.result["lockstep"], engines.result["speculative"]
     same = ((lockstep.tokens == speculative.tokens) & (lockstep.teacher_chosen == speculative.teacher_chosen))
+    # positions compared per row: up to and including the first one where the engines part
+    compared = sum(row.numel() if row.all() else int((~row).nonzero()[0]) + 1 for row in same)
     seconds = timers["lockstep"].seconds
     split = " / ".join(f"{seconds[k] / sum(seconds.values()):.0%}" for k in ("teacher", "student", "select"))
     counts = timers["speculative"].counts
@@ -189,17 +243,19 @@ def table_row(
         f"| {size} | {target:.0%} | {tau0:.3g} | {lockstep.teacher_share():.0%} | {engines.cell('lockstep')} | "
         f"{split} | {engines.cell('speculative')} | {wall['speculative'] / wall['lockstep']:.2f} | "
         f"{cpu['speculative'] / cpu['lockstep']:.2f} | {both:.2f} ({both_cpu:.2f}) | "
-        f"{wall['speculative'] / both:.2f} | {counts['accepted'] / max(counts['chunks'], 1):.2f} | "
+        f"{wall['speculative'] / both:.2f} | "
+        f"{predicted_ratio(counts, costs, size, lockstep.tokens.shape[1]):.2f} | "
+        f"{counts['accepted'] / max(counts['chunks'], 1):.2f} | {counts['teacher_drafts'] / max(counts['chunks'], 1):.0%} | "
         f"{1 - counts['accepted'] / max(counts['drafted'], 1):.0%} | {counts['forwards']} | "
         f"{tokens / wall['lockstep']:.1f} / {tokens / wall['speculative']:.1f} | "
-        f"{int(same.all(dim=1).sum())}/{size} |"
+        f"{int((~same.all(dim=1)).sum())} / {compared} |"
     )
 
 
 HEADER = (
     "| batch | target share | τ0 | teacher share | lockstep s (CPU s) | lockstep split teacher / student / select "
     "| speculative s (CPU s) | spec/lock wall | spec/lock CPU | T+S generate s (CPU s) | spec/(T+S) wall "
-    "| mean accepted draft | drafted discarded | spec forwards | tok/s lock / spec | same rows |"
+    "| cost model spec/lock | mean accepted draft | teacher drafts | drafted discarded | spec forwards | tok/s lock / spec | rows parted / positions compared |"
 )
 
 
@@ -258,18 +314,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     lines = [header, "", HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
     print("\n".join(lines), flush=True)
-    references = []
+    references, cost_lines = [], []
     for size in sizes:
         ids, mask = (x.to(args.device) for x in left_pad(prompt_ids[:size], pad))
         generate = measure_generate(student, teacher, ids, mask, settings, args)
+        costs = {"student": forward_costs(student, ids, mask), "teacher": forward_costs(teacher, ids, mask)}
+        cost_lines.append(f"| {size} | " + " | ".join(
+            f"{costs[m][k] * 1e3:.1f}" for m in ("student", "teacher") for k in COST_KS) + " |")
         for target, tau0 in zip(shares, tau0_for_shares(student, teacher, ids, mask, settings, shares, args.seed),
                                 strict=True):
             at = dataclasses.replace(settings, tau0=tau0)
             engines, timers = measure_engines(student, teacher, ids, mask, at, args)
-            lines.append(table_row(size, target, tau0, engines, timers, generate))
+            lines.append(table_row(size, target, tau0, engines, timers, generate, costs))
             print(lines[-1], flush=True)
         if args.reference_tokens > 0:
             references.append(measure_reference(student, teacher, ids, mask, settings, args))
+    cost_header = "| batch | " + " | ".join(f"{m} k={k} ms" for m in ("student", "teacher") for k in COST_KS) + " |"
+    lines += ["", "Forward costs after the prompt (k new tokens per row; k = 1 is a decode step, k > 1 a verify forward):",
+              "", cost_header, "|" + "---|" * (cost_header.count("|") - 1), *cost_lines]
+    print("\n".join(lines[-len(cost_lines) - 4:]), flush=True)
     if references:
         lines += ["", f"No-cache reference decoder (JSD β = {GATE_BETA}, 50% share):", "",
                   "| batch | seconds |", "|---|---|", *references]

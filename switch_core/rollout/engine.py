@@ -208,13 +208,15 @@ class RolloutTimer:
 
     Pass one to :func:`rollout` (``timer=``); without it the engine does no timing at all. On CUDA devices each
     section synchronises before reading the clock. The speculative engine also counts, over the rows still running
-    in each chunk: ``chunks`` (row-chunks), ``drafted`` (draft tokens), ``accepted`` (draft tokens kept as drawn) and
-    ``forwards`` (model calls); the mean accepted draft length is ``accepted / chunks`` and the share of drafted
-    tokens discarded ``1 − accepted / drafted``.
+    in each chunk: ``chunks`` (row-chunks), ``teacher_drafts`` (row-chunks the teacher drafted), ``drafted`` (draft
+    tokens), ``accepted`` (draft tokens kept as drawn) and ``forwards`` (model calls); the mean accepted draft length
+    is ``accepted / chunks`` and the share of drafted tokens discarded ``1 − accepted / drafted``.
     """
 
     seconds: dict[str, float] = field(default_factory=lambda: {"student": 0.0, "teacher": 0.0, "select": 0.0})
-    counts: dict[str, int] = field(default_factory=lambda: {"chunks": 0, "drafted": 0, "accepted": 0, "forwards": 0})
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"chunks": 0, "teacher_drafts": 0, "drafted": 0, "accepted": 0, "forwards": 0}
+    )
 
     def count(self, **increments: int) -> None:
         """Add ``increments`` to ``counts``."""

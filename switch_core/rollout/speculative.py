@@ -198,7 +198,8 @@ def decode_speculative(
             planner.observe_select(k, clock() - start)
             if timer is not None:
                 active = int(running.sum())
-                timer.count(chunks=active, drafted=k * active, accepted=accepted)
+                timer.count(chunks=active, drafted=k * active, accepted=accepted,
+                            teacher_drafts=active if drafter == "teacher" else 0)
             still = int((~finished).sum())
             if still == 0:
                 break
