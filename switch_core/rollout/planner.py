@@ -7,14 +7,18 @@ draft failed; all k when every draft survives). The planner picks ``argmin over 
 
     cost(D, k) = k·one_D + one_V + (k − 1)·extra_V + k·select
 
-with ``one_M`` the seconds of a one-token forward of model M, ``extra_M`` the seconds each further token adds to a
-forward of M (small where a forward is bound by reading the weights, as on a GPU; close to ``one_M`` where it is bound
-by arithmetic), and ``select`` the selection seconds per position. All are running averages of measured times; the
-acceptance ``α_M`` of either model is measured at every kept position (does the chosen token equal the token model M
-would have drawn there with the same uniform?), so the planner can switch drafter when the other would do better:
-early in a SWITCH response the student writes most tokens and drafts; late, where the teacher writes nearly
-everything, the teacher's own tokens are the better draft unless the teacher's chunk forward is so cheap that the
-student's drafts pay off even at low acceptance. At k = 1 a chunk costs one lockstep step.
+with ``one_M`` the cost of a one-token forward of model M, ``extra_M`` the cost each further token adds to a forward
+of M, and ``select`` the selection cost per position. The costs are a fixed model of the hardware, not timings, so
+that a rollout is a deterministic function of its inputs (the chunking decides how float32 forwards round, and
+training must resume bit for bit): a one-token forward costs in proportion to the model's parameter count, and a
+further token in the same forward :data:`EXTRA_TOKEN_COST` of that (small on a GPU, where a forward of a few tokens is
+bound by reading the weights; a sizeable fraction on a CPU, where arithmetic counts). bench/bench_rollout.py measures
+the real costs and the ratio they predict. The acceptance ``α_M`` of either model is measured at every kept position
+(does the chosen token equal the token model M would have drawn there with the same uniform?), so the planner
+switches drafter when the other would do better: early in a SWITCH response the student writes most tokens and
+drafts; late, where the teacher writes nearly everything, the teacher's own tokens are the better draft unless its
+chunk forward is so cheap that the student's drafts pay off even at low acceptance. At k = 1 a chunk costs one
+lockstep step.
 
 The plan only changes how fast a rollout runs, never which tokens it emits (exactness is the engine's).
 """
@@ -23,7 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MODELS = ("student", "teacher")
-_NEW = 0.3  # weight of a new timing in the running averages
+EXTRA_TOKEN_COST: dict[str, float] = {"cpu": 0.3, "cuda": 0.03}
+"""Cost of each further token of a forward, relative to a one-token forward, by device type (other types: cpu).
+Measured with bench/bench_rollout.py on the embedded pair at batch 8: 0.27 (teacher) to 0.5 (student) on 2 CPU cores."""
 _RECENT = 0.5  # weight of the last chunk in the running acceptance rates
 
 
@@ -62,48 +68,39 @@ def plan_chunk(
 
 @dataclass
 class ChunkPlanner:
-    """Running averages of forward costs and acceptance rates; :meth:`next` plans the next chunk.
+    """The cost model of both models and running acceptance rates; :meth:`next` plans the next chunk.
 
-    Until both models' one-token forwards have been timed, chunks have one token (a lockstep step) and the drafter is
-    the model expected to write more tokens (``prior_share``: the teacher share expected from the strategy).
+    Attributes:
+        prior_share: teacher share expected from the strategy before any decision (the initial acceptance of the
+            teacher's drafts; the student's is ``1 − prior_share``).
+        max_draft_tokens: largest k.
+        one: cost of a one-token forward per model (any unit).
+        extra: cost each further token adds to a forward, per model (same unit).
     """
 
     prior_share: float
     max_draft_tokens: int
+    one: dict[str, float]
+    extra: dict[str, float]
     acceptance: dict[str, float] = field(default_factory=dict)
-    one: dict[str, float] = field(default_factory=dict)
-    extra: dict[str, float] = field(default_factory=dict)
-    select: float = 0.0
 
     def __post_init__(self) -> None:
         self.acceptance = {"student": 1.0 - self.prior_share, "teacher": self.prior_share}
 
-    def observe_forward(self, model: str, tokens: int, seconds: float) -> None:
-        """A forward of ``model`` over ``tokens`` new tokens per row took ``seconds``."""
-        if tokens == 1:
-            self.one[model] = _average(self.one.get(model), seconds, _NEW)
-        elif model in self.one:
-            per_token = max(0.0, seconds - self.one[model]) / (tokens - 1)
-            self.extra[model] = _average(self.extra.get(model), per_token, _NEW)
-        elif model not in self.extra:  # the prompt prefill: an upper bound until a chunk forward is timed
-            self.extra[model] = seconds / tokens
-
-    def observe_select(self, positions: int, seconds: float) -> None:
-        """Selecting ``positions`` positions per row took ``seconds``."""
-        self.select = _average(self.select or None, seconds / max(positions, 1), _NEW)
+    @classmethod
+    def for_models(cls, prior_share: float, max_draft_tokens: int, parameters: dict[str, int],
+                   device_type: str) -> ChunkPlanner:
+        """A planner whose one-token forward costs the model's parameter count and each further token
+        :data:`EXTRA_TOKEN_COST` of that on ``device_type``."""
+        ratio = EXTRA_TOKEN_COST.get(device_type, EXTRA_TOKEN_COST["cpu"])
+        one = {model: float(max(parameters[model], 1)) for model in MODELS}
+        return cls(prior_share, max_draft_tokens, one, {model: ratio * one[model] for model in MODELS})
 
     def observe_acceptance(self, model: str, matched: int, positions: int) -> None:
         """At ``positions`` kept positions, the chosen token equalled ``model``'s own draw ``matched`` times."""
         if positions > 0:
-            self.acceptance[model] = _average(self.acceptance[model], matched / positions, _RECENT)
+            self.acceptance[model] = (1 - _RECENT) * self.acceptance[model] + _RECENT * matched / positions
 
     def next(self) -> tuple[str, int]:
         """``(drafter, k)`` for the next chunk."""
-        if any(model not in self.one for model in MODELS):
-            return ("teacher" if self.acceptance["teacher"] > self.acceptance["student"] else "student"), 1
-        extra = {model: self.extra.get(model, self.one[model]) for model in MODELS}
-        return plan_chunk(self.acceptance, self.one, extra, self.select, self.max_draft_tokens)
-
-
-def _average(old: float | None, new: float, weight: float) -> float:
-    return new if old is None else (1.0 - weight) * old + weight * new
+        return plan_chunk(self.acceptance, self.one, self.extra, 0.0, self.max_draft_tokens)

@@ -23,10 +23,10 @@ of a chunk is fed to both models at the start of the next chunk (the verifier re
 chunk starts from the prompt prefill, whose logits are at hand.
 
 Which model drafts, and how many tokens, is planned before each chunk by :mod:`switch_core.rollout.planner`: the
-cheapest expected seconds per kept token, from running averages of the measured forward costs of both models and of
-how often each model's own draw was the chosen token (early in a SWITCH response, where τ_t is large, mostly the
-student's; late, where τ_t is small, mostly the teacher's). The first chunks have one token (a lockstep step) until
-both models' one-token forwards have been timed. The plan changes the speed, never the tokens.
+lowest expected cost per kept token under a fixed cost model of the two models (deterministic, so the same inputs
+give the same chunking and hence bit-identical floats) and running rates of how often each model's own draw was the
+chosen token (early in a SWITCH response, where τ_t is large, mostly the student's; late, where τ_t is small, mostly
+the teacher's). The plan changes the speed, never the tokens.
 
 Results equal the lockstep engine's up to floating-point rounding: the verifier's chunk forward and a run of
 one-token forwards compute the same logits with differently shaped matrix products, and the holes change the
@@ -36,7 +36,6 @@ measures how often).
 """
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
 from typing import Any
 
@@ -64,18 +63,6 @@ def _prior_teacher_share(settings: RolloutSettings) -> float:
             "mixture": settings.mixture_alpha}[settings.strategy]
 
 
-class _Clock:
-    """Wall seconds for the planner; synchronises the CUDA devices in use before each reading."""
-
-    def __init__(self, *devices: torch.device) -> None:
-        self.cuda = sorted({d for d in devices if d.type == "cuda"}, key=str)
-
-    def __call__(self) -> float:
-        for device in self.cuda:
-            torch.cuda.synchronize(device)
-        return time.perf_counter()
-
-
 def decode_speculative(
     student: nn.Module,
     teacher: nn.Module,
@@ -101,15 +88,14 @@ def decode_speculative(
     batch, steps = prompt_ids.shape[0], settings.max_new_tokens
     uniforms = keyed_uniforms(generator, batch, steps, device, needed=draws_needed(settings))
 
-    planner = ChunkPlanner(_prior_teacher_share(settings), settings.max_draft_tokens)
-    clock = _Clock(device, *(d.device for d in decoders.values()))
+    parameters = {name: sum(p.numel() for p in d.model.parameters()) for name, d in decoders.items()}
+    planner = ChunkPlanner.for_models(_prior_teacher_share(settings), settings.max_draft_tokens, parameters,
+                                      decoders["teacher"].device.type)
     mask = prompt_mask
     at_hand: dict[str, Tensor] | None = {}
     for name, decoder in decoders.items():
         with section(name):
-            start = clock()
             at_hand[name] = decoder(prompt_ids, mask)
-            planner.observe_forward(name, prompt_ids.shape[1], clock() - start)
     out = Responses(settings, batch, at_hand["student"].shape[-1], device)
 
     rows = torch.arange(batch, device=device)  # original row of each compute row
@@ -135,9 +121,7 @@ def decode_speculative(
                 logits = at_hand[drafter]
             else:
                 with section(drafter):
-                    start = clock()
                     logits = decoders[drafter](fed[-1][:, None], chunk_mask[:, : base + len(fed)])
-                    planner.observe_forward(drafter, 1, clock() - start)
             with section("select"):
                 draft_logits.append(logits)
                 drafts.append(draw_from(logits, u[:, j, TOKEN_DRAW], settings, warp))
@@ -147,14 +131,11 @@ def decode_speculative(
         verify_logits = [] if pending is not None else [at_hand[verifier][:, None]]
         if fed:
             with section(verifier):
-                start = clock()
                 verify_logits.append(decoders[verifier].forward(torch.stack(fed, dim=1), chunk_mask, keep=len(fed)))
-                planner.observe_forward(verifier, len(fed), clock() - start)
         at_hand = None
 
         # 3. decide every position as if its prefix matched the draft; keep up to the first difference
         with section("select"):
-            start = clock()
             by_model = {drafter: torch.stack(draft_logits, dim=1), verifier: torch.cat(verify_logits, dim=1)}
             n, vocab = rows.shape[0], by_model["student"].shape[-1]
             q, p = by_model["student"].reshape(n * k, vocab), by_model["teacher"].reshape(n * k, vocab)
@@ -195,7 +176,6 @@ def decode_speculative(
             positions_kept = int(kept.sum())
             planner.observe_acceptance(drafter, accepted, positions_kept)
             planner.observe_acceptance(verifier, int(((tokens == verifier_draws) & kept).sum()), positions_kept)
-            planner.observe_select(k, clock() - start)
             if timer is not None:
                 active = int(running.sum())
                 timer.count(chunks=active, drafted=k * active, accepted=accepted,
