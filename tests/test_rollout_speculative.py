@@ -173,19 +173,21 @@ def test_planner_picks_the_cheapest_drafter_and_draft_length() -> None:
     # (3 + 4 + 0.4) / 1.75 = 4.23
     assert plan_chunk({"student": 0.5, "teacher": 0.0}, one, cheap, select, 3) == ("student", 2)
     planner = ChunkPlanner.for_models(0.0, 8, {"student": 25, "teacher": 100}, "cpu")
-    assert planner.one == {"student": 25.0, "teacher": 100.0}
-    assert planner.extra == {"student": pytest.approx(7.5), "teacher": pytest.approx(30.0)}
-    assert planner.next() == ("student", 8)  # before any decision the student's drafts are expected to survive
+    assert planner.one == {"student": 25.0, "teacher": 100.0} and planner.extra_per_row == 0.04
+    assert planner.next(rows=8) == ("student", 8)  # before any decision the student's drafts are expected to survive
     planner.observe_acceptance("student", 0, 4)
     planner.observe_acceptance("teacher", 4, 4)
     assert planner.acceptance == {"student": 0.5, "teacher": 0.5}
-    # α = 0.5 for both: the student drafts (cheaper steps); k = 2: (50 + 100 + 30) / 1.5 = 120 < k = 1: 125
-    assert planner.next() == ("student", 2)
+    # 8 rows: a further token costs 0.32 of a step. α = 0.5 for both: the student drafts (cheaper steps);
+    # k = 2: (50 + 100 + 32) / 1.5 = 121.3 < k = 1: 125 (< k = 3: (75 + 100 + 64) / 1.75 = 136.6)
+    assert planner.next(rows=8) == ("student", 2)
+    # 32 rows: arithmetic-bound (relative cost capped at 1), k = 2 costs (50 + 200) / 1.5 = 166.7: lockstep steps
+    assert planner.next(rows=32) == ("student", 1)
     for _ in range(6):
         planner.observe_acceptance("student", 0, 4)
         planner.observe_acceptance("teacher", 4, 4)
     assert planner.acceptance["teacher"] == pytest.approx(1 - 0.5**7)
-    assert planner.next()[0] == "teacher"  # the teacher writes everything: it drafts
+    assert planner.next(rows=8)[0] == "teacher"  # the teacher writes everything: it drafts
 
 
 # ---------------------------------------------------------------------------------------- float32

@@ -11,8 +11,9 @@ with ``one_M`` the cost of a one-token forward of model M, ``extra_M`` the cost 
 of M, and ``select`` the selection cost per position. The costs are a fixed model of the hardware, not timings, so
 that a rollout is a deterministic function of its inputs (the chunking decides how float32 forwards round, and
 training must resume bit for bit): a one-token forward costs in proportion to the model's parameter count, and a
-further token in the same forward :data:`EXTRA_TOKEN_COST` of that (small on a GPU, where a forward of a few tokens is
-bound by reading the weights; a sizeable fraction on a CPU, where arithmetic counts). bench/bench_rollout.py measures
+further token in the same forward a fraction of that which grows with the batch rows (:data:`EXTRA_TOKEN_COST`:
+small on a GPU, where a forward of a few tokens is bound by reading the weights; a sizeable fraction on a CPU, where
+arithmetic counts). bench/bench_rollout.py measures
 the real costs and the ratio they predict. The acceptance ``α_M`` of either model is measured at every kept position
 (does the chosen token equal the token model M would have drawn there with the same uniform?), so the planner
 switches drafter when the other would do better: early in a SWITCH response the student writes most tokens and
@@ -27,9 +28,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MODELS = ("student", "teacher")
-EXTRA_TOKEN_COST: dict[str, float] = {"cpu": 0.3, "cuda": 0.03}
-"""Cost of each further token of a forward, relative to a one-token forward, by device type (other types: cpu).
-Measured with bench/bench_rollout.py on the embedded pair at batch 8: 0.27 (teacher) to 0.5 (student) on 2 CPU cores."""
+EXTRA_TOKEN_COST: dict[str, float] = {"cpu": 0.04, "cuda": 0.002}
+"""Cost of each further token of a forward, relative to a one-token forward, per batch row, by device type (other
+types: cpu), capped at 1 (a forward bound by arithmetic): a forward of k tokens for n rows does n·k tokens of work,
+which costs little beside reading the weights while n·k is small. Measured with bench/bench_rollout.py on the
+embedded pair at batch 8 on 2 CPU cores: 0.27 (teacher) to 0.5 (student) per token, 0.03-0.06 per token and row."""
 _RECENT = 0.5  # weight of the last chunk in the running acceptance rates
 
 
@@ -75,13 +78,14 @@ class ChunkPlanner:
             teacher's drafts; the student's is ``1 − prior_share``).
         max_draft_tokens: largest k.
         one: cost of a one-token forward per model (any unit).
-        extra: cost each further token adds to a forward, per model (same unit).
+        extra_per_row: cost each further token adds to a forward, relative to ``one`` and per batch row (the
+            relative cost is capped at 1).
     """
 
     prior_share: float
     max_draft_tokens: int
     one: dict[str, float]
-    extra: dict[str, float]
+    extra_per_row: float
     acceptance: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -91,16 +95,17 @@ class ChunkPlanner:
     def for_models(cls, prior_share: float, max_draft_tokens: int, parameters: dict[str, int],
                    device_type: str) -> ChunkPlanner:
         """A planner whose one-token forward costs the model's parameter count and each further token
-        :data:`EXTRA_TOKEN_COST` of that on ``device_type``."""
-        ratio = EXTRA_TOKEN_COST.get(device_type, EXTRA_TOKEN_COST["cpu"])
+        :data:`EXTRA_TOKEN_COST` of that per row on ``device_type``."""
         one = {model: float(max(parameters[model], 1)) for model in MODELS}
-        return cls(prior_share, max_draft_tokens, one, {model: ratio * one[model] for model in MODELS})
+        return cls(prior_share, max_draft_tokens, one, EXTRA_TOKEN_COST.get(device_type, EXTRA_TOKEN_COST["cpu"]))
 
     def observe_acceptance(self, model: str, matched: int, positions: int) -> None:
         """At ``positions`` kept positions, the chosen token equalled ``model``'s own draw ``matched`` times."""
         if positions > 0:
             self.acceptance[model] = (1 - _RECENT) * self.acceptance[model] + _RECENT * matched / positions
 
-    def next(self) -> tuple[str, int]:
-        """``(drafter, k)`` for the next chunk."""
-        return plan_chunk(self.acceptance, self.one, self.extra, 0.0, self.max_draft_tokens)
+    def next(self, rows: int) -> tuple[str, int]:
+        """``(drafter, k)`` for the next chunk of a compute batch of ``rows`` rows."""
+        ratio = min(1.0, self.extra_per_row * rows)
+        extra = {model: ratio * self.one[model] for model in MODELS}
+        return plan_chunk(self.acceptance, self.one, extra, 0.0, self.max_draft_tokens)

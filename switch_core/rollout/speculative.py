@@ -107,7 +107,7 @@ def decode_speculative(
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     pending: Tensor | None = None  # last kept token of each row, not yet fed to either model
     while True:
-        drafter, k = planner.next()
+        drafter, k = planner.next(rows.shape[0])
         k = min(k, int((steps - lengths[~finished]).max()))
         verifier = "student" if drafter == "teacher" else "teacher"
         positions = lengths[:, None] + torch.arange(k, device=device)  # [n, k] response positions
