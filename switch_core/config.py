@@ -257,6 +257,13 @@ class RolloutConfig(_Strict):
         0.02, ge=0, lt=1, description="The τ0 search stops when |teacher share − target| <= this."
     )
     batch_size: int = Field(8, ge=1, description="Prompts per rollout batch.")
+    engine: Literal["speculative", "lockstep"] = Field(
+        "speculative", description="speculative = one model drafts, the other verifies a chunk in one forward "
+        "(switch_core.rollout.speculative); lockstep = one token at a time. Both give the same rollout.",
+    )
+    max_draft_tokens: int = Field(
+        8, ge=1, description="engine=speculative: longest draft; the planner picks the chunk length below it.",
+    )
 
 
 class MethodConfig(_Strict):

@@ -29,8 +29,8 @@ class ConstantLM(nn.Module):
     def get_output_embeddings(self) -> None:
         return None
 
-    def forward(self, *, input_ids, cache, **kwargs):
-        return SimpleNamespace(logits=self.row.expand(input_ids.shape[0], 1, -1).clone(), cache=cache)
+    def forward(self, *, input_ids, cache, logits_to_keep, **kwargs):
+        return SimpleNamespace(logits=self.row.expand(input_ids.shape[0], logits_to_keep, -1).clone(), cache=cache)
 
 
 def _jsd64(q_logits: list[float], p_logits: list[float]) -> float:

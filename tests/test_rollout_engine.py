@@ -1,4 +1,8 @@
-"""The rollout engine against a slow no-cache, no-padding reference decoder and against hand-set stub models."""
+"""The rollout engines against a slow no-cache, no-padding reference decoder and against hand-set stub models.
+
+Tests that do not name an engine run the default (speculative) one; tests/test_rollout_speculative.py checks that
+both engines give the same rollouts.
+"""
 from __future__ import annotations
 
 import math
@@ -21,6 +25,7 @@ from switch_core.rollout import (
     RolloutTimer,
     rollout,
 )
+from switch_core.rollout.sampling import sample_inverse_cdf
 
 VOCAB = 97
 PROMPTS = [[5, 17, 33, 8, 64, 21], [40, 9, 77], [12], [88, 3, 50, 61, 14]]
@@ -86,8 +91,9 @@ def reference_decode(
     return rows
 
 
+@pytest.mark.parametrize("engine", ["lockstep", "speculative"])
 @pytest.mark.parametrize("arch", ["gpt2", "opt", "llama"])
-def test_greedy_switch_matches_the_no_cache_reference(arch: str) -> None:
+def test_greedy_switch_matches_the_no_cache_reference(arch: str, engine: str) -> None:
     student, teacher = tiny(arch, 32, seed=1), tiny(arch, 48, seed=2)
     tau0, decay, max_new = 0.6, 0.05, 12
 
@@ -106,7 +112,7 @@ def test_greedy_switch_matches_the_no_cache_reference(arch: str) -> None:
     ids, mask = left_pad(PROMPTS, pad_token_id=0)
     settings = RolloutSettings(
         pad_token_id=0, tau0=tau0, decay=decay, max_new_tokens=max_new, greedy=True, stop_token_ids=(stop,),
-        keep_teacher_logits=True, teacher_logits_dtype="float32",
+        keep_teacher_logits=True, teacher_logits_dtype="float32", engine=engine,
     )
     batch = rollout(student, teacher, ids, mask, settings)
     assert batch.tokens.shape == (4, max_new)
@@ -131,12 +137,13 @@ def test_greedy_switch_matches_the_no_cache_reference(arch: str) -> None:
         assert torch.equal(batch.teacher_logits[b, n:], torch.zeros(max_new - n, VOCAB))
 
 
+@pytest.mark.parametrize("engine", ["lockstep", "speculative"])
 @pytest.mark.parametrize("strategy", ["teacher", "student"])
-def test_pure_strategies_match_the_reference(strategy: str) -> None:
+def test_pure_strategies_match_the_reference(strategy: str, engine: str) -> None:
     student, teacher = tiny("llama", 32, seed=3), tiny("llama", 48, seed=4)
     ref = reference_decode(student, teacher, PROMPTS, tau=lambda t: 0.0, max_new_tokens=6, source=strategy)
     ids, mask = left_pad(PROMPTS, pad_token_id=0)
-    settings = RolloutSettings(pad_token_id=0, strategy=strategy, max_new_tokens=6, greedy=True)
+    settings = RolloutSettings(pad_token_id=0, strategy=strategy, max_new_tokens=6, greedy=True, engine=engine)
     batch = rollout(student, teacher, ids, mask, settings)
     assert batch.tokens.tolist() == [[s["token"] for s in row] for row in ref]
     assert batch.teacher_chosen.all().item() == (strategy == "teacher")
@@ -174,7 +181,8 @@ def test_results_can_feed_a_training_loss() -> None:
     assert student.transformer.wte.weight.grad is not None
 
 
-def test_gradient_checkpointing_keeps_the_cache_and_training_flags_are_restored() -> None:
+@pytest.mark.parametrize("engine", ["lockstep", "speculative"])
+def test_gradient_checkpointing_keeps_the_cache_and_training_flags_are_restored(engine: str) -> None:
     reference_student, teacher = tiny("gpt2", 32, seed=9), tiny("gpt2", 48, seed=10)
     student = tiny("gpt2", 32, seed=9)
     student.activation_checkpointing_enable()
@@ -182,11 +190,12 @@ def test_gradient_checkpointing_keeps_the_cache_and_training_flags_are_restored(
     caches: list = []
     student.register_forward_hook(lambda module, args, kwargs, out: caches.append(out.cache), with_kwargs=True)
     ids, mask = left_pad(PROMPTS, pad_token_id=0)
-    settings = RolloutSettings(pad_token_id=0, tau0=0.6, decay=0.05, max_new_tokens=7, greedy=True)
+    settings = RolloutSettings(pad_token_id=0, tau0=0.6, decay=0.05, max_new_tokens=7, greedy=True, engine=engine)
     batch = rollout(student, teacher, ids, mask, settings)
     assert student.training and not teacher.training
-    assert len(caches) == 7 and all(cache is not None for cache in caches)
-    assert caches[-1].get_seq_length() == ids.shape[1] + 6
+    assert caches and all(cache is not None for cache in caches)
+    if engine == "lockstep":  # the prompt, then one token per step
+        assert len(caches) == 7 and caches[-1].get_seq_length() == ids.shape[1] + 6
     expected = rollout(reference_student, teacher, ids, mask, settings)
     assert torch.equal(batch.tokens, expected.tokens)
     assert torch.equal(batch.teacher_chosen, expected.teacher_chosen)
@@ -240,12 +249,14 @@ class StubLM(nn.Module):
         return None
 
     def forward(self, *, input_ids, attention_mask, position_ids, cache, use_cache, logits_to_keep):
-        assert use_cache is True and logits_to_keep == 1
+        assert use_cache is True and 1 <= logits_to_keep <= input_ids.shape[1]
         assert attention_mask.shape[0] == input_ids.shape[0] == position_ids.shape[0]
         cache = cache if cache is not None else StubCache(input_ids.shape[0])
         assert len(cache.rows) == input_ids.shape[0]
         self.fed.append(tuple(input_ids.shape))
-        return SimpleNamespace(logits=self.logits_fn(position_ids[:, -1])[:, None, :], cache=cache)
+        positions = position_ids[:, -logits_to_keep:]
+        logits = self.logits_fn(positions.reshape(-1)).reshape(*positions.shape, -1)
+        return SimpleNamespace(logits=logits, cache=cache)
 
 
 def constant(logits: list[float]) -> StubLM:
@@ -487,6 +498,7 @@ def test_teacher_share_helpers_and_rows_with_a_tokenizer() -> None:
         ("strategy", "beam"), ("schedule", "cosine"), ("tau0", -0.1), ("decay", -1.0), ("horizon", 0),
         ("random_rate", 1.5), ("mixture_alpha", -0.2), ("max_new_tokens", 0), ("temperature", 0.0), ("top_k", -1),
         ("top_p", 0.0), ("pad_token_id", -1), ("stop_token_ids", (2, -5)), ("teacher_logits_dtype", "int8"),
+        ("engine", "beam"), ("max_draft_tokens", 0),
     ],
 )
 def test_settings_are_validated(field: str, value: object) -> None:
@@ -515,14 +527,14 @@ def test_malformed_prompts_and_incompatible_models_are_clear_errors() -> None:
         rollout(constant([0.0] * 6), teacher, torch.tensor([[4]]), torch.tensor([[1]]), settings)
 
 
-def test_inverse_cdf_sampler_never_draws_a_zero_probability_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    from switch_core.rollout import engine
-
+def test_inverse_cdf_sampler_never_draws_a_zero_probability_token() -> None:
     log_probs = torch.log(torch.tensor([[0.0, 0.5, 0.5, 0.0, 0.0], [0.2, 0.0, 0.3, 0.5, 0.0]]))
+
+    def draw(u: float) -> list[int]:
+        return sample_inverse_cdf(log_probs, torch.full((2,), u, dtype=torch.float64)).tolist()
+
     # u = 1 (the rounding case u * total == total) falls back to the last token of positive probability
-    monkeypatch.setattr(torch, "rand", lambda shape, **kwargs: torch.ones(shape, dtype=kwargs.get("dtype")))
-    assert engine._sample(log_probs, None).tolist() == [2, 3]
-    monkeypatch.setattr(torch, "rand", lambda shape, **kwargs: torch.zeros(shape, dtype=kwargs.get("dtype")))
-    assert engine._sample(log_probs, None).tolist() == [1, 0]
-    monkeypatch.setattr(torch, "rand", lambda shape, **kwargs: torch.full(shape, 0.4, dtype=kwargs.get("dtype")))
-    assert engine._sample(log_probs, None).tolist() == [1, 2]
+    assert draw(1.0) == [2, 3]
+    assert draw(0.0) == [1, 0]
+    assert draw(0.4) == [1, 2]
+    assert draw(0.5) == [2, 3]  # a uniform on a CDF step's edge draws the next token: cdf[v-1] <= u < cdf[v]

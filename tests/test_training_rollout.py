@@ -13,9 +13,10 @@ from switch_core.training.sources import Action
 
 
 def _source(
-    model: torch.nn.Module, teach: torch.nn.Module, *, rollout_batch_size: int, keep: bool, strategy: str = "switch"
+    model: torch.nn.Module, teach: torch.nn.Module, *, rollout_batch_size: int, keep: bool, strategy: str = "switch",
+    engine: str = "speculative",
 ) -> BatchSource:
-    cfg = RolloutConfig(strategy=strategy, tau0=0.1, max_new_tokens=10)
+    cfg = RolloutConfig(strategy=strategy, tau0=0.1, max_new_tokens=10, engine=engine)
     switch = method("switch")
     pad = tokenizer().pad_token_id
     settings = RolloutSettings.from_config(cfg, switch, pad_token_id=pad, stop_token_ids=[tokenizer().eos_token_id])
@@ -57,7 +58,8 @@ def test_same_rollout_whatever_the_chunking() -> None:
     assert torch.equal(whole.labels[2:, -width:], second_half.labels)
 
 
-def test_rollouts_use_the_kv_cache_under_gradient_checkpointing() -> None:
+@pytest.mark.parametrize("engine", ["lockstep", "speculative"])
+def test_rollouts_use_the_kv_cache_under_gradient_checkpointing(engine: str) -> None:
     model, teach = student(), teacher()
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -68,12 +70,15 @@ def test_rollouts_use_the_kv_cache_under_gradient_checkpointing() -> None:
 
     handle = model.register_forward_pre_hook(record, with_kwargs=True)
     try:
-        _source(model, teach, rollout_batch_size=4, keep=True).next(0, examples()[:4], offset=0)
+        source = _source(model, teach, rollout_batch_size=4, keep=True, engine=engine)
+        source.next(0, examples()[:4], offset=0)
     finally:
         handle.remove()
     assert len(calls) > 2
     assert all(not training and use_cache is True for training, use_cache, _ in calls)
-    assert all(width == 1 for _, _, width in calls[1:])  # after the prompt, one new token per step: cache reused
+    # after the prompt, one new token per step (lockstep) or at most one draft chunk per call: the cache is reused
+    longest = 1 if engine == "lockstep" else source.settings.max_draft_tokens
+    assert all(width <= longest for _, _, width in calls[1:])
     assert model.training  # the training flag is restored after the rollout
 
 

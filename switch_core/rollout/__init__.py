@@ -1,6 +1,8 @@
-"""SWITCH rollouts: lockstep student/teacher decoding with a divergence gate, threshold schedules, τ0 calibration."""
+"""SWITCH rollouts: student/teacher decoding (lockstep or speculative) with the divergence gate, threshold schedules,
+τ0 calibration."""
 from switch_core.rollout.calibrate import CalibrationError, CalibrationResult, calibrate_settings, calibrate_tau0
-from switch_core.rollout.engine import GATE_BETA, RolloutBatch, RolloutInputError, RolloutTimer, rollout
+from switch_core.rollout.engine import RolloutBatch, RolloutInputError, RolloutTimer, rollout
+from switch_core.rollout.gate import GATE_BETA, decide, switch_gate
 from switch_core.rollout.schedules import (
     JSD_MAX,
     SCHEDULES,
@@ -9,9 +11,16 @@ from switch_core.rollout.schedules import (
     student_only_positions,
     threshold,
 )
-from switch_core.rollout.settings import STRATEGIES, TEACHER_LOGITS_DTYPES, RolloutSettings, RolloutSettingsError
+from switch_core.rollout.settings import (
+    ENGINES,
+    STRATEGIES,
+    TEACHER_LOGITS_DTYPES,
+    RolloutSettings,
+    RolloutSettingsError,
+)
 
 __all__ = [
+    "ENGINES",
     "GATE_BETA",
     "JSD_MAX",
     "SCHEDULES",
@@ -27,8 +36,10 @@ __all__ = [
     "ScheduleError",
     "calibrate_settings",
     "calibrate_tau0",
+    "decide",
     "never_crossed_tau0",
     "rollout",
     "student_only_positions",
+    "switch_gate",
     "threshold",
 ]

@@ -1,10 +1,10 @@
-"""Lockstep two-cache decoding of a student and a teacher: SWITCH rollouts and the baselines' samplers.
+"""Two-model decoding of a student and a teacher: SWITCH rollouts and the baselines' samplers.
 
-One call decodes a batch of left-padded prompts with both models side by side, each with its own KV cache
-(method.md §1.3). At response position t and for every unfinished row:
+One call decodes a batch of left-padded prompts with both models, each with its own KV cache (method.md §1.3). At
+response position t and for every unfinished row:
 
 1. the student's logits ``q_t`` and the teacher's logits ``p_t`` for the next token are at hand;
-2. the strategy picks the source of the token:
+2. the strategy picks the source of the token (:mod:`switch_core.rollout.gate`):
 
    - ``switch``: the teacher when ``JSD(p_t, q_t) > τ_t`` (symmetric JSD, β = 0.5, after the temperature;
      τ_t from :mod:`switch_core.rollout.schedules`), else the student (method.md §1.1);
@@ -20,17 +20,28 @@ One call decodes a batch of left-padded prompts with both models side by side, e
      so MiniLLM's importance weight is ``exp(student_logprobs − sampling_logprobs)``. (``random`` draws from the
      same distribution but reports the log-probability under the drawn component);
 
-3. the token is drawn from the source's distribution (temperature, top-k, top-p; inverse-CDF sampling with the
-   given ``torch.Generator``; or argmax when greedy) and appended to both caches. A row stops after emitting a stop
-   token; later positions hold the pad id, are masked out and cost no decision. When at most 3/4 of the rows in the
-   compute batch are still running, the finished rows are dropped from both caches, so long tails do not pay for
-   short rows.
+3. the token is drawn from the source's distribution (temperature, top-k, top-p; inverse-CDF sampling; or argmax
+   when greedy). Every random number is keyed by position (:func:`switch_core.rollout.sampling.keyed_uniforms`: one
+   uniform per row, response position and purpose, drawn from the ``torch.Generator`` at the start of the call), so
+   the token at a position depends on ``(p_t, q_t)`` and that position's uniforms alone. A row stops after emitting
+   a stop token; later positions hold the pad id and are masked out.
+
+Two engines compute the same rollout (``RolloutSettings.engine``):
+
+- ``lockstep`` (this module): both models advance one token at a time, side by side. Finished rows are dropped from
+  both caches once at most 3/4 of the rows in the compute batch are still running.
+- ``speculative`` (:mod:`switch_core.rollout.speculative`, the default): the model expected to write the next stretch
+  drafts a chunk, the other scores it in one forward pass, and the positions are checked in order with the same
+  gate and the same keyed draws; the first position whose token differs from the draft ends the chunk. Same tokens,
+  sources, divergences, thresholds, log-probabilities and teacher logits as lockstep (up to floating-point rounding
+  of the batched forward), for fewer model calls. When only one model is run (``student`` / ``teacher`` without the
+  other's outputs) both engines are plain single-model decoding.
 
 Teacher and student must pass `switch_core.models.compat.check_compatible` (same vocabulary size); they may sit on
 different devices (decisions are taken on the student's). Position ids are ``cumsum(attention_mask) − 1`` clamped
 at 0 (ARCHITECTURE.md), which matches unpadded decoding for GPT-2, OPT and Llama-style models. Models are called as
 Hugging Face causal LMs (transformers 5):
-``model(input_ids=, attention_mask=, position_ids=, cache=, use_cache=True, logits_to_keep=1)`` returning an object
+``model(input_ids=, attention_mask=, position_ids=, cache=, use_cache=True, logits_to_keep=k)`` returning an object
 with ``.logits [n, k, V]`` and ``.cache`` (a ``DynamicCache``; ``cache.batch_select_indices`` is used to drop rows).
 The models run in eval mode under ``torch.no_grad`` and their training flags are restored afterwards; passing
 ``use_cache=True`` in eval mode keeps the KV cache on even when the student has gradient checkpointing enabled
@@ -41,28 +52,34 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import TopKLogitsWarper, TopPLogitsWarper
 
-from switch_core.divergences import jensen_shannon
 from switch_core.models.device import model_device
+from switch_core.rollout.gate import decide, switch_gate
+from switch_core.rollout.sampling import (
+    COMPONENT_DRAW,
+    TOKEN_DRAW,
+    keyed_uniforms,
+    select_tokens,
+    token_logprob,
+    warper,
+)
 from switch_core.rollout.settings import (  # noqa: F401  (re-exported: the settings lived here)
+    ENGINES,
     STRATEGIES,
     TEACHER_LOGITS_DTYPES,
     RolloutSettings,
     RolloutSettingsError,
 )
 
-GATE_BETA = 0.5
-"""β of the JSD in SWITCH's intervention test: the symmetric JSD (method.md §1.1)."""
-
-_COMPACT_FRACTION = 0.75  # drop finished rows from the caches once at most this fraction of compute rows runs
+COMPACT_FRACTION = 0.75
+"""Finished rows are dropped from the caches once at most this fraction of the compute rows is running."""
 
 
 class RolloutInputError(ValueError):
@@ -74,10 +91,21 @@ class RolloutTimer:
     """Optional timing hooks: accumulates wall seconds of the student and teacher forwards and of token selection.
 
     Pass one to :func:`rollout` (``timer=``); without it the engine does no timing at all. On CUDA devices each
-    section synchronises before reading the clock.
+    section synchronises before reading the clock. The speculative engine also counts, over the rows still running
+    in each chunk: ``chunks`` (row-chunks), ``teacher_drafts`` (row-chunks the teacher drafted), ``drafted`` (draft
+    tokens), ``accepted`` (draft tokens kept as drawn) and ``forwards`` (model calls); the mean accepted draft length
+    is ``accepted / chunks`` and the share of drafted tokens discarded ``1 − accepted / drafted``.
     """
 
     seconds: dict[str, float] = field(default_factory=lambda: {"student": 0.0, "teacher": 0.0, "select": 0.0})
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"chunks": 0, "teacher_drafts": 0, "drafted": 0, "accepted": 0, "forwards": 0}
+    )
+
+    def count(self, **increments: int) -> None:
+        """Add ``increments`` to ``counts``."""
+        for name, value in increments.items():
+            self.counts[name] = self.counts.get(name, 0) + int(value)
 
     @contextmanager
     def section(self, name: str) -> Iterator[None]:
@@ -188,18 +216,23 @@ class RolloutBatch:
         return rows
 
 
-class _Decoder:
-    """One model and its KV cache; returns next-token logits on the decision device."""
+class Decoder:
+    """One model and its KV cache; returns next-token logits on the decision device (shared by both engines).
+
+    The caller keeps one ``attention_mask [n, L]`` covering everything fed so far (0 on left padding and on the
+    speculative engine's discarded positions, which are thereby invisible: positions are ``cumsum(mask) − 1``).
+    """
 
     def __init__(self, model: nn.Module, out_device: torch.device) -> None:
         self.model = model
         self.device = model_device(model)
         self.out_device = out_device
         self.cache: Any = None
+        self.calls = 0
 
-    def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Feed ``input_ids [n, k]`` (the whole prompt, then one token per step); ``attention_mask [n, L]`` covers
-        everything fed so far. Returns ``[n, V]`` logits for the next token."""
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, keep: int = 1) -> Tensor:
+        """Feed ``input_ids [n, k]`` (appended to the cache); ``attention_mask [n, L]`` covers everything fed so
+        far, these k tokens included. Returns ``[n, keep, V]`` logits at the last ``keep`` fed positions."""
         position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp_min(0)[:, -input_ids.shape[1]:]
         out = self.model(
             input_ids=input_ids.to(self.device),
@@ -207,15 +240,96 @@ class _Decoder:
             position_ids=position_ids.to(self.device),
             cache=self.cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=keep,
         )
         self.cache = out.cache
-        return out.logits[:, -1].to(self.out_device)
+        self.calls += 1
+        return out.logits[:, -keep:].to(self.out_device)
+
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """:meth:`forward` keeping the last position: ``[n, V]`` logits for the next token."""
+        return self.forward(input_ids, attention_mask, keep=1)[:, -1]
 
     def keep_rows(self, rows: Tensor) -> None:
         """Drop every cache row not in ``rows`` (a 1-D index tensor)."""
         if self.cache is not None:
             self.cache.batch_select_indices(rows.to(self.device))
+
+
+def masked(values: Tensor | None, active: Tensor) -> Tensor:
+    """``values`` (as float32) on active positions and 0 elsewhere; NaN on active positions when ``values`` is
+    None."""
+    if values is None:
+        values = torch.full(active.shape, math.nan, dtype=torch.float32, device=active.device)
+    return torch.where(active, values.float(), 0.0)
+
+
+class Responses:
+    """The ``[B, max_new_tokens]`` result buffers of one rollout, written position by position by either engine."""
+
+    def __init__(self, settings: RolloutSettings, batch: int, vocab_size: int, device: torch.device) -> None:
+        steps = settings.max_new_tokens
+        self.pad_token_id = settings.pad_token_id
+        self.tokens = torch.full((batch, steps), settings.pad_token_id, dtype=torch.long, device=device)
+        self.response_mask = torch.zeros((batch, steps), dtype=torch.bool, device=device)
+        self.teacher_chosen = torch.zeros_like(self.response_mask)
+        self.divergence, self.sampling_lp, self.student_lp, self.teacher_lp = (
+            torch.zeros((batch, steps), dtype=torch.float32, device=device) for _ in range(4)
+        )
+        self.teacher_logits: Tensor | None = None
+        if settings.keep_teacher_logits:
+            dtype = TEACHER_LOGITS_DTYPES[settings.teacher_logits_dtype]
+            self.teacher_logits = torch.zeros((batch, steps, vocab_size), dtype=dtype, device=device)
+
+    def write(
+        self,
+        rows: Tensor,
+        positions: Tensor | int,
+        *,
+        active: Tensor,
+        tokens: Tensor,
+        use_teacher: Tensor,
+        jsd: Tensor | None,
+        sampling_lp: Tensor,
+        q: Tensor | None,
+        p: Tensor | None,
+    ) -> Tensor:
+        """Record n decided positions (``rows [n]`` original rows, ``positions`` response positions ``[n]`` or an
+        int). Inactive positions (finished rows) get the padding values (pad id, False, 0; no boolean indexing, so
+        no device synchronisation). ``q`` / ``p``: ``[n, V]`` logits the tokens were decided from, or None for a
+        model not run. Returns the written tokens ``[n]`` (the pad id where inactive)."""
+        tokens = torch.where(active, tokens, self.pad_token_id)
+        self.tokens[rows, positions] = tokens
+        self.response_mask[rows, positions] = active
+        self.teacher_chosen[rows, positions] = use_teacher & active
+        self.divergence[rows, positions] = masked(jsd, active)
+        self.sampling_lp[rows, positions] = masked(sampling_lp, active)
+        self.student_lp[rows, positions] = masked(token_logprob(q, tokens) if q is not None else None, active)
+        self.teacher_lp[rows, positions] = masked(token_logprob(p, tokens) if p is not None else None, active)
+        if self.teacher_logits is not None:
+            self.teacher_logits[rows, positions] = torch.where(active[:, None], p, 0.0).to(self.teacher_logits.dtype)
+        return tokens
+
+    def batch(self, prompt_ids: Tensor, prompt_mask: Tensor, taus: Tensor, used: int) -> RolloutBatch:
+        """The :class:`RolloutBatch` of the first ``used`` response positions."""
+        return RolloutBatch(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            tokens=self.tokens[:, :used],
+            response_mask=self.response_mask[:, :used],
+            teacher_chosen=self.teacher_chosen[:, :used],
+            divergence=self.divergence[:, :used],
+            threshold=taus[:used],
+            sampling_logprobs=self.sampling_lp[:, :used],
+            student_logprobs=self.student_lp[:, :used],
+            teacher_logprobs=self.teacher_lp[:, :used],
+            teacher_logits=self.teacher_logits[:, :used] if self.teacher_logits is not None else None,
+        )
+
+
+def draws_needed(settings: RolloutSettings) -> bool:
+    """Whether a rollout draws random numbers: when sampling, and for ``random`` (its source) even when greedy."""
+    return not settings.greedy or settings.strategy == "random"
 
 
 @contextmanager
@@ -267,109 +381,6 @@ def _check_vocab(settings: RolloutSettings, prompt_ids: Tensor, model: nn.Module
         raise RolloutInputError(f"prompt_ids hold id {int(prompt_ids.max())} >= the vocabulary size {vocab_size}")
 
 
-def _warper(settings: RolloutSettings) -> Callable[[Tensor], Tensor]:
-    """float32 logits -> temperature-scaled logits with top-k / top-p filtered entries set to −inf."""
-    top_k = TopKLogitsWarper(settings.top_k) if settings.top_k > 0 else None
-    top_p = TopPLogitsWarper(settings.top_p) if settings.top_p < 1.0 else None
-
-    def warp(logits: Tensor) -> Tensor:
-        logits = logits.float()
-        if settings.temperature != 1.0:
-            logits = logits / settings.temperature
-        if top_k is not None:
-            logits = top_k(None, logits)
-        if top_p is not None:
-            logits = top_p(None, logits)
-        return logits
-
-    return warp
-
-
-def _sample(log_probs: Tensor, generator: torch.Generator | None) -> Tensor:
-    """One token per row from ``exp(log_probs) [n, V]`` by inverse-CDF sampling: ``[n]`` long.
-
-    Same distribution as ``torch.multinomial`` at a fraction of its CPU cost for large vocabularies. Tokens of
-    probability 0 (filtered by top-k / top-p) are never drawn: their CDF step is empty.
-    """
-    cdf = log_probs.exp().cumsum(dim=-1)
-    total = cdf[:, -1:].contiguous()
-    u = torch.rand(total.shape, generator=generator, device=cdf.device, dtype=cdf.dtype) * total
-    tokens = torch.searchsorted(cdf, u, right=True)
-    # u rounded up to the total (probability ~1e-7): take the last token of positive probability
-    last = torch.searchsorted(cdf, total, right=False)
-    return torch.where(tokens < cdf.shape[-1], tokens, last).squeeze(-1)
-
-
-def _token_logprob(logits: Tensor, tokens: Tensor) -> Tensor:
-    """log softmax(logits)[token] per row, float32: ``[n, V], [n] -> [n]``.
-
-    Computed exactly as the sampling log-probabilities are (``log_softmax`` of the float32 logits), so that at
-    temperature 1 without top-k / top-p a token drawn from the student (or from the mixture with α = 0) has
-    ``student_logprobs == sampling_logprobs`` bit for bit: MiniLLM's importance weight is then exactly 1.
-    """
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
-
-
-def _select(
-    q: Tensor | None,
-    p: Tensor | None,
-    use_teacher: Tensor,
-    settings: RolloutSettings,
-    warp: Callable[[Tensor], Tensor],
-    generator: torch.Generator | None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Draw the next tokens. Returns ``(tokens [n] long, sampling log-prob [n] float32, use_teacher [n] bool)``."""
-    if settings.strategy == "mixture":
-        alpha = settings.mixture_alpha
-        log_p = torch.log_softmax(warp(p), dim=-1)
-        log_q = torch.log_softmax(warp(q), dim=-1)
-        weighted_p = log_p + (math.log(alpha) if alpha > 0 else -math.inf)
-        weighted_q = log_q + (math.log1p(-alpha) if alpha < 1 else -math.inf)
-        log_mix = torch.logaddexp(weighted_p, weighted_q)
-        if settings.greedy:
-            tokens = log_mix.argmax(dim=-1)
-            use_teacher = (weighted_p.gather(-1, tokens[:, None]) > weighted_q.gather(-1, tokens[:, None])).squeeze(-1)
-            return tokens, torch.zeros_like(tokens, dtype=torch.float32), use_teacher
-        tokens = _sample(torch.where(use_teacher[:, None], log_p, log_q), generator)
-        return tokens, log_mix.gather(-1, tokens[:, None]).squeeze(-1), use_teacher
-    if p is None:
-        logits = q
-    elif q is None:
-        logits = p
-    else:
-        logits = torch.where(use_teacher[:, None], p, q)
-    if settings.greedy:
-        tokens = logits.argmax(dim=-1)
-        return tokens, torch.zeros_like(tokens, dtype=torch.float32), use_teacher
-    log_probs = torch.log_softmax(warp(logits), dim=-1)
-    tokens = _sample(log_probs, generator)
-    return tokens, log_probs.gather(-1, tokens[:, None]).squeeze(-1), use_teacher
-
-
-def _masked(values: Tensor | None, active: Tensor) -> Tensor:
-    """``values`` on running rows and 0 on finished ones; NaN on running rows when ``values`` is None."""
-    if values is None:
-        values = torch.full(active.shape, math.nan, dtype=torch.float32, device=active.device)
-    return torch.where(active, values.float(), 0.0)
-
-
-def _teacher_decision(
-    settings: RolloutSettings, n: int, divergence: Tensor | None, tau: Tensor, generator: torch.Generator | None,
-    device: torch.device,
-) -> Tensor:
-    """``[n]`` bool: which rows take the teacher's token (for ``mixture``: the drawn component)."""
-    if settings.strategy == "switch":
-        return divergence > tau
-    if settings.strategy == "student":
-        return torch.zeros(n, dtype=torch.bool, device=device)
-    if settings.strategy == "teacher":
-        return torch.ones(n, dtype=torch.bool, device=device)
-    rate = settings.random_rate if settings.strategy == "random" else settings.mixture_alpha
-    if settings.strategy == "mixture" and settings.greedy:
-        return torch.zeros(n, dtype=torch.bool, device=device)  # decided from the mixture in _select
-    return torch.rand(n, generator=generator, device=device) < rate
-
-
 def rollout(
     student: nn.Module,
     teacher: nn.Module,
@@ -380,7 +391,7 @@ def rollout(
     generator: torch.Generator | None = None,
     timer: RolloutTimer | None = None,
 ) -> RolloutBatch:
-    """Decode responses to a batch of prompts with the student and the teacher in lockstep (module docstring).
+    """Decode responses to a batch of prompts with the student and the teacher (module docstring).
 
     Args:
         student: Hugging Face causal LM (or anything with the same forward signature; module docstring).
@@ -388,9 +399,10 @@ def rollout(
             student's device, where decisions are taken and results are stored).
         prompt_ids: ``[B, Lp]`` long, left-padded prompts.
         prompt_mask: ``[B, Lp]``, 1 on prompt tokens, 0 on the leading padding; every row non-empty.
-        settings: decoding settings.
-        generator: ``torch.Generator`` on the student's device for sampling and the random / mixture draws; the
-            same seed and inputs give the same rollout. None uses torch's global generator.
+        settings: decoding settings (``settings.engine`` picks the engine; both give the same rollout).
+        generator: ``torch.Generator`` on the student's device; the uniforms of every position are drawn from it
+            at the start of the call (:func:`switch_core.rollout.sampling.keyed_uniforms`): the same seed and inputs
+            give the same rollout with either engine. None uses torch's global generator.
         timer: optional :class:`RolloutTimer` collecting time spent in each model and in token selection.
 
     Returns:
@@ -406,10 +418,14 @@ def rollout(
     _check_prompts(prompt_ids, prompt_mask)
     _check_vocab(settings, prompt_ids, student)
     with _eval_mode(student, teacher), torch.no_grad():
-        return _decode(student, teacher, prompt_ids, prompt_mask, settings, generator, timer)
+        if settings.engine == "speculative" and settings.runs_student and settings.runs_teacher:
+            from switch_core.rollout.speculative import decode_speculative
+
+            return decode_speculative(student, teacher, prompt_ids, prompt_mask, settings, generator, timer)
+        return _decode_lockstep(student, teacher, prompt_ids, prompt_mask, settings, generator, timer)
 
 
-def _decode(
+def _decode_lockstep(
     student: nn.Module,
     teacher: nn.Module,
     prompt_ids: Tensor,
@@ -424,22 +440,15 @@ def _decode(
         return timer.section(name) if timer is not None else nullcontext()
 
     prompt_ids, prompt_mask = prompt_ids.to(device).long(), prompt_mask.to(device).long()
-    student_decoder = _Decoder(student, device) if settings.runs_student else None
-    teacher_decoder = _Decoder(teacher, device) if settings.runs_teacher else None
+    student_decoder = Decoder(student, device) if settings.runs_student else None
+    teacher_decoder = Decoder(teacher, device) if settings.runs_teacher else None
     decoders = [d for d in (student_decoder, teacher_decoder) if d is not None]
     gate = settings.strategy == "switch" or (settings.compute_divergence and len(decoders) == 2)
-    warp = _warper(settings)
+    warp = warper(settings.temperature, settings.top_k, settings.top_p)
     taus = settings.thresholds(device)
     stop_ids = torch.tensor(settings.stop_token_ids, dtype=torch.long, device=device)
-
     batch, steps = prompt_ids.shape[0], settings.max_new_tokens
-    tokens = torch.full((batch, steps), settings.pad_token_id, dtype=torch.long, device=device)
-    response_mask = torch.zeros((batch, steps), dtype=torch.bool, device=device)
-    teacher_chosen = torch.zeros_like(response_mask)
-    divergence, sampling_lp, student_lp, teacher_lp = (
-        torch.zeros((batch, steps), dtype=torch.float32, device=device) for _ in range(4)
-    )
-    teacher_logits: Tensor | None = None
+    uniforms = keyed_uniforms(generator, batch, steps, device, needed=draws_needed(settings))
 
     rows = torch.arange(batch, device=device)  # original row of each compute row
     mask = prompt_mask
@@ -447,36 +456,27 @@ def _decode(
         q = student_decoder(prompt_ids, mask) if student_decoder is not None else None
     with section("teacher"):
         p = teacher_decoder(prompt_ids, mask) if teacher_decoder is not None else None
-    vocab_size = (q if q is not None else p).shape[-1]
-    if settings.keep_teacher_logits:
-        dtype = TEACHER_LOGITS_DTYPES[settings.teacher_logits_dtype]
-        teacher_logits = torch.zeros((batch, steps, vocab_size), dtype=dtype, device=device)
+    out = Responses(settings, batch, (q if q is not None else p).shape[-1], device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     used = 0
     for t in range(steps):
         with section("select"):
-            # Every compute row is written at step t; finished rows get the padding values (pad id, False, 0), so
-            # no boolean indexing (a device synchronisation on GPU) is needed.
-            jsd = jensen_shannon(q, p, temperature=settings.temperature, beta=GATE_BETA) if gate else None
-            use_teacher = _teacher_decision(settings, rows.shape[0], jsd, taus[t], generator, device)
-            step_tokens, step_lp, use_teacher = _select(q, p, use_teacher, settings, warp, generator)
-            active = ~finished
-            step_tokens = torch.where(active, step_tokens, settings.pad_token_id)
-            tokens[rows, t] = step_tokens
-            response_mask[rows, t] = active
-            teacher_chosen[rows, t] = use_teacher & active
-            divergence[rows, t] = _masked(jsd, active)
-            sampling_lp[rows, t] = _masked(step_lp, active)
-            student_lp[rows, t] = _masked(_token_logprob(q, step_tokens) if q is not None else None, active)
-            teacher_lp[rows, t] = _masked(_token_logprob(p, step_tokens) if p is not None else None, active)
-            if teacher_logits is not None:
-                teacher_logits[rows, t] = torch.where(active[:, None], p, 0.0).to(teacher_logits.dtype)
+            # Every compute row is written at step t; finished rows get the padding values.
+            jsd = switch_gate(p, q, taus[t], settings.temperature)[1] if gate else None
+            u = uniforms[rows, t]
+            use_teacher = decide(
+                settings.strategy, divergence=jsd, tau=taus[t], component_draw=u[:, COMPONENT_DRAW],
+                random_rate=settings.random_rate, mixture_alpha=settings.mixture_alpha, greedy=settings.greedy,
+            )
+            step_tokens, step_lp, use_teacher = select_tokens(q, p, use_teacher, u[:, TOKEN_DRAW], settings, warp)
+            step_tokens = out.write(rows, t, active=~finished, tokens=step_tokens, use_teacher=use_teacher, jsd=jsd,
+                                    sampling_lp=step_lp, q=q, p=p)
             finished = finished | torch.isin(step_tokens, stop_ids)
             used = t + 1
             running = int((~finished).sum())
             if running == 0 or t == steps - 1:
                 break
-            if running <= _COMPACT_FRACTION * rows.shape[0]:
+            if running <= COMPACT_FRACTION * rows.shape[0]:
                 keep = (~finished).nonzero().flatten()
                 rows, mask, step_tokens, finished = rows[keep], mask[keep], step_tokens[keep], finished[keep]
                 for decoder in decoders:
@@ -486,17 +486,4 @@ def _decode(
             q = student_decoder(step_tokens[:, None], mask) if student_decoder is not None else None
         with section("teacher"):
             p = teacher_decoder(step_tokens[:, None], mask) if teacher_decoder is not None else None
-
-    return RolloutBatch(
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
-        tokens=tokens[:, :used],
-        response_mask=response_mask[:, :used],
-        teacher_chosen=teacher_chosen[:, :used],
-        divergence=divergence[:, :used],
-        threshold=taus[:used],
-        sampling_logprobs=sampling_lp[:, :used],
-        student_logprobs=student_lp[:, :used],
-        teacher_logprobs=teacher_lp[:, :used],
-        teacher_logits=teacher_logits[:, :used] if teacher_logits is not None else None,
-    )
+    return out.batch(prompt_ids, prompt_mask, taus, used)

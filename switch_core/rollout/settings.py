@@ -21,6 +21,7 @@ from switch_core.config import MethodConfig, RolloutConfig, StrategyName, format
 from switch_core.rollout.schedules import threshold
 
 STRATEGIES: tuple[str, ...] = typing.get_args(StrategyName)
+ENGINES: tuple[str, ...] = typing.get_args(RolloutConfig.model_fields["engine"].annotation)
 TEACHER_LOGITS_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -64,6 +65,9 @@ class RolloutSettings:
         compute_divergence: record the gate's JSD for every strategy. ``switch`` always computes it. With
             ``student`` and neither this nor ``keep_teacher_logits`` the teacher is never run (pure student
             sampling); with ``teacher`` and not this the student is never run.
+        engine: ``speculative`` (one model drafts, the other verifies the chunk; `switch_core.rollout.speculative`)
+            or ``lockstep`` (one token at a time); both give the same rollout.
+        max_draft_tokens: longest draft of the speculative engine, >= 1 (its planner picks the length below it).
     """
 
     pad_token_id: int
@@ -83,6 +87,8 @@ class RolloutSettings:
     keep_teacher_logits: bool = False
     teacher_logits_dtype: str = _METHOD_SCHEMA.teacher_logits_dtype
     compute_divergence: bool = True
+    engine: str = _SCHEMA.engine
+    max_draft_tokens: int = _SCHEMA.max_draft_tokens
 
     def __post_init__(self) -> None:
         decoding = {name: getattr(self, name) for name in _decoding_fields()}

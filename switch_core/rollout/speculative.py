@@ -1,0 +1,199 @@
+"""Exact speculative SWITCH rollouts: one model drafts a chunk, the other scores it in one forward pass.
+
+The gate needs both models' next-token distributions at every response position, but not from one-token forwards.
+Each chunk of the decoding loop:
+
+1. **Draft.** The *drafter* (the model expected to write the next stretch) decodes k tokens with its own KV cache,
+   one forward per token, drawing each token exactly as it would be drawn if the drafter were the source at that
+   position (:func:`switch_core.rollout.sampling.draw_from`: argmax, or inverse-CDF sampling with the position's keyed
+   uniform). The drafter now has its logits at the k positions.
+2. **Verify.** The other model (the *verifier*) reads the same k tokens in one forward pass and so has its logits at
+   the same k positions.
+3. **Check in order.** At each position the strategy's rule (:mod:`switch_core.rollout.gate`, the same as the
+   lockstep engine's) picks the source and the token is drawn from it with the position's uniform
+   (:func:`switch_core.rollout.sampling.select_tokens`). While the token equals the draft the draft is accepted; at
+   the first position where it differs, the drawn token is kept and the rest of the chunk is discarded (a stop token
+   or ``max_new_tokens`` also ends a row's chunk). Every kept position was decided from the logits of the very
+   prefix lockstep decoding would have fed, with the same uniforms: the rollout is the lockstep one.
+
+Discarded positions stay in both KV caches as masked holes: their attention-mask column is set to 0, so no later
+token attends to them, and position ids (``cumsum(mask) − 1``) skip them. Rows therefore accept different lengths in
+one batch without cropping the caches row by row (``DynamicCache.crop`` crops every row alike). The last kept token
+of a chunk is fed to both models at the start of the next chunk (the verifier reads it with the drafts). The first
+chunk starts from the prompt prefill, whose logits are at hand.
+
+Which model drafts, and how many tokens, is planned before each chunk by :mod:`switch_core.rollout.planner`: the
+lowest expected cost per kept token under a fixed cost model of the two models (deterministic, so the same inputs
+give the same chunking and hence bit-identical floats) and running rates of how often each model's own draw was the
+chosen token (early in a SWITCH response, where τ_t is large, mostly the student's; late, where τ_t is small, mostly
+the teacher's). The plan changes the speed, never the tokens.
+
+Results equal the lockstep engine's up to floating-point rounding: the verifier's chunk forward and a run of
+one-token forwards compute the same logits with differently shaped matrix products, and the holes change the
+lengths of the attention reductions. In float64 no decision changed in the tests; in float32 a position whose
+JSD lies within rounding of τ_t, or whose uniform lies within rounding of a CDF step, can flip: none on the tiny test
+models, about 0.2-0.4% of positions on SmolLM2-135M with its 49,152-token vocabulary (tests/test_rollout_speculative.py
+holds both levels). Lockstep rollouts already depend on the batch composition at that level.
+
+The holes cost memory and attention length: each chunk appends its k fed tokens to both caches whatever survives,
+so a cache holds the prompt plus the drafted (not the kept) tokens.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from switch_core.rollout.engine import (
+    COMPACT_FRACTION,
+    Decoder,
+    Responses,
+    RolloutBatch,
+    RolloutSettings,
+    RolloutTimer,
+    draws_needed,
+    model_device,
+)
+from switch_core.rollout.gate import decide, switch_gate
+from switch_core.rollout.planner import ChunkPlanner
+from switch_core.rollout.sampling import COMPONENT_DRAW, TOKEN_DRAW, draw_from, keyed_uniforms, select_tokens, warper
+
+
+def _prior_teacher_share(settings: RolloutSettings) -> float:
+    """The teacher share expected before any decision: it picks the first drafter."""
+    return {"switch": 0.0, "student": 0.0, "teacher": 1.0, "random": settings.random_rate,
+            "mixture": settings.mixture_alpha}[settings.strategy]
+
+
+def decode_speculative(
+    student: nn.Module,
+    teacher: nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    settings: RolloutSettings,
+    generator: torch.Generator | None,
+    timer: RolloutTimer | None,
+) -> RolloutBatch:
+    """The speculative engine (module docstring) for :func:`switch_core.rollout.engine.rollout`, which validates the
+    inputs and sets eval mode and ``no_grad``. Both models are run. Returns the rollout on the student's device."""
+    device = model_device(student)
+
+    def section(name: str) -> Any:
+        return timer.section(name) if timer is not None else nullcontext()
+
+    prompt_ids, prompt_mask = prompt_ids.to(device).long(), prompt_mask.to(device).long()
+    decoders = {"student": Decoder(student, device), "teacher": Decoder(teacher, device)}
+    gate = settings.strategy == "switch" or settings.compute_divergence
+    warp = warper(settings.temperature, settings.top_k, settings.top_p)
+    taus = settings.thresholds(device)
+    stop_ids = torch.tensor(settings.stop_token_ids, dtype=torch.long, device=device)
+    batch, steps = prompt_ids.shape[0], settings.max_new_tokens
+    uniforms = keyed_uniforms(generator, batch, steps, device, needed=draws_needed(settings))
+
+    parameters = {name: sum(p.numel() for p in d.model.parameters()) for name, d in decoders.items()}
+    planner = ChunkPlanner.for_models(_prior_teacher_share(settings), settings.max_draft_tokens, parameters,
+                                      decoders["teacher"].device.type)
+    mask = prompt_mask
+    at_hand: dict[str, Tensor] | None = {}
+    for name, decoder in decoders.items():
+        with section(name):
+            at_hand[name] = decoder(prompt_ids, mask)
+    out = Responses(settings, batch, at_hand["student"].shape[-1], device)
+
+    rows = torch.arange(batch, device=device)  # original row of each compute row
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)  # response tokens kept per compute row
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    pending: Tensor | None = None  # last kept token of each row, not yet fed to either model
+    while True:
+        drafter, k = planner.next(rows.shape[0])
+        k = min(k, int((steps - lengths[~finished]).max()))
+        verifier = "student" if drafter == "teacher" else "teacher"
+        positions = lengths[:, None] + torch.arange(k, device=device)  # [n, k] response positions
+        clamped = positions.clamp(max=steps - 1)
+        u = uniforms[rows[:, None], clamped]  # [n, k, PURPOSES]
+
+        # 1. draft k tokens with the drafter's cache
+        offset = 0 if pending is None else 1  # the pending token is fed first
+        fed = [] if pending is None else [pending]
+        drafts, draft_logits = [], []
+        chunk_mask = torch.cat([mask, mask.new_ones((mask.shape[0], offset + k - 1))], dim=1)
+        base = mask.shape[1]
+        for j in range(k):
+            if j == 0 and pending is None:
+                logits = at_hand[drafter]
+            else:
+                with section(drafter):
+                    logits = decoders[drafter](fed[-1][:, None], chunk_mask[:, : base + len(fed)])
+            with section("select"):
+                draft_logits.append(logits)
+                drafts.append(draw_from(logits, u[:, j, TOKEN_DRAW], settings, warp))
+                if j < k - 1:
+                    fed.append(drafts[-1])
+        # 2. the verifier reads the same tokens in one forward
+        verify_logits = [] if pending is not None else [at_hand[verifier][:, None]]
+        if fed:
+            with section(verifier):
+                verify_logits.append(decoders[verifier].forward(torch.stack(fed, dim=1), chunk_mask, keep=len(fed)))
+        at_hand = None
+
+        # 3. decide every position as if its prefix matched the draft; keep up to the first difference
+        with section("select"):
+            by_model = {drafter: torch.stack(draft_logits, dim=1), verifier: torch.cat(verify_logits, dim=1)}
+            n, vocab = rows.shape[0], by_model["student"].shape[-1]
+            q, p = by_model["student"].reshape(n * k, vocab), by_model["teacher"].reshape(n * k, vocab)
+            tau, u_flat = taus[clamped].reshape(-1), u.reshape(n * k, -1)
+            jsd = switch_gate(p, q, tau, settings.temperature)[1] if gate else None
+            use_teacher = decide(
+                settings.strategy, divergence=jsd, tau=tau, component_draw=u_flat[:, COMPONENT_DRAW],
+                random_rate=settings.random_rate, mixture_alpha=settings.mixture_alpha, greedy=settings.greedy,
+            )
+            tokens, sampling_lp, use_teacher = select_tokens(q, p, use_teacher, u_flat[:, TOKEN_DRAW], settings, warp)
+            tokens = tokens.reshape(n, k)
+            drafted = torch.stack(drafts, dim=1)
+            mismatch = tokens != drafted
+            done = torch.isin(tokens, stop_ids) | (positions >= steps - 1)
+            ends = mismatch | done
+            ends[:, -1] = True
+            end = ends.int().argmax(dim=1)  # first position that ends the row's chunk
+            running = ~finished
+            kept = (torch.arange(k, device=device)[None, :] <= end[:, None]) & running[:, None]
+            flat = kept.flatten()
+            out.write(
+                rows[:, None].expand(n, k).reshape(-1)[flat], positions.reshape(-1)[flat],
+                active=torch.ones(int(flat.sum()), dtype=torch.bool, device=device), tokens=tokens.reshape(-1)[flat],
+                use_teacher=use_teacher[flat], jsd=jsd[flat] if jsd is not None else None,
+                sampling_lp=sampling_lp[flat], q=q[flat], p=p[flat],
+            )
+            # the caches keep the fed drafts before the row's end; later ones become masked holes
+            valid = torch.arange(len(fed), device=device)[None, :] - offset < end[:, None]
+            mask = torch.cat([mask, valid.long()], dim=1)
+            pending = tokens.gather(1, end[:, None]).squeeze(1)
+            lengths = torch.where(running, lengths + end + 1, lengths)
+            finished = finished | (running & done.gather(1, end[:, None]).squeeze(1))
+
+            # how often each model's own draw was the chosen token: the acceptance of either model as drafter
+            accepted = int(((~mismatch) & kept).sum())
+            verifier_logits = q if verifier == "student" else p
+            verifier_draws = draw_from(verifier_logits, u_flat[:, TOKEN_DRAW], settings, warp).reshape(n, k)
+            positions_kept = int(kept.sum())
+            planner.observe_acceptance(drafter, accepted, positions_kept)
+            planner.observe_acceptance(verifier, int(((tokens == verifier_draws) & kept).sum()), positions_kept)
+            if timer is not None:
+                active = int(running.sum())
+                timer.count(chunks=active, drafted=k * active, accepted=accepted,
+                            teacher_drafts=active if drafter == "teacher" else 0)
+            still = int((~finished).sum())
+            if still == 0:
+                break
+            if still <= COMPACT_FRACTION * n:
+                keep = (~finished).nonzero().flatten()
+                rows, mask, lengths, finished, pending = (x[keep] for x in (rows, mask, lengths, finished, pending))
+                for decoder in decoders.values():
+                    decoder.keep_rows(keep)
+    if timer is not None:
+        timer.count(forwards=sum(d.calls for d in decoders.values()))
+    used = int(out.response_mask.sum(dim=1).max())
+    return out.batch(prompt_ids, prompt_mask, taus, used)
+

@@ -1,0 +1,144 @@
+"""The SWITCH gate and the strategies' source decisions on hand-made distributions; the keyed draws they use."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from switch_core.rollout import GATE_BETA, RolloutSettings, decide, switch_gate
+from switch_core.rollout.sampling import (
+    PURPOSES,
+    draw_from,
+    keyed_uniforms,
+    sample_inverse_cdf,
+    select_tokens,
+    warper,
+)
+
+P = [0.7, 0.2, 0.1]  # teacher
+Q = [0.1, 0.3, 0.6]  # student
+
+
+def _jsd_by_hand(p: list[float], q: list[float]) -> float:
+    """½ KL(p ‖ m) + ½ KL(q ‖ m), m = ½ (p + q), in float64; 0·log 0 = 0."""
+    total = 0.0
+    for pv, qv in zip(p, q, strict=True):
+        m = 0.5 * (pv + qv)
+        if pv > 0:
+            total += 0.5 * pv * math.log(pv / m)
+        if qv > 0:
+            total += 0.5 * qv * math.log(qv / m)
+    return total
+
+
+def _logits(probs: list[float]) -> torch.Tensor:
+    return torch.log(torch.tensor(probs, dtype=torch.float64))
+
+
+def test_gate_jsd_is_the_symmetric_jensen_shannon_divergence() -> None:
+    expected = _jsd_by_hand(P, Q)
+    # by hand: m = (0.4, 0.25, 0.35)
+    m = [0.4, 0.25, 0.35]
+    by_terms = 0.5 * sum(a * math.log(a / c) for a, c in zip(P, m)) + 0.5 * sum(b * math.log(b / c) for b, c in zip(Q, m))
+    assert expected == pytest.approx(by_terms, rel=1e-15)
+    assert GATE_BETA == 0.5
+    use_teacher, jsd = switch_gate(_logits(P), _logits(Q), 0.0)
+    assert jsd.dtype == torch.float64 and jsd.item() == pytest.approx(expected, rel=1e-12)
+    assert use_teacher.item() is True
+    # shifting logits by a constant changes nothing; swapping the models leaves the symmetric JSD unchanged
+    assert switch_gate(_logits(P) + 3.0, _logits(Q) - 1.0, 0.0)[1].item() == pytest.approx(expected, rel=1e-12)
+    assert switch_gate(_logits(Q), _logits(P), 0.0)[1].item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_gate_is_strict_at_the_threshold() -> None:
+    d = _jsd_by_hand(P, Q)
+    p, q = _logits(P), _logits(Q)
+    jsd = switch_gate(p, q, 0.0)[1]
+    assert switch_gate(p, q, d * (1 - 1e-9))[0].item() is True
+    assert switch_gate(p, q, d * (1 + 1e-9))[0].item() is False
+    assert switch_gate(p, q, jsd)[0].item() is False  # JSD = τ keeps the student
+    same = switch_gate(p, p.clone(), 0.0)
+    assert same[1].item() == 0.0 and same[0].item() is False  # identical models never call the teacher at τ = 0
+
+
+def test_gate_bounds_disjoint_supports_and_temperature() -> None:
+    disjoint = switch_gate(torch.tensor([0.0, -math.inf]), torch.tensor([-math.inf, 0.0]), 0.6)
+    assert disjoint[1].item() == pytest.approx(math.log(2), rel=1e-6)
+    assert disjoint[0].item() is True
+    assert switch_gate(torch.tensor([0.0, -math.inf]), torch.tensor([-math.inf, 0.0]), math.log(2))[0].item() is False
+    # temperature T: the JSD of softmax(logits / T), computed by hand
+    p, q, temperature = _logits(P), _logits(Q), 2.0
+    tempered = [torch.softmax(x / temperature, -1).tolist() for x in (p, q)]
+    jsd = switch_gate(p, q, 0.0, temperature=temperature)[1].item()
+    assert jsd == pytest.approx(_jsd_by_hand(*tempered), rel=1e-12)
+    assert jsd < _jsd_by_hand(P, Q)  # flattening both distributions brings them closer
+
+
+def test_gate_decides_every_position_against_its_own_threshold() -> None:
+    """A batch of positions [2, 3] with τ_t = τ0·exp(−λ t) per column (Koo et al. 2025's exponential schedule)."""
+    p = torch.stack([_logits(P), _logits(P), _logits(Q)])
+    q = torch.stack([_logits(Q), _logits(P), _logits(P)])
+    p, q = torch.stack([p, p]), torch.stack([q, q])  # [2, 3, V]
+    d = _jsd_by_hand(P, Q)
+    tau0, decay = d * math.exp(0.1 * 1.5), 0.1  # τ_t > d for t <= 1, < d for t >= 2
+    tau = tau0 * torch.exp(-decay * torch.arange(3, dtype=torch.float64))
+    use_teacher, jsd = switch_gate(p, q, tau)
+    np.testing.assert_allclose(jsd.numpy(), [[d, 0.0, d]] * 2, rtol=1e-12, atol=1e-15)
+    assert use_teacher.tolist() == [[False, False, True]] * 2
+
+
+def test_decide_for_every_strategy() -> None:
+    divergence = torch.tensor([0.1, 0.3, 0.5])
+    u = torch.tensor([0.1, 0.25, 0.6], dtype=torch.float64)
+
+    def run(strategy: str, greedy: bool = False) -> list[bool]:
+        return decide(strategy, divergence=divergence, tau=torch.tensor(0.3), component_draw=u, random_rate=0.25,
+                      mixture_alpha=0.65, greedy=greedy).tolist()
+
+    assert run("switch") == [False, False, True]  # JSD > τ, strictly
+    assert run("student") == [False, False, False]
+    assert run("teacher") == [True, True, True]
+    assert run("random") == [True, False, False]  # u < rate
+    assert run("mixture") == [True, True, True]  # u < α: the teacher component
+    assert run("random", greedy=True) == [True, False, False]  # random draws its source even when greedy
+    assert run("mixture", greedy=True) == [False, False, False]  # decided with the token from the mixture's argmax
+    with pytest.raises(ValueError, match="beam"):
+        run("beam")
+    with pytest.raises(ValueError, match="divergence"):
+        decide("switch", divergence=None, tau=0.3, component_draw=u, random_rate=0.5, mixture_alpha=0.2, greedy=False)
+
+
+# ---------------------------------------------------------------------------------------- keyed draws
+
+
+def test_keyed_uniforms_are_fixed_by_the_seed_and_shaped_by_position() -> None:
+    first = keyed_uniforms(torch.Generator().manual_seed(4), 3, 5, torch.device("cpu"))
+    again = keyed_uniforms(torch.Generator().manual_seed(4), 3, 5, torch.device("cpu"))
+    assert first.shape == (3, 5, PURPOSES) and first.dtype == torch.float64
+    assert torch.equal(first, again) and ((first >= 0) & (first < 1)).all()
+    generator = torch.Generator().manual_seed(4)
+    state = generator.get_state()
+    assert torch.equal(keyed_uniforms(generator, 3, 5, torch.device("cpu"), needed=False), torch.zeros(3, 5, 2))
+    assert torch.equal(generator.get_state(), state)  # nothing drawn
+
+
+def test_a_token_depends_only_on_its_distribution_and_its_uniform() -> None:
+    """The same position decided alone or among others gives the same token; each source model's draw equals the
+    token selected when that model is the source (what makes speculative drafts exact)."""
+    probs = torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]], dtype=torch.float64)
+    u = torch.tensor([0.65, 0.65], dtype=torch.float64)
+    assert sample_inverse_cdf(probs.log(), u).tolist() == [1, 1]  # cdf [0.2, 0.7, 1.0] / [0.6, 0.7, 1.0]
+    assert sample_inverse_cdf(probs[1:].log(), u[1:]).tolist() == [1]
+    settings = RolloutSettings(pad_token_id=0, strategy="switch", top_k=2)
+    warp = warper(settings.temperature, settings.top_k, settings.top_p)
+    q = probs.log()
+    p = torch.tensor([[0.1, 0.3, 0.6], [0.3, 0.3, 0.4]], dtype=torch.float64).log()
+    use_teacher = torch.tensor([True, False])
+    tokens, lp, _ = select_tokens(q, p, use_teacher, u, settings, warp)
+    chosen = torch.where(use_teacher[:, None], p, q)
+    assert tokens.tolist() == draw_from(chosen, u, settings, warp).tolist()
+    # top-k 2 renormalises row 0 of p to (0, 1/3, 2/3) and row 1 of q to (2/3, 0, 1/3): u = 0.65 -> tokens 2 and 0
+    assert tokens.tolist() == [2, 0]
+    np.testing.assert_allclose(lp.numpy(), np.log([2 / 3, 2 / 3]), rtol=1e-6)
