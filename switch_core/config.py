@@ -6,8 +6,8 @@ or an out-of-range value raises :class:`ConfigError` with one line per problem n
 allowed range and, for a typo, the nearest valid key.
 
 Defaults are the embedded default (SmolLM2-135M-Instruct teacher, a layer-pruned student, the procedural instruction
-suite). Hyperparameters whose source is a paper or a reference implementation cite it (method.md = the project's
-method notes, shared/docs/method.md).
+suite). Hyperparameters whose source is a paper or a reference implementation cite it (docs/METHOD.md: the project's
+method notes).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    """Training data: where it comes from, how it is split and tokenised (method.md §5.1–5.3)."""
+    """Training data: where it comes from, how it is split and tokenised (docs/METHOD.md §5.1–5.3)."""
 
     source: Literal["embedded", "minillm", "dolly_raw", "hf"] = "embedded"
     path: str | None = Field(None, description="File/folder (minillm, dolly_raw) or dataset name/folder (hf).")
@@ -50,7 +50,7 @@ class DataConfig(_Strict):
     dev_size: int = Field(60, ge=1, description="Examples held out for dev loss / dev ROUGE-L (model selection).")
     test_size: int = Field(60, ge=0, description="Examples held out as the run's own test benchmark.")
     split_seed: int = 0
-    max_length: int = Field(512, ge=2, description="Prompt + response + EOS tokens (method.md §5.3).")
+    max_length: int = Field(512, ge=2, description="Prompt + response + EOS tokens (METHOD.md §5.3).")
     max_prompt_length: int = Field(
         256, ge=1, description="Prompt tokens; a longer prompt is cut inside its instruction/input, its end kept."
     )
@@ -106,7 +106,7 @@ class TeacherConfig(_Strict):
 class LoraConfig(_Strict):
     """LoRA adapters on the student (Hu et al. 2021): ``W + (alpha / r)·B·A`` on the target modules, all else frozen.
 
-    Defaults: DistiLLM's OpenLLaMA-2 scripts (method.md §6.8, "LoRA r16/α64/drop0.1"); they give no target modules,
+    Defaults: DistiLLM's OpenLLaMA-2 scripts (docs/METHOD.md §6.8, "LoRA r16/α64/drop0.1"); they give no target modules,
     so peft's default for the architecture applies (q_proj and v_proj for Llama and OPT, c_attn for GPT-2).
     """
 
@@ -135,7 +135,7 @@ class StudentConfig(_Strict):
     keep_layers: int | list[int] = Field(6, description="init=prune: a count (evenly spaced) or explicit indices.")
     config_overrides: dict[str, Any] = Field(default_factory=dict, description="init=config: config fields to set.")
     tiny: TinyModelConfig = TinyModelConfig(hidden=32, layers=1, heads=2, seed=1)
-    warmup: bool = Field(True, description="SFT warm-up ('init') before distillation (method.md §1.2, §6.7).")
+    warmup: bool = Field(True, description="SFT warm-up ('init') before distillation (METHOD.md §1.2, §6.7).")
     lora: LoraConfig | None = Field(
         None, description="Train the student's LoRA adapters only (warm-up and every run; checkpoints are saved "
         "merged); null = full fine-tuning.",
@@ -158,7 +158,7 @@ class StudentConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    """Optimisation of one training run (AdamW + cosine, method.md §6.8 'Settings shared by all runs')."""
+    """Optimisation of one training run (AdamW + cosine, docs/METHOD.md §6.8 'Settings shared by all runs')."""
 
     lr: float = Field(5e-4, gt=0)
     lr_min: float = Field(1e-7, ge=0)
@@ -178,7 +178,7 @@ class OptimConfig(_Strict):
     select_by: Literal["auto", "rouge_l", "loss"] = Field(
         "auto",
         description="Best-checkpoint criterion on dev; auto = dev loss for the student warm-up, dev ROUGE-L otherwise "
-        "(method.md §5.6).",
+        "(METHOD.md §5.6).",
     )
     loss_chunk_tokens: int = Field(
         256, ge=1, description="Response tokens per chunk of the full-vocabulary loss (bounds the logits' memory)."
@@ -267,12 +267,12 @@ class RolloutConfig(_Strict):
 
 
 class MethodConfig(_Strict):
-    """How one distillation method builds its batches and its loss (method.md §6)."""
+    """How one distillation method builds its batches and its loss (docs/METHOD.md §6)."""
 
     loss: DivergenceName | Literal["ce"] = Field(
         "fkl", description="Divergence to the teacher; 'ce' = plain cross-entropy on the batch's labels (no teacher)."
     )
-    kd_ratio: float = Field(1.0, ge=0, le=1, description="L = (1−kd_ratio)·CE + kd_ratio·D (method.md §6).")
+    kd_ratio: float = Field(1.0, ge=0, le=1, description="L = (1−kd_ratio)·CE + kd_ratio·D (METHOD.md §6).")
     beta: float = Field(0.1, ge=0, le=1, description="Generalised JSD β (GKD; DistiLLM js_distance lam=0.9).")
     alpha: float = Field(0.1, ge=0, le=1, description="Skew α of SKL/SRKL (DistiLLM --skew-alpha).")
     data: Literal["ground_truth", "seqkd", "rollout", "mixed", "adaptive", "policy_gradient"] = Field(
@@ -322,7 +322,7 @@ class MethodConfig(_Strict):
         if self.lm_coef > 0 and self.data != "policy_gradient":
             raise ValueError(
                 f"lm_coef = {self.lm_coef} needs data: policy_gradient (the pre-training LM term is MiniLLM's, "
-                "method.md §6.5); set lm_coef: 0.0"
+                "METHOD.md §6.5); set lm_coef: 0.0"
             )
         if self.lm_coef > 0 and not self.lm_data:
             raise ValueError("lm_coef > 0 needs lm_data: a .jsonl/.json (field 'text') or .txt pre-training file")
@@ -330,7 +330,7 @@ class MethodConfig(_Strict):
             if self.loss != "rkl" or self.kd_ratio != 1.0:
                 raise ValueError(
                     f"data: policy_gradient (MiniLLM) needs loss: rkl and kd_ratio: 1.0, got loss: {self.loss}, "
-                    f"kd_ratio: {self.kd_ratio} (its single-step term is KL(q‖p), method.md §6.5)"
+                    f"kd_ratio: {self.kd_ratio} (its single-step term is KL(q‖p), METHOD.md §6.5)"
                 )
             if self.replay:
                 raise ValueError("data: policy_gradient reuses each rollout for ppo_epochs steps: set replay: false")
@@ -338,15 +338,15 @@ class MethodConfig(_Strict):
 
 
 def _default_methods() -> dict[str, MethodConfig]:
-    """Per-method defaults, from the reference implementations (method.md §6).
+    """Per-method defaults, from the reference implementations (docs/METHOD.md §6).
 
     - imitkd, gkd, distillm sample pure student rollouts; their rollouts go through the FIFO replay buffer and the
-      trained batch is drawn from it, as in DistiLLM's ``finetune.py`` (method.md §6.4, §6.6, §6.9 item 3). For GKD
+      trained batch is drawn from it, as in DistiLLM's ``finetune.py`` (docs/METHOD.md §6.4, §6.6, §6.9 item 3). For GKD
       ``replay=False`` gives the GKD paper's / TRL's variant (train on the fresh rollout).
     - switch trains on fresh SWITCH rollouts with DistiLLM's skew KL (α = 0.1): the paper does not say which loss it
-      used (method.md §1.2), and keeping DistiLLM's loss makes the comparison with DistiLLM isolate the generator.
+      used (docs/METHOD.md §1.2), and keeping DistiLLM's loss makes the comparison with DistiLLM isolate the generator.
       Ablate with ``methods.switch.loss`` (fkl, jsd, srkl...) and the engine's strategies with ``rollout.strategy``.
-    - minillm: sequence-level reverse KL by policy gradient (method.md §6.5) on teacher-mixed rollouts (the engine's
+    - minillm: sequence-level reverse KL by policy gradient (METHOD.md §6.5) on teacher-mixed rollouts (the engine's
       ``mixture`` strategy; its α is ``rollout.mixture_alpha``, 0.2 as MiniLLM's --teacher-mixed-alpha), a fresh
       rollout every ``ppo_epochs`` = 4 steps, γ 0.95, reward scaling 0.5, reward clip 100 (the GPT-2 scripts' value),
       PPO clip 0.2, the single-step KL(q‖p) term on; the pre-training LM term is off (``lm_coef`` 0: no corpus
@@ -379,7 +379,7 @@ def _default_runs() -> dict[str, DistillRun]:
 
 
 class EvalConfig(_Strict):
-    """Benchmark evaluation protocol (method.md §5.4–5.5)."""
+    """Benchmark evaluation protocol (docs/METHOD.md §5.4–5.5)."""
 
     benchmarks: list[str] = Field(default_factory=lambda: ["embedded"])
     data_dir: str = Field("../shared/data", description="Folder holding the MiniLLM-format benchmark sets.")

@@ -1,6 +1,6 @@
 """Token-level divergences between the teacher's and the student's next-token distributions.
 
-Notation (method.md §6): ``p`` is the teacher's next-token distribution, ``q`` the student's, both the softmax of
+Notation (docs/METHOD.md §6): ``p`` is the teacher's next-token distribution, ``q`` the student's, both the softmax of
 ``logits / temperature`` over the last axis (the vocabulary). Every divergence takes
 ``(student_logits, teacher_logits, *, temperature, <beta | alpha>)`` with logits of shape ``[..., V]`` and returns the
 per-position value ``[...]`` (vocabulary summed), in nats (natural log).
@@ -8,7 +8,7 @@ per-position value ``[...]`` (vocabulary summed), in nats (natural log).
 =================  ==============================================  ==========================================
 name               definition                                      source
 =================  ==============================================  ==========================================
-``fkl``            KL(p ‖ q)                                       word-level KD, method.md §6.2
+``fkl``            KL(p ‖ q)                                       word-level KD, docs/METHOD.md §6.2
 ``rkl``            KL(q ‖ p)                                       MiniLLM single-step term, §6.5
 ``jsd``            β·KL(p ‖ m) + (1−β)·KL(q ‖ m), m = β·p + (1−β)·q  GKD generalised JSD, §6.6 (β = 0.5: the
                                                                    symmetric JSD of SWITCH's gate, §1.1)
@@ -17,7 +17,7 @@ name               definition                                      source
 ``tvd``            ½·Σ_v |p_v − q_v|                               total variation distance
 =================  ==============================================  ==========================================
 
-Numerics (docs/landscape.md §1, pain points 12-14):
+Numerics (docs/METHOD.md §A.6):
 
 - computed in float32, or float64 when either input is float64, whatever the input dtype (bf16/fp16 logits are
   upcast before the softmax);
@@ -36,7 +36,7 @@ Numerics (docs/landscape.md §1, pain points 12-14):
 
 For memory, :func:`chunked_token_divergence` evaluates any of these over positions in chunks and recomputes each
 chunk in the backward pass, so no vocabulary-sized temporaries of the whole batch are kept for backward.
-:func:`masked_token_mean` reduces per-position values with global-token normalisation (pain point 8).
+:func:`masked_token_mean` reduces per-position values with global-token normalisation (docs/METHOD.md §A.4).
 """
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ def _kl_to_mixture(log_a: Tensor, log_b: Tensor, weight: float) -> Tensor:
 
 
 def forward_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0) -> Tensor:
-    """Forward KL, ``KL(p ‖ q) = Σ_v p_v·log(p_v / q_v)`` (word-level KD, method.md §6.2; Hinton et al. 2015).
+    """Forward KL, ``KL(p ‖ q) = Σ_v p_v·log(p_v / q_v)`` (word-level KD, docs/METHOD.md §6.2; Hinton et al. 2015).
 
     Args:
         student_logits: ``[..., V]`` student logits (any float dtype); gradients flow to it.
@@ -160,7 +160,7 @@ def forward_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: f
 
 
 def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0) -> Tensor:
-    """Reverse KL, ``KL(q ‖ p) = Σ_v q_v·log(q_v / p_v)`` (MiniLLM's single-step term, method.md §6.5).
+    """Reverse KL, ``KL(q ‖ p) = Σ_v q_v·log(q_v / p_v)`` (MiniLLM's single-step term, docs/METHOD.md §6.5).
 
     Args, returns and raises as :func:`forward_kl` (``+inf`` where ``q_v > 0 = p_v``).
     """
@@ -173,11 +173,11 @@ def jensen_shannon(
 ) -> Tensor:
     """Generalised Jensen-Shannon divergence ``β·KL(p ‖ m) + (1−β)·KL(q ‖ m)``, ``m = β·p + (1−β)·q``.
 
-    β = 0.5 is the symmetric JSD of SWITCH's intervention test (method.md §1.1), bounded by ln 2 ≈ 0.693;
-    β = 0.1 is the GKD setting of the DistiLLM code (method.md §6.6; TRL's β convention is different, see there).
+    β = 0.5 is the symmetric JSD of SWITCH's intervention test (docs/METHOD.md §1.1), bounded by ln 2 ≈ 0.693;
+    β = 0.1 is the GKD setting of the DistiLLM code (docs/METHOD.md §6.6; TRL's β convention is different, see there).
     Both endpoints are exactly 0 for any inputs: β = 0 gives m = q and β = 1 gives m = p (the divergence degenerates;
-    near them it is small, ≈ β·(1−β)·(...), which is why a clamped β = 1 silently disables distillation, pain
-    point 13). A term with weight 0 is not evaluated, so it cannot turn an infinite KL into NaN.
+    near them it is small, ≈ β·(1−β)·(...), which is why a clamped β = 1 silently disables distillation,
+    docs/METHOD.md §A.6). A term with weight 0 is not evaluated, so it cannot turn an infinite KL into NaN.
 
     Args:
         student_logits: ``[..., V]`` student logits; gradients flow to it.
@@ -204,7 +204,7 @@ def jensen_shannon(
 def skew_forward_kl(
     student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0, alpha: float = 0.1
 ) -> Tensor:
-    """α-skew KL ``KL(p ‖ α·p + (1−α)·q)`` (DistiLLM SKL, method.md §6.7; α = 0.1 in its scripts).
+    """α-skew KL ``KL(p ‖ α·p + (1−α)·q)`` (DistiLLM SKL, docs/METHOD.md §6.7; α = 0.1 in its scripts).
 
     α = 0 is :func:`forward_kl`; α = 1 is exactly 0. The DistiLLM code drops the constant teacher entropy; this is
     the full KL (same gradient).
@@ -229,7 +229,7 @@ def skew_forward_kl(
 def skew_reverse_kl(
     student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0, alpha: float = 0.1
 ) -> Tensor:
-    """α-skew reverse KL ``KL(q ‖ α·q + (1−α)·p)`` (DistiLLM SRKL, method.md §6.7; α = 0.1 in its scripts).
+    """α-skew reverse KL ``KL(q ‖ α·q + (1−α)·p)`` (DistiLLM SRKL, docs/METHOD.md §6.7; α = 0.1 in its scripts).
 
     α = 0 is :func:`reverse_kl`; α = 1 is exactly 0.
 
@@ -350,7 +350,7 @@ def masked_token_mean(
 
     With ``num_items_in_batch`` = the number of response tokens in the whole *global* batch (all gradient-accumulation
     micro-batches and all processes), summing the micro-batch results gives the loss of the full batch, whatever the
-    micro-batch size or accumulation count (landscape.md pain point 8; TRL PR #6006). Under DDP, which averages
+    micro-batch size or accumulation count (docs/METHOD.md §A.4; TRL PR #6006). Under DDP, which averages
     gradients over the N processes, multiply the result by N. Without it the divisor is ``mask.sum()`` (a plain
     per-batch token mean). Values at unmasked positions are ignored even when they are NaN or infinite.
 

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_params_yaml_is_valid_and_the_schema_keeps_the_paper_protocol():
-    """params.yaml (the embedded default) validates; the schema defaults are the paper's protocol (method.md §5)."""
+    """params.yaml (the embedded default) validates; the schema defaults are the paper's protocol (METHOD.md §5)."""
     cfg = load_config(ROOT / "params.yaml")
     assert cfg.data.source == "embedded" and cfg.teacher.source == "embedded"
     protocol = Config().eval

@@ -1,4 +1,4 @@
-"""Prompt formatting: MiniLLM template strings (method.md §5.2), benchmark prompt reuse, chat-template option."""
+"""Prompt formatting: MiniLLM template strings (docs/METHOD.md §5.2), benchmark prompt reuse, chat-template option."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerFast
 from switch_core.data.prompts import PromptFormatError, chat_user_message, format_prompt
 from switch_core.data.records import InstructionRecord
 
-# Written out by hand from method.md §5.2, independently of the module's constants.
+# Written out by hand from docs/METHOD.md §5.2, independently of the module's constants.
 EXPECTED_NO_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
     "\n\n### Instruction:\nName a colour.\n\n### Response:\n"

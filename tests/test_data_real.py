@@ -39,7 +39,7 @@ def test_real_file_counts_fields_and_prompts(shared_data: Path, name: str) -> No
         assert record.references == expected_refs
         assert record.prompt == row["prompt"].replace("<n>", "\n")
         assert (record.category is not None) == has_category
-        # the stored benchmark prompt is exactly the MiniLLM template (method.md §5.2) filled with the row
+        # the stored benchmark prompt is exactly the MiniLLM template (docs/METHOD.md §5.2) filled with the row
         rebuilt = InstructionRecord(
             id=record.id, instruction=record.instruction, references=record.references, input=record.input
         )

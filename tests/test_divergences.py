@@ -162,7 +162,7 @@ def test_skew_endpoints_equal_plain_kl() -> None:
 
 
 def test_small_beta_is_not_collapsed_by_rounding() -> None:
-    # β·(1−β)-scaled JSD near the edges must still match the float64 reference in relative terms (pain point 13)
+    # β·(1−β)-scaled JSD near the edges must still match the float64 reference in relative terms (docs/METHOD.md §A.6)
     student, teacher = _logits((4, 30), seed=8), _logits((4, 30), seed=9)
     for beta in (1e-4, 1 - 1e-4):
         got = jensen_shannon(student.float(), teacher.float(), beta=beta).double()

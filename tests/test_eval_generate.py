@@ -82,7 +82,7 @@ def _first_token_ranks(model, tokenizer, prompt: str, top_k: int, n: int = 64) -
 
 
 def test_top_k_zero_samples_from_the_whole_vocabulary_even_if_the_checkpoint_says_otherwise(model, tokenizer):
-    # transformers fills unset fields from model.generation_config and then applies top_k=50 (stack.md); a
+    # transformers fills unset fields from model.generation_config and then applies top_k=50 (docs/METHOD.md §B.1); a
     # checkpoint default of top_k=5 must not leak in either. A near-uniform tiny model then samples tokens far
     # beyond rank 50.
     model.generation_config.top_k = 5

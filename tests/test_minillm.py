@@ -1,4 +1,4 @@
-"""MiniLLM (method.md §6.5): rewards, advantages, importance weights and the PPO loss against hand-computed values;
+"""MiniLLM (docs/METHOD.md §6.5): rewards, advantages, importance weights and the PPO loss against hand-computed values;
 the policy gradient against the exact gradient of the sequence-level reverse KL; training, resume and the CLI."""
 from __future__ import annotations
 

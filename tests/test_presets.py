@@ -38,7 +38,7 @@ def test_every_preset_validates_with_every_run(preset: str) -> None:
     assert cfg.preset == preset
     for name in cfg.runs:  # per-run overrides validate and every run resolves to a method
         assert cfg.method_config(name) == cfg.run_config(name).methods[cfg.runs[name].method]
-    if preset in PAPER_PRESETS:  # teacher and student of one family: they share the tokenizer (method.md §1.3)
+    if preset in PAPER_PRESETS:  # teacher and student of one family: they share the tokenizer (docs/METHOD.md §1.3)
         assert _family(cfg.teacher.name_or_path) == _family(cfg.student.name_or_path)
 
 
@@ -48,7 +48,7 @@ def test_paper_presets_cover_the_three_families() -> None:
 
 
 def test_openllama_preset_follows_the_distillm_scripts() -> None:
-    """method.md §6.8 and scripts/openllama2/** of jongwooko/distillm."""
+    """docs/METHOD.md §6.8 and scripts/openllama2/** of jongwooko/distillm."""
     cfg = _config("openllama2-7b-to-3b-lora")
     assert (cfg.teacher.name_or_path, cfg.student.name_or_path) == (
         "openlm-research/open_llama_7b_v2", "openlm-research/open_llama_3b_v2")

@@ -57,7 +57,7 @@ def test_describe_run_applies_the_runs_overrides_and_validates_them() -> None:
     switch = describe_run(config, "switch-fkl")
     assert (switch.method, switch.init_from, switch.loss) == ("switch", "student-init", "forward KL KL(p‖q)")
     assert "τ0 = 0.5" in switch.batches and switch.optimizer == "lr 0.0001, batch 4, 10 steps"
-    assert describe_run(config, "gkd").loss.endswith("(β = 0.1)")  # the method default (method.md §6.6)
+    assert describe_run(config, "gkd").loss.endswith("(β = 0.1)")  # the method default (docs/METHOD.md §6.6)
     table = methods_table({"switch-fkl": switch})
     assert table.splitlines()[2].startswith("| switch-fkl | switch | student-init | fresh SWITCH rollouts")
     assert table.splitlines()[2].endswith("| best dev ROUGE-L on 32 dev examples, checked at each epoch end and at the "

@@ -15,7 +15,7 @@ def test_exponential_is_tau0_times_exp_minus_lambda_t() -> None:
     assert got.dtype == torch.float32 and got.shape == (60,)
     expected = torch.tensor([0.4 * math.exp(-0.1 * t) for t in range(60)], dtype=torch.float64)
     torch.testing.assert_close(got.double(), expected, rtol=1e-7, atol=0.0)
-    # method.md §1.1 item 4: tau_t / tau0 is 0.61 at t=5, 0.37 at t=10, 0.135 at t=20
+    # docs/METHOD.md §1.1 item 4: tau_t / tau0 is 0.61 at t=5, 0.37 at t=10, 0.135 at t=20
     assert got[5].item() / 0.4 == pytest.approx(0.6065, abs=1e-4)
     assert got[10].item() / 0.4 == pytest.approx(0.3679, abs=1e-4)
     assert got[20].item() / 0.4 == pytest.approx(0.1353, abs=1e-4)

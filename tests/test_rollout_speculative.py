@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from switch_core.commands import rollout as rollout_command
+from switch_core.commands.rollout_inputs import OptionError, rollout_config, settings_from_config
 from switch_core.data.tokenize import left_pad
 from switch_core.models.tiny import tiny_causal_lm
 from switch_core.rollout import RolloutBatch, RolloutSettings, RolloutTimer, rollout
@@ -240,9 +241,11 @@ def test_the_rollout_command_selects_the_engine() -> None:
     tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=0)
     for argv, engine in (([], "speculative"), (["--engine", "lockstep"], "lockstep")):
         args = parser.parse_args([*base, *argv])
-        assert rollout_command.settings_from_args(args, tokenizer).engine == engine
+        assert settings_from_config(rollout_config(args), tokenizer).engine == engine
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--engine", "beam"])
+    with pytest.raises(OptionError, match="--max-draft-tokens 0"):
+        rollout_config(parser.parse_args([*base, "--max-draft-tokens", "0"]))
 
 
 REAL_FLOAT32_PARTING_RATE = 2 / 454

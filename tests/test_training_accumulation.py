@@ -1,4 +1,4 @@
-"""Gradient-accumulation invariance (landscape.md pain points 8, 29): the loss is normalised by the response tokens
+"""Gradient-accumulation invariance (docs/METHOD.md §A.4): the loss is normalised by the response tokens
 of the whole global batch, so one batch of 8 and 4 micro-batches of 2 give the same gradients."""
 from __future__ import annotations
 

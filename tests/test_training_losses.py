@@ -41,7 +41,7 @@ JSD = 0.1 * kl(P, M_SKL) + 0.9 * kl(Q, M_SKL)  # β = 0.1: m = 0.1·p + 0.9·q
 @pytest.mark.parametrize(
     ("method", "expected"),
     [
-        ("sft", CE),  # method.md §6.1
+        ("sft", CE),  # docs/METHOD.md §6.1
         ("kd", FKL),  # §6.2
         ("seqkd", FKL),  # §6.3 (on teacher samples)
         ("imitkd", FKL),  # §6.4 (on student samples)
@@ -90,7 +90,7 @@ def test_loss_mask_is_shifted_and_keeps_eos() -> None:
         attention_mask=torch.tensor([[1, 1, 1, 1, 1, 0]]),
         labels=torch.tensor([[-100, -100, 7, 8, 0, -100]]),
     )
-    # logits at positions 1, 2, 3 predict r1, r2, EOS (never DistiLLM's unshifted SGO mask, method.md §6.9 item 2)
+    # logits at positions 1, 2, 3 predict r1, r2, EOS (never DistiLLM's unshifted SGO mask, docs/METHOD.md §6.9 item 2)
     assert batch.loss_mask.tolist() == [[False, True, True, True, False]]
     assert batch.num_loss_tokens == 3
 

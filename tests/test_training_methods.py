@@ -15,7 +15,7 @@ from switch_core.training import SUMMARY_FILE, TRACE_FILE, TrainingSetupError, t
 
 
 def _seqkd_examples() -> list:
-    """The tiny teacher's sampled responses to the training prompts (method.md §6.3 sampling)."""
+    """The tiny teacher's sampled responses to the training prompts (docs/METHOD.md §6.3 sampling)."""
     records = _records()[:40]
     responses = generate_responses(
         teacher(), tokenizer(), [short_prompt(r) for r in records], max_prompt_length=MAX_PROMPT, max_new_tokens=12,

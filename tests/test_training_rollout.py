@@ -1,5 +1,5 @@
 """Rollout batches: the teacher logits kept from a SWITCH rollout equal a fresh teacher forward over the finished
-mixed sequence; rollouts keep the KV cache on under gradient checkpointing (landscape.md pain points 1-2)."""
+mixed sequence; rollouts keep the KV cache on under gradient checkpointing (docs/METHOD.md §A.1)."""
 from __future__ import annotations
 
 import pytest

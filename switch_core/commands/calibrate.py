@@ -1,4 +1,4 @@
-"""Find SWITCH's τ0 for a target teacher share by bisection over real rollouts (method.md §1.2).
+"""Find SWITCH's τ0 for a target teacher share by bisection over real rollouts (docs/METHOD.md §1.2).
 
 The teacher share depends on the response length, the schedule, λ and the decoding settings: calibrate with the
 settings the training run will use. Prints every evaluated (τ0, share) and the result; ``--out`` writes it as JSON.

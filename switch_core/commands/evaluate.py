@@ -1,4 +1,4 @@
-"""Evaluate a model on benchmark sets (ROUGE-L mean ± sd over seeds, BLEU, exact match; method.md §5).
+"""Evaluate a model on benchmark sets (ROUGE-L mean ± sd over seeds, BLEU, exact match; docs/METHOD.md §5).
 
 Every option defaults to the configuration's ``eval`` section; results go to ``OUT/<benchmark>/{generations.jsonl,
 metrics.json}`` and ``OUT/throughput.json``. Benchmarks already evaluated with the same model files, protocol and

@@ -1,4 +1,4 @@
-"""Generate the teacher's responses to the training prompts once, for SeqKD (method.md §6.3): run_dir/seqkd/train.jsonl.
+"""Generate the teacher's responses to the training prompts once, for SeqKD (METHOD.md §6.3): run_dir/seqkd/train.jsonl.
 
 Sampling as the reference scripts' ``generate_data_seqkd.sh``: temperature 1, top-k 0 (off), top-p 1, prompts
 truncated to ``data.max_prompt_length``, up to ``data.max_length − data.max_prompt_length`` new tokens, no n-gram
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sampling_settings(config: Config) -> dict[str, Any]:
-    """Decoding settings of the SeqKD generations (method.md §6.3)."""
+    """Decoding settings of the SeqKD generations (docs/METHOD.md §6.3)."""
     data = config.data
     return {
         "max_prompt_length": data.max_prompt_length, "max_new_tokens": data.max_length - data.max_prompt_length,

@@ -1,8 +1,8 @@
 """Supervised fine-tuning: the teacher (models/teacher-base -> models/teacher) or the student's warm-up
-(models/student-init -> models/student-sft), cross-entropy on the ground-truth responses (method.md §6.1).
+(models/student-init -> models/student-sft), cross-entropy on the ground-truth responses (docs/METHOD.md §6.1).
 
 ``--role teacher`` uses ``teacher_optim`` and keeps the checkpoint with the best dev ROUGE-L; ``--role student`` uses
-``warmup_optim`` and keeps the one with the lowest dev loss (DistiLLM "init" scripts, method.md §1.2, §5.6).
+``warmup_optim`` and keeps the one with the lowest dev loss (DistiLLM "init" scripts, docs/METHOD.md §1.2, §5.6).
 ``optim.select_by`` (of the section used) overrides the criterion. With ``teacher.sft: false`` the teacher is used as
 it is: ``--role teacher`` then copies models/teacher-base to models/teacher (hard links), so every later stage and
 DVC see the same layout. Run under ``accelerate launch`` for several

@@ -5,7 +5,7 @@ suite lets the whole pipeline (SFT, distillation, SWITCH rollouts, evaluation) r
 its answers are exact, so a model's output can be verified, not only scored with ROUGE-L.
 
 Nine task families (the record's ``category``), each with 3-12 phrasings of the instruction; some phrasings
-put the data in the ``input`` field, so both MiniLLM prompt templates (method.md §5.2) occur:
+put the data in the ``input`` field, so both MiniLLM prompt templates (docs/METHOD.md §5.2) occur:
 
 - ``arithmetic``: add, subtract or multiply two numbers ("What is 417 plus 86?" -> "503"); 1 word.
 - ``number_to_words``: a number below 10000 in words (3456 -> "three thousand four hundred fifty-six"); 1-5 words.
@@ -332,7 +332,7 @@ def generate_embedded_suite(n: int = DEFAULT_SUITE_SIZE, seed: int = 0) -> list[
 
     Returns:
         ``n`` records with ids ``"embedded-{seed}-{i:05d}"``, ``category`` = family name, one reference each,
-        ``prompt`` None (formatted with the MiniLLM template, method.md §5.2).
+        ``prompt`` None (formatted with the MiniLLM template, docs/METHOD.md §5.2).
 
     Raises:
         ValueError: ``n < 1``.

@@ -1,6 +1,6 @@
-"""Prompt formatting: the MiniLLM template (method.md §5.2) by default, the tokenizer's chat template as an option.
+"""Prompt formatting: the MiniLLM template (docs/METHOD.md §5.2) by default, the tokenizer's chat template as an option.
 
-The response is appended to the prompt directly, with no separator (method.md §5.2); tokenisation and the EOS token
+The response is appended to the prompt directly, with no separator (docs/METHOD.md §5.2); tokenisation and the EOS token
 are handled by :mod:`switch_core.data.tokenize`, whose truncation keeps the format's end (:func:`prompt_ends`).
 """
 
@@ -16,14 +16,14 @@ MINILLM_TEMPLATE_NO_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:\n"
 )
-"""MiniLLM ``tools/process_data_dolly.py`` template for records without input (method.md §5.2)."""
+"""MiniLLM ``tools/process_data_dolly.py`` template for records without input (docs/METHOD.md §5.2)."""
 
 MINILLM_TEMPLATE_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 )
-"""MiniLLM ``tools/process_data_dolly.py`` template for records with a non-empty input (method.md §5.2)."""
+"""MiniLLM ``tools/process_data_dolly.py`` template for records with a non-empty input (docs/METHOD.md §5.2)."""
 
 
 MINILLM_RESPONSE_MARKER = "\n\n### Response:\n"
@@ -61,7 +61,7 @@ def format_prompt(record: InstructionRecord, *, style: PromptStyle = "minillm", 
     Args:
         record: the example.
         style: ``"minillm"``: ``record.prompt`` when the benchmark file carries one (so evaluation uses exactly the
-            benchmark's prompt), else the MiniLLM template (method.md §5.2). ``"chat_template"``: one user message
+            benchmark's prompt), else the MiniLLM template (docs/METHOD.md §5.2). ``"chat_template"``: one user message
             (:func:`chat_user_message`) rendered with ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``;
             ``record.prompt`` is not used.
         tokenizer: a Hugging Face tokenizer with a ``chat_template``; required for ``style="chat_template"``.

@@ -2,7 +2,7 @@
 
 Sources:
 
-- MiniLLM / DistiLLM processed JSONL (the evaluation files under ``../shared/data``, method.md §5.1): fields
+- MiniLLM / DistiLLM processed JSONL (the evaluation files under ``../shared/data``, docs/METHOD.md §5.1): fields
   ``instruction``, ``input``, ``output`` (a string, or a list of reference strings for S-NI), ``prompt`` (already
   formatted; ``<n>`` stands for a newline) and ``topic`` (Vicuna: ``category``).
 - raw databricks-dolly-15k JSONL: ``instruction``, ``context``, ``response``, ``category``.
@@ -203,10 +203,10 @@ def _row_id(row: dict[str, Any], default_id: str) -> str:
 
 
 def minillm_row_to_record(row: dict[str, Any], default_id: str) -> InstructionRecord:
-    """Convert one MiniLLM-format row (method.md §5.1).
+    """Convert one MiniLLM-format row (docs/METHOD.md §5.1).
 
     ``output`` may be a string or a list of references; the category comes from ``topic`` or, for Vicuna,
-    ``category``; ``prompt`` is kept with ``<n>`` replaced by a newline (method.md §5.2); ``id`` is used if present.
+    ``category``; ``prompt`` is kept with ``<n>`` replaced by a newline (METHOD.md §5.2); ``id`` is used if present.
 
     Raises:
         DataFormatError: missing ``instruction``/``output``, wrong types or empty values (``field`` set).
@@ -390,7 +390,7 @@ def read_jsonl(
 def read_minillm_jsonl(
     path: str | Path, *, on_bad_rows: BadRowPolicy = "error", id_prefix: str | None = None
 ) -> ReadResult:
-    """Read a MiniLLM / DistiLLM processed JSONL file (method.md §5.1; see :func:`minillm_row_to_record`).
+    """Read a MiniLLM / DistiLLM processed JSONL file (docs/METHOD.md §5.1; see :func:`minillm_row_to_record`).
 
     Args:
         path: the ``.jsonl`` file, or a folder of ``.jsonl`` files (read in name order, see :func:`read_jsonl`).

@@ -1,8 +1,8 @@
 """The one record type every dataset is read into: an instruction, an optional input and its reference outputs.
 
-A record is what the MiniLLM / DistiLLM evaluation data calls a row (method.md §5.1): ``instruction``, ``input``,
+A record is what the MiniLLM / DistiLLM evaluation data calls a row (docs/METHOD.md §5.1): ``instruction``, ``input``,
 ``output`` (one string, or a list of reference strings for S-NI) and the pre-formatted ``prompt``. Training uses the
-first reference as the response; ROUGE-L takes the max over all references (method.md §5.5).
+first reference as the response; ROUGE-L takes the max over all references (docs/METHOD.md §5.5).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class InstructionRecord:
         references: one or more reference outputs; ``references[0]`` is the training response.
         input: optional context for the instruction ("" when absent; MiniLLM's ``input``, Dolly's ``context``).
         category: task family or dataset topic (Dolly ``category``/``topic``, S-NI task name, Vicuna ``category``).
-        prompt: the already formatted prompt of a benchmark file, used verbatim for evaluation (method.md §5.2);
+        prompt: the already formatted prompt of a benchmark file, used verbatim for evaluation (docs/METHOD.md §5.2);
             None when the prompt is to be built from the template.
 
     Raises:

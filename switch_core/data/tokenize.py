@@ -1,6 +1,6 @@
 """Tokenisation for training and generation: prompt-masked labels with EOS kept, right/left padding, label shift.
 
-Layout of one training example (method.md §5.2-5.3; landscape.md §4 item 4)::
+Layout of one training example (docs/METHOD.md §5.2-5.3, §A.5)::
 
     input_ids = prompt part                    + response_ids[:budget] + [eos]
     labels    = [-100] * len(prompt part)      + response_ids[:budget] + [eos]
@@ -11,9 +11,9 @@ instruction/input) and keeps the format's end, e.g. MiniLLM's ``### Response:`` 
 
 Labels are aligned with ``input_ids`` (Hugging Face convention); the shift-by-one happens once, in
 :func:`shift_labels`. EOS is a label even when ``pad_token_id == eos_token_id``: padding is masked by position in
-:func:`collate_train`, never by comparing ids with the pad id (landscape.md pain point 10). Token ids are Python
-``int`` / ``torch.long``, never a narrow dtype (pain point 25). An example whose prompt or response would be empty is
-an :class:`EmptyExampleError` naming the record id, never a silent empty example (pain point 9).
+:func:`collate_train`, never by comparing ids with the pad id (docs/METHOD.md §A.5). Token ids are Python
+``int`` / ``torch.long``, never a narrow dtype (METHOD.md §A.5). An example whose prompt or response would be empty is
+an :class:`EmptyExampleError` naming the record id, never a silent empty example (docs/METHOD.md §A.5).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def encode_prompt(
     the text before it keeps its first tokens. In the MiniLLM template with input, the template's text (preamble,
     ``### Instruction:`` and ``### Input:`` headers) is kept whole and the instruction and the input each keep their
     head: the shorter one whole if it fits in half the room, the other the rest (:func:`_shares`). A prompt with no
-    known end keeps its head (MiniLLM, method.md §5.3).
+    known end keeps its head (MiniLLM, docs/METHOD.md §5.3).
 
     The prompt is encoded with ``add_special_tokens=True`` (BOS when the tokenizer adds one) unless the text already
     starts with the tokenizer's BOS string (chat templates that render BOS themselves), so BOS is never doubled.
@@ -201,7 +201,7 @@ def tokenize_example(
     max_length: int,
     max_prompt_length: int,
 ) -> TrainExample:
-    """Tokenise one (prompt, response) pair for training (method.md §5.2-5.3).
+    """Tokenise one (prompt, response) pair for training (docs/METHOD.md §5.2-5.3).
 
     The prompt is tokenised by :func:`encode_prompt`; the response without special tokens, truncated so that
     ``prompt + response + EOS <= max_length``; EOS (``tokenizer.eos_token_id``) is appended and kept as a label.
@@ -211,8 +211,8 @@ def tokenize_example(
         prompt: prompt text (e.g. from :func:`switch_core.data.prompts.format_prompt`).
         response: reference response text, appended directly after the prompt.
         tokenizer: Hugging Face tokenizer with an EOS token.
-        max_length: maximum total tokens (method.md §5.3: 512).
-        max_prompt_length: maximum prompt tokens (method.md §5.3: 256).
+        max_length: maximum total tokens (docs/METHOD.md §5.3: 512).
+        max_prompt_length: maximum prompt tokens (docs/METHOD.md §5.3: 256).
 
     Returns:
         A :class:`TrainExample` (ids are Python ints).

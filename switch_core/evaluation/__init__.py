@@ -1,4 +1,4 @@
-"""Evaluation on the MiniLLM / DistiLLM benchmarks (method.md §5): registry, batched generation, metrics, files.
+"""Evaluation on the MiniLLM / DistiLLM benchmarks (docs/METHOD.md §5): registry, batched generation, metrics, files.
 
 Modules: :mod:`~switch_core.evaluation.benchmarks` (registry and loading), :mod:`~switch_core.evaluation.generate`
 (left-padded batched sampling), :mod:`~switch_core.evaluation.metrics` (ROUGE-L, BLEU, exact match, length

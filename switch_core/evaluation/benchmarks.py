@@ -1,6 +1,6 @@
 """The benchmark registry: where each evaluation set is found, and loading it as :class:`InstructionRecord` lists.
 
-The five instruction-following sets of MiniLLM / DistiLLM (method.md §5.1) in MiniLLM's processed JSONL format, plus
+The five instruction-following sets of MiniLLM / DistiLLM (METHOD.md §5.1) in MiniLLM's processed JSONL format, plus
 the run's own test split (``embedded``):
 
 - ``dolly``: ``dolly/valid.jsonl`` (hub ``MiniLLM/dolly`` ``valid.jsonl``), all 500;
@@ -47,7 +47,7 @@ class BenchmarkSpec:
         local_files: candidate paths relative to ``data_dir``, tried in order.
         hub_repo: Hugging Face dataset repo id (or a local folder holding a copy of it); None = local only.
         hub_file: the file inside ``hub_repo``.
-        max_examples: evaluate only the first N rows of the file (UnNI: 10,000, method.md §5.1); None = all.
+        max_examples: evaluate only the first N rows of the file (UnNI: 10,000, docs/METHOD.md §5.1); None = all.
         run_split: read ``{run_dir}/data/{run_split}.jsonl`` (the run's own split) instead of ``data_dir``.
     """
 

@@ -14,9 +14,9 @@ out of these files: ``timings.json`` per benchmark and ``throughput.json`` go to
 (``timings_dir``; the benchmark folders themselves when not given), and the result files are the same bytes for the
 same model, data and protocol.
 
-Metrics (method.md §5.5): ROUGE-L F-measure with stemming, max over references, ×100, averaged over examples; the mean
+Metrics (METHOD.md §5.5): ROUGE-L F-measure with stemming, max over references, ×100, averaged over examples; the mean
 and sample standard deviation over seeds. Also corpus BLEU (sacrebleu) and exact match, and ROUGE-L per
-reference-length bucket (method.md §2). A benchmark whose ``metrics.json`` already holds the same fingerprint (model
+reference-length bucket (METHOD.md §2). A benchmark whose ``metrics.json`` already holds the same fingerprint (model
 files + protocol + evaluated examples) is skipped unless ``force``.
 """
 from __future__ import annotations
@@ -153,7 +153,7 @@ def run_fingerprint(protocol: EvalProtocol, model_fp: str, data_fp: str) -> str:
 
 
 def reference_length(reference: str, tokenizer: Any) -> int:
-    """Tokens of a reference under ``tokenizer`` without special tokens (the length-bucket key, method.md §2)."""
+    """Tokens of a reference under ``tokenizer`` without special tokens (the length-bucket key, docs/METHOD.md §2)."""
     return len(tokenizer.encode(reference, add_special_tokens=False))
 
 

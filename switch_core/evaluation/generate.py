@@ -1,6 +1,6 @@
 """Batched response generation with left padding, under the evaluation protocol's decoding settings.
 
-Decoding follows MiniLLM / DistiLLM ``evaluate_main.py`` (method.md §5.3–5.4): prompts truncated to
+Decoding follows MiniLLM / DistiLLM ``evaluate_main.py`` (docs/METHOD.md §5.3–5.4): prompts truncated to
 ``max_prompt_length`` tokens (cut inside their text, the format's end kept:
 :func:`~switch_core.data.tokenize.encode_prompt`) and left-padded, ``do_sample=True`` at the given temperature, top-k (0 = off), top-p,
 ``no_repeat_ngram_size``, one beam, pad = the tokenizer's pad (eos when it has none). The response is the generated
@@ -8,7 +8,7 @@ tokens up to the first EOS, decoded with ``skip_special_tokens=True``, ``<n>`` r
 
 Only the settings passed here apply: during the call the model's own ``generation_config`` is replaced by one built
 from these arguments and transformers' neutral defaults, so neither a checkpoint's sampling defaults nor
-transformers' implicit ``top_k=50`` (stack.md, "Generation gotchas") can leak in.
+transformers' implicit ``top_k=50`` (docs/METHOD.md §B.1) can leak in.
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def eos_token_ids(model: PreTrainedModel, tokenizer: Any) -> list[int]:
 
 
 def decode_response(token_ids: Sequence[int], tokenizer: Any, eos_ids: Sequence[int]) -> tuple[str, list[int], bool]:
-    """Post-process one generated sequence (method.md §5.4).
+    """Post-process one generated sequence (docs/METHOD.md §5.4).
 
     Args:
         token_ids: the generated token ids only (no prompt), possibly followed by padding after EOS.
@@ -115,7 +115,7 @@ def protocol_generation_config(
     """A complete ``GenerationConfig`` for the protocol: transformers' neutral defaults plus the given settings.
 
     Every processor the arguments do not ask for is off (repetition penalty 1, typical-p 1, no min-p, no forced or
-    suppressed tokens); ``top_k=0`` is passed explicitly so no top-k filter is added (stack.md). ``greedy=True``
+    suppressed tokens); ``top_k=0`` is passed explicitly so no top-k filter is added (METHOD.md §B.1). ``greedy=True``
     gives argmax decoding and ignores temperature / top-k / top-p.
 
     Raises:
@@ -190,7 +190,7 @@ def generate_batch(
         model: a causal LM (run in eval mode without gradients here).
         tokenizer: its tokenizer (needs an EOS token; pad defaults to EOS).
         prompts: prompt strings (formatted, e.g. by :func:`switch_core.data.prompts.format_prompt`).
-        max_prompt_length: prompt tokens kept (:func:`~switch_core.data.tokenize.encode_prompt`, method.md §5.3).
+        max_prompt_length: prompt tokens kept (:func:`~switch_core.data.tokenize.encode_prompt`, docs/METHOD.md §5.3).
         max_new_tokens: maximum response tokens, EOS included.
         temperature: sampling temperature (> 0).
         top_k: keep the k most likely tokens; 0 = off.
@@ -267,7 +267,7 @@ def generate_responses(
 ) -> list[str]:
     """The responses only; see :func:`generate_batch` for arguments, determinism and errors.
 
-    Used by the evaluation and by the training loop's dev ROUGE-L (method.md §5.6).
+    Used by the evaluation and by the training loop's dev ROUGE-L (docs/METHOD.md §5.6).
 
     Returns:
         One post-processed response string per prompt, in prompt order.

@@ -1,11 +1,11 @@
 """Text metrics of the evaluation protocol: ROUGE-L, exact match, corpus BLEU, and reference-length buckets.
 
-ROUGE-L and exact match follow MiniLLM / DistiLLM ``rouge_metric.py`` (method.md §5.5): the ``rougeL`` F-measure of
+ROUGE-L and exact match follow MiniLLM / DistiLLM ``rouge_metric.py`` (docs/METHOD.md §5.5): the ``rougeL`` F-measure of
 ``rouge_score.rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)`` called as ``score(target=reference,
 prediction=prediction)``, the maximum over an example's references; exact match after SQuAD-style normalisation
 (lower-case, punctuation removed, whitespace collapsed; articles are kept, as in that file). Per-example values are in
-[0, 1]; the evaluation scales corpus means by 100. BLEU is sacrebleu's corpus BLEU (an extra metric, landscape.md §4
-item 1). Length buckets implement the response-length analysis of method.md §2.
+[0, 1]; the evaluation scales corpus means by 100. BLEU is sacrebleu's corpus BLEU (an extra metric, METHOD.md §A.7).
+Length buckets implement the response-length analysis of docs/METHOD.md §2.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def _check_references(references: Sequence[str]) -> None:
 
 
 def rouge_l(prediction: str, references: Sequence[str]) -> float:
-    """ROUGE-L F-measure of one prediction: the maximum over its references (method.md §5.5).
+    """ROUGE-L F-measure of one prediction: the maximum over its references (docs/METHOD.md §5.5).
 
     Tokenisation is rouge-score's default (lower-case, runs of ``[a-z0-9]``, Porter stemming of tokens longer than
     3 characters); text without such characters (empty, or non-ASCII only) scores 0.
@@ -67,7 +67,7 @@ def normalize_answer(text: str) -> str:
 
 
 def exact_match(prediction: str, references: Sequence[str]) -> float:
-    """1.0 when the normalised prediction equals some normalised reference, else 0.0 (method.md §5.5).
+    """1.0 when the normalised prediction equals some normalised reference, else 0.0 (docs/METHOD.md §5.5).
 
     Raises:
         MetricInputError: ``references`` is empty or a bare string.
@@ -123,7 +123,7 @@ class LengthBucket:
 
 
 def length_buckets(edges: Sequence[int] = DEFAULT_BUCKET_EDGES) -> tuple[LengthBucket, ...]:
-    """Buckets ``[0,e1], [e1+1,e2], ..., [ek+1,inf)`` from increasing upper bounds (method.md §2, MiniLLM's S-NI
+    """Buckets ``[0,e1], [e1+1,e2], ..., [ek+1,inf)`` from increasing upper bounds (docs/METHOD.md §2, MiniLLM's S-NI
     buckets [0,5]/[6,10]/[11,inf) generalised).
 
     Args:

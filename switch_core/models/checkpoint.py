@@ -111,8 +111,8 @@ def plain_copy_of_gguf_model(model: PreTrainedModel) -> PreTrainedModel:
 
     ``from_pretrained(..., gguf_file=...)`` dequantizes the GGUF tensors to float but keeps a ``quantization_config``
     in the config, and ``save_pretrained`` then refuses the model. The copy is built from ``config.to_dict()``
-    without ``quantization_config`` and receives the state dict unchanged (docs/stack.md, "Real model available
-    offline"); its logits are identical.
+    without ``quantization_config`` and receives the state dict unchanged (docs/METHOD.md §B.2);
+    its logits are identical.
 
     Args:
         model: a model returned by ``from_pretrained`` with a ``gguf_file``.

@@ -1,10 +1,10 @@
 """Teacher/student compatibility check, run before any distillation.
 
-Every KD loss here (method.md) compares the teacher's and the student's next-token distributions id by id, and the
+Every KD loss here (docs/METHOD.md) compares the teacher's and the student's next-token distributions id by id, and the
 student's tokens are scored by the teacher as its own ids. That is only meaningful when both models share one
 tokenizer (identical token -> id mapping, same eos) and produce logits of the same width. Otherwise the failure is
 a cryptic broadcast error (vocab sizes differ inside one family, e.g. Qwen2.5-0.5B 151,936 vs 7B 152,064) or,
-worse, silently wrong training (different tokenizers): docs/landscape.md §1, pain points 5, 6 and 28.
+worse, silently wrong training (different tokenizers): docs/METHOD.md §A.3.
 
 Sizes are compared on ``config.vocab_size`` and the output embedding rows, not on ``len(tokenizer)``: a config
 vocabulary larger than the tokenizer (padding rows, as in Qwen) is fine when teacher and student agree.

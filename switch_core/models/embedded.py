@@ -2,8 +2,8 @@
 
 The package ships ``SmolLM2-135M-Instruct.Q4_1.gguf`` (Apache-2.0). Loading it needs ``gguf`` and takes about 15 s;
 the first call of `embedded_teacher_dir` converts it to a plain checkpoint folder (model + tokenizer, loadable with
-``from_pretrained`` and no ``gguf``) in a cache and every later call reuses that folder (docs/stack.md, "Real model
-available offline"). The package is located with ``importlib.util.find_spec``, never imported: its own imports need
+``from_pretrained`` and no ``gguf``) in a cache and every later call reuses that folder (docs/METHOD.md §B.2).
+The package is located with ``importlib.util.find_spec``, never imported: its own imports need
 ``llm`` and ``llama-cpp-python``, which we do not install.
 """
 

@@ -7,7 +7,7 @@ A model source spec is one of:
 - a Hugging Face hub name, resolved from the local HF cache (runs are offline: ``HF_HUB_OFFLINE=1``).
 
 Models are moved explicitly to the requested device and put in eval mode, so teacher and student never end up on
-different devices because one was loaded from a string (docs/landscape.md §1, pain point 4).
+different devices because one was loaded from a string (docs/METHOD.md §A.2).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 LoRA (Hu et al. 2021, arXiv 2106.09685) replaces a frozen weight ``W`` of a target module by ``W + (alpha / r)·B·A``
 with ``A`` (r × in, Kaiming-uniform) and ``B`` (out × r, zeros) trained; dropout acts on the LoRA branch's input.
-DistiLLM trains OpenLLaMA-2 this way (method.md §6.8: r 16, alpha 64, dropout 0.1, peft's default target modules,
+DistiLLM trains OpenLLaMA-2 this way (docs/METHOD.md §6.8: r 16, alpha 64, dropout 0.1, peft's default target modules,
 ``utils.py::get_model`` of jongwooko/distillm).
 
 The adapters are injected with peft's ``inject_adapter_in_model``, which keeps the model the plain transformers class

@@ -2,7 +2,7 @@
 words: the Methods table of docs/RESULTS.md.
 
 The text is derived from the validated configuration alone (a run's ``overrides`` applied), so the document states
-the settings that were actually in force, including the defaults a preset did not spell out (method.md §6; the
+the settings that were actually in force, including the defaults a preset did not spell out (docs/METHOD.md §6; the
 SWITCH loss, which the paper leaves open, is whatever ``methods.switch.loss`` resolved to).
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ def loss_text(method: MethodConfig) -> str:
     """The training loss of a method configuration, with its parameters.
 
     p is the teacher's next-token distribution and q the student's; the loss is per response token, averaged
-    (method.md §6): forward KL KL(p‖q), reverse KL KL(q‖p), generalised JSD with weight β (GKD, Agarwal et al. 2024,
+    (METHOD.md §6): forward KL KL(p‖q), reverse KL KL(q‖p), generalised JSD with weight β (GKD, Agarwal et al. 2024,
     eq. 1), skew KL KL(p‖αp+(1−α)q) and skew reverse KL KL(q‖αq+(1−α)p) (DistiLLM, Ko et al. 2024, eq. 4), total
     variation; ``kd_ratio`` < 1 mixes in the cross-entropy on the batch's tokens.
     """
@@ -53,7 +53,7 @@ def loss_text(method: MethodConfig) -> str:
 
 
 def generator_text(strategy: str, rollout: RolloutConfig) -> str:
-    """Who writes the tokens of a rollout (the engine's strategies, method.md §1)."""
+    """Who writes the tokens of a rollout (the engine's strategies, docs/METHOD.md §1)."""
     if strategy == "switch":
         tau0 = (f"τ0 calibrated to a {100 * rollout.target_teacher_share:.0f}% teacher share" if rollout.tau0 is None
                 else f"τ0 = {rollout.tau0:g}")
@@ -95,7 +95,7 @@ def optimizer_text(optim: OptimConfig) -> str:
 
 def selection_text(optim: OptimConfig, *, warmup: bool = False) -> str:
     """Which checkpoint of a stage is kept: the best on dev by ``optim.select_by`` (``auto``: dev loss for the student
-    warm-up, dev ROUGE-L otherwise; method.md §5.6), checked every ``eval_every`` steps (else at each epoch end) and at the last step."""
+    warm-up, dev ROUGE-L otherwise; METHOD.md §5.6), checked every ``eval_every`` steps (else at each epoch end) and at the last step."""
     criterion = optim.select_by if optim.select_by != "auto" else ("loss" if warmup else "rouge_l")
     when = (f"every {optim.eval_every} steps and at the last step" if optim.eval_every
             else "at each epoch end and at the last step")

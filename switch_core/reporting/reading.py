@@ -304,7 +304,7 @@ def _read_dolly(r: ReadingInputs) -> str | None:
     margin = r.per_benchmark[sw]["dolly"].mean - others[best].mean
     return (f"Dolly: SWITCH − best other method (`{best}`) = {margin:+.2f} here; the only paper number found is "
             f"{paper_sw} vs {paper_base} for an unnamed baseline ({paper_sw - paper_base:+.1f}, larger models and the "
-            "full training set; method.md §3).")
+            "full training set; METHOD.md §3).")
 
 
 def reading(r: ReadingInputs) -> list[str]:

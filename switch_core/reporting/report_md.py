@@ -88,7 +88,7 @@ def build_report(
         "## ROUGE-L (mean ± sd over seeds)", "",
         (
             "ROUGE-L F-measure with stemming, max over references, ×100, averaged over examples; mean and sample sd "
-            "over generation seeds (method.md §5.5). `average` = mean of the benchmark means, shown only for models "
+            "over generation seeds (METHOD.md §5.5). `average` = mean of the benchmark means, shown only for models "
             "evaluated on every benchmark. `n` = examples evaluated; `limit` marks a seeded subsample (a quick run, "
             "not comparable to full-set numbers)."
         ),

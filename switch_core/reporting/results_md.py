@@ -103,7 +103,7 @@ def training_overlap(run_dir: str | Path, benchmarks: Sequence[str], models: Seq
     """Evaluation prompts that also occur in the training split: ``[(benchmark, in_train, evaluated)]``.
 
     A prompt counts when the benchmark's prompt text equals a training record's MiniLLM-template prompt
-    (:func:`~switch_core.data.prompts.format_prompt`, method.md §5.2). The evaluated prompts are read from the
+    (:func:`~switch_core.data.prompts.format_prompt`, docs/METHOD.md §5.2). The evaluated prompts are read from the
     ``generations.jsonl`` of the first model in ``models`` evaluated on the benchmark; benchmarks without one, and all
     of them when the training split is missing, are left out.
 
@@ -276,7 +276,7 @@ def write_results_doc(
                + ", ".join(f"{b} {n}/{total}" for b, n, total in overlap)]
     absent = [f"{b} ({label})" for b, label in PAPER_BENCHMARKS.items() if b not in benchmarks]
     if absent:
-        md += [(f"- not evaluated: {', '.join(absent)} (of the paper's five benchmarks, method.md §5.1; not among this "
+        md += [(f"- not evaluated: {', '.join(absent)} (of the paper's five benchmarks, METHOD.md §5.1; not among this "
                "run's benchmarks)")]
     md += ["", "Evaluation sets:", "",
            evaluation_sizes_table(evals, benchmarks), ""]
@@ -293,7 +293,7 @@ def write_results_doc(
                methods_table({label(n): d for n, d in method_descriptions.items()}, logged), ""]
     md += [
         "## ROUGE-L", "",
-        ("ROUGE-L F (stemming, max over references, ×100), mean ± sample sd over generation seeds (method.md §5.5). "
+        ("ROUGE-L F (stemming, max over references, ×100), mean ± sample sd over generation seeds (METHOD.md §5.5). "
         f"`average` = per-seed mean over the {len(done)} evaluated benchmarks ({', '.join(done) or 'none yet'}), then "
         "mean ± sd over seeds; shown for models evaluated on all of them. Bold: the best distillation method per "
         "column (reference rows are not ranked)."), "",
@@ -319,7 +319,7 @@ def write_results_doc(
                length_table(lengths, stops, models), ""]
     md += ["## SWITCH teacher share", "",
            (f"Share of response tokens the teacher emitted in the training rollouts ({100 * PAPER_TEACHER_SHARE:.0f}% "
-           "at decay 1/10 by a secondary source on the paper, method.md §1.1). A τ0 not set in the configuration is "
+           "at decay 1/10 by a secondary source on the paper, METHOD.md §1.1). A τ0 not set in the configuration is "
            "calibrated at the start of the run, on the run's starting checkpoint (its `init_from`, e.g. the warmed-up "
            "student), for the target share. The headline figure is the share over all rollout tokens (last column); the calibrated share is measured on "
            "the calibration prompts only, the logged shares per training step."), ""]

@@ -1,7 +1,7 @@
 """Calibrate SWITCH's τ0 to a target teacher share.
 
-The paper does not give τ0 (method.md §1.2); it reports that with its decay factor about 53% of the generated tokens
-come from the teacher (method.md §1.1 item 4). This module searches τ0 so that SWITCH rollouts of the given student
+The paper does not give τ0 (METHOD.md §1.2); it reports that with its decay factor about 53% of the generated tokens
+come from the teacher (docs/METHOD.md §1.1 item 4). This module searches τ0 so that SWITCH rollouts of the given student
 and teacher on given prompts reach a target teacher share.
 
 The share depends on the tokens actually chosen (a teacher token changes the prefix of every later step), so each
@@ -121,7 +121,7 @@ def calibrate_tau0(
     """Find τ0 for which SWITCH rollouts reach ``target_share`` teacher tokens (search in the module docstring).
 
     Args:
-        student: the student causal LM (e.g. the SFT-initialised student, method.md §1.2).
+        student: the student causal LM (e.g. the SFT-initialised student, docs/METHOD.md §1.2).
         teacher: the teacher causal LM.
         prompt_batches: ``(prompt_ids, prompt_mask)`` left-padded batches; more prompts and tokens give a steadier
             share at a higher cost (each evaluation decodes all of them).
@@ -205,7 +205,7 @@ def calibrate_settings(
     within ``config.calibration_tolerance`` in at most ``config.calibration_evaluations`` tries.
 
     Args:
-        student: the student causal LM (at the run's starting checkpoint, method.md §1.2).
+        student: the student causal LM (at the run's starting checkpoint, docs/METHOD.md §1.2).
         teacher: the teacher causal LM.
         prompts: prompt token ids (e.g. the training prompts), unpadded.
         settings: the run's rollout settings (``strategy="switch"``; e.g. :meth:`RolloutSettings.from_config`).

@@ -1,13 +1,13 @@
 """Two-model decoding of a student and a teacher: SWITCH rollouts and the baselines' samplers.
 
-One call decodes a batch of left-padded prompts with both models, each with its own KV cache (method.md §1.3). At
+One call decodes a batch of left-padded prompts with both models, each with its own KV cache (docs/METHOD.md §1.3). At
 response position t and for every unfinished row:
 
 1. the student's logits ``q_t`` and the teacher's logits ``p_t`` for the next token are at hand;
 2. the strategy picks the source of the token (:mod:`switch_core.rollout.gate`):
 
    - ``switch``: the teacher when ``JSD(p_t, q_t) > τ_t`` (symmetric JSD, β = 0.5, after the temperature;
-     τ_t from :mod:`switch_core.rollout.schedules`), else the student (method.md §1.1);
+     τ_t from :mod:`switch_core.rollout.schedules`), else the student (docs/METHOD.md §1.1);
    - ``student``: always the student (pure on-policy sampling: ImitKD / GKD / DistiLLM rollouts, §6.4-6.7);
    - ``teacher``: always the teacher (teacher sampling, SeqKD-like, §6.3);
    - ``random``: the teacher with probability ``random_rate``, independently of the divergence (the ablation's
@@ -45,7 +45,7 @@ Hugging Face causal LMs (transformers 5):
 with ``.logits [n, k, V]`` and ``.cache`` (a ``DynamicCache``; ``cache.batch_select_indices`` is used to drop rows).
 The models run in eval mode under ``torch.no_grad`` and their training flags are restored afterwards; passing
 ``use_cache=True`` in eval mode keeps the KV cache on even when the student has gradient checkpointing enabled
-(landscape.md pain points 1-2). ``torch.no_grad`` rather than ``torch.inference_mode``: inference-mode tensors
+(docs/METHOD.md §A.1). ``torch.no_grad`` rather than ``torch.inference_mode``: inference-mode tensors
 cannot be saved for backward, and the returned tokens and teacher logits feed the student's training loss.
 """
 from __future__ import annotations

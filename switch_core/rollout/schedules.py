@@ -1,9 +1,9 @@
 """Threshold schedules τ_t of SWITCH's intervention test (the teacher emits token t when JSD_t > τ_t).
 
-t is the position inside the response, t = 0 for the first generated token (method.md §1.1 item 2, [I]).
+t is the position inside the response, t = 0 for the first generated token (docs/METHOD.md §1.1 item 2, [I]).
 
-- ``exponential``: τ_t = τ0·e^(−λ·t), the paper's schedule (method.md §1.1 item 2; λ = 0.1 per token, item 4);
-- ``linear``: τ_t = τ0·max(0, 1 − t/T) with horizon T (method.md §7 item 4, the ablation's "linearly decreasing");
+- ``exponential``: τ_t = τ0·e^(−λ·t), the paper's schedule (docs/METHOD.md §1.1 item 2; λ = 0.1 per token, item 4);
+- ``linear``: τ_t = τ0·max(0, 1 − t/T) with horizon T (docs/METHOD.md §7 item 4, the ablation's "linearly decreasing");
 - ``constant``: τ_t = τ0 (the ablation's constant threshold).
 
 The symmetric JSD is at most ln 2 (:data:`JSD_MAX`), so where τ_t >= ln 2 the teacher cannot intervene:
@@ -22,7 +22,7 @@ from switch_core.config import ScheduleName
 SCHEDULES: tuple[str, ...] = typing.get_args(ScheduleName)
 JSD_MAX = math.log(2.0)
 """Largest value of the symmetric JSD (β = 0.5) in nats, reached by distributions with disjoint supports
-(method.md §1.1 item 1)."""
+(docs/METHOD.md §1.1 item 1)."""
 
 
 class ScheduleError(ValueError):

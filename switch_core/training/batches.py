@@ -1,9 +1,9 @@
 """The one batch type the training loop consumes, built from ground-truth examples, rollouts or replayed sequences.
 
-Every batch source (method.md §6) ends in a :class:`TrainBatch`: ``input_ids`` / ``attention_mask`` / ``labels``
+Every batch source (docs/METHOD.md §6) ends in a :class:`TrainBatch`: ``input_ids`` / ``attention_mask`` / ``labels``
 aligned as in Hugging Face (labels ``-100`` where ignored, the generated or reference EOS kept as a label). The loss
 shifts once: logits at position ``i`` predict token ``i + 1``, so the loss positions are ``labels[:, 1:] != -100``
-over ``logits[:, :-1]`` (never DistiLLM's unshifted SGO mask, method.md §6.9 item 2).
+over ``logits[:, :-1]`` (never DistiLLM's unshifted SGO mask, docs/METHOD.md §6.9 item 2).
 
 A rollout batch may carry what its loss needs from rollout time for its last ``T`` tokens: the teacher's logits
 (SWITCH, kept from the rollout) and MiniLLM's per-token policy-gradient values (:class:`PolicyTokens`).
@@ -21,7 +21,7 @@ from switch_core.data.tokenize import IGNORE_INDEX, TrainExample, collate_train
 
 @dataclass(frozen=True)
 class PolicyTokens:
-    """MiniLLM's per-token policy-gradient values, fixed at rollout time (method.md §6.5).
+    """MiniLLM's per-token policy-gradient values, fixed at rollout time (docs/METHOD.md §6.5).
 
     All fields have one shape: ``[B, T]`` float32 for the last ``T`` tokens of a :class:`TrainBatch` (value
     ``[:, t]`` belongs to token ``input_ids[:, L - T + t]``, as ``TrainBatch.teacher_logits``), 0 where the token is

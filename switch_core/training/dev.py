@@ -1,11 +1,11 @@
-"""Dev evaluation during training: dev loss on the dev split and dev ROUGE-L on a sampled subset (method.md §5.6).
+"""Dev evaluation during training: dev loss on the dev split and dev ROUGE-L on a sampled subset (docs/METHOD.md §5.6).
 
 - ``dev/ce``: cross-entropy of the student on the ground-truth dev responses (DistiLLM's validation LM loss; its
-  adaptive schedule reacts to it, method.md §6.7);
+  adaptive schedule reacts to it, docs/METHOD.md §6.7);
 - ``dev/loss``: the method's own per-token loss on the same ground-truth dev batches (equal to ``dev/ce`` for SFT;
   for MiniLLM, whose policy-gradient loss needs rollouts, its divergence: the token-mean KL(q ‖ p));
 - ``dev/rouge_l``: 100 × mean ROUGE-L F-measure (max over references) of responses sampled with the evaluation
-  protocol's decoding settings (method.md §5.4–5.5) on a fixed, seeded subset of the dev prompts.
+  protocol's decoding settings (docs/METHOD.md §5.4–5.5) on a fixed, seeded subset of the dev prompts.
 
 Dev losses are sharded over processes and summed; the ROUGE-L generations run on the main process only and the
 result is broadcast, so the score does not depend on the number of processes.

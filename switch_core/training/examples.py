@@ -1,4 +1,4 @@
-"""Split files -> the tokenised examples and dev data a training run needs (method.md §5.2–5.3).
+"""Split files -> the tokenised examples and dev data a training run needs (docs/METHOD.md §5.2–5.3).
 
 Each record's prompt is formatted with ``data.prompt_format`` and tokenised with its first reference as the response
 (``tokenize_example``: a long prompt cut inside its text with the format's end kept, response truncated to

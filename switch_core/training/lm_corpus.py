@@ -1,4 +1,4 @@
-"""MiniLLM's optional pre-training LM term: a plain-text corpus and the per-step batch drawn from it (method.md §6.5).
+"""MiniLLM's optional pre-training LM term: a plain-text corpus and the per-step batch drawn from it (METHOD.md §6.5).
 
 MiniLLM's total loss is ``rl_loss + lm_coef · pt_loss`` with ``pt_loss = (1 − kd_ratio)·CE + kd_ratio·FKL`` on a batch
 of a pre-training corpus (OpenWebText for GPT-2), ``kd_ratio = 0.5`` (``minillm/losses.py::pt_loss``). Any text file
@@ -24,7 +24,7 @@ from switch_core.training.batches import TrainBatch, batch_from_examples
 from switch_core.training.losses import LossSpec
 
 PT_KD_RATIO = 0.5
-"""MiniLLM ``--kd-ratio`` 0.5 of the pre-training loss (method.md §6.5)."""
+"""MiniLLM ``--kd-ratio`` 0.5 of the pre-training loss (docs/METHOD.md §6.5)."""
 PT_LOSS = LossSpec(name="fkl", kd_ratio=PT_KD_RATIO)
 """``pt_loss = 0.5·CE + 0.5·FKL`` per token of the pre-training batch."""
 TEXT_FIELD = "text"

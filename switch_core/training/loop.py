@@ -10,8 +10,8 @@ Per optimizer step (global batch ``optim.batch_size`` sequences, ``batch_size / 
    ``optim.micro_batch_size`` sequences back-propagates ``sum(per-token loss) / N_global``
    (:func:`~switch_core.training.objective.batch_loss`), gradients are summed over processes (all-reduce), clipped
    to ``optim.grad_clip``, and AdamW takes one step on the cosine schedule. The gradient is therefore that of the
-   token mean over the global batch, identical for any micro-batch split and process count (landscape.md pain
-   points 8, 29). Gradients are reduced explicitly rather than by DDP hooks, because the chunked loss runs several
+   token mean over the global batch, identical for any micro-batch split and process count (docs/METHOD.md §A.4).
+   Gradients are reduced explicitly rather than by DDP hooks, because the chunked loss runs several
    backward calls per micro-batch. With MiniLLM's pre-training term (``lm_coef > 0``) a batch of the pre-training
    corpus adds ``lm_coef · sum(pt loss) / N_pt_global`` (:mod:`.lm_corpus`) before the gradients are reduced;
 4. dev evaluation after every epoch, every ``optim.eval_every`` steps and at the last step (plus once before
@@ -267,7 +267,7 @@ class _Run:
 
     def _lm_loss(self, start: int) -> float:
         """Back-propagate ``lm_coef ×`` the pre-training loss token mean of the step's corpus batch (MiniLLM's
-        ``pt_loss``, method.md §6.5; normalised by the batch's global token count); returns that mean."""
+        ``pt_loss``, docs/METHOD.md §6.5; normalised by the batch's global token count); returns that mean."""
         batch = lm_batch(
             self.job.lm_corpus, seed=self.optim.seed, step=self.step, offset=start, count=self.layout.local_size,
             global_count=self.optim.batch_size, pad_token_id=self.pad_id,

@@ -1,6 +1,6 @@
 """The per-token training loss of every method, as a pure function of logits (testable without a trainer).
 
-For a response token with student logits ``s``, teacher logits ``t`` and target token ``y`` (method.md §6):
+For a response token with student logits ``s``, teacher logits ``t`` and target token ``y`` (docs/METHOD.md §6):
 
     L = CE(s, y)                                            loss = "ce" (SFT §6.1; SeqKD as plain CE)
     L = (1 − kd_ratio) · CE(s, y) + kd_ratio · D(p ‖ q)     otherwise (DistiLLM ``finetune.py``: kd_ratio mixes them)

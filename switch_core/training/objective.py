@@ -8,7 +8,7 @@ when training, back-propagates it at once into the output head and into a detach
 One final backward call then carries the accumulated hidden-state gradient through the transformer. Peak memory is
 one chunk of logits, and the output projection runs once forward and once backward (no recomputation).
 
-Normalisation (landscape.md pain points 8 and 29): the per-token losses are *summed* and scaled by
+Normalisation (docs/METHOD.md §A.4): the per-token losses are *summed* and scaled by
 ``1 / N_global``, the number of response tokens in the whole global batch (all micro-batches of all processes), so
 the accumulated gradient is the gradient of the token mean of the global batch, whatever the micro-batch split and
 process count.
@@ -83,7 +83,7 @@ def batch_loss(
     """Sum of the per-token losses over the batch's response tokens; optionally back-propagate ``scale ×`` it.
 
     Teacher logits come from ``batch.teacher_logits`` when the batch carries them (kept from a SWITCH rollout: the
-    teacher's distributions on the same mixed prefix, method.md §1.3), else from a no-grad teacher forward. A batch
+    teacher's distributions on the same mixed prefix, docs/METHOD.md §1.3), else from a no-grad teacher forward. A batch
     with policy values (MiniLLM, ``batch.policy``) hands each position's values to the per-token loss.
 
     Args:

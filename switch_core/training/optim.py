@@ -1,4 +1,4 @@
-"""AdamW and the cosine learning-rate schedule with linear warm-up (method.md §6.8 "Settings shared by all runs").
+"""AdamW and the cosine learning-rate schedule with linear warm-up (docs/METHOD.md §6.8 "Settings shared by all runs").
 
 DistiLLM: AdamW, weight decay 0.01 on weight matrices only (biases and norm weights are not decayed), cosine decay
 to ``lr_min`` (1e-7), no warm-up by default.

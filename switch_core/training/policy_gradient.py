@@ -1,4 +1,4 @@
-"""MiniLLM's policy gradient on the sequence-level reverse KL, as pure functions of per-token values (method.md §6.5).
+"""MiniLLM's policy gradient on the sequence-level reverse KL, as pure functions of per-token values (METHOD.md §6.5).
 
 MiniLLM minimises ``KL(q_θ ‖ p) = E_{y∼q_θ}[log q_θ(y|x) − log p(y|x)]`` over student rollouts with PPO-style
 clipping (MiniLLM code: ``minillm/sampler.py`` computes the stored values, ``minillm/losses.py`` the loss). For
@@ -92,7 +92,7 @@ def normalised_returns(rewards: Tensor, mask: Tensor, *, gamma: float) -> Tensor
 
     ``n_t`` is the number of response tokens from ``t`` to the end of the row (``|y| − t`` for a response that fills
     the first ``|y|`` columns), MiniLLM ``losses.py::_get_advantages_and_returns`` (its length division is
-    unconditional, method.md §6.5).
+    unconditional, docs/METHOD.md §6.5).
 
     Args:
         rewards: ``[B, T]`` float per-token rewards (values off the mask are ignored).

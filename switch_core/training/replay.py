@@ -1,4 +1,4 @@
-"""FIFO replay buffer of student-generated sequences (DistiLLM ``distillm/buffer.py``; method.md §6.4, §6.7).
+"""FIFO replay buffer of student-generated sequences (DistiLLM ``distillm/buffer.py``; docs/METHOD.md §6.4, §6.7).
 
 The buffer keeps the most recent ``capacity`` sequences (older ones fall out first) and draws a training batch
 uniformly at random *without replacement*, as DistiLLM's ``random.sample(replay_memory, k=batch_size)``. Draws use

@@ -10,7 +10,7 @@ sft --role student     models/student-init       models/student-sft           ``
 distill --run NAME     models/<init_from>        models/NAME                  ``optim``          dev ROUGE-L
 =====================  ========================  ===========================  =================  =============
 
-(selection: ``select_by: auto``; method.md §5.6). Each run keeps its resumable state in ``state/<name>``. The teacher
+(selection: ``select_by: auto``; METHOD.md §5.6). Each run keeps its resumable state in ``state/<name>``. The teacher
 of a distillation run is ``models/teacher`` (``teacher.sft: true``) or ``models/teacher-base``.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Batch sources: where each method's training batch comes from at each step (method.md §6).
+"""Batch sources: where each method's training batch comes from at each step (docs/METHOD.md §6).
 
 A method is a batch source plus a loss. Each step the loop hands the source this process's share of the step's
 ground-truth examples (ground-truth or SeqKD data, in the seeded epoch order); the source returns the batch to train
@@ -130,7 +130,7 @@ class SourceOutput:
             (``reward_sum``), of the returns before whitening and their squares (``return_sum``, ``return_sq_sum``)
             and of the importance weights (``weight_sum``).
         by_position: for a fresh rollout, ``(teacher_tokens, tokens)`` at each 0-based response position of this
-            process's rollouts (the teacher-share-by-position diagnostic of method.md §1.3); None otherwise.
+            process's rollouts (the teacher-share-by-position diagnostic of docs/METHOD.md §1.3); None otherwise.
     """
 
     batch: TrainBatch
