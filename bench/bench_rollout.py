@@ -1,7 +1,8 @@
 """Throughput of SWITCH rollouts: the speculative engine against the lockstep one and against plain generation.
 
-Pair: the embedded SmolLM2-135M-Instruct teacher and its 6-layer pruned copy as student. For each batch size and each
-target teacher share, every method generates exactly ``--new-tokens`` tokens per row (stopping at EOS disabled;
+Pair: the embedded SmolLM2-135M-Instruct teacher and its 6-layer pruned copy as student, or the checkpoints given
+with ``--teacher`` / ``--student`` (after ``make run``: the SFT'd teacher and the warmed-up student). For each batch
+size and each target teacher share, every method generates exactly ``--new-tokens`` tokens per row (stopping at EOS disabled;
 ``generate`` with ``min_new_tokens = max_new_tokens``, ``do_sample=True``, ``top_k=0``, temperature 1):
 
 - lockstep: :func:`switch_core.rollout.rollout` with ``engine="lockstep"`` (one token of each model per step), with
@@ -270,6 +271,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reference-tokens", type=int, default=0,
                         help="steps of the no-cache reference before extrapolating (default: 0 = skip it)")
     parser.add_argument("--keep-layers", type=int, default=6, help="student layers kept of 30 (default: 6)")
+    parser.add_argument("--teacher", type=Path, default=None,
+                        help="teacher checkpoint folder (default: the embedded SmolLM2-135M-Instruct), e.g. "
+                        "runs/default/models/teacher after `make run`")
+    parser.add_argument("--student", type=Path, default=None,
+                        help="student checkpoint folder (default: the teacher pruned to --keep-layers layers, "
+                        "untrained), e.g. the warmed-up runs/default/models/student-sft after `make run`")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -289,10 +296,13 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [int(x) for x in args.batches.split(",")]
     shares = [float(x) for x in args.shares.split(",")]
 
-    folder = embedded_teacher_dir()
+    folder = args.teacher or embedded_teacher_dir()
     tokenizer = load_tokenizer(folder)
     teacher = load_causal_lm(folder, dtype=args.dtype, device=args.device)
-    student = prune_layers(teacher, args.keep_layers)
+    if args.student is None:
+        student = prune_layers(teacher, args.keep_layers)
+    else:
+        student = load_causal_lm(args.student, dtype=args.dtype, device=args.device)
     records = generate_embedded_suite(max(sizes), seed=0)
     prompt_ids = [tokenize_prompt(format_prompt(r), tokenizer, max_prompt_length=256) for r in records]
     pad = int(tokenizer.pad_token_id)
@@ -307,8 +317,10 @@ def main(argv: list[str] | None = None) -> None:
     _generate(student, ids, mask, 4, pad, args.seed)
 
     header = (
-        f"SWITCH rollout benchmark: teacher SmolLM2-135M-Instruct ({count_parameters(teacher) / 1e6:.1f}M), student "
-        f"{args.keep_layers}-layer pruned copy ({count_parameters(student) / 1e6:.1f}M); {args.device}, {args.dtype}, "
+        f"SWITCH rollout benchmark: teacher {args.teacher or 'SmolLM2-135M-Instruct'} "
+        f"({count_parameters(teacher) / 1e6:.1f}M), student "
+        f"{args.student or f'{args.keep_layers}-layer pruned copy'} ({count_parameters(student) / 1e6:.1f}M); "
+        f"{args.device}, {args.dtype}, "
         f"{torch.get_num_threads()} threads; {args.new_tokens} new tokens per row (EOS disabled), sampling T=1, "
         f"top-k 0; exponential schedule, λ = {DECAY}; speculative drafts of at most {args.max_draft_tokens} tokens; "
         f"prompts: embedded instruction suite (MiniLLM template); best of {args.repeats} interleaved runs."
