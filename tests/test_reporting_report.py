@@ -186,3 +186,12 @@ def test_reference_rows_come_first_and_are_labelled(tmp_path):
         "teacher (reference)", "student-init (untrained student)"]
     order = build_report(evals, tmp_path / "r2", models=["switch", "teacher", "kd"]).markdown.read_text()
     assert order.index("| teacher (reference) |") < order.index("| switch |") < order.index("| kd |")
+
+
+def test_training_curves_leave_out_timings(tmp_path: Path) -> None:
+    """The report is a tracked output: a metric that is a timing differs between two runs of the same inputs."""
+    from switch_core.reporting.plots import plot_training_curves
+
+    frame = pd.DataFrame({"step": [1, 2, 1, 2, 1, 2], "value": [2.0, 1.5, 3.1, 2.9, 40.0, 41.0],
+                          "metric": ["train/loss"] * 2 + ["train/seconds"] * 2 + ["train/tokens_per_second"] * 2})
+    assert list(plot_training_curves({"kd": frame}, tmp_path)) == ["train/loss"]

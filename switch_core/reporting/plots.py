@@ -80,10 +80,15 @@ def _slug(name: str) -> str:
 def plot_training_curves(logs: Mapping[str, pd.DataFrame], out_dir: str | Path) -> dict[str, Path]:
     """One PNG per metric name (``curve_<metric>.png``), one line per run, value against optimizer step.
 
+    Timings (metrics named ``*seconds`` / ``*per_second``) are left out: they differ between two runs of the same
+    inputs, and the report is a tracked output that must not.
+
     Returns:
         Metric name -> PNG path, in sorted metric order.
     """
-    metrics = sorted({m for frame in logs.values() for m in frame["metric"].unique()})
+    metrics = sorted({
+        m for frame in logs.values() for m in frame["metric"].unique() if not m.endswith(("seconds", "per_second"))
+    })
     written: dict[str, Path] = {}
     for metric in metrics:
         fig = Figure(figsize=(6.4, 3.8), layout="constrained")
