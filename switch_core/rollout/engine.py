@@ -19,6 +19,12 @@ response position t and for every unfinished row:
      with the larger weighted probability of that token. ``sampling_logprobs`` holds ``log(α·p̃(y) + (1−α)·q̃(y))``,
      so MiniLLM's importance weight is ``exp(student_logprobs − sampling_logprobs)``. (``random`` draws from the
      same distribution but reports the log-probability under the drawn component);
+   - ``skd``: the student proposes a token; the teacher draws its own token (with its own keyed uniform) where the
+     proposal is outside the teacher's top ``skd_top_k`` (speculative KD, docs/METHOD.md §8);
+   - ``adaswitch``: the student writes until the JSD exceeds ``adaswitch_k`` times its mean over the previous
+     ``adaswitch_window`` positions, the teacher from then on to the end of the row (AdaSwitch, docs/METHOD.md §8).
+     The row's state is read from its kept positions (:meth:`Responses.history`), so the speculative engine's
+     discarded drafts leave no trace in it;
 
 3. the token is drawn from the source's distribution (temperature, top-k, top-p; inverse-CDF sampling; or argmax
    when greedy). Every random number is keyed by position (:func:`switch_core.rollout.sampling.keyed_uniforms`: one
@@ -136,7 +142,7 @@ class RolloutBatch:
         response_mask: ``[B, T]`` bool, True on generated tokens including the stop token.
         teacher_chosen: ``[B, T]`` bool, True where the teacher emitted the token (False on padding).
         divergence: ``[B, T]`` float32, the gate's JSD (β = 0.5, after the temperature) at each step; NaN where it
-            was not computed (``compute_divergence=False`` and not ``switch``); 0 on padding.
+            was not computed (``compute_divergence=False`` and neither ``switch`` nor ``adaswitch``); 0 on padding.
         threshold: ``[T]`` float32, τ_t of the configured schedule (recorded for every strategy; only ``switch`` acts
             on it; NaN when τ0 is not set).
         sampling_logprobs: ``[B, T]`` float32, log-probability of the token under the distribution it was drawn from

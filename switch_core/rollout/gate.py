@@ -28,7 +28,11 @@ Two peer strategies decide token by token too:
   Distillation"): the student writes until the gate's JSD at a position exceeds K times its mean over the preceding
   window (the paper's τ = K·d̄_{i−1}); from that position on the teacher writes the rest of the row
   (:func:`adaswitch_decide`). The decision depends on the row's earlier divergences, which both engines read from
-  the positions already kept (never from discarded drafts).
+  the positions already kept (never from discarded drafts). The divergence is the gate's JSD (β = 0.5, after the
+  temperature), where AdaSwitch's default is the KL: the same bounded statistic as SWITCH's gate, so the two
+  strategies differ only in their threshold (the paper reports its results robust to the distance metric).
+  ``rollout.adaswitch_window`` (10) and ``rollout.adaswitch_k`` (2.0) are this project's choices: the public
+  descriptions give the form τ = K·d̄ but not the values.
 """
 from __future__ import annotations
 
@@ -72,6 +76,10 @@ def decide(
 ) -> Tensor:
     """Which positions take the teacher's token under ``strategy`` (for ``mixture``: the drawn component).
 
+    ``skd`` returns False everywhere: its source is decided with the student's token
+    (:func:`switch_core.rollout.sampling.select_tokens`). ``adaswitch`` needs the row's history: use
+    :func:`adaswitch_decide`.
+
     Args:
         strategy: ``switch | student | teacher | random | mixture | skd``.
         divergence: ``[...]`` the gate's JSD (required for ``switch``, ignored otherwise).
@@ -85,10 +93,6 @@ def decide(
 
     Returns:
         ``[...]`` bool on ``component_draw``'s device.
-
-    ``skd`` returns False everywhere: its source is decided with the student's token
-    (:func:`switch_core.rollout.sampling.select_tokens`). ``adaswitch`` needs the row's history: use
-    :func:`adaswitch_decide`.
 
     Raises:
         ValueError: an unknown strategy, ``adaswitch``, or ``switch`` without a divergence.

@@ -6,7 +6,8 @@ Each chunk of the decoding loop:
 1. **Draft.** The *drafter* (the model expected to write the next stretch) decodes k tokens with its own KV cache,
    one forward per token, drawing each token exactly as it would be drawn if the drafter were the source at that
    position (:func:`switch_core.rollout.sampling.draw_from`: argmax, or inverse-CDF sampling with the position's keyed
-   uniform). The drafter now has its logits at the k positions.
+   uniform of the model's purpose, :func:`switch_core.rollout.sampling.draw_purpose`). The drafter now has its
+   logits at the k positions.
 2. **Verify.** The other model (the *verifier*) reads the same k tokens in one forward pass and so has its logits at
    the same k positions.
 3. **Check in order.** At each position the strategy's rule (:mod:`switch_core.rollout.gate`, the same as the
@@ -14,7 +15,9 @@ Each chunk of the decoding loop:
    (:func:`switch_core.rollout.sampling.select_tokens`). While the token equals the draft the draft is accepted; at
    the first position where it differs, the drawn token is kept and the rest of the chunk is discarded (a stop token
    or ``max_new_tokens`` also ends a row's chunk). Every kept position was decided from the logits of the very
-   prefix lockstep decoding would have fed, with the same uniforms: the rollout is the lockstep one.
+   prefix lockstep decoding would have fed, with the same uniforms: the rollout is the lockstep one. ``adaswitch``'s
+   per-row state (its earlier divergences and whether it switched) is read from the kept positions before the
+   chunk and, within the chunk, from the chunk's own earlier positions, which are kept only if the draft matched.
 
 Discarded positions stay in both KV caches as masked holes: their attention-mask column is set to 0, so no later
 token attends to them, and position ids (``cumsum(mask) − 1``) skip them. Rows therefore accept different lengths in
