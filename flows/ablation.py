@@ -9,6 +9,10 @@ is a parent run, each cell a child run (grid values as params, dev/eval results 
 stage runs: the UI's compare view of the cells shows the grid side by side. ::
 
     python -m flows.ablation --preset tiny --grid '{"tau0": [0.1, 0.3], "decay": [0.05, 0.2]}'
+
+A grid may also be a committed YAML file: ``--grid presets/grids/paper-ablations.yaml:strategies`` reads the grid
+named ``strategies`` of a file holding several named grids (:func:`load_grid`; a file holding one grid needs no
+name). The flow's ``grid`` parameter takes the same ``path[:name]`` text, so a deployment run reproduces it.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
@@ -55,6 +60,33 @@ AXES = {
 
 DEFAULT_GRID: dict[str, list[Any]] = {"tau0": [0.1, 0.3], "decay": [0.05, 0.2]}
 """τ0 × λ, 2 × 2 cells."""
+
+
+def load_grid(spec: str, root: Path | None = None) -> dict[str, list[Any]]:
+    """The grid of ``spec``: JSON text (``{"axis": [values]}``) or ``path[:name]`` of a YAML file, relative to
+    ``root`` (default: the working directory). A file is either one grid (axis -> values) or named grids
+    (name -> grid), of which ``name`` picks one.
+
+    Raises:
+        ParamsError: no such file, a file that is not a mapping, or a missing / unknown grid name.
+    """
+    if spec.lstrip().startswith("{"):
+        return json.loads(spec)
+    path_text, _, name = spec.partition(":")
+    path = (root or Path.cwd()) / path_text
+    if not path.is_file():
+        raise ParamsError(f"grid: {path} is not a file; give JSON ({{\"axis\": [values]}}) or path[:name] of a YAML file")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not data:
+        raise ParamsError(f"grid file {path}: expected a mapping of axis -> values or of name -> grid")
+    named = all(isinstance(v, dict) for v in data.values())
+    if not named:
+        if name:
+            raise ParamsError(f"grid file {path} holds one grid, not named grids: drop ':{name}'")
+        return data
+    if name not in data:
+        raise ParamsError(f"grid file {path}: name one of its grids with {path_text}:NAME ({', '.join(data)})")
+    return data[name]
 
 
 def _slug(value: Any) -> str:
@@ -116,7 +148,7 @@ def ablation_cell(cell: str, values: dict[str, Any], project_dir: str, context: 
 
 @flow(name="ablation")
 def ablation(
-    grid: dict[str, list[Any]] | None = None,
+    grid: dict[str, list[Any]] | str | None = None,
     method: str = "switch",
     preset: str | None = None,
     overrides: list[str] | None = None,
@@ -128,7 +160,8 @@ def ablation(
     """Run the shared stages, one child flow per grid cell, then the report.
 
     Args:
-        grid: axis -> values (module docstring); default :data:`DEFAULT_GRID`.
+        grid: axis -> values (module docstring), or :func:`load_grid`'s ``path[:name]`` of a grid file (relative to
+            the project folder); default :data:`DEFAULT_GRID`.
         method: the method whose knobs are ablated.
         preset: preset applied to params.yaml first.
         overrides: ``["key.path=value", ...]`` applied to every cell.
@@ -145,7 +178,7 @@ def ablation(
         ParamsError: a bad grid.
     """
     root = project_root(project_dir)
-    grid = grid or DEFAULT_GRID
+    grid = load_grid(grid, root) if isinstance(grid, str) else grid or DEFAULT_GRID
     cells = grid_cells(study, method, grid, init_from)
     with workspace_lock(root):
         apply_params_task(str(root), preset, None, parse_overrides(overrides) | {"runs": cells})
@@ -200,9 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m flows.ablation``: run the ablation flow once; the flow itself logs the grid table and where
     everything is (printed once)."""
     parser = argparse.ArgumentParser(prog="python -m flows.ablation", description=help_text(__doc__.split("\n\n")[0]))
-    parser.add_argument("--grid", type=json.loads, default=None,
-                        help="axis -> values as JSON; axes: tau0, target_share, decay, schedule, strategy, divergence "
-                        f"or a dotted config key (default: '{json.dumps(DEFAULT_GRID)}')")
+    parser.add_argument("--grid", default=None,
+                        help="axis -> values as JSON, or PATH[:NAME] of a YAML grid file (e.g. "
+                        "presets/grids/paper-ablations.yaml:strategies); axes: tau0, target_share, decay, schedule, "
+                        f"strategy, divergence or a dotted config key (default: '{json.dumps(DEFAULT_GRID)}')")
     parser.add_argument("--method", default="switch", help="the method whose knobs are ablated (default: switch)")
     parser.add_argument("--preset", default=None, help="preset name (presets/NAME.yaml) or path, written to params.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

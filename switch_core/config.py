@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 MethodName = Literal["sft", "kd", "seqkd", "imitkd", "gkd", "distillm", "switch", "minillm"]
 DivergenceName = Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd"]
-StrategyName = Literal["switch", "student", "teacher", "random", "mixture"]
+StrategyName = Literal["switch", "student", "teacher", "random", "mixture", "skd", "adaswitch"]
 """Token source rules of the rollout engine (`switch_core.rollout.engine`)."""
 ScheduleName = Literal["exponential", "linear", "constant"]
 """Threshold schedules τ_t of SWITCH's gate (`switch_core.rollout.schedules`)."""
@@ -220,7 +220,9 @@ class RolloutConfig(_Strict):
     """
 
     strategy: StrategyName = Field(
-        "switch", description="Token source rule: switch (the JSD gate), student, teacher, random or mixture."
+        "switch", description="Token source rule: switch (the JSD gate), student, teacher, random, mixture, skd "
+        "(speculative KD: the teacher resamples a student token outside its top-k) or adaswitch (the teacher writes "
+        "the rest of a row once the JSD exceeds K times its recent mean)."
     )
     schedule: ScheduleName = Field("exponential", description="Threshold schedule τ_t of the gate.")
     tau0: float | None = Field(
@@ -240,6 +242,19 @@ class RolloutConfig(_Strict):
     )
     random_rate: float = Field(0.5, ge=0, le=1, description="strategy=random: teacher probability per token.")
     mixture_alpha: float = Field(0.2, ge=0, le=1, description="strategy=mixture: α of α·p + (1−α)·q.")
+    skd_top_k: int = Field(
+        25, ge=1, description="strategy=skd: a student token outside the teacher's top-k tokens is replaced by a "
+        "teacher draw (SKD, Xu et al. 2025: top_k 25 in their kd_train.yaml).",
+    )
+    adaswitch_window: int = Field(
+        10, ge=1, description="strategy=adaswitch: positions in the moving average of the JSD (AdaSwitch's sliding "
+        "window; the paper's value is not in its public summary, 10 is this project's choice).",
+    )
+    adaswitch_k: float = Field(
+        2.0, gt=0, allow_inf_nan=False, description="strategy=adaswitch: the teacher takes over a row at the first "
+        "position whose JSD exceeds adaswitch_k times its moving average (AdaSwitch's τ = K·d̄; 2.0 is this "
+        "project's choice).",
+    )
     max_new_tokens: int = Field(256, ge=1, description="Response length limit in tokens (docs/METHOD.md §5.3).")
     greedy: bool = Field(False, description="Argmax decoding instead of sampling.")
     temperature: float = Field(

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from prefect.flows import load_flow_from_entrypoint
 
-from flows.ablation import AXES, grid_cells
+from flows.ablation import AXES, grid_cells, load_grid
 from flows.serve import DEPLOYMENTS, deployments
 from switch_core.config import load_config
 from tasks.params import ParamsError
@@ -66,3 +66,33 @@ def test_grid_cells_are_valid_runs_of_the_configuration() -> None:
 def test_bad_grids_are_refused(study: str, grid: dict, message: str) -> None:
     with pytest.raises(ParamsError, match=message):
         grid_cells(study, "switch", grid)
+
+
+def test_the_paper_ablation_grids_are_valid_runs() -> None:
+    """presets/grids/paper-ablations.yaml (issue 16): schedules, λ and intervention strategies, each cell a valid
+    run of the configuration."""
+    spec = "presets/grids/paper-ablations.yaml"
+    expected = {
+        "schedules": ("schedule", ["exponential", "linear", "constant"]),
+        "decay": ("decay", [0.2, 0.1, 0.05]),
+        "strategies": ("strategy", ["student", "teacher", "random", "skd", "adaswitch", "switch"]),
+    }
+    for name, (axis, values) in expected.items():
+        grid = load_grid(f"{spec}:{name}", PROJECT)
+        assert grid == {axis: values}
+        cells = grid_cells(f"abl-{name}", "switch", grid)
+        config = load_config(None, overrides={"runs": cells})
+        got = [getattr(config.run_config(cell).rollout, AXES[axis].split(".")[1]) for cell in cells]
+        assert got == values
+
+
+def test_load_grid_reads_json_one_grid_files_and_names(tmp_path: Path) -> None:
+    assert load_grid('{"tau0": [0.1]}') == {"tau0": [0.1]}
+    (tmp_path / "one.yaml").write_text("decay: [0.1, 0.2]\n")
+    assert load_grid("one.yaml", tmp_path) == {"decay": [0.1, 0.2]}
+    with pytest.raises(ParamsError, match="drop ':x'"):
+        load_grid("one.yaml:x", tmp_path)
+    with pytest.raises(ParamsError, match="name one of its grids.*schedules"):
+        load_grid("presets/grids/paper-ablations.yaml", PROJECT)
+    with pytest.raises(ParamsError, match="not a file"):
+        load_grid("missing.yaml", tmp_path)

@@ -32,6 +32,9 @@ def test_generator_text_states_the_threshold_schedule_and_tau0() -> None:
     assert "τ_t = τ0·(1 − t/32); τ0 = 0.2" in generator_text("switch", linear)
     assert generator_text("mixture", RolloutConfig(mixture_alpha=0.2)) == "rollouts sampled from 0.2·p + 0.8·q"
     assert generator_text("random", RolloutConfig(random_rate=0.3)).endswith("(teacher with probability 0.3)")
+    assert generator_text("skd", RolloutConfig(skd_top_k=25)).endswith("outside its top 25)")
+    assert "exceeds 2× its mean over the previous 10 tokens" in generator_text(
+        "adaswitch", RolloutConfig(adaswitch_k=2.0, adaswitch_window=10))
 
 
 def test_batches_text_per_source() -> None:

@@ -109,6 +109,22 @@ def test_rollout_sampling_is_seeded_and_truncates_prompts(checkpoints: tuple[Pat
     assert all(len(r["prompt_token_ids"]) <= 10 for r in outputs[0])  # the response marker kept within the 10
 
 
+@pytest.mark.parametrize("options", [["--strategy", "adaswitch", "--adaswitch-window", "3", "--adaswitch-k", "1.1"],
+                                     ["--strategy", "skd", "--skd-top-k", "5"]], ids=["adaswitch", "skd"])
+def test_rollout_peer_strategies(checkpoints: tuple[Path, Path], tmp_path: Path, options: list[str]) -> None:
+    teacher, student = checkpoints
+    prompts = _prompts_file(tmp_path, PROMPTS)
+    out = tmp_path / "peer.jsonl"
+    _run(rollout_command, ["--teacher", str(teacher), "--student", str(student), "--prompts", str(prompts),
+                           "--max-new-tokens", "8", "--seed", "3", *options, "--out", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == len(PROMPTS) and all(len(r["sources"]) == len(r["token_ids"]) > 0 for r in rows)
+    if options[1] == "adaswitch":  # one switch per row: student tokens, then teacher tokens to the end
+        for row in rows:
+            sources = row["sources"]
+            assert sources == sorted(sources, key=lambda s: s == "teacher")
+
+
 def test_rollout_names_the_bad_line(checkpoints: tuple[Path, Path], tmp_path: Path) -> None:
     teacher, student = checkpoints
     path = tmp_path / "prompts.jsonl"

@@ -70,20 +70,40 @@ def reference_decode(
     max_new_tokens: int,
     stop_ids: tuple[int, ...] = (),
     source: str = "switch",
+    skd_top_k: int = 25,
+    adaswitch_window: int = 10,
+    adaswitch_k: float = 2.0,
 ) -> list[list[dict]]:
-    """Greedy decoding one prompt at a time, recomputing full forward passes without cache and without padding."""
+    """Greedy decoding one prompt at a time, recomputing full forward passes without cache and without padding.
+
+    ``skd``: the student's argmax is kept when fewer than ``skd_top_k`` teacher logits exceed its own, else the
+    teacher's argmax is taken. ``adaswitch``: the teacher writes from the first position t >= 1 whose JSD exceeds
+    ``adaswitch_k`` times the mean JSD of the (up to) ``adaswitch_window`` positions before it. Each step records
+    ``margin``, the distance of its decision statistic from the decision boundary."""
     rows = []
     with torch.no_grad():
         for prompt in prompts:
-            seq, steps = list(prompt), []
+            seq, steps, switched = list(prompt), [], False
             for t in range(max_new_tokens):
                 x = torch.tensor([seq])
                 q = student(input_ids=x).logits[0, -1]
                 p = teacher(input_ids=x).logits[0, -1]
                 jsd = _jsd64(q, p)
-                use_teacher = {"switch": jsd > tau(t), "teacher": True, "student": False}[source]
+                margin = abs(jsd - tau(t))
+                if source == "skd":
+                    above = int((p > p[int(q.argmax())]).sum())
+                    use_teacher, margin = above >= skd_top_k, math.inf
+                elif source == "adaswitch":
+                    window = [s["jsd"] for s in steps[-adaswitch_window:]]
+                    if not switched and window:
+                        bound = adaswitch_k * sum(window) / len(window)
+                        switched, margin = jsd > bound, abs(jsd - bound)
+                    use_teacher = switched
+                else:
+                    use_teacher = {"switch": jsd > tau(t), "teacher": True, "student": False}[source]
                 token = int((p if use_teacher else q).argmax())
-                steps.append({"token": token, "teacher": use_teacher, "jsd": jsd, "tau": tau(t), "p": p, "q": q})
+                steps.append({"token": token, "teacher": use_teacher, "jsd": jsd, "tau": tau(t), "p": p, "q": q,
+                              "margin": margin})
                 seq.append(token)
                 if token in stop_ids:
                     break
@@ -149,6 +169,35 @@ def test_pure_strategies_match_the_reference(strategy: str, engine: str) -> None
     assert batch.teacher_chosen.all().item() == (strategy == "teacher")
     assert batch.teacher_chosen.any().item() == (strategy == "teacher")
     np.testing.assert_allclose(batch.divergence.numpy(), [[s["jsd"] for s in row] for row in ref], rtol=1e-4)
+
+
+@pytest.mark.parametrize("engine", ["lockstep", "speculative"])
+@pytest.mark.parametrize("arch", ["gpt2", "opt", "llama"])
+@pytest.mark.parametrize(("strategy", "options"), [("skd", {"skd_top_k": 12}),
+                                                   ("adaswitch", {"adaswitch_window": 3, "adaswitch_k": 1.1})])
+def test_greedy_peer_strategies_match_the_no_cache_reference(arch: str, strategy: str, options: dict,
+                                                             engine: str) -> None:
+    student, teacher = tiny(arch, 32, seed=1), tiny(arch, 48, seed=2)
+    max_new = 12
+    ref = reference_decode(student, teacher, PROMPTS, tau=lambda t: 0.0, max_new_tokens=max_new, source=strategy,
+                           **options)
+    assert min(s["margin"] for row in ref for s in row) > 1e-4, "test set-up: a decision is too close to call"
+    sources = [s["teacher"] for row in ref for s in row]
+    assert any(sources) and not all(sources), "test set-up: both sources should occur"
+    ids, mask = left_pad(PROMPTS, pad_token_id=0)
+    settings = RolloutSettings(pad_token_id=0, strategy=strategy, max_new_tokens=max_new, greedy=True,
+                               keep_teacher_logits=True, teacher_logits_dtype="float32", engine=engine, **options)
+    batch = rollout(student, teacher, ids, mask, settings)
+    for row, expected in zip(batch.to_rows(), ref, strict=True):
+        assert row["token_ids"] == [s["token"] for s in expected]
+        assert row["sources"] == ["teacher" if s["teacher"] else "student" for s in expected]
+        np.testing.assert_allclose(row["divergence"], [s["jsd"] for s in expected], rtol=1e-4, atol=1e-5)
+    for b, expected in enumerate(ref):
+        for t, s in enumerate(expected):
+            torch.testing.assert_close(batch.teacher_logits[b, t], s["p"], rtol=1e-4, atol=1e-4)
+    if strategy == "adaswitch":  # one switch per row: once the teacher writes, it writes the rest
+        chosen = batch.teacher_chosen.int()
+        assert torch.equal(chosen, chosen.cummax(dim=1).values)
 
 
 def test_teacher_logits_are_the_teachers_predictions_on_the_mixed_sequence() -> None:

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from switch_core.rollout import GATE_BETA, RolloutSettings, decide, switch_gate
+from switch_core.rollout import GATE_BETA, RolloutSettings, adaswitch_decide, decide, skd_rejects, switch_gate
 from switch_core.rollout.sampling import (
     PURPOSES,
+    TEACHER_DRAW,
+    TOKEN_DRAW,
     draw_from,
     keyed_uniforms,
     sample_inverse_cdf,
@@ -104,6 +106,9 @@ def test_decide_for_every_strategy() -> None:
     assert run("mixture") == [True, True, True]  # u < α: the teacher component
     assert run("random", greedy=True) == [True, False, False]  # random draws its source even when greedy
     assert run("mixture", greedy=True) == [False, False, False]  # decided with the token from the mixture's argmax
+    assert run("skd") == [False, False, False]  # decided with the student's token (select_tokens)
+    with pytest.raises(ValueError, match="adaswitch_decide"):
+        run("adaswitch")
     with pytest.raises(ValueError, match="beam"):
         run("beam")
     with pytest.raises(ValueError, match="divergence"):
@@ -120,8 +125,13 @@ def test_keyed_uniforms_are_fixed_by_the_seed_and_shaped_by_position() -> None:
     assert torch.equal(first, again) and ((first >= 0) & (first < 1)).all()
     generator = torch.Generator().manual_seed(4)
     state = generator.get_state()
-    assert torch.equal(keyed_uniforms(generator, 3, 5, torch.device("cpu"), needed=False), torch.zeros(3, 5, 2))
+    assert torch.equal(keyed_uniforms(generator, 3, 5, torch.device("cpu"), needed=False),
+                       torch.zeros(3, 5, PURPOSES))
     assert torch.equal(generator.get_state(), state)  # nothing drawn
+    assert (first[..., TEACHER_DRAW] == 0).all()  # only skd draws the teacher's replacement uniform
+    skd = keyed_uniforms(torch.Generator().manual_seed(4), 3, 5, torch.device("cpu"), teacher_draw=True)
+    assert torch.equal(skd[..., :TEACHER_DRAW], first[..., :TEACHER_DRAW])  # the other purposes are unchanged
+    assert ((skd[..., TEACHER_DRAW] > 0) & (skd[..., TEACHER_DRAW] < 1)).all()
 
 
 def test_a_token_depends_only_on_its_distribution_and_its_uniform() -> None:
@@ -136,9 +146,86 @@ def test_a_token_depends_only_on_its_distribution_and_its_uniform() -> None:
     q = probs.log()
     p = torch.tensor([[0.1, 0.3, 0.6], [0.3, 0.3, 0.4]], dtype=torch.float64).log()
     use_teacher = torch.tensor([True, False])
-    tokens, lp, _ = select_tokens(q, p, use_teacher, u, settings, warp)
+    uniforms = torch.zeros(2, PURPOSES, dtype=torch.float64)
+    uniforms[:, TOKEN_DRAW] = u
+    tokens, lp, _ = select_tokens(q, p, use_teacher, uniforms, settings, warp)
     chosen = torch.where(use_teacher[:, None], p, q)
     assert tokens.tolist() == draw_from(chosen, u, settings, warp).tolist()
     # top-k 2 renormalises row 0 of p to (0, 1/3, 2/3) and row 1 of q to (2/3, 0, 1/3): u = 0.65 -> tokens 2 and 0
     assert tokens.tolist() == [2, 0]
     np.testing.assert_allclose(lp.numpy(), np.log([2 / 3, 2 / 3]), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- peer strategies
+
+
+def test_skd_rejects_tokens_outside_the_teachers_top_k() -> None:
+    # teacher logits ranked 3 > 2 = 2 > 1 > 0: token 0 has rank 0, tokens 1 and 2 share rank 1, token 3 rank 3
+    p = torch.tensor([[3.0, 2.0, 2.0, 1.0, 0.0]] * 5, dtype=torch.float64)
+    tokens = torch.tensor([0, 1, 2, 3, 4])
+    assert skd_rejects(p, tokens, 1).tolist() == [False, True, True, True, True]
+    assert skd_rejects(p, tokens, 2).tolist() == [False, False, False, True, True]  # a tie at the K-th is inside
+    assert skd_rejects(p, tokens, 4).tolist() == [False, False, False, False, True]
+    assert skd_rejects(p, tokens, 5).tolist() == [False] * 5
+
+
+def test_skd_keeps_the_students_draw_or_takes_the_teachers_own_draw() -> None:
+    """The student proposes with the token uniform; outside the teacher's top 2 the teacher draws with its own
+    uniform; the sampling log-probability is the drawing model's."""
+    q = torch.tensor([[0.5, 0.3, 0.2], [0.5, 0.3, 0.2]], dtype=torch.float64).log()
+    p = torch.tensor([[0.6, 0.1, 0.3], [0.6, 0.1, 0.3]], dtype=torch.float64).log()  # top 2 = {0, 2}
+    uniforms = torch.zeros(2, PURPOSES, dtype=torch.float64)
+    uniforms[:, TOKEN_DRAW] = torch.tensor([0.1, 0.7])  # student cdf [0.5, 0.8, 1.0]: proposals 0 and 1
+    uniforms[:, TEACHER_DRAW] = torch.tensor([0.99, 0.65])  # teacher cdf [0.6, 0.7, 1.0]: token 1 at 0.65
+    settings = RolloutSettings(pad_token_id=0, strategy="skd", skd_top_k=2)
+    warp = warper(settings.temperature, settings.top_k, settings.top_p)
+    tokens, lp, teacher = select_tokens(q, p, torch.zeros(2, dtype=torch.bool), uniforms, settings, warp)
+    assert tokens.tolist() == [0, 1] and teacher.tolist() == [False, True]  # row 1: proposal 1 replaced by 1
+    np.testing.assert_allclose(lp.numpy(), np.log([0.5, 0.1]), rtol=1e-6)
+    uniforms[1, TEACHER_DRAW] = 0.2
+    tokens, lp, teacher = select_tokens(q, p, torch.zeros(2, dtype=torch.bool), uniforms, settings, warp)
+    assert tokens.tolist() == [0, 0] and teacher.tolist() == [False, True]
+    np.testing.assert_allclose(lp.numpy(), np.log([0.5, 0.6]), rtol=1e-6)
+    greedy = RolloutSettings(pad_token_id=0, strategy="skd", skd_top_k=1, greedy=True)
+    q_greedy = torch.tensor([[0.1, 0.7, 0.2]], dtype=torch.float64).log()
+    tokens, lp, teacher = select_tokens(q_greedy, p[:1], torch.zeros(1, dtype=torch.bool), uniforms[:1], greedy, warp)
+    assert tokens.tolist() == [0] and teacher.tolist() == [True] and lp.tolist() == [0.0]  # the teacher's argmax
+
+
+def test_adaswitch_switches_once_when_the_jsd_exceeds_k_times_its_window_mean() -> None:
+    d = torch.tensor([[0.10, 0.10, 0.30, 0.05, 0.50, 0.01]], dtype=torch.float64)
+
+    def run(window: int, k: float) -> list[bool]:
+        history, valid = torch.zeros(1, window, dtype=torch.float64), torch.zeros(1, window, dtype=torch.bool)
+        return adaswitch_decide(history, valid, d, torch.tensor([False]), window, k)[0].tolist()
+
+    # window 2, K 2: t=1 0.10 > 2·0.10? no; t=2 0.30 > 2·0.10 = 0.2: switch, the teacher writes t >= 2
+    assert run(2, 2.0) == [False, False, True, True, True, True]
+    # K 3.5: t=2 0.30 > 0.35? no; t=3 0.05 > 3.5·0.2? no; t=4 0.50 > 3.5·(0.30+0.05)/2 = 0.6125? no; t=5 no
+    assert run(2, 3.5) == [False] * 6
+    # window 1, K 3.5: t=4 0.50 > 3.5·0.05 = 0.175: switch at 4 (t=2: 0.30 > 0.35? no)
+    assert run(1, 3.5) == [False, False, False, False, True, True]
+    # window 10 averages all earlier positions: t=2 0.30 > 1.4·0.10; never at t=0 (no earlier position)
+    assert run(10, 1.4) == [False, False, True, True, True, True]
+    big = torch.tensor([[5.0]], dtype=torch.float64)
+    assert adaswitch_decide(torch.zeros(1, 3, dtype=torch.float64), torch.zeros(1, 3, dtype=torch.bool), big,
+                            torch.tensor([False]), 3, 1.0).tolist() == [[False]]  # position 0 never triggers
+
+
+def test_adaswitch_blocks_give_the_decisions_of_single_positions() -> None:
+    """Deciding a row's positions one at a time (lockstep) or in blocks with the kept history (speculative) gives
+    the same sources; a row that switched before the block stays with the teacher."""
+    d = torch.tensor([[0.2, 0.1, 0.15, 0.4, 0.1, 0.6, 0.3]], dtype=torch.float64)
+    window, k = 3, 1.8
+    whole = adaswitch_decide(torch.zeros(1, window, dtype=torch.float64), torch.zeros(1, window, dtype=torch.bool),
+                             d, torch.tensor([False]), window, k)[0]
+    assert whole.tolist() == [False, False, False, True, True, True, True]  # 0.4 > 1.8·0.15 = 0.27
+    for start in range(d.shape[1]):
+        slots = torch.arange(start - window, start)
+        history = torch.where(slots >= 0, d[0, slots.clamp_min(0)], 0.0)[None]
+        switched = torch.tensor([bool(whole[start - 1]) if start > 0 else False])
+        block = adaswitch_decide(history, (slots >= 0)[None], d[:, start:], switched, window, k)[0]
+        assert block.tolist() == whole[start:].tolist()
+    assert adaswitch_decide(torch.zeros(1, window, dtype=torch.float64), torch.ones(1, window, dtype=torch.bool),
+                            torch.zeros(1, 2, dtype=torch.float64), torch.tensor([True]), window, k).tolist() == [
+        [True, True]]

@@ -31,7 +31,8 @@ from switch_core.rollout import (
 )
 
 LN2 = 0.6931471805599453
-DECODING = ("strategy", "schedule", "tau0", "decay", "horizon", "random_rate", "mixture_alpha", "max_new_tokens",
+DECODING = ("strategy", "schedule", "tau0", "decay", "horizon", "random_rate", "mixture_alpha", "skd_top_k",
+            "adaswitch_window", "adaswitch_k", "max_new_tokens",
             "greedy", "temperature", "top_k", "top_p")
 
 
@@ -111,7 +112,8 @@ def test_thresholds_without_tau0() -> None:
 
 def test_from_config_copies_the_section_and_applies_the_method() -> None:
     config = RolloutConfig(strategy="random", schedule="linear", tau0=0.4, decay=0.2, horizon=9, random_rate=0.3,
-                           mixture_alpha=0.6, max_new_tokens=17, greedy=True, temperature=0.7, top_k=5, top_p=0.9)
+                           mixture_alpha=0.6, skd_top_k=7, adaswitch_window=4, adaswitch_k=1.5, max_new_tokens=17,
+                           greedy=True, temperature=0.7, top_k=5, top_p=0.9)
     plain = RolloutSettings.from_config(config, pad_token_id=3, stop_token_ids=[2, 4])
     assert all(getattr(plain, name) == getattr(config, name) for name in DECODING)
     assert (plain.pad_token_id, plain.stop_token_ids, plain.compute_divergence) == (3, (2, 4), True)
@@ -124,6 +126,14 @@ def test_from_config_copies_the_section_and_applies_the_method() -> None:
     minillm = MethodConfig(data="policy_gradient", loss="rkl", rollout_strategy="mixture")
     policy = RolloutSettings.from_config(config, minillm, pad_token_id=3, stop_token_ids=[2])
     assert (policy.strategy, policy.compute_divergence) == ("mixture", True)
+    for strategy, divergence in (("adaswitch", True), ("skd", False)):  # adaswitch's gate acts on the JSD
+        peer = RolloutSettings.from_config(config, MethodConfig(data="rollout", rollout_strategy=strategy),
+                                           pad_token_id=3, stop_token_ids=[2])
+        assert (peer.strategy, peer.compute_divergence, peer.needs_divergence) == (strategy, divergence, divergence)
+        assert peer.runs_teacher and peer.runs_student
+    for name, value in (("skd_top_k", 0), ("adaswitch_window", 0), ("adaswitch_k", 0.0), ("adaswitch_k", math.inf)):
+        with pytest.raises(RolloutSettingsError, match=name):
+            RolloutSettings(pad_token_id=0, **{name: value})
 
 
 def _parse(module, argv: list[str]) -> argparse.Namespace:
@@ -143,7 +153,8 @@ def test_command_defaults_are_the_schema_defaults(module) -> None:
     calibration = {"target_teacher_share", "calibration_tolerance", "calibration_evaluations", "calibration_prompts"}
     assert calibration <= set(fields)
     if module is rollout_command:
-        assert {"strategy", "tau0", "random_rate", "mixture_alpha"} <= set(fields)
+        assert {"strategy", "tau0", "random_rate", "mixture_alpha", "skd_top_k", "adaswitch_window",
+                "adaswitch_k"} <= set(fields)
 
 
 def test_command_help_is_the_field_description(capsys: pytest.CaptureFixture[str]) -> None:

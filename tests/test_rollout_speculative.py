@@ -24,7 +24,7 @@ from switch_core.rollout.planner import ChunkPlanner, expected_tokens, plan_chun
 VOCAB = 97
 PROMPTS = [[5, 17, 33, 8, 64, 21], [40, 9, 77], [12], [88, 3, 50, 61, 14], [7, 7, 7, 7, 7, 7, 7, 7], [3, 96],
            [30, 31, 32, 33], [60]]
-STRATEGIES = ["switch", "student", "teacher", "random", "mixture"]
+STRATEGIES = ["switch", "student", "teacher", "random", "mixture", "skd", "adaswitch"]
 MAX_NEW = 24
 FLOAT_FIELDS = ("divergence", "threshold", "sampling_logprobs", "student_logprobs", "teacher_logprobs",
                 "teacher_logits")
@@ -70,8 +70,8 @@ def assert_same(lockstep: RolloutBatch, speculative: RolloutBatch) -> None:
 
 def _settings(strategy: str, stop: tuple[int, ...] = (), **decoding: object) -> RolloutSettings:
     return RolloutSettings(
-        pad_token_id=0, strategy=strategy, tau0=2.0, decay=0.1, random_rate=0.4, mixture_alpha=0.3,
-        max_new_tokens=MAX_NEW, stop_token_ids=stop, keep_teacher_logits=True, teacher_logits_dtype="float32",
+        pad_token_id=0, strategy=strategy, tau0=2.0, decay=0.1, random_rate=0.4, mixture_alpha=0.3, skd_top_k=20,
+        adaswitch_window=3, adaswitch_k=1.1, max_new_tokens=MAX_NEW, stop_token_ids=stop, keep_teacher_logits=True, teacher_logits_dtype="float32",
         **decoding,
     )
 
@@ -92,14 +92,14 @@ def test_float64_identity_for_every_strategy(arch: str, strategy: str, greedy: b
     lockstep, speculative, timer = both_engines(student, teacher, settings)
     lengths = lockstep.response_mask.sum(dim=1)
     assert lengths[1] <= 4 and len(set(lengths.tolist())) > 1, "test set-up: rows should stop at different steps"
-    if strategy in ("switch", "random") or (strategy == "mixture" and not greedy):
+    if strategy in ("switch", "random", "skd", "adaswitch") or (strategy == "mixture" and not greedy):
         assert 0 < lockstep.teacher_share() < 1, "test set-up: both sources should occur"
     assert_same(lockstep, speculative)
     assert timer.counts["drafted"] > 0 and timer.counts["accepted"] > 0
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "opt", "llama"])
-@pytest.mark.parametrize("strategy", ["switch", "mixture"])
+@pytest.mark.parametrize("strategy", ["switch", "mixture", "skd", "adaswitch"])
 @pytest.mark.parametrize("decoding", [{"top_k": 5, "temperature": 0.8}, {"top_p": 0.7}, {"top_k": 8, "top_p": 0.9,
                                                                                             "temperature": 1.5}],
                          ids=["top_k", "top_p", "both"])
@@ -110,10 +110,11 @@ def test_float64_identity_with_top_k_top_p_and_temperature(arch: str, strategy: 
     assert_same(lockstep, speculative)
 
 
+@pytest.mark.parametrize("strategy", ["switch", "adaswitch"])
 @pytest.mark.parametrize("max_draft_tokens", [1, 2, 16])
-def test_identity_whatever_the_draft_length(max_draft_tokens: int) -> None:
+def test_identity_whatever_the_draft_length(max_draft_tokens: int, strategy: str) -> None:
     student, teacher = pair("llama", torch.float64)
-    settings = dataclasses.replace(_with_stop(student, teacher, "switch"), max_draft_tokens=max_draft_tokens)
+    settings = dataclasses.replace(_with_stop(student, teacher, strategy), max_draft_tokens=max_draft_tokens)
     lockstep, speculative, timer = both_engines(student, teacher, settings)
     assert_same(lockstep, speculative)
     assert timer.counts["drafted"] <= max_draft_tokens * timer.counts["chunks"]

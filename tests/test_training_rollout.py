@@ -94,3 +94,20 @@ def test_student_rollouts_never_run_the_teacher_while_decoding() -> None:
         handle.remove()
     assert calls == [] and out.batch.teacher_logits is None
     assert out.stats["teacher_tokens"] == 0 and out.stats["rollout_tokens"] > 0
+
+
+@pytest.mark.parametrize("strategy", ["skd", "adaswitch"])
+def test_peer_strategies_train_on_rollouts_with_kept_teacher_logits(strategy: str) -> None:
+    """SKD and AdaSwitch rollouts run both models, so the loss reuses the teacher logits kept during decoding; the
+    AdaSwitch gate has its JSD whatever the method's compute_divergence."""
+    model, teach = student(), teacher()
+    source = _source(model, teach, rollout_batch_size=4, keep=True, strategy=strategy)
+    assert source.settings.compute_divergence == (strategy == "adaswitch")
+    out = source.next(0, examples()[:4], offset=0)
+    assert out.action is Action.ROLLOUT and out.stats["rollout_tokens"] > 0
+    batch = out.batch
+    kept = batch.packed_teacher_logits()
+    with torch.no_grad():
+        fresh = teach(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                      position_ids=batch.position_ids).logits[:, :-1][batch.loss_mask]
+    torch.testing.assert_close(kept.float(), fresh, rtol=1e-4, atol=1e-4)

@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``rollout`` options."""
     add_model_arguments(parser)
     group = parser.add_argument_group("strategy")
-    for field in ("strategy", "tau0", "random_rate", "mixture_alpha", "engine", "max_draft_tokens"):
+    for field in ("strategy", "tau0", "random_rate", "mixture_alpha", "skd_top_k", "adaswitch_window", "adaswitch_k",
+                  "engine", "max_draft_tokens"):
         add_config_option(group, RolloutConfig, field)
     add_calibration_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="output JSONL file")

@@ -66,6 +66,9 @@ def generator_text(strategy: str, rollout: RolloutConfig) -> str:
         "teacher": "teacher rollouts",
         "random": f"rollouts with a random writer per token (teacher with probability {rollout.random_rate:g})",
         "mixture": f"rollouts sampled from {rollout.mixture_alpha:g}·p + {1 - rollout.mixture_alpha:g}·q",
+        "skd": f"SKD rollouts (the teacher resamples a student token outside its top {rollout.skd_top_k})",
+        "adaswitch": f"AdaSwitch rollouts (the teacher writes the rest of a response once the JSD exceeds "
+                     f"{rollout.adaswitch_k:g}× its mean over the previous {rollout.adaswitch_window} tokens)",
     }[strategy]
 
 

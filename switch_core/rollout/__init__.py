@@ -2,7 +2,7 @@
 τ0 calibration."""
 from switch_core.rollout.calibrate import CalibrationError, CalibrationResult, calibrate_settings, calibrate_tau0
 from switch_core.rollout.engine import RolloutBatch, RolloutInputError, RolloutTimer, rollout
-from switch_core.rollout.gate import GATE_BETA, decide, switch_gate
+from switch_core.rollout.gate import GATE_BETA, adaswitch_decide, decide, skd_rejects, switch_gate
 from switch_core.rollout.schedules import (
     JSD_MAX,
     SCHEDULES,
@@ -34,11 +34,13 @@ __all__ = [
     "RolloutSettingsError",
     "RolloutTimer",
     "ScheduleError",
+    "adaswitch_decide",
     "calibrate_settings",
     "calibrate_tau0",
     "decide",
     "never_crossed_tau0",
     "rollout",
+    "skd_rejects",
     "student_only_positions",
     "switch_gate",
     "threshold",

@@ -19,6 +19,12 @@ response position t and for every unfinished row:
      with the larger weighted probability of that token. ``sampling_logprobs`` holds ``log(α·p̃(y) + (1−α)·q̃(y))``,
      so MiniLLM's importance weight is ``exp(student_logprobs − sampling_logprobs)``. (``random`` draws from the
      same distribution but reports the log-probability under the drawn component);
+   - ``skd``: the student proposes a token; the teacher draws its own token (with its own keyed uniform) where the
+     proposal is outside the teacher's top ``skd_top_k`` (speculative KD, docs/METHOD.md §8);
+   - ``adaswitch``: the student writes until the JSD exceeds ``adaswitch_k`` times its mean over the previous
+     ``adaswitch_window`` positions, the teacher from then on to the end of the row (AdaSwitch, docs/METHOD.md §8).
+     The row's state is read from its kept positions (:meth:`Responses.history`), so the speculative engine's
+     discarded drafts leave no trace in it;
 
 3. the token is drawn from the source's distribution (temperature, top-k, top-p; inverse-CDF sampling; or argmax
    when greedy). Every random number is keyed by position (:func:`switch_core.rollout.sampling.keyed_uniforms`: one
@@ -61,10 +67,9 @@ import torch
 from torch import Tensor, nn
 
 from switch_core.models.device import model_device
-from switch_core.rollout.gate import decide, switch_gate
+from switch_core.rollout.gate import adaswitch_decide, decide, switch_gate
 from switch_core.rollout.sampling import (
     COMPONENT_DRAW,
-    TOKEN_DRAW,
     keyed_uniforms,
     select_tokens,
     token_logprob,
@@ -137,7 +142,7 @@ class RolloutBatch:
         response_mask: ``[B, T]`` bool, True on generated tokens including the stop token.
         teacher_chosen: ``[B, T]`` bool, True where the teacher emitted the token (False on padding).
         divergence: ``[B, T]`` float32, the gate's JSD (β = 0.5, after the temperature) at each step; NaN where it
-            was not computed (``compute_divergence=False`` and not ``switch``); 0 on padding.
+            was not computed (``compute_divergence=False`` and neither ``switch`` nor ``adaswitch``); 0 on padding.
         threshold: ``[T]`` float32, τ_t of the configured schedule (recorded for every strategy; only ``switch`` acts
             on it; NaN when τ0 is not set).
         sampling_logprobs: ``[B, T]`` float32, log-probability of the token under the distribution it was drawn from
@@ -310,6 +315,26 @@ class Responses:
             self.teacher_logits[rows, positions] = torch.where(active[:, None], p, 0.0).to(self.teacher_logits.dtype)
         return tokens
 
+    def history(self, rows: Tensor, starts: Tensor, window: int) -> tuple[Tensor, Tensor, Tensor]:
+        """What :func:`switch_core.rollout.gate.adaswitch_decide` needs of the kept positions before ``starts``.
+
+        Args:
+            rows: ``[n]`` original rows.
+            starts: ``[n]`` long, each row's first undecided response position.
+            window: the averaging window W.
+
+        Returns:
+            ``(divergence [n, W] float32, valid [n, W] bool, switched [n] bool)``: the stored JSD of positions
+            ``starts − W .. starts − 1`` (oldest first; invalid before position 0) and whether the teacher wrote
+            position ``starts − 1`` (under ``adaswitch`` the teacher writes from the switch on, so this is the
+            row's switch state). Only kept positions are stored, so a discarded draft leaves no trace.
+        """
+        slots = starts[:, None] - window + torch.arange(window, device=starts.device)
+        valid = slots >= 0
+        divergence = self.divergence[rows[:, None], slots.clamp_min(0)]
+        switched = (starts > 0) & self.teacher_chosen[rows, (starts - 1).clamp_min(0)]
+        return torch.where(valid, divergence, 0.0), valid, switched
+
     def batch(self, prompt_ids: Tensor, prompt_mask: Tensor, taus: Tensor, used: int) -> RolloutBatch:
         """The :class:`RolloutBatch` of the first ``used`` response positions."""
         return RolloutBatch(
@@ -325,6 +350,33 @@ class Responses:
             teacher_logprobs=self.teacher_lp[:, :used],
             teacher_logits=self.teacher_logits[:, :used] if self.teacher_logits is not None else None,
         )
+
+
+def choose_sources(
+    settings: RolloutSettings, out: Responses, rows: Tensor, starts: Tensor, jsd: Tensor | None, tau: Tensor,
+    component_draw: Tensor,
+) -> Tensor:
+    """The source of c consecutive positions per row (shared by both engines): ``adaswitch`` from the row's kept
+    history (:meth:`Responses.history`) and the block's JSD, every other strategy position by position
+    (:func:`switch_core.rollout.gate.decide`).
+
+    Args:
+        settings: the rollout settings.
+        out: the result buffers written so far.
+        rows: ``[n]`` original rows; ``starts``: ``[n]`` each row's first position of the block.
+        jsd: ``[n, c]`` the gate's JSD (None when not computed); ``tau``: τ_t broadcastable to ``[n, c]``;
+            ``component_draw``: ``[n, c]`` the :data:`~switch_core.rollout.sampling.COMPONENT_DRAW` uniforms.
+
+    Returns:
+        ``[n, c]`` bool, True where the teacher writes (``skd``: decided later, with the token).
+    """
+    if settings.strategy == "adaswitch":
+        history, valid, switched = out.history(rows, starts, settings.adaswitch_window)
+        return adaswitch_decide(history, valid, jsd.float(), switched, settings.adaswitch_window, settings.adaswitch_k)
+    return decide(
+        settings.strategy, divergence=jsd, tau=tau, component_draw=component_draw, random_rate=settings.random_rate,
+        mixture_alpha=settings.mixture_alpha, greedy=settings.greedy,
+    )
 
 
 def draws_needed(settings: RolloutSettings) -> bool:
@@ -443,12 +495,13 @@ def _decode_lockstep(
     student_decoder = Decoder(student, device) if settings.runs_student else None
     teacher_decoder = Decoder(teacher, device) if settings.runs_teacher else None
     decoders = [d for d in (student_decoder, teacher_decoder) if d is not None]
-    gate = settings.strategy == "switch" or (settings.compute_divergence and len(decoders) == 2)
+    gate = settings.needs_divergence or (settings.compute_divergence and len(decoders) == 2)
     warp = warper(settings.temperature, settings.top_k, settings.top_p)
     taus = settings.thresholds(device)
     stop_ids = torch.tensor(settings.stop_token_ids, dtype=torch.long, device=device)
     batch, steps = prompt_ids.shape[0], settings.max_new_tokens
-    uniforms = keyed_uniforms(generator, batch, steps, device, needed=draws_needed(settings))
+    uniforms = keyed_uniforms(generator, batch, steps, device, needed=draws_needed(settings),
+                              teacher_draw=settings.strategy == "skd")
 
     rows = torch.arange(batch, device=device)  # original row of each compute row
     mask = prompt_mask
@@ -464,11 +517,10 @@ def _decode_lockstep(
             # Every compute row is written at step t; finished rows get the padding values.
             jsd = switch_gate(p, q, taus[t], settings.temperature)[1] if gate else None
             u = uniforms[rows, t]
-            use_teacher = decide(
-                settings.strategy, divergence=jsd, tau=taus[t], component_draw=u[:, COMPONENT_DRAW],
-                random_rate=settings.random_rate, mixture_alpha=settings.mixture_alpha, greedy=settings.greedy,
-            )
-            step_tokens, step_lp, use_teacher = select_tokens(q, p, use_teacher, u[:, TOKEN_DRAW], settings, warp)
+            starts = torch.full_like(rows, t)
+            use_teacher = choose_sources(settings, out, rows, starts, jsd[:, None] if jsd is not None else None,
+                                         taus[t], u[:, None, COMPONENT_DRAW])[:, 0]
+            step_tokens, step_lp, use_teacher = select_tokens(q, p, use_teacher, u, settings, warp)
             step_tokens = out.write(rows, t, active=~finished, tokens=step_tokens, use_teacher=use_teacher, jsd=jsd,
                                     sampling_lp=step_lp, q=q, p=p)
             finished = finished | torch.isin(step_tokens, stop_ids)

@@ -16,6 +16,23 @@ The other strategies (docs/METHOD.md §2, §6) decide without the divergence: ``
 component, the teacher with probability α. Those two draw with the position's keyed uniform
 (:func:`switch_core.rollout.sampling.keyed_uniforms`), so a decision depends on the position's inputs alone and both
 rollout engines (lockstep and speculative) take the same decisions.
+
+Two peer strategies decide token by token too:
+
+- ``skd`` (speculative knowledge distillation; Xu et al., ICLR 2025, "Speculative Knowledge Distillation: Bridging
+  the Teacher-Student Gap Through Interleaved Sampling", and its public code ``google-research/speculative_kd``): the
+  student proposes a token; the teacher keeps it when it is among the teacher's top-K tokens at that position, else
+  the teacher draws the token itself (:func:`skd_rejects`; the source is decided with the token, in
+  :func:`switch_core.rollout.sampling.select_tokens`).
+- ``adaswitch`` (AdaSwitch; Peng et al., arXiv 2510.07842, "AdaSwitch: Adaptive Switching Generation for Knowledge
+  Distillation"): the student writes until the gate's JSD at a position exceeds K times its mean over the preceding
+  window (the paper's τ = K·d̄_{i−1}); from that position on the teacher writes the rest of the row
+  (:func:`adaswitch_decide`). The decision depends on the row's earlier divergences, which both engines read from
+  the positions already kept (never from discarded drafts). The divergence is the gate's JSD (β = 0.5, after the
+  temperature), where AdaSwitch's default is the KL: the same bounded statistic as SWITCH's gate, so the two
+  strategies differ only in their threshold (the paper reports its results robust to the distance metric).
+  ``rollout.adaswitch_window`` (10) and ``rollout.adaswitch_k`` (2.0) are this project's choices: the public
+  descriptions give the form τ = K·d̄ but not the values.
 """
 from __future__ import annotations
 
@@ -59,8 +76,12 @@ def decide(
 ) -> Tensor:
     """Which positions take the teacher's token under ``strategy`` (for ``mixture``: the drawn component).
 
+    ``skd`` returns False everywhere: its source is decided with the student's token
+    (:func:`switch_core.rollout.sampling.select_tokens`). ``adaswitch`` needs the row's history: use
+    :func:`adaswitch_decide`.
+
     Args:
-        strategy: ``switch | student | teacher | random | mixture``.
+        strategy: ``switch | student | teacher | random | mixture | skd``.
         divergence: ``[...]`` the gate's JSD (required for ``switch``, ignored otherwise).
         tau: τ_t broadcastable to ``component_draw`` (``switch`` only).
         component_draw: ``[...]`` the positions' keyed uniforms in [0, 1) for the component (its shape is the
@@ -74,7 +95,7 @@ def decide(
         ``[...]`` bool on ``component_draw``'s device.
 
     Raises:
-        ValueError: an unknown strategy, or ``switch`` without a divergence.
+        ValueError: an unknown strategy, ``adaswitch``, or ``switch`` without a divergence.
     """
     if strategy == "switch":
         if divergence is None:
@@ -84,8 +105,72 @@ def decide(
         return torch.full(component_draw.shape, strategy == "teacher", dtype=torch.bool, device=component_draw.device)
     if strategy == "random":
         return component_draw < random_rate
+    if strategy == "adaswitch":
+        raise ValueError("the adaswitch strategy decides from the row's earlier divergences: use adaswitch_decide")
+    if strategy == "skd":
+        return torch.zeros(component_draw.shape, dtype=torch.bool, device=component_draw.device)
     if strategy == "mixture":
         if greedy:
             return torch.zeros(component_draw.shape, dtype=torch.bool, device=component_draw.device)
         return component_draw < mixture_alpha
-    raise ValueError(f"unknown rollout strategy {strategy!r}: use switch, student, teacher, random or mixture")
+    raise ValueError(
+        f"unknown rollout strategy {strategy!r}: use switch, student, teacher, random, mixture, skd or adaswitch"
+    )
+
+
+def skd_rejects(p_logits: Tensor, tokens: Tensor, top_k: int) -> Tensor:
+    """SKD's test: where the student's proposed token is *not* among the teacher's top-K tokens.
+
+    A token is among the top K when fewer than K tokens have a strictly larger teacher logit (ties at the K-th
+    logit count as inside; the ranking is that of the raw logits, which temperature does not change, and ignores
+    the sampling's own top-k / top-p filters).
+
+    Args:
+        p_logits: ``[n, V]`` teacher logits (any float dtype).
+        tokens: ``[n]`` long, the student's proposals.
+        top_k: K >= 1 (``rollout.skd_top_k``; 25 in SKD's configuration).
+
+    Returns:
+        ``[n]`` bool, True where the teacher replaces the token.
+    """
+    proposed = p_logits.gather(-1, tokens[:, None])
+    return (p_logits > proposed).sum(dim=-1) >= top_k
+
+
+def adaswitch_decide(
+    history: Tensor, history_valid: Tensor, divergence: Tensor, switched: Tensor, window: int, k: float
+) -> Tensor:
+    """AdaSwitch's source of c consecutive positions of each row (module docstring).
+
+    Position i *triggers* when at least one position precedes it and ``d_i > K · d̄_{i−1}``, with ``d̄_{i−1}`` the
+    mean of the divergences of the (up to) ``window`` positions before i: the first position of a row never
+    triggers, and the positions 1 .. window−1 average over all the positions they have (no initial value is
+    assumed). The teacher writes position i when the row switched before the block or some position of the block
+    up to i triggered (one switch per row; the teacher then writes to the end). The window sum is taken oldest
+    first, one addition per window slot, so a position's decision has the same floats however the positions are
+    grouped into blocks.
+
+    Args:
+        history: ``[n, window]`` the divergences of the ``window`` positions before the block, oldest first.
+        history_valid: ``[n, window]`` bool, False for slots before the row's first response position.
+        divergence: ``[n, c]`` the divergences (the gate's JSD) of the block's positions.
+        switched: ``[n]`` bool, the row switched before the block.
+        window: the averaging window W >= 1 (``rollout.adaswitch_window``).
+        k: the multiplier K > 0 (``rollout.adaswitch_k``).
+
+    Returns:
+        ``[n, c]`` bool, True where the teacher writes.
+    """
+    values = torch.cat([history.to(divergence.dtype), divergence], dim=1)
+    valid = torch.cat([history_valid, torch.ones_like(divergence, dtype=torch.bool)], dim=1)
+    triggers = []
+    for j in range(divergence.shape[1]):
+        total = torch.zeros_like(divergence[:, 0])
+        count = torch.zeros_like(divergence[:, 0])
+        for slot in range(j, j + window):
+            total = total + torch.where(valid[:, slot], values[:, slot], 0.0)
+            count = count + valid[:, slot].to(count.dtype)
+        mean = total / count.clamp_min(1)
+        triggers.append((count > 0) & (divergence[:, j] > k * mean))
+    return switched[:, None] | torch.stack(triggers, dim=1).cummax(dim=1).values
+

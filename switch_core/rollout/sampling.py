@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from transformers import TopKLogitsWarper, TopPLogitsWarper
 
+from switch_core.rollout.gate import skd_rejects
+
 if TYPE_CHECKING:
     from switch_core.rollout.engine import RolloutSettings
 
@@ -23,22 +25,40 @@ TOKEN_DRAW = 0
 """Purpose index of the uniform that draws the token (inverse-CDF sampling)."""
 COMPONENT_DRAW = 1
 """Purpose index of the uniform that draws the source of ``random`` / the mixture component of ``mixture``."""
-PURPOSES = 2
+TEACHER_DRAW = 2
+"""Purpose index of the uniform of the teacher's replacement draw of ``skd`` (independent of the student's
+proposal, which uses :data:`TOKEN_DRAW`)."""
+PURPOSES = 3
 
 
 def keyed_uniforms(
-    generator: torch.Generator | None, batch: int, steps: int, device: torch.device, *, needed: bool = True
+    generator: torch.Generator | None, batch: int, steps: int, device: torch.device, *, needed: bool = True,
+    teacher_draw: bool = False,
 ) -> Tensor:
     """The uniforms of a rollout: ``[batch, steps, PURPOSES]`` float64 in [0, 1), indexed (row, position, purpose).
 
-    Drawn in one call from ``generator`` (None = torch's global generator), so a seed fixes every position's draws.
-    With ``needed=False`` (greedy decoding of a strategy that draws nothing) returns zeros and leaves the generator
-    untouched.
+    Drawn from ``generator`` (None = torch's global generator) at the start of the rollout, so a seed fixes every
+    position's draws: first :data:`TOKEN_DRAW` and :data:`COMPONENT_DRAW` of every position in one call, then, with
+    ``teacher_draw`` (the ``skd`` strategy), :data:`TEACHER_DRAW` in a second call; without it that purpose is 0 and
+    the generator advances exactly as it did before the purpose existed (the other strategies' rollouts are
+    unchanged). With ``needed=False`` (greedy decoding of a strategy that draws nothing) returns zeros and leaves
+    the generator untouched.
     """
     shape = (batch, steps, PURPOSES)
     if not needed:
         return torch.zeros(shape, dtype=torch.float64, device=device)
-    return torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
+    first = torch.rand((batch, steps, TEACHER_DRAW), generator=generator, dtype=torch.float64, device=device)
+    if teacher_draw:
+        rest = torch.rand((batch, steps, 1), generator=generator, dtype=torch.float64, device=device)
+    else:
+        rest = torch.zeros((batch, steps, 1), dtype=torch.float64, device=device)
+    return torch.cat([first, rest], dim=-1)
+
+
+def draw_purpose(strategy: str, model: str) -> int:
+    """The purpose of the uniform with which ``model`` (``student | teacher``) draws a token it writes:
+    :data:`TEACHER_DRAW` for the teacher of ``skd`` (its replacement draw), else :data:`TOKEN_DRAW`."""
+    return TEACHER_DRAW if strategy == "skd" and model == "teacher" else TOKEN_DRAW
 
 
 def compute_dtype(logits: Tensor) -> torch.dtype:
@@ -112,7 +132,7 @@ def select_tokens(
     q: Tensor | None,
     p: Tensor | None,
     use_teacher: Tensor,
-    uniform: Tensor,
+    uniforms: Tensor,
     settings: RolloutSettings,
     warp: Callable[[Tensor], Tensor],
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -121,9 +141,11 @@ def select_tokens(
     Args:
         q: ``[n, V]`` student logits (None when the student is not run).
         p: ``[n, V]`` teacher logits (None when the teacher is not run).
-        use_teacher: ``[n]`` bool, the source of each position (:func:`switch_core.rollout.gate.decide`).
-        uniform: ``[n]`` the positions' token uniforms (:data:`TOKEN_DRAW`).
-        settings: the rollout settings (strategy, greedy, mixture α).
+        use_teacher: ``[n]`` bool, the source of each position (:func:`switch_core.rollout.gate.decide` or
+            :func:`switch_core.rollout.gate.adaswitch_decide`; ignored by ``skd``).
+        uniforms: ``[n, PURPOSES]`` the positions' keyed uniforms (:data:`TOKEN_DRAW` draws the token;
+            :data:`TEACHER_DRAW` the teacher's replacement of ``skd``).
+        settings: the rollout settings (strategy, greedy, mixture α, SKD's K).
         warp: :func:`warper` of the settings.
 
     Returns:
@@ -131,7 +153,24 @@ def select_tokens(
         that of the distribution the token was drawn from (the mixture ``α·p̃ + (1−α)·q̃`` for ``mixture``; 0 when
         greedy). Greedy ``mixture`` takes the argmax of the mixture and reports as source the component with the
         larger weighted probability of that token.
+
+    ``skd`` (:func:`switch_core.rollout.gate.skd_rejects`): the student proposes with :func:`draw_from` and
+    :data:`TOKEN_DRAW`; where the proposal is outside the teacher's top ``skd_top_k`` tokens the teacher draws with
+    :func:`draw_from` and :data:`TEACHER_DRAW` instead, and the source is the teacher. Temperature, top-k and top-p
+    shape both draws alike (SKD's code gives each model its own temperature and top-p; here they share the
+    rollout's); the top-K test ranks the raw teacher logits. The sampling log-probability is that of the drawing
+    model's warped distribution (the student's for a kept proposal, the teacher's for a replacement), not the
+    marginal probability of the token under the whole propose-and-replace procedure.
     """
+    uniform = uniforms[:, TOKEN_DRAW]
+    if settings.strategy == "skd":
+        proposal = draw_from(q, uniform, settings, warp)
+        replace = skd_rejects(p, proposal, settings.skd_top_k)
+        tokens = torch.where(replace, draw_from(p, uniforms[:, TEACHER_DRAW], settings, warp), proposal)
+        if settings.greedy:
+            return tokens, torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device), replace
+        log_probs = torch.log_softmax(warp(torch.where(replace[:, None], p, q)), dim=-1)
+        return tokens, log_probs.gather(-1, tokens[:, None]).squeeze(-1).float(), replace
     if settings.strategy == "mixture":
         alpha = settings.mixture_alpha
         log_p = torch.log_softmax(warp(p), dim=-1)

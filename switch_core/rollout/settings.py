@@ -27,6 +27,8 @@ TEACHER_LOGITS_DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
+DIVERGENCE_STRATEGIES: tuple[str, ...] = ("switch", "adaswitch")
+"""Strategies whose decisions act on the gate's JSD."""
 _SCHEMA = RolloutConfig()  # the schema's defaults
 _METHOD_SCHEMA = MethodConfig()
 
@@ -53,6 +55,11 @@ class RolloutSettings:
         horizon: T of the linear schedule; None = ``max_new_tokens``.
         random_rate: teacher probability per token of the ``random`` strategy, in [0, 1].
         mixture_alpha: teacher weight α of the ``mixture`` strategy, in [0, 1] (MiniLLM: 0.2).
+        skd_top_k: K >= 1 of the ``skd`` strategy: a student token outside the teacher's top K is replaced by a
+            teacher draw (SKD's configuration: 25).
+        adaswitch_window: W >= 1 of the ``adaswitch`` strategy: positions in the moving average of the JSD.
+        adaswitch_k: K > 0 of the ``adaswitch`` strategy: the teacher takes over a row at the first position whose
+            JSD exceeds K times that average.
         max_new_tokens: maximum response length, >= 1 (docs/METHOD.md §5.3: 256).
         greedy: argmax decoding instead of sampling.
         temperature: > 0; divides the logits for sampling *and* for the gate's JSD (docs/METHOD.md §1.3).
@@ -62,7 +69,8 @@ class RolloutSettings:
         keep_teacher_logits: return the teacher's raw (temperature 1) next-token logits at every response step.
         teacher_logits_dtype: storage dtype of those logits: ``float32 | bfloat16 | float16`` (default: the
             schema's ``methods.<m>.teacher_logits_dtype``).
-        compute_divergence: record the gate's JSD for every strategy. ``switch`` always computes it. With
+        compute_divergence: record the gate's JSD for every strategy. ``switch`` and ``adaswitch`` always compute
+            it (:attr:`needs_divergence`). With
             ``student`` and neither this nor ``keep_teacher_logits`` the teacher is never run (pure student
             sampling); with ``teacher`` and not this the student is never run.
         engine: ``speculative`` (one model drafts, the other verifies the chunk; `switch_core.rollout.speculative`)
@@ -78,6 +86,9 @@ class RolloutSettings:
     horizon: int | None = _SCHEMA.horizon
     random_rate: float = _SCHEMA.random_rate
     mixture_alpha: float = _SCHEMA.mixture_alpha
+    skd_top_k: int = _SCHEMA.skd_top_k
+    adaswitch_window: int = _SCHEMA.adaswitch_window
+    adaswitch_k: float = _SCHEMA.adaswitch_k
     max_new_tokens: int = _SCHEMA.max_new_tokens
     greedy: bool = _SCHEMA.greedy
     temperature: float = _SCHEMA.temperature
@@ -123,7 +134,8 @@ class RolloutSettings:
         """The settings of the ``rollout`` config section, for a method's rollouts when ``method`` is given.
 
         A method sets the strategy (``method.rollout_strategy``, None = ``config.strategy``) and the kept teacher
-        logits' dtype; it computes the divergence for ``switch`` and for ``data: policy_gradient``, whose rewards need
+        logits' dtype; it computes the divergence for ``switch`` and ``adaswitch`` (their gates act on it) and for
+        ``data: policy_gradient``, whose rewards need
         the teacher's and the student's log-probability of every token, and skips it otherwise. Without a method the
         settings decode ``config`` as it is, divergence included (the ``rollout`` command). ``tau0`` is the config's
         (None = to calibrate).
@@ -142,8 +154,14 @@ class RolloutSettings:
         return cls(
             pad_token_id=int(pad_token_id), stop_token_ids=stop_ids, **(decoding | {"strategy": strategy}),
             teacher_logits_dtype=method.teacher_logits_dtype,
-            compute_divergence=strategy == "switch" or method.data == "policy_gradient",
+            compute_divergence=strategy in DIVERGENCE_STRATEGIES or method.data == "policy_gradient",
         )
+
+    @property
+    def needs_divergence(self) -> bool:
+        """Whether the strategy's decisions act on the gate's JSD (``switch``, ``adaswitch``): it is computed
+        whatever ``compute_divergence`` says."""
+        return self.strategy in DIVERGENCE_STRATEGIES
 
     @property
     def needs_calibration(self) -> bool:

@@ -6,7 +6,8 @@ Each chunk of the decoding loop:
 1. **Draft.** The *drafter* (the model expected to write the next stretch) decodes k tokens with its own KV cache,
    one forward per token, drawing each token exactly as it would be drawn if the drafter were the source at that
    position (:func:`switch_core.rollout.sampling.draw_from`: argmax, or inverse-CDF sampling with the position's keyed
-   uniform). The drafter now has its logits at the k positions.
+   uniform of the model's purpose, :func:`switch_core.rollout.sampling.draw_purpose`). The drafter now has its
+   logits at the k positions.
 2. **Verify.** The other model (the *verifier*) reads the same k tokens in one forward pass and so has its logits at
    the same k positions.
 3. **Check in order.** At each position the strategy's rule (:mod:`switch_core.rollout.gate`, the same as the
@@ -14,7 +15,9 @@ Each chunk of the decoding loop:
    (:func:`switch_core.rollout.sampling.select_tokens`). While the token equals the draft the draft is accepted; at
    the first position where it differs, the drawn token is kept and the rest of the chunk is discarded (a stop token
    or ``max_new_tokens`` also ends a row's chunk). Every kept position was decided from the logits of the very
-   prefix lockstep decoding would have fed, with the same uniforms: the rollout is the lockstep one.
+   prefix lockstep decoding would have fed, with the same uniforms: the rollout is the lockstep one. ``adaswitch``'s
+   per-row state (its earlier divergences and whether it switched) is read from the kept positions before the
+   chunk and, within the chunk, from the chunk's own earlier positions, which are kept only if the draft matched.
 
 Discarded positions stay in both KV caches as masked holes: their attention-mask column is set to 0, so no later
 token attends to them, and position ids (``cumsum(mask) − 1``) skip them. Rows therefore accept different lengths in
@@ -53,18 +56,19 @@ from switch_core.rollout.engine import (
     RolloutBatch,
     RolloutSettings,
     RolloutTimer,
+    choose_sources,
     draws_needed,
     model_device,
 )
-from switch_core.rollout.gate import decide, switch_gate
+from switch_core.rollout.gate import switch_gate
 from switch_core.rollout.planner import ChunkPlanner
-from switch_core.rollout.sampling import COMPONENT_DRAW, TOKEN_DRAW, draw_from, keyed_uniforms, select_tokens, warper
+from switch_core.rollout.sampling import COMPONENT_DRAW, draw_from, draw_purpose, keyed_uniforms, select_tokens, warper
 
 
 def _prior_teacher_share(settings: RolloutSettings) -> float:
     """The teacher share expected before any decision: it picks the first drafter."""
     return {"switch": 0.0, "student": 0.0, "teacher": 1.0, "random": settings.random_rate,
-            "mixture": settings.mixture_alpha}[settings.strategy]
+            "mixture": settings.mixture_alpha, "skd": 0.0, "adaswitch": 0.0}[settings.strategy]
 
 
 def decode_speculative(
@@ -85,12 +89,13 @@ def decode_speculative(
 
     prompt_ids, prompt_mask = prompt_ids.to(device).long(), prompt_mask.to(device).long()
     decoders = {"student": Decoder(student, device), "teacher": Decoder(teacher, device)}
-    gate = settings.strategy == "switch" or settings.compute_divergence
+    gate = settings.needs_divergence or settings.compute_divergence
     warp = warper(settings.temperature, settings.top_k, settings.top_p)
     taus = settings.thresholds(device)
     stop_ids = torch.tensor(settings.stop_token_ids, dtype=torch.long, device=device)
     batch, steps = prompt_ids.shape[0], settings.max_new_tokens
-    uniforms = keyed_uniforms(generator, batch, steps, device, needed=draws_needed(settings))
+    uniforms = keyed_uniforms(generator, batch, steps, device, needed=draws_needed(settings),
+                              teacher_draw=settings.strategy == "skd")
 
     parameters = {name: sum(p.numel() for p in d.model.parameters()) for name, d in decoders.items()}
     planner = ChunkPlanner.for_models(_prior_teacher_share(settings), settings.max_draft_tokens, parameters,
@@ -128,7 +133,7 @@ def decode_speculative(
                     logits = decoders[drafter](fed[-1][:, None], chunk_mask[:, : base + len(fed)])
             with section("select"):
                 draft_logits.append(logits)
-                drafts.append(draw_from(logits, u[:, j, TOKEN_DRAW], settings, warp))
+                drafts.append(draw_from(logits, u[:, j, draw_purpose(settings.strategy, drafter)], settings, warp))
                 if j < k - 1:
                     fed.append(drafts[-1])
         # 2. the verifier reads the same tokens in one forward
@@ -145,11 +150,11 @@ def decode_speculative(
             q, p = by_model["student"].reshape(n * k, vocab), by_model["teacher"].reshape(n * k, vocab)
             tau, u_flat = taus[clamped].reshape(-1), u.reshape(n * k, -1)
             jsd = switch_gate(p, q, tau, settings.temperature)[1] if gate else None
-            use_teacher = decide(
-                settings.strategy, divergence=jsd, tau=tau, component_draw=u_flat[:, COMPONENT_DRAW],
-                random_rate=settings.random_rate, mixture_alpha=settings.mixture_alpha, greedy=settings.greedy,
-            )
-            tokens, sampling_lp, use_teacher = select_tokens(q, p, use_teacher, u_flat[:, TOKEN_DRAW], settings, warp)
+            use_teacher = choose_sources(
+                settings, out, rows, lengths, jsd.reshape(n, k) if jsd is not None else None, tau.reshape(n, k),
+                u[:, :, COMPONENT_DRAW],
+            ).reshape(-1)
+            tokens, sampling_lp, use_teacher = select_tokens(q, p, use_teacher, u_flat, settings, warp)
             tokens = tokens.reshape(n, k)
             drafted = torch.stack(drafts, dim=1)
             mismatch = tokens != drafted
@@ -176,7 +181,9 @@ def decode_speculative(
             # how often each model's own draw was the chosen token: the acceptance of either model as drafter
             accepted = int(((~mismatch) & kept).sum())
             verifier_logits = q if verifier == "student" else p
-            verifier_draws = draw_from(verifier_logits, u_flat[:, TOKEN_DRAW], settings, warp).reshape(n, k)
+            verifier_draws = draw_from(
+                verifier_logits, u_flat[:, draw_purpose(settings.strategy, verifier)], settings, warp
+            ).reshape(n, k)
             positions_kept = int(kept.sum())
             planner.observe_acceptance(drafter, accepted, positions_kept)
             planner.observe_acceptance(verifier, int(((tokens == verifier_draws) & kept).sum()), positions_kept)
