@@ -119,7 +119,8 @@ def test_append_stop_and_stop_labels_add_the_stop_cross_entropy() -> None:
     assert supervised - plain == pytest.approx(stop_ce, rel=1e-4)
     assert float(terms["stop_ce"]) == pytest.approx(stop_ce, rel=1e-4)
     with pytest.raises(ValueError, match="without a label"):
-        TrainBatch(batch.input_ids, batch.attention_mask, batch.labels, stop_labels=torch.ones_like(batch.labels).bool())
+        TrainBatch(batch.input_ids, batch.attention_mask, batch.labels,
+                   stop_labels=torch.ones_like(batch.labels, dtype=torch.bool))
     assert TrainBatch.from_state_dict(marked.state_dict()).stop_labels.equal(marked.stop_labels)
 
 

@@ -99,8 +99,8 @@ def batch_loss(
             applies fp16 loss scaling); None = no gradients (evaluation; call under ``torch.no_grad``).
         autocast: context manager factory for the forward passes (e.g. ``accelerator.autocast``).
         terms: when given, the sums over the batch's tokens of the loss's named terms other than ``loss``
-            (:func:`~switch_core.training.losses.token_loss_terms`: ``pg``, ``reg``, ``clipped`` for MiniLLM; ``stop_ce``
-            with ``stop_labels``) are added into it (0-dim float64 tensors, detached).
+            (:func:`~switch_core.training.losses.token_loss_terms`: ``pg``, ``reg``, ``clipped`` for MiniLLM;
+            ``stop_ce`` with ``stop_labels``) are added into it (0-dim float64 tensors, detached).
 
     Returns:
         0-dim float32 tensor (detached): the summed (unscaled) loss of the batch's response tokens.

@@ -132,9 +132,10 @@ class SourceOutput:
         action: where it came from.
         stats: additive counters for logging, summed over processes by the loop: ``rollout_sequences``,
             ``rollout_tokens``, ``teacher_tokens`` (SWITCH share = teacher_tokens / rollout_tokens),
-            ``rollout_seconds``, the stop-token sums of :data:`switch_core.training.stop_tokens.STOP_STAT_NAMES`; for a policy-gradient rollout also the sums over its response tokens of the rewards
-            (``reward_sum``), of the returns before whitening and their squares (``return_sum``, ``return_sq_sum``)
-            and of the importance weights (``weight_sum``).
+            ``rollout_seconds``, the stop-token sums of :data:`switch_core.training.stop_tokens.STOP_STAT_NAMES`;
+            for a policy-gradient rollout also the sums over its response tokens of the rewards (``reward_sum``), of
+            the returns before whitening and their squares (``return_sum``, ``return_sq_sum``) and of the importance
+            weights (``weight_sum``).
         by_position: for a fresh rollout, ``(teacher_tokens, tokens)`` at each 0-based response position of this
             process's rollouts (the teacher-share-by-position diagnostic of docs/METHOD.md §1.3); None otherwise.
     """
