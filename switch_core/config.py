@@ -227,10 +227,10 @@ class RolloutConfig(_Strict):
     schedule: ScheduleName = Field("exponential", description="Threshold schedule τ_t of the gate.")
     tau0: float | None = Field(
         None, ge=0, allow_inf_nan=False,
-        description="JSD threshold at t=0 in nats; None = calibrate. The JSD is at most ln 2, so a τ0 > ln 2 leaves "
-        "the first response tokens to the student alone (how many: switch_core.rollout.schedules."
-        "student_only_positions); calibration can choose such a τ0 when the target share is low for the response "
-        "lengths.",
+        description="JSD threshold at t=0 in nats; None = calibrate, searching only (0, ln 2] (a target out of reach "
+        "there keeps ln 2 and is reported). The JSD is at most ln 2, so a τ0 > ln 2 given here leaves the first "
+        "response tokens to the student alone (how many: switch_core.rollout.schedules.student_only_positions); the "
+        "run's train_summary.json names it a position switch (gate.position_switch).",
     )
     target_teacher_share: float = Field(
         0.53, gt=0, lt=1,
@@ -306,6 +306,15 @@ class MethodConfig(_Strict):
     rollout_strategy: StrategyName | None = Field(
         None, description="Generator of rollout batches; None = rollout.strategy."
     )
+    supervise_stop: bool = Field(
+        False,
+        description="Rollout data (rollout, mixed, adaptive): a rollout row cut at rollout.max_new_tokens without a "
+        "stop token gets the stop token appended as its last label, and every rollout row's stop label (emitted or "
+        "appended) adds the cross-entropy −log q(stop) to its loss, on top of the method's loss (SKD's practice of "
+        "always supervising the end-of-turn token against the stop-token collapse of on-policy KD, docs/METHOD.md "
+        "§6.10). The rollout's teacher logits are then not reused (the loss runs the teacher). Not with "
+        "policy_gradient.",
+    )
     ppo_epochs: int = Field(
         4, ge=1, description="policy_gradient: optimizer steps on each rollout batch (MiniLLM --ppo-epochs 4)."
     )
@@ -341,6 +350,12 @@ class MethodConfig(_Strict):
             )
         if self.lm_coef > 0 and not self.lm_data:
             raise ValueError("lm_coef > 0 needs lm_data: a .jsonl/.json (field 'text') or .txt pre-training file")
+        if self.supervise_stop and self.data not in ("rollout", "mixed", "adaptive"):
+            raise ValueError(
+                f"supervise_stop acts on rollout batches of data: rollout, mixed or adaptive, not data: {self.data} "
+                "(reference batches already end with their stop token; MiniLLM's stored policy values would not "
+                "cover an appended one); set supervise_stop: false"
+            )
         if self.data == "policy_gradient":
             if self.loss != "rkl" or self.kd_ratio != 1.0:
                 raise ValueError(

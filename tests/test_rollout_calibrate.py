@@ -50,19 +50,34 @@ def _closed_form_share(tau0: float, d: float, steps: int = 20, decay: float = 0.
     return (steps - student_steps) / steps
 
 
-@pytest.mark.parametrize("target", [0.5, 0.25, 0.85])
+@pytest.mark.parametrize("target", [0.5, 0.85])
 def test_calibration_hits_a_reachable_target_exactly(target: float) -> None:
     student, teacher, batches, settings = _stub_setup()
     d = _jsd64(STUDENT_LOGITS, TEACHER_LOGITS)
     result = calibrate_tau0(student, teacher, batches, settings, target_share=target, tolerance=0.0)
-    assert result.achieved_share == target
+    assert result.achieved_share == target and not result.bounded and result.reason is None
     assert _closed_form_share(result.tau0, d) == target
     # the switch step t* = 20 (1 - target) needs tau0 in [d e^{0.1 (t*-1)}, d e^{0.1 t*})
     switch = round(20 * (1 - target))
     assert d * math.exp(0.1 * (switch - 1)) <= result.tau0 < d * math.exp(0.1 * switch)
     assert result.history[0][0] == JSD_MAX
     assert all(share == _closed_form_share(tau0, d) for tau0, share in result.history)
-    assert (result.tau0 > JSD_MAX) == (target == 0.25)  # a low share needs tau0 beyond ln 2 under decay
+    assert all(0 < tau0 <= JSD_MAX for tau0, _ in result.history)  # the search never leaves (0, ln 2]
+
+
+def test_calibration_keeps_ln2_when_the_target_is_out_of_reach() -> None:
+    """d = 0.2366 nats at every step: with tau0 = ln 2 the student keeps the steps t <= ln(ln 2 / d) / 0.1 = 10.75,
+    i.e. 11 of 20, so the smallest share in (0, ln 2] is 9/20 = 0.45; a 25% target would need tau0 > ln 2."""
+    student, teacher, batches, settings = _stub_setup()
+    d = _jsd64(STUDENT_LOGITS, TEACHER_LOGITS)
+    assert d == pytest.approx(0.2366170170, abs=1e-9) and _closed_form_share(JSD_MAX, d) == 0.45
+    result = calibrate_tau0(student, teacher, batches, settings, target_share=0.25, tolerance=0.0)
+    assert result.bounded and result.tau0 == JSD_MAX and result.achieved_share == 0.45
+    assert result.history == ((JSD_MAX, 0.45),)  # one evaluation: nothing inside the range can do better
+    assert "out of reach" in result.reason and "0.450" in result.reason
+    assert result.to_dict()["bounded"] is True and result.to_dict()["reason"] == result.reason
+    within = calibrate_tau0(student, teacher, batches, settings, target_share=0.44, tolerance=0.02)
+    assert not within.bounded and within.tau0 == JSD_MAX and within.history == ((JSD_MAX, 0.45),)
 
 
 def test_calibration_returns_the_closest_evaluation_when_the_budget_runs_out() -> None:

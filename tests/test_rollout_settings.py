@@ -29,6 +29,7 @@ from switch_core.rollout import (
     student_only_positions,
     threshold,
 )
+from switch_core.rollout.schedules import gate_summary
 
 LN2 = 0.6931471805599453
 DECODING = ("strategy", "schedule", "tau0", "decay", "horizon", "random_rate", "mixture_alpha", "skd_top_k",
@@ -68,6 +69,22 @@ def test_student_only_positions_agree_with_the_thresholds() -> None:
         tau = threshold(schedule, torch.arange(80), tau0=3.1, **kwargs).double()
         first = math.ceil(x)
         assert (tau[:first] > LN2).all() and (tau[first:] <= LN2 + 1e-6).all()
+
+
+def test_gate_summary_by_hand() -> None:
+    """The gate can choose at t only where τ_t < ln 2: τ0 = ln 2·e^2, λ = 0.1 blocks t = 0..20 (τ_20 = ln 2)."""
+    gate = gate_summary("exponential", tau0=LN2 * math.exp(2.0), steps=30, decay=0.1)
+    assert gate == {"tau0": LN2 * math.exp(2.0), "position_switch": True, "student_only_positions": 21,
+                    "gate_active_share": 9 / 30}
+    at_ln2 = gate_summary("exponential", tau0=LN2, steps=128, decay=0.1)  # τ_0 = ln 2 exactly: JSD > τ_0 impossible
+    assert (at_ln2["position_switch"], at_ln2["student_only_positions"], at_ln2["gate_active_share"]) == (
+        False, 1, 127 / 128)
+    assert gate_summary("exponential", tau0=0.5, steps=10, decay=0.1)["gate_active_share"] == 1.0
+    assert gate_summary("constant", tau0=0.7, steps=10)["student_only_positions"] == 10
+    linear = gate_summary("linear", tau0=2 * LN2, steps=100, horizon=100)  # τ_t >= ln 2 iff t <= 50
+    assert (linear["student_only_positions"], linear["gate_active_share"]) == (51, 0.49)
+    with pytest.raises(ScheduleError, match="steps=0"):
+        gate_summary("constant", tau0=0.1, steps=0)
 
 
 def test_never_crossed_tau0_by_hand() -> None:
@@ -187,16 +204,18 @@ def test_calibration_returns_the_settings_with_the_chosen_tau0() -> None:
 
 def test_calibrate_settings_follows_the_config() -> None:
     """The first calibration_prompts prompts, in batches of batch_size, searched with the config's target, tolerance
-    and budget: the same search as calling calibrate_tau0 with those values."""
+    and budget: the same search as calling calibrate_tau0 with those values (the stub's share at ln 2 is 0.45 and
+    every share a multiple of 0.05, so a 0.62 target keeps the bisection of (0, ln 2] going until the budget of 4
+    runs out)."""
     student, teacher = ConstantLM(STUDENT_LOGITS), ConstantLM(TEACHER_LOGITS)
     config = RolloutConfig(max_new_tokens=20, greedy=True, calibration_prompts=3, batch_size=2,
-                           target_teacher_share=0.3, calibration_tolerance=0.0, calibration_evaluations=4)
+                           target_teacher_share=0.62, calibration_tolerance=0.0, calibration_evaluations=4)
     settings = RolloutSettings.from_config(config, MethodConfig(data="rollout"), pad_token_id=0, stop_token_ids=[])
     prompts = [[4, 4], [4], [4, 4, 4], [1, 2, 3, 4]]
     result = calibrate_settings(student, teacher, prompts, settings, config, seed=5)
     by_hand = calibrate_tau0(student, teacher, [left_pad(prompts[:2], 0), left_pad(prompts[2:3], 0)], settings,
-                             target_share=0.3, tolerance=0.0, max_evaluations=4, seed=5)
-    assert result == by_hand and len(result.history) == 4
+                             target_share=0.62, tolerance=0.0, max_evaluations=4, seed=5)
+    assert result == by_hand and len(result.history) == 4 and not result.bounded
 
 
 def test_a_resumed_run_keeps_its_calibrated_tau0(tmp_path) -> None:
@@ -213,3 +232,22 @@ def test_a_resumed_run_keeps_its_calibrated_tau0(tmp_path) -> None:
                   tracker=tracker)
     assert (again.tau0, again.calibration) == (first.tau0, first.calibration)
     assert not [e for e in read_jsonl_events(tracker.path, "metrics") if "calibration/tau0" in e["metrics"]]
+
+
+def test_a_tau0_above_ln2_is_named_a_position_switch_in_the_summary(tmp_path, capsys) -> None:
+    """τ0 = ln 2·e^0.5 with λ = 0.1 over 12 positions: τ_t >= ln 2 for t <= 5, so 6 positions are the student's."""
+    import json
+
+    from test_training_support import make_job, method
+
+    from switch_core.training import train
+    from switch_core.training.job import SUMMARY_FILE
+
+    tau0 = LN2 * math.exp(0.5)
+    result = train(make_job(tmp_path, method("switch"), rollout={"tau0": tau0}, max_steps=1))
+    gate = {"tau0": tau0, "position_switch": True, "student_only_positions": 6, "gate_active_share": 0.5}
+    assert result.gate == gate
+    assert json.loads((result.output_dir / SUMMARY_FILE).read_text())["gate"] == gate
+    assert "position switch" in capsys.readouterr().err
+    student = train(make_job(tmp_path, method("imitkd"), name="imitkd", max_steps=1))
+    assert student.gate is None and "gate" not in student.to_dict()

@@ -16,10 +16,11 @@ from switch_core.training.step_stats import StepSums, mean_metrics, policy_metri
 
 def test_collect_takes_the_named_counters_and_terms() -> None:
     sums = StepSums.collect(
-        6.0, {"rollout_tokens": 10.0, "teacher_tokens": 4.0, "rollout_sequences": 2.0},
+        6.0, {"rollout_tokens": 10.0, "teacher_tokens": 4.0, "rollout_sequences": 2.0, "not_a_sum": 7.0},
         {"pg": torch.tensor(1.5), "clipped": 2.0},
     )
-    assert sums == StepSums(loss_sum=6.0, rollout_tokens=10.0, teacher_tokens=4.0, pg=1.5, clipped=2.0)
+    assert sums == StepSums(loss_sum=6.0, rollout_tokens=10.0, teacher_tokens=4.0, rollout_sequences=2.0, pg=1.5,
+                            clipped=2.0)
 
 
 def test_reduced_is_one_collective_unpacked_by_name() -> None:
@@ -42,6 +43,16 @@ def test_rollout_and_policy_metrics_by_hand() -> None:
     }
     assert "rollout/teacher_share" not in rollout_metrics(sums, batch_size=4, processes=2, with_share=False)
     assert rollout_metrics(StepSums(), batch_size=4, processes=1, with_share=True) == {}
+    # 4 rows, 1 ended with the stop token after 6 tokens, where p(stop) = 0.001 and q(stop) = 0.125
+    stops = StepSums(rollout_tokens=20.0, rollout_sequences=4.0, stopped_sequences=1.0, stopped_tokens=6.0,
+                     teacher_stop_prob_sum=0.001, student_stop_prob_sum=0.125)
+    assert rollout_metrics(stops, batch_size=4, processes=1, with_share=False) == {
+        "rollout/mean_length": 5.0, "rollout/seconds": 0.0, "rollout/stop_rate": 0.25, "rollout/stopped_length": 6.0,
+        "rollout/teacher_stop_prob": 0.001, "rollout/student_stop_prob": 0.125,
+    }
+    none_stopped = rollout_metrics(StepSums(rollout_tokens=20.0, rollout_sequences=4.0), batch_size=4, processes=1,
+                                   with_share=False)
+    assert none_stopped["rollout/stop_rate"] == 0.0 and "rollout/teacher_stop_prob" not in none_stopped
     metrics = policy_metrics(sums, tokens=8.0, with_reg=True)
     assert metrics["train/pg_loss"] == 0.5 and metrics["train/reg_loss"] == 0.25
     assert metrics["train/clip_fraction"] == 0.125 and metrics["rollout/reward_mean"] == 0.5

@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"tau0 = {result.tau0:.6g} gives teacher share {result.achieved_share:.4f} "
           f"(target {config.target_teacher_share}) on {len(prompts)} prompts, {settings.schedule} schedule, "
           f"decay {settings.decay}")
+    if result.bounded:
+        print(result.reason)
     if args.out is not None:
         payload = {
             **result.to_dict(),

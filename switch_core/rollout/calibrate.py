@@ -6,11 +6,13 @@ and teacher on given prompts reach a target teacher share.
 
 The share depends on the tokens actually chosen (a teacher token changes the prefix of every later step), so each
 candidate τ0 is evaluated with real rollouts; the same seeds are used for every candidate (common random numbers),
-which makes the share close to non-increasing in τ0. The search: evaluate τ0 = ln 2 (the JSD maximum: above it the
-teacher never intervenes at t = 0, but a decaying schedule still lets it in later); while the share is above target,
-double τ0 (up to the value at which τ_t >= ln 2 for every step: `schedules.never_crossed_tau0`); then bisect the
-bracket (geometric midpoint once the lower end is > 0, since the useful τ0 may span orders of magnitude under an
-exponential schedule). The evaluated τ0 with the share closest to the target is returned.
+which makes the share close to non-increasing in τ0. The search stays inside (0, ln 2], the range in which the gate
+can act from the first response token (the JSD never exceeds ln 2, docs/METHOD.md §1.4): it evaluates τ0 = ln 2
+(the fewest teacher tokens the range allows) and, when that share is still above the target, reports the target as
+out of reach (``bounded``) and keeps ln 2; otherwise it bisects (0, ln 2] (geometric midpoint once the lower end is
+> 0, since the useful τ0 may span orders of magnitude under an exponential schedule). The evaluated τ0 with the share
+closest to the target is returned. A τ0 above ln 2 is never chosen here; given by hand (``rollout.tau0``) it stays
+allowed and the run names it a position switch (:func:`switch_core.rollout.schedules.gate_summary`).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from switch_core.config import RolloutConfig
 from switch_core.data.tokenize import left_pad
 from switch_core.models.device import model_device
 from switch_core.rollout.engine import rollout
-from switch_core.rollout.schedules import JSD_MAX, never_crossed_tau0
+from switch_core.rollout.schedules import JSD_MAX
 from switch_core.rollout.settings import RolloutSettings
 
 _SCHEMA = RolloutConfig()  # defaults of the search's arguments
@@ -52,12 +54,24 @@ class CalibrationResult:
         achieved_share: teacher share of the rollouts at that τ0 (token-weighted over all prompts).
         target_share: the requested share.
         history: ``(tau0, share)`` of every evaluation, in order.
+        bounded: True when even τ0 = ln 2, the top of the search range, gave more teacher tokens than the target
+            (beyond the tolerance): τ0 stays ln 2 and ``achieved_share`` is that share (:attr:`reason` says so).
     """
 
     settings: RolloutSettings
     achieved_share: float
     target_share: float
     history: tuple[tuple[float, float], ...]
+    bounded: bool = False
+
+    @property
+    def reason(self) -> str | None:
+        """Why the target was not reached inside (0, ln 2] (``bounded``), else None."""
+        if not self.bounded:
+            return None
+        return (f"target teacher share {self.target_share:.3f} is out of reach with tau0 in (0, ln 2]: tau0 = ln 2 "
+                f"already gives {self.achieved_share:.3f}; kept tau0 = ln 2 (a lower share needs a faster decay "
+                "(rollout.decay) or a student closer to the teacher, docs/METHOD.md §1.4)")
 
     @property
     def tau0(self) -> float:
@@ -65,12 +79,15 @@ class CalibrationResult:
         return self.settings.tau0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: ``tau0``, ``achieved_share``, ``target_share`` and ``history`` (``tau0``, ``share``)."""
+        """JSON-ready dict: ``tau0``, ``achieved_share``, ``target_share``, ``history`` (``tau0``, ``share``),
+        ``bounded`` and ``reason`` (None unless bounded)."""
         return {
             "tau0": self.tau0,
             "achieved_share": self.achieved_share,
             "target_share": self.target_share,
             "history": [{"tau0": tau0, "share": share} for tau0, share in self.history],
+            "bounded": self.bounded,
+            "reason": self.reason,
         }
 
 
@@ -118,7 +135,8 @@ def calibrate_tau0(
     seed: int = 0,
     progress: Callable[[float, float], None] | None = None,
 ) -> CalibrationResult:
-    """Find τ0 for which SWITCH rollouts reach ``target_share`` teacher tokens (search in the module docstring).
+    """Find τ0 in (0, ln 2] for which SWITCH rollouts reach ``target_share`` teacher tokens (search in the module
+    docstring; a target above reach at ln 2 gives ``bounded``).
 
     Args:
         student: the student causal LM (e.g. the SFT-initialised student, docs/METHOD.md §1.2).
@@ -134,7 +152,7 @@ def calibrate_tau0(
         progress: called with ``(tau0, share)`` after each evaluation.
 
     Returns:
-        A :class:`CalibrationResult` whose ``settings`` are ``settings`` with the chosen τ0.
+        A :class:`CalibrationResult` whose ``settings`` are ``settings`` with the chosen τ0 (0 < τ0 <= ln 2).
 
     Raises:
         CalibrationError: target or tolerance out of range, ``max_evaluations < 1``, no prompt batches, or a strategy
@@ -167,13 +185,9 @@ def calibrate_tau0(
     def close_enough() -> bool:
         return any(abs(share - target_share) <= tolerance for _, share in history)
 
-    cap = never_crossed_tau0(base.schedule, steps=base.max_new_tokens, decay=base.decay, horizon=base.schedule_horizon)
     low, high = 0.0, JSD_MAX
-    share_high = evaluate(high)
-    while share_high > target_share and not close_enough() and high < cap and len(history) < max_evaluations:
-        low, high = high, min(2.0 * high, cap)
-        share_high = evaluate(high)
-    while not close_enough() and len(history) < max_evaluations:
+    bounded = evaluate(high) > target_share and not close_enough()
+    while not bounded and not close_enough() and len(history) < max_evaluations:
         middle = math.sqrt(low * high) if low > 0 else 0.5 * high
         if middle in (low, high):
             break
@@ -184,7 +198,7 @@ def calibrate_tau0(
     tau0, share = min(history, key=lambda item: abs(item[1] - target_share))
     return CalibrationResult(
         settings=dataclasses.replace(settings, tau0=tau0), achieved_share=share, target_share=target_share,
-        history=tuple(history),
+        history=tuple(history), bounded=bounded,
     )
 
 

@@ -7,7 +7,7 @@ t is the position inside the response, t = 0 for the first generated token (docs
 - ``constant``: τ_t = τ0 (the ablation's constant threshold).
 
 The symmetric JSD is at most ln 2 (:data:`JSD_MAX`), so where τ_t >= ln 2 the teacher cannot intervene:
-:func:`student_only_positions` and :func:`never_crossed_tau0` give that range.
+:func:`student_only_positions`, :func:`never_crossed_tau0` and :func:`gate_summary` give that range.
 """
 from __future__ import annotations
 
@@ -60,17 +60,22 @@ def threshold(
         ScheduleError: unknown schedule, ``tau0`` negative or not finite, ``decay`` missing, negative or not finite
             (exponential), ``horizon`` missing or < 1 (linear), or negative steps.
     """
+    return _threshold64(schedule, steps, tau0=tau0, decay=decay, horizon=horizon).to(torch.float32)
+
+
+def _threshold64(
+    schedule: str, steps: Tensor | int, *, tau0: float, decay: float | None, horizon: int | None
+) -> Tensor:
+    """τ_t as :func:`threshold`, in float64."""
     _check(schedule, tau0, decay, horizon)
     t = torch.as_tensor(steps).to(torch.float64)
     if (t < 0).any():
         raise ScheduleError("response positions t must be >= 0")
     if schedule == "exponential":
-        tau = tau0 * torch.exp(-decay * t)
-    elif schedule == "linear":
-        tau = tau0 * (1.0 - t / horizon).clamp_min(0.0)
-    else:
-        tau = torch.full_like(t, tau0)
-    return tau.to(torch.float32)
+        return tau0 * torch.exp(-decay * t)
+    if schedule == "linear":
+        return tau0 * (1.0 - t / horizon).clamp_min(0.0)
+    return torch.full_like(t, tau0)
 
 
 def student_only_positions(
@@ -119,3 +124,35 @@ def never_crossed_tau0(schedule: str, *, steps: int, decay: float | None = None,
     ratios = threshold(schedule, torch.arange(steps), tau0=1.0, decay=decay, horizon=horizon).to(torch.float64)
     smallest = float(ratios.min())
     return JSD_MAX / smallest if smallest > 0 else math.inf
+
+
+def gate_summary(
+    schedule: str, *, tau0: float, steps: int, decay: float | None = None, horizon: int | None = None
+) -> dict[str, float | int | bool]:
+    """Where the gate can act over a response of ``steps`` positions (what a run's summary records, docs/METHOD.md
+    §1.4).
+
+    The teacher takes position t only when JSD_t > τ_t, and JSD_t <= ln 2, so the gate can choose at t only where
+    τ_t < ln 2 (compared in float64).
+
+    Args:
+        schedule, tau0, decay, horizon: as for :func:`threshold`.
+        steps: response positions considered, >= 1 (``rollout.max_new_tokens``).
+
+    Returns:
+        ``{"tau0", "position_switch", "student_only_positions", "gate_active_share"}``: ``position_switch`` is
+        τ0 > ln 2 (the gate then acts as a hand-over at a fixed position); ``student_only_positions`` the number of
+        positions t < ``steps`` with τ_t >= ln 2 (the student's by construction); ``gate_active_share`` the share
+        of the ``steps`` positions with τ_t < ln 2.
+
+    Raises:
+        ScheduleError: as :func:`threshold`, or ``steps < 1``.
+    """
+    if steps < 1:
+        raise ScheduleError(f"steps={steps} must be >= 1")
+    tau = _threshold64(schedule, torch.arange(steps), tau0=tau0, decay=decay, horizon=horizon)
+    blocked = int((tau >= JSD_MAX).sum())
+    return {
+        "tau0": float(tau0), "position_switch": tau0 > JSD_MAX, "student_only_positions": blocked,
+        "gate_active_share": (steps - blocked) / steps,
+    }

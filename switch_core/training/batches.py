@@ -78,6 +78,9 @@ class TrainBatch:
             the loss must run the teacher itself.
         policy: optional MiniLLM policy-gradient values of the last ``T`` tokens (``[B, T]`` fields, same alignment
             as ``teacher_logits``); None for every other method.
+        stop_labels: optional ``[B, L]`` bool aligned with ``labels``: label positions whose token's cross-entropy
+            is added to the loss (the stop labels of ``supervise_stop``, :mod:`switch_core.training.stop_tokens`);
+            None = none.
     """
 
     input_ids: torch.Tensor
@@ -85,6 +88,7 @@ class TrainBatch:
     labels: torch.Tensor
     teacher_logits: torch.Tensor | None = None
     policy: PolicyTokens | None = None
+    stop_labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         shapes = {tuple(self.input_ids.shape), tuple(self.attention_mask.shape), tuple(self.labels.shape)}
@@ -108,6 +112,12 @@ class TrainBatch:
                 raise ValueError(f"policy values must be [batch={self.size}, T<{self.length}], got {shape}")
             if self.loss_mask[:, : self.length - 1 - shape[1]].any():
                 raise ValueError("policy values cover only the last positions, but earlier positions carry labels")
+        if self.stop_labels is not None:
+            if tuple(self.stop_labels.shape) != tuple(self.labels.shape) or self.stop_labels.dtype != torch.bool:
+                raise ValueError(f"stop_labels must be bool [{self.size}, {self.length}] like labels, got "
+                                 f"{self.stop_labels.dtype} {tuple(self.stop_labels.shape)}")
+            if (self.stop_labels & (self.labels == IGNORE_INDEX)).any():
+                raise ValueError("stop_labels mark positions without a label")
 
     @property
     def size(self) -> int:
@@ -140,6 +150,16 @@ class TrainBatch:
             return None
         return self.teacher_logits[self.loss_mask[:, -self.teacher_logits.shape[1] :]]
 
+    def packed_stop_labels(self) -> torch.Tensor | None:
+        """``[N]`` bool :attr:`stop_labels` of the loss positions, in the row-major order of ``loss_mask``; or None."""
+        return None if self.stop_labels is None else self.stop_labels[:, 1:][self.loss_mask]
+
+    def with_stop_labels(self, stop_token_ids: Sequence[int]) -> TrainBatch:
+        """The batch with :attr:`stop_labels` on every label that is a stop token (a rollout response holds one, at
+        its end)."""
+        stops = torch.tensor([int(i) for i in stop_token_ids], dtype=self.labels.dtype, device=self.labels.device)
+        return replace(self, stop_labels=torch.isin(self.labels, stops))
+
     def packed_policy(self) -> PolicyTokens | None:
         """:class:`PolicyTokens` with ``[N]`` fields at the loss positions, in the row-major order of ``loss_mask``;
         or None."""
@@ -157,6 +177,7 @@ class TrainBatch:
             self.labels.to(**move),
             None if self.teacher_logits is None else self.teacher_logits.to(**move),
             None if self.policy is None else self.policy.map(lambda values: values.to(**move)),
+            None if self.stop_labels is None else self.stop_labels.to(**move),
         )
 
     def rows(self, start: int, stop: int) -> TrainBatch:
@@ -164,9 +185,10 @@ class TrainBatch:
         sl = slice(start, stop)
         kept = None if self.teacher_logits is None else self.teacher_logits[sl]
         policy = None if self.policy is None else self.policy.map(lambda values: values[sl])
+        stop = None if self.stop_labels is None else self.stop_labels[sl]
         return replace(
             self, input_ids=self.input_ids[sl], attention_mask=self.attention_mask[sl], labels=self.labels[sl],
-            teacher_logits=kept, policy=policy,
+            teacher_logits=kept, policy=policy, stop_labels=stop,
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -178,6 +200,7 @@ class TrainBatch:
             "input_ids": cpu(self.input_ids), "attention_mask": cpu(self.attention_mask), "labels": cpu(self.labels),
             "teacher_logits": cpu(self.teacher_logits),
             "policy": None if self.policy is None else {k: cpu(v) for k, v in self.policy.to_dict().items()},
+            "stop_labels": cpu(self.stop_labels),
         }
 
     @classmethod
@@ -188,7 +211,10 @@ class TrainBatch:
             ValueError: inconsistent shapes (see the class invariants).
         """
         policy = None if state["policy"] is None else PolicyTokens(**state["policy"])
-        return cls(state["input_ids"], state["attention_mask"], state["labels"], state["teacher_logits"], policy)
+        return cls(
+            state["input_ids"], state["attention_mask"], state["labels"], state["teacher_logits"], policy,
+            state.get("stop_labels"),  # absent from states saved before it existed
+        )
 
     def micro_batches(self, micro_batch_size: int) -> list[TrainBatch]:
         """Consecutive micro-batches of at most ``micro_batch_size`` sequences."""

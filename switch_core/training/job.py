@@ -92,15 +92,21 @@ class TrainResult:
     output_dir: Path
     calibration: dict[str, Any] | None = None
     """The τ0 search when the run calibrated τ0 (:meth:`switch_core.rollout.CalibrationResult.to_dict`: the chosen τ0,
-    its share, the target and every (τ0, share) tried), else None."""
+    its share, the target, every (τ0, share) tried and whether the target was out of reach in (0, ln 2]), else None."""
+    gate: dict[str, Any] | None = None
+    """Where SWITCH's gate could act (:func:`switch_core.rollout.schedules.gate_summary`: ``position_switch`` when
+    τ0 > ln 2, ``student_only_positions``, ``gate_active_share`` over ``rollout.max_new_tokens`` positions) for runs
+    whose rollouts use the ``switch`` strategy, else None."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The summary as a JSON-ready dict, without timings (``calibration`` only when the run calibrated τ0)."""
+        """The summary as a JSON-ready dict, without timings (``calibration`` only when the run calibrated τ0,
+        ``gate`` only for SWITCH rollouts)."""
         out = {
             "run": self.name, "steps": self.steps, "best_step": self.best_step, "best": self.best_metrics,
             "final": self.final_metrics, "tau0": self.tau0,
         }
-        return out | ({"calibration": self.calibration} if self.calibration is not None else {})
+        out |= {"calibration": self.calibration} if self.calibration is not None else {}
+        return out | ({"gate": self.gate} if self.gate is not None else {})
 
     def timings(self) -> dict[str, Any]:
         """``{"run", "wall_seconds"}``: wall-clock seconds of the whole run, killed and resumed processes included."""

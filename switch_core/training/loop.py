@@ -42,6 +42,7 @@ from accelerate.utils import broadcast_object_list
 from switch_core.evaluation.generate import eos_token_ids
 from switch_core.processes import make_accelerator
 from switch_core.rollout import RolloutSettings, calibrate_settings
+from switch_core.rollout.schedules import gate_summary
 from switch_core.tracking import NullTracker, Tracker
 from switch_core.training import seeding
 from switch_core.training.batches import batch_from_examples
@@ -142,6 +143,27 @@ class _Run:
             )
             self._say(f"calibrated tau0 = {result[0].tau0:.4f} (teacher share {result[0].achieved_share:.3f}, "
                       f"target {result[0].target_share:.2f})")
+            if result[0].bounded:
+                self._say(result[0].reason)
+
+    def gate(self) -> dict[str, Any] | None:
+        """Where SWITCH's gate can act with the run's τ0 (:func:`gate_summary` over ``max_new_tokens`` positions);
+        None unless the rollouts use the ``switch`` strategy with τ0 set."""
+        s = self.settings
+        if not self.uses_rollouts or s.strategy != "switch" or s.tau0 is None:
+            return None
+        return gate_summary(s.schedule, tau0=s.tau0, steps=s.max_new_tokens, decay=s.decay, horizon=s.schedule_horizon)
+
+    def say_gate(self) -> None:
+        """Print where the gate can act; a τ0 above ln 2 is named a position switch (docs/METHOD.md §1.4)."""
+        gate = self.gate()
+        if gate is None:
+            return
+        if gate["position_switch"]:
+            self._say(f"tau0 = {gate['tau0']:.4f} > ln 2: a position switch, not a gate; the first "
+                      f"{gate['student_only_positions']} response positions are the student's by construction")
+        self._say(f"the gate can choose at {100 * gate['gate_active_share']:.1f}% of the "
+                  f"{self.settings.max_new_tokens} response positions (tau_t < ln 2)")
 
     def build_source(self) -> None:
         self.source = BatchSource(
@@ -337,6 +359,7 @@ class _Run:
             self.evaluate()
         else:
             self._say(f"resuming at step {self.step}/{self.total_steps} (saved state in {job.state_dir})")
+        self.say_gate()
         if self.acc.is_main_process:
             self.progress = Progress(job.name, self.total_steps, self.step, self.optim.log_every)
         window: list[dict[str, float]] = []
@@ -361,7 +384,7 @@ class _Run:
             self.progress.close()
         result = TrainResult(
             job.name, self.step, self.best_step, self.best_metrics, self.last_metrics, self.wall_seconds(),
-            self.settings.tau0, job.output_dir, self.calibration,
+            self.settings.tau0, job.output_dir, self.calibration, self.gate(),
         )
         if self.acc.is_main_process:
             publish(result, job.state_dir)

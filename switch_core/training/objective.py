@@ -20,6 +20,7 @@ from contextlib import AbstractContextManager, nullcontext
 from operator import itemgetter
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from switch_core.models.device import model_device
@@ -84,7 +85,8 @@ def batch_loss(
 
     Teacher logits come from ``batch.teacher_logits`` when the batch carries them (kept from a SWITCH rollout: the
     teacher's distributions on the same mixed prefix, docs/METHOD.md §1.3), else from a no-grad teacher forward. A batch
-    with policy values (MiniLLM, ``batch.policy``) hands each position's values to the per-token loss.
+    with policy values (MiniLLM, ``batch.policy``) hands each position's values to the per-token loss. A batch with
+    ``stop_labels`` (``supervise_stop``) adds the cross-entropy of those labels (term ``stop_ce``).
 
     Args:
         student: the student (train or eval mode is the caller's choice).
@@ -97,8 +99,8 @@ def batch_loss(
             applies fp16 loss scaling); None = no gradients (evaluation; call under ``torch.no_grad``).
         autocast: context manager factory for the forward passes (e.g. ``accelerator.autocast``).
         terms: when given, the sums over the batch's tokens of the loss's named terms other than ``loss``
-            (:func:`~switch_core.training.losses.token_loss_terms`: ``pg``, ``reg``, ``clipped`` for MiniLLM) are added
-            into it (0-dim float64 tensors, detached).
+            (:func:`~switch_core.training.losses.token_loss_terms`: ``pg``, ``reg``, ``clipped`` for MiniLLM;
+            ``stop_ce`` with ``stop_labels``) are added into it (0-dim float64 tensors, detached).
 
     Returns:
         0-dim float32 tensor (detached): the summed (unscaled) loss of the batch's response tokens.
@@ -118,6 +120,7 @@ def batch_loss(
     policy = batch.packed_policy() if spec.policy_gradient else None
     needs_teacher = spec.uses_teacher(policy is not None)
     kept = batch.packed_teacher_logits() if needs_teacher else None
+    stop = batch.packed_stop_labels()
     teacher_hidden = None
     if needs_teacher and kept is None:
         if teacher is None:
@@ -140,6 +143,10 @@ def batch_loss(
             student_logits = student_head(leaf[rows])
         values = None if policy is None else policy.map(itemgetter(rows))
         chunk_terms = token_loss_terms(spec, student_logits, targets[rows], teacher_logits, values)
+        if stop is not None:  # supervise_stop: the stop label's cross-entropy on top of the method's loss
+            ce = F.cross_entropy(student_logits.to(chunk_terms["loss"].dtype), targets[rows], reduction="none")
+            chunk_terms["stop_ce"] = ce * stop[rows]
+            chunk_terms["loss"] = chunk_terms["loss"] + chunk_terms["stop_ce"]
         chunk_sum = chunk_terms.pop("loss").sum()
         if terms is not None:
             for name, per_token in chunk_terms.items():

@@ -33,6 +33,11 @@ skips its own teacher forward pass (same frozen teacher, same prefix). Pure stud
 while decoding: one teacher forward over the finished batch is much cheaper than T incremental teacher steps.
 MiniLLM's rollouts run both models (rewards need the teacher's and the student's log-probability of every token) but
 never keep the teacher logits: the stored batch lives for ``ppo_epochs`` steps and is part of the resumable state.
+
+Every fresh rollout also reports its stop-token statistics (:func:`switch_core.training.stop_tokens.stop_statistics`).
+With ``supervise_stop`` (docs/METHOD.md §6.10) the rollout's responses that were cut without a stop token get one
+appended before they are trained on or pushed into the buffer, and every batch made of rollouts (fresh or replayed)
+marks its stop labels for the extra cross-entropy; the rollout's teacher logits are then not kept.
 """
 from __future__ import annotations
 
@@ -61,6 +66,7 @@ from switch_core.training.batches import (
 )
 from switch_core.training.policy_gradient import ReduceSum, rollout_policy_tokens
 from switch_core.training.replay import ReplayBuffer
+from switch_core.training.stop_tokens import append_stop, stop_statistics
 
 ROLLOUT_DATA = ("rollout", "mixed", "adaptive", "policy_gradient")
 """``data`` modes that draw rollouts (they need the teacher and rollout settings)."""
@@ -126,9 +132,10 @@ class SourceOutput:
         action: where it came from.
         stats: additive counters for logging, summed over processes by the loop: ``rollout_sequences``,
             ``rollout_tokens``, ``teacher_tokens`` (SWITCH share = teacher_tokens / rollout_tokens),
-            ``rollout_seconds``; for a policy-gradient rollout also the sums over its response tokens of the rewards
-            (``reward_sum``), of the returns before whitening and their squares (``return_sum``, ``return_sq_sum``)
-            and of the importance weights (``weight_sum``).
+            ``rollout_seconds``, the stop-token sums of :data:`switch_core.training.stop_tokens.STOP_STAT_NAMES`;
+            for a policy-gradient rollout also the sums over its response tokens of the rewards (``reward_sum``), of
+            the returns before whitening and their squares (``return_sum``, ``return_sq_sum``) and of the importance
+            weights (``weight_sum``).
         by_position: for a fresh rollout, ``(teacher_tokens, tokens)`` at each 0-based response position of this
             process's rollouts (the teacher-share-by-position diagnostic of docs/METHOD.md §1.3); None otherwise.
     """
@@ -148,7 +155,7 @@ class RolloutDraw:
         batch: the training batch of all of them (teacher logits kept when asked).
         sequences: the unpadded prompt/response pairs (what the replay buffer stores).
         stats: additive counters (:attr:`SourceOutput.stats`: ``rollout_sequences``, ``rollout_tokens``,
-            ``teacher_tokens``, ``rollout_seconds``).
+            ``teacher_tokens``, ``rollout_seconds`` and the stop-token sums).
         by_position: ``(teacher_tokens, tokens)`` at each 0-based response position (:attr:`SourceOutput.by_position`).
     """
 
@@ -197,8 +204,9 @@ class BatchSource:
             process.
 
     Raises:
-        MethodSetupError: a rollout method without teacher or settings, the adaptive schedule without replay, or
-            policy-gradient rollouts decoded greedily (no sampling distribution to weight by).
+        MethodSetupError: a rollout method without teacher or settings, the adaptive schedule without replay,
+            policy-gradient rollouts decoded greedily (no sampling distribution to weight by), or ``supervise_stop``
+            without a stop token id.
     """
 
     def __init__(
@@ -225,6 +233,8 @@ class BatchSource:
             raise MethodSetupError(
                 "data='policy_gradient' (MiniLLM) needs sampled rollouts: set rollout.greedy: false"
             )
+        if method.supervise_stop and not settings.stop_token_ids:
+            raise MethodSetupError("supervise_stop needs a stop token: the rollout settings have no stop_token_ids")
         self.method = method
         self.student, self.teacher, self.settings = student, teacher, settings
         self.pad_token_id, self.seed, self.total_steps, self.rank = pad_token_id, seed, total_steps, rank
@@ -256,7 +266,7 @@ class BatchSource:
         if action is Action.GROUND_TRUTH:
             return SourceOutput(batch_from_examples(examples, self.pad_token_id), action)
         if action is Action.REPLAY:
-            return SourceOutput(self._replay(step, len(examples)), action)
+            return SourceOutput(self._stop_labelled(self._replay(step, len(examples))), action)
         if action is Action.POLICY_REUSE:
             if self.stored is None:
                 raise MethodSetupError(f"step {step}: no stored rollout to reuse (a state saved without it?)")
@@ -266,12 +276,17 @@ class BatchSource:
             policy, policy_stats = self._policy_values(draw.chunks)
             self.stored = dataclasses.replace(draw.batch, policy=policy)
             return SourceOutput(self.stored, action, draw.stats | policy_stats, draw.by_position)
-        keep = self.keep_teacher_logits and action in (Action.ROLLOUT, Action.ROLLOUT_STORE) and self._runs_teacher
+        keep = (self.keep_teacher_logits and action in (Action.ROLLOUT, Action.ROLLOUT_STORE) and self._runs_teacher
+                and not self.method.supervise_stop)
         draw = self._rollout(step, examples, offset, keep)
         if action is not Action.ROLLOUT:
             self.buffer.push(draw.sequences)
         batch = self._replay(step, len(examples)) if action is Action.ROLLOUT_REPLAY else draw.batch
-        return SourceOutput(batch, action, draw.stats, draw.by_position)
+        return SourceOutput(self._stop_labelled(batch), action, draw.stats, draw.by_position)
+
+    def _stop_labelled(self, batch: TrainBatch) -> TrainBatch:
+        """A batch of rollouts with its stop labels marked when ``supervise_stop`` is on (else unchanged)."""
+        return batch.with_stop_labels(self.settings.stop_token_ids) if self.method.supervise_stop else batch
 
     def _replay(self, step: int, count: int) -> TrainBatch:
         drawn = self.buffer.sample(count, seeding.generator(self.seed, seeding.Stream.REPLAY, step, self.rank))
@@ -288,7 +303,10 @@ class BatchSource:
             gen = seeding.generator(self.seed, seeding.Stream.ROLLOUT, step, offset + start, device=device)
             chunks.append(rollout(self.student, self.teacher, prompt_ids, prompt_mask, settings, generator=gen))
         sequences = [s for rb in chunks for s in _sequences(rb)]
-        if len(chunks) == 1:
+        if self.method.supervise_stop:
+            sequences = append_stop(sequences, settings.stop_token_ids)
+            batch = batch_from_sequences(sequences, self.pad_token_id)
+        elif len(chunks) == 1:
             batch = batch_from_rollout(chunks[0])
         else:
             kept = [block for rb in chunks for block in rb.teacher_logits] if keep else None
@@ -299,6 +317,11 @@ class BatchSource:
             "teacher_tokens": float(sum(int((rb.teacher_chosen & rb.response_mask).sum()) for rb in chunks)),
             "rollout_seconds": time.perf_counter() - began,
         }
+        for rb in chunks:
+            for name, value in stop_statistics(
+                rb, settings.stop_token_ids, student=self.student, teacher=self.teacher
+            ).items():
+                stats[name] = stats.get(name, 0.0) + value
         width = max(rb.tokens.shape[1] for rb in chunks)
         teacher_at, tokens_at = torch.zeros(width, dtype=torch.long), torch.zeros(width, dtype=torch.long)
         for rb in chunks:

@@ -25,6 +25,10 @@ class StepSums:
         rollout_tokens: response tokens of the step's fresh rollout (0 without one).
         teacher_tokens: of those, tokens the teacher chose (SWITCH share = teacher_tokens / rollout_tokens).
         rollout_seconds: seconds spent rolling out (summed over processes).
+        rollout_sequences: rows of the step's fresh rollout.
+        stopped_sequences, stopped_tokens: of those, the rows that ended with a stop token, and their response tokens.
+        teacher_stop_prob_sum, student_stop_prob_sum: Σ over the stopped rows of the teacher's / student's probability
+            of the stop token where the row stopped (:func:`switch_core.training.stop_tokens.stop_statistics`).
         reward_sum, return_sum, return_sq_sum, weight_sum: MiniLLM's rollout sums over its response tokens: rewards,
             returns before whitening and their squares, importance weights (0 on other steps).
         pg, reg, clipped: MiniLLM's loss terms summed over the trained tokens: the clipped policy loss, the
@@ -35,6 +39,11 @@ class StepSums:
     rollout_tokens: float = 0.0
     teacher_tokens: float = 0.0
     rollout_seconds: float = 0.0
+    rollout_sequences: float = 0.0
+    stopped_sequences: float = 0.0
+    stopped_tokens: float = 0.0
+    teacher_stop_prob_sum: float = 0.0
+    student_stop_prob_sum: float = 0.0
     reward_sum: float = 0.0
     return_sum: float = 0.0
     return_sq_sum: float = 0.0
@@ -62,6 +71,11 @@ class StepSums:
 def rollout_metrics(sums: StepSums, *, batch_size: int, processes: int, with_share: bool) -> dict[str, float]:
     """``rollout/*`` metrics of a step with a fresh rollout (``{}`` without one).
 
+    ``rollout/mean_length``: response tokens per sequence; ``rollout/stop_rate``: share of the rollout's rows that
+    ended with a stop token; on steps where some did, ``rollout/stopped_length`` (their mean response length, stop
+    token included) and ``rollout/teacher_stop_prob`` / ``rollout/student_stop_prob`` (the mean over those rows of
+    p(stop) / q(stop) where they stopped, temperature 1; docs/METHOD.md §6.10).
+
     Args:
         sums: the global sums of the step.
         batch_size: global sequences per step (the mean length divides by it).
@@ -73,6 +87,14 @@ def rollout_metrics(sums: StepSums, *, batch_size: int, processes: int, with_sha
     metrics = {"rollout/mean_length": sums.rollout_tokens / batch_size, "rollout/seconds": sums.rollout_seconds / processes}
     if with_share:
         metrics["rollout/teacher_share"] = sums.teacher_tokens / sums.rollout_tokens
+    if sums.rollout_sequences > 0:
+        metrics["rollout/stop_rate"] = sums.stopped_sequences / sums.rollout_sequences
+    if sums.stopped_sequences > 0:
+        metrics |= {
+            "rollout/stopped_length": sums.stopped_tokens / sums.stopped_sequences,
+            "rollout/teacher_stop_prob": sums.teacher_stop_prob_sum / sums.stopped_sequences,
+            "rollout/student_stop_prob": sums.student_stop_prob_sum / sums.stopped_sequences,
+        }
     return metrics
 
 
