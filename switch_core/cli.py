@@ -84,6 +84,26 @@ def rerun_command(argv: list[str]) -> str:
     return shlex.join(["switch-kd", *(a for a in argv if a != "--restart")])
 
 
+def interrupt_note(args: argparse.Namespace, command: str) -> str:
+    """What an interrupted command kept and what re-running ``command`` does.
+
+    A training command (a module with ``state_dir(args)``) names the step of its last saved state, or says that none
+    was saved yet; a command with ``INTERRUPT_NOTE`` (a format string with ``{command}``) says what it keeps; any other
+    keeps its finished outputs (evaluations, pipeline stages) and continues after them.
+    """
+    module = args._module
+    if hasattr(module, "state_dir") and hasattr(args, "config"):
+        from switch_core.training.state import saved_step
+
+        step = saved_step(module.state_dir(args))
+        if step is None:
+            return (f"no training state was saved yet (one is saved every optim.save_every steps and at each epoch "
+                    f"end): `{command}` starts over")
+        return f"the training state saved at step {step} is kept: `{command}` continues from it"
+    note = getattr(module, "INTERRUPT_NOTE", "finished work is kept: `{command}` continues after it")
+    return note.format(command=command)
+
+
 def _resolve_config(args: argparse.Namespace) -> None:
     params = Path(args.params)
     if not params.exists() and args.params == "params.yaml":
@@ -116,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"(switch-kd --debug {args.command} ... or SWITCHKD_DEBUG=1 shows the full traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"switch-kd {args.command}: interrupted; finished work is kept (a training run keeps its last saved "
-              f"state): `{rerun_command(argv)}` continues", file=sys.stderr)
+        print(f"switch-kd {args.command}: interrupted; {interrupt_note(args, rerun_command(argv))}", file=sys.stderr)
         return 130
 
 

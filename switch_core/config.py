@@ -274,7 +274,8 @@ class RolloutConfig(_Strict):
     batch_size: int = Field(8, ge=1, description="Prompts per rollout batch.")
     engine: Literal["speculative", "lockstep"] = Field(
         "speculative", description="speculative = one model drafts, the other verifies a chunk in one forward "
-        "(switch_core.rollout.speculative); lockstep = one token at a time. Both give the same rollout.",
+        "(switch_core.rollout.speculative); lockstep = one token at a time. The same tokens for the same seed "
+        "(exactly in float64; in float32 chunked forwards round differently at ~0.3% of positions).",
     )
     max_draft_tokens: int = Field(
         8, ge=1, description="engine=speculative: longest draft; the planner picks the chunk length below it.",

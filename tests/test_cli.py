@@ -106,3 +106,15 @@ def test_commands_do_not_import_each_other():
             if isinstance(node, ast.ImportFrom) and node.module == "switch_core.commands":
                 found += [f"{module} imports {alias.name}" for alias in node.names]
     assert found == []
+
+
+def test_an_interrupted_command_says_what_a_rerun_does() -> None:
+    """Commands that write only at the end do not promise to continue (issue 17: Ctrl-C advice must be true)."""
+    import argparse
+
+    from switch_core.cli import interrupt_note
+    from switch_core.commands import evaluate, rollout
+
+    note = interrupt_note(argparse.Namespace(_module=rollout), "switch-kd rollout --out o.jsonl")
+    assert note == "nothing is written before the end: `switch-kd rollout --out o.jsonl` starts over"
+    assert "continues after it" in interrupt_note(argparse.Namespace(_module=evaluate), "switch-kd evaluate")

@@ -180,7 +180,7 @@ def test_reference_rows_come_first_and_are_labelled(tmp_path):
     md = build_report(evals, tmp_path / "report").markdown.read_text()
     table = md.split("## ROUGE-L (mean ± sd over seeds)", 1)[1].split("Settings per model:", 1)[0]
     rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][1:]
-    assert rows == ["teacher (reference)", "student-init (untrained student)", "kd", "sft", "switch"]
+    assert rows == ["teacher (reference)", "student-init (untrained student)", "**methods**", "kd", "sft", "switch"]
     settings = md.split("Settings per model:", 1)[1].split("##", 1)[0]
     assert [line.split("|")[1].strip() for line in settings.splitlines() if line.startswith("| ")][1:3] == [
         "teacher (reference)", "student-init (untrained student)"]

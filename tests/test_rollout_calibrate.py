@@ -75,6 +75,7 @@ def test_calibration_keeps_ln2_when_the_target_is_out_of_reach() -> None:
     assert result.bounded and result.tau0 == JSD_MAX and result.achieved_share == 0.45
     assert result.history == ((JSD_MAX, 0.45),)  # one evaluation: nothing inside the range can do better
     assert "out of reach" in result.reason and "0.450" in result.reason
+    assert "slower decay" in result.reason  # a faster decay lowers τ_t and gives *more* teacher tokens
     assert result.to_dict()["bounded"] is True and result.to_dict()["reason"] == result.reason
     within = calibrate_tau0(student, teacher, batches, settings, target_share=0.44, tolerance=0.02)
     assert not within.bounded and within.tau0 == JSD_MAX and within.history == ((JSD_MAX, 0.45),)
@@ -86,6 +87,8 @@ def test_calibration_returns_the_closest_evaluation_when_the_budget_runs_out() -
     assert len(result.history) == 2
     best = min(result.history, key=lambda item: abs(item[1] - 0.5))
     assert (result.tau0, result.achieved_share) == best
+    assert not result.bounded and "used its 2 evaluations" in result.reason  # missed the target: said, not silent
+    assert result.to_dict()["reason"] == result.reason
     assert result.to_dict()["history"][0] == {"tau0": result.history[0][0], "share": result.history[0][1]}
 
 

@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from switch_core.rollout import GATE_BETA, RolloutSettings, adaswitch_decide, decide, skd_rejects, switch_gate
+from switch_core.rollout import (
+    GATE_BETA,
+    RolloutSettings,
+    adaswitch_decide,
+    decide,
+    gate_divergence,
+    skd_rejects,
+    switch_gate,
+    teacher_intervenes,
+)
 from switch_core.rollout.sampling import (
     PURPOSES,
     TEACHER_DRAW,
@@ -52,6 +61,10 @@ def test_gate_jsd_is_the_symmetric_jensen_shannon_divergence() -> None:
     # shifting logits by a constant changes nothing; swapping the models leaves the symmetric JSD unchanged
     assert switch_gate(_logits(P) + 3.0, _logits(Q) - 1.0, 0.0)[1].item() == pytest.approx(expected, rel=1e-12)
     assert switch_gate(_logits(Q), _logits(P), 0.0)[1].item() == pytest.approx(expected, rel=1e-12)
+    # the engines call the two halves of the gate: gate_divergence, then teacher_intervenes (through decide)
+    assert torch.equal(gate_divergence(_logits(P), _logits(Q)), jsd)
+    taus = torch.tensor([expected - 1e-9, expected + 1e-9], dtype=torch.float64)
+    assert teacher_intervenes(torch.full((2,), expected, dtype=torch.float64), taus).tolist() == [True, False]
 
 
 def test_gate_is_strict_at_the_threshold() -> None:

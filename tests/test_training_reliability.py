@@ -81,7 +81,8 @@ def test_ctrl_c_then_the_same_command_continues_the_saved_state(
         _interrupt_after_save(patch, at_step=2)
         assert _cli(project, *argv) == 130
     err = capsys.readouterr().err
-    assert f"`switch-kd distill --params {project / 'params.yaml'} --run kd` continues" in err
+    assert (f"the training state saved at step 2 is kept: `switch-kd distill --params {project / 'params.yaml'} "
+            "--run kd` continues from it") in err
     assert latest_state(state).name == "step-00000002"
     assert not (project / "runs" / "tiny" / "models" / "kd").exists()  # nothing published yet
 
@@ -89,6 +90,22 @@ def test_ctrl_c_then_the_same_command_continues_the_saved_state(
     assert "resuming at step 2/4" in capsys.readouterr().err
     summary = json.loads((project / "runs" / "tiny" / "models" / "kd" / SUMMARY_FILE).read_text())
     assert summary["steps"] == 4
+
+
+def test_ctrl_c_before_any_saved_state_says_the_rerun_starts_over(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The message must not promise saved work that does not exist (a run interrupted before its first save)."""
+    def interrupt(self: _Run) -> dict[str, float]:
+        raise KeyboardInterrupt
+
+    argv = ("distill", "--run", "kd-early", "--set", "runs.kd-early.method=kd")
+    with monkeypatch.context() as patch:
+        patch.setattr(_Run, "train_step", interrupt)
+        assert _cli(project, *argv) == 130
+    err = capsys.readouterr().err
+    assert "no training state was saved yet" in err and "starts over" in err and "continues" not in err
+    assert not (project / "runs" / "tiny" / "state" / "kd-early" / "latest").exists()
 
 
 def test_an_incompatible_state_is_kept_until_restart(project: Path, capsys: pytest.CaptureFixture) -> None:

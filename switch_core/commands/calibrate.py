@@ -22,6 +22,7 @@ from switch_core.commands.rollout_inputs import (
 )
 
 USES_CONFIG = False
+INTERRUPT_NOTE = "nothing is written before the end: `{command}` starts over"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"tau0 = {result.tau0:.6g} gives teacher share {result.achieved_share:.4f} "
           f"(target {config.target_teacher_share}) on {len(prompts)} prompts, {settings.schedule} schedule, "
           f"decay {settings.decay}")
-    if result.bounded:
+    if result.reason is not None:
         print(result.reason)
     if args.out is not None:
         payload = {

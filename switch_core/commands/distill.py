@@ -80,6 +80,11 @@ def distill(
         return train(job, tracker=tracker)
 
 
+def state_dir(args: argparse.Namespace) -> Path:
+    """The folder of the run's resumable training state (what a re-run continues)."""
+    return RunLayout.from_config(args.config, args.project_root).state(args.run or args.method)
+
+
 def run(args: argparse.Namespace) -> int:
     name = args.run or args.method
     layout = RunLayout.from_config(args.config, args.project_root)

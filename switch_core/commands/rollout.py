@@ -38,6 +38,7 @@ from switch_core.config import RolloutConfig
 from switch_core.rollout import RolloutSettings, rollout
 
 USES_CONFIG = False
+INTERRUPT_NOTE = "nothing is written before the end: `{command}` starts over"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         settings = result.settings
         print(f"calibrated tau0 = {settings.tau0:.6g} (teacher share {result.achieved_share:.4f}, target "
               f"{config.target_teacher_share})", flush=True)
+        if result.reason is not None:
+            print(result.reason, flush=True)
     rows: list[dict[str, Any]] = [{} for _ in prompts]
     for index, row in _decode_all(teacher, student, tokenizer, batches, settings, args.seed):
         rows[index] = {"prompt": prompts[index], **row}

@@ -12,6 +12,7 @@ processes; re-running the command continues a killed or interrupted run from ``s
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from switch_core.commands.training_flags import add_resume_arguments, resume_options
 from switch_core.config import Config, MethodConfig, flatten
@@ -71,6 +72,11 @@ def sft(
     tracker.log_params({f"{section}.{k}": v for k, v in flatten(optim.model_dump()).items()} | {"init_from": source})
     with closing_tracker(tracker):
         return train(job, tracker=tracker)
+
+
+def state_dir(args: argparse.Namespace) -> Path:
+    """The folder of the role's resumable training state (what a re-run continues)."""
+    return RunLayout.from_config(args.config, args.project_root).state(ROLES[args.role][2])
 
 
 def run(args: argparse.Namespace) -> int:

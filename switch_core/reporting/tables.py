@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from switch_core.reporting.loading import metric_series
-from switch_core.reporting.references import model_label
+from switch_core.reporting.references import REFERENCE_MODELS, model_label
 from switch_core.reporting.run_outputs import RunOutputs
 from switch_core.reporting.scores import (
     Score,
@@ -41,7 +41,8 @@ def markdown_table(metrics: pd.DataFrame) -> str:
 
     A benchmark's header carries ``n=`` (examples evaluated) when all models used the same number; otherwise each
     cell carries its own ``(n=…)``. A ``limit`` is always shown (``limit N``) so quick runs are never mistaken for
-    full ones.
+    full ones. Reference rows (teacher, untrained and warmed-up student) come first, set apart from the methods by a
+    ``**methods**`` row.
     """
     benchmarks = benchmark_order(metrics["benchmark"])
     table = results_table(metrics)
@@ -57,7 +58,10 @@ def markdown_table(metrics: pd.DataFrame) -> str:
         headers.append(label)
     headers.append("average")
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    references = [m for m in table.index if m in REFERENCE_MODELS]
     for model in table.index:
+        if references and model not in REFERENCE_MODELS and model == next(m for m in table.index if m not in references):
+            lines.append("| **methods** |" + " |" * (len(headers) - 1))  # the reference rows above, set apart
         cells = [model_label(model)]
         for bench in benchmarks:
             note = ""

@@ -2,7 +2,15 @@
 τ0 calibration."""
 from switch_core.rollout.calibrate import CalibrationError, CalibrationResult, calibrate_settings, calibrate_tau0
 from switch_core.rollout.engine import RolloutBatch, RolloutInputError, RolloutTimer, rollout
-from switch_core.rollout.gate import GATE_BETA, adaswitch_decide, decide, skd_rejects, switch_gate
+from switch_core.rollout.gate import (
+    GATE_BETA,
+    adaswitch_decide,
+    decide,
+    gate_divergence,
+    skd_rejects,
+    switch_gate,
+    teacher_intervenes,
+)
 from switch_core.rollout.schedules import (
     JSD_MAX,
     SCHEDULES,
@@ -38,10 +46,12 @@ __all__ = [
     "calibrate_settings",
     "calibrate_tau0",
     "decide",
+    "gate_divergence",
     "never_crossed_tau0",
     "rollout",
     "skd_rejects",
     "student_only_positions",
     "switch_gate",
+    "teacher_intervenes",
     "threshold",
 ]

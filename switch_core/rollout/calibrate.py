@@ -56,6 +56,8 @@ class CalibrationResult:
         history: ``(tau0, share)`` of every evaluation, in order.
         bounded: True when even τ0 = ln 2, the top of the search range, gave more teacher tokens than the target
             (beyond the tolerance): τ0 stays ln 2 and ``achieved_share`` is that share (:attr:`reason` says so).
+        tolerance: the requested ``|share − target|``; a result outside it has a :attr:`reason` too (bounded, or
+            the evaluation budget ran out first).
     """
 
     settings: RolloutSettings
@@ -63,15 +65,21 @@ class CalibrationResult:
     target_share: float
     history: tuple[tuple[float, float], ...]
     bounded: bool = False
+    tolerance: float = _SCHEMA.calibration_tolerance
 
     @property
     def reason(self) -> str | None:
-        """Why the target was not reached inside (0, ln 2] (``bounded``), else None."""
-        if not self.bounded:
+        """Why the share is not within the tolerance of the target (None when it is): out of reach inside
+        (0, ln 2] (``bounded``), or the evaluation budget ran out before the search got there."""
+        if self.bounded:
+            return (f"target teacher share {self.target_share:.3f} is out of reach with tau0 in (0, ln 2]: tau0 = "
+                    f"ln 2 already gives {self.achieved_share:.3f}; kept tau0 = ln 2 (a lower share needs a slower "
+                    "decay, a smaller rollout.decay, or a student closer to the teacher, docs/METHOD.md §1.4)")
+        if abs(self.achieved_share - self.target_share) <= self.tolerance:
             return None
-        return (f"target teacher share {self.target_share:.3f} is out of reach with tau0 in (0, ln 2]: tau0 = ln 2 "
-                f"already gives {self.achieved_share:.3f}; kept tau0 = ln 2 (a lower share needs a faster decay "
-                "(rollout.decay) or a student closer to the teacher, docs/METHOD.md §1.4)")
+        return (f"the tau0 search used its {len(self.history)} evaluations without reaching teacher share "
+                f"{self.target_share:.3f} ± {self.tolerance:g}; kept the closest, tau0 = {self.tau0:.4g} (share "
+                f"{self.achieved_share:.3f}); raise rollout.calibration_evaluations (--max-evaluations) to search on")
 
     @property
     def tau0(self) -> float:
@@ -80,7 +88,7 @@ class CalibrationResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: ``tau0``, ``achieved_share``, ``target_share``, ``history`` (``tau0``, ``share``),
-        ``bounded`` and ``reason`` (None unless bounded)."""
+        ``bounded`` and ``reason`` (None when the share is within the tolerance)."""
         return {
             "tau0": self.tau0,
             "achieved_share": self.achieved_share,
@@ -198,7 +206,7 @@ def calibrate_tau0(
     tau0, share = min(history, key=lambda item: abs(item[1] - target_share))
     return CalibrationResult(
         settings=dataclasses.replace(settings, tau0=tau0), achieved_share=share, target_share=target_share,
-        history=tuple(history), bounded=bounded,
+        history=tuple(history), bounded=bounded, tolerance=tolerance,
     )
 
 

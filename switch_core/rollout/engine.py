@@ -67,7 +67,7 @@ import torch
 from torch import Tensor, nn
 
 from switch_core.models.device import model_device
-from switch_core.rollout.gate import adaswitch_decide, decide, switch_gate
+from switch_core.rollout.gate import adaswitch_decide, decide, gate_divergence
 from switch_core.rollout.sampling import (
     COMPONENT_DRAW,
     keyed_uniforms,
@@ -515,7 +515,7 @@ def _decode_lockstep(
     for t in range(steps):
         with section("select"):
             # Every compute row is written at step t; finished rows get the padding values.
-            jsd = switch_gate(p, q, taus[t], settings.temperature)[1] if gate else None
+            jsd = gate_divergence(p, q, settings.temperature) if gate else None
             u = uniforms[rows, t]
             starts = torch.full_like(rows, t)
             use_teacher = choose_sources(settings, out, rows, starts, jsd[:, None] if jsd is not None else None,

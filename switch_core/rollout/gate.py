@@ -45,23 +45,44 @@ GATE_BETA = 0.5
 """β of the JSD in SWITCH's intervention test: the symmetric JSD (docs/METHOD.md §1.1)."""
 
 
-def switch_gate(p_logits: Tensor, q_logits: Tensor, tau: Tensor | float, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-    """SWITCH's intervention test: the teacher writes the token where ``JSD(p, q) > τ`` (module docstring).
+def gate_divergence(p_logits: Tensor, q_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """The gate's disagreement measure: the symmetric JSD of the tempered next-token distributions (module docstring).
 
     Args:
         p_logits: ``[..., V]`` teacher next-token logits (any float dtype).
         q_logits: ``[..., V]`` student next-token logits, same shape.
-        tau: τ_t in nats, a float or a tensor broadcastable to ``[...]``.
         temperature: > 0, divides both logits before the softmax.
 
     Returns:
-        ``(use_teacher [...] bool, jsd [...])``; ``jsd`` is float32 (float64 if a logits tensor is float64).
+        ``[...]`` JSD in nats, in [0, ln 2]; float32 (float64 if a logits tensor is float64).
 
     Raises:
         switch_core.divergences.DivergenceError: shapes differ, non-float logits or a bad temperature.
     """
-    jsd = jensen_shannon(q_logits, p_logits, temperature=temperature, beta=GATE_BETA)
-    return jsd > tau, jsd
+    return jensen_shannon(q_logits, p_logits, temperature=temperature, beta=GATE_BETA)
+
+
+def teacher_intervenes(divergence: Tensor, tau: Tensor | float) -> Tensor:
+    """SWITCH's rule: the teacher writes where ``JSD_t > τ_t`` (strictly; ``JSD_t = τ_t`` keeps the student).
+
+    Args:
+        divergence: ``[...]`` :func:`gate_divergence` of the positions.
+        tau: τ_t in nats, a float or a tensor broadcastable to ``[...]``.
+
+    Returns:
+        ``[...]`` bool, True where the teacher writes.
+    """
+    return divergence > tau
+
+
+def switch_gate(p_logits: Tensor, q_logits: Tensor, tau: Tensor | float, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """SWITCH's intervention test in one call: :func:`teacher_intervenes` on :func:`gate_divergence`.
+
+    Returns:
+        ``(use_teacher [...] bool, jsd [...])`` (shapes, dtypes and errors as :func:`gate_divergence`).
+    """
+    jsd = gate_divergence(p_logits, q_logits, temperature)
+    return teacher_intervenes(jsd, tau), jsd
 
 
 def decide(
@@ -100,7 +121,7 @@ def decide(
     if strategy == "switch":
         if divergence is None:
             raise ValueError("the switch strategy needs the divergence of every position")
-        return divergence > tau
+        return teacher_intervenes(divergence, tau)
     if strategy in ("student", "teacher"):
         return torch.full(component_draw.shape, strategy == "teacher", dtype=torch.bool, device=component_draw.device)
     if strategy == "random":

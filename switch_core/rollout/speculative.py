@@ -60,7 +60,7 @@ from switch_core.rollout.engine import (
     draws_needed,
     model_device,
 )
-from switch_core.rollout.gate import switch_gate
+from switch_core.rollout.gate import gate_divergence
 from switch_core.rollout.planner import ChunkPlanner
 from switch_core.rollout.sampling import COMPONENT_DRAW, draw_from, draw_purpose, keyed_uniforms, select_tokens, warper
 
@@ -149,7 +149,7 @@ def decode_speculative(
             n, vocab = rows.shape[0], by_model["student"].shape[-1]
             q, p = by_model["student"].reshape(n * k, vocab), by_model["teacher"].reshape(n * k, vocab)
             tau, u_flat = taus[clamped].reshape(-1), u.reshape(n * k, -1)
-            jsd = switch_gate(p, q, tau, settings.temperature)[1] if gate else None
+            jsd = gate_divergence(p, q, settings.temperature) if gate else None
             use_teacher = choose_sources(
                 settings, out, rows, lengths, jsd.reshape(n, k) if jsd is not None else None, tau.reshape(n, k),
                 u[:, :, COMPONENT_DRAW],

@@ -143,7 +143,7 @@ class _Run:
             )
             self._say(f"calibrated tau0 = {result[0].tau0:.4f} (teacher share {result[0].achieved_share:.3f}, "
                       f"target {result[0].target_share:.2f})")
-            if result[0].bounded:
+            if result[0].reason is not None:
                 self._say(result[0].reason)
 
     def gate(self) -> dict[str, Any] | None:

@@ -59,6 +59,17 @@ def _folder_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def saved_step(state_dir: Path) -> int | None:
+    """The step of the latest saved state in ``state_dir``, or None when there is none (or it is unreadable)."""
+    try:
+        folder = latest_state(state_dir)
+        if folder is None:
+            return None
+        return int(json.loads((folder / "trainer.json").read_text(encoding="utf-8"))["step"])
+    except (StateError, OSError, ValueError, KeyError):
+        return None
+
+
 def latest_state(state_dir: Path) -> Path | None:
     """The folder ``latest`` points at, or None when there is no saved state.
 
