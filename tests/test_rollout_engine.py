@@ -524,8 +524,8 @@ def test_teacher_share_helpers_and_rows_with_a_tokenizer() -> None:
         teacher_logprobs=torch.zeros(2, 3),
     )
     assert batch.teacher_share() == pytest.approx(2 / 3)
-    share = batch.teacher_share_by_position()
-    assert share[:2].tolist() == [0.5, 1.0] and math.isnan(share[2].item())
+    teacher, tokens = batch.teacher_counts()  # per position, over the rows still running (padding excluded)
+    assert teacher.tolist() == [1, 1, 0] and tokens.tolist() == [2, 1, 0]
 
     class Tokenizer:
         def decode(self, ids: list[int], skip_special_tokens: bool) -> str:

@@ -126,8 +126,8 @@ def teacher_share(
     for index, (prompt_ids, prompt_mask) in enumerate(prompt_batches):
         generator = torch.Generator(device=device).manual_seed(seed + index)
         batch = rollout(student, teacher, prompt_ids, prompt_mask, settings, generator=generator)
-        teacher_tokens += int((batch.teacher_chosen & batch.response_mask).sum())
-        tokens += int(batch.response_mask.sum())
+        by_teacher, generated = batch.teacher_counts()
+        teacher_tokens, tokens = teacher_tokens + int(by_teacher.sum()), tokens + int(generated.sum())
     return teacher_tokens / tokens if tokens else math.nan
 
 

@@ -169,16 +169,16 @@ class RolloutBatch:
     teacher_logprobs: Tensor
     teacher_logits: Tensor | None = None
 
-    def teacher_share(self) -> float:
-        """Fraction of generated tokens emitted by the teacher (the paper's 53% diagnostic); NaN when empty."""
-        valid = int(self.response_mask.sum())
-        return float(self.teacher_chosen[self.response_mask].sum()) / valid if valid else math.nan
+    def teacher_counts(self) -> tuple[Tensor, Tensor]:
+        """The one count behind every teacher share of rollouts (the paper's 53% diagnostic, docs/METHOD.md §1.1
+        item 4): ``(teacher tokens [T], generated tokens [T])``, long, per response position over the rows still
+        running. Overall share = ``teacher.sum() / tokens.sum()``."""
+        return (self.teacher_chosen & self.response_mask).sum(dim=0), self.response_mask.sum(dim=0)
 
-    def teacher_share_by_position(self) -> Tensor:
-        """``[T]`` float32 teacher share at each response position over the rows still running; NaN where none."""
-        counts = self.response_mask.sum(dim=0).to(torch.float32)
-        teacher = (self.teacher_chosen & self.response_mask).sum(dim=0).to(torch.float32)
-        return torch.where(counts > 0, teacher / counts.clamp_min(1), torch.full_like(counts, math.nan))
+    def teacher_share(self) -> float:
+        """Fraction of generated tokens emitted by the teacher; NaN when empty."""
+        teacher, tokens = self.teacher_counts()
+        return int(teacher.sum()) / int(tokens.sum()) if int(tokens.sum()) else math.nan
 
     def full_sequences(self) -> tuple[Tensor, Tensor]:
         """The prompt followed by the response, for scoring the mixed sequence with teacher or student.

@@ -314,7 +314,7 @@ class BatchSource:
         stats = {
             "rollout_sequences": float(len(sequences)),
             "rollout_tokens": float(sum(int(rb.response_mask.sum()) for rb in chunks)),
-            "teacher_tokens": float(sum(int((rb.teacher_chosen & rb.response_mask).sum()) for rb in chunks)),
+            "teacher_tokens": float(sum(int(rb.teacher_counts()[0].sum()) for rb in chunks)),
             "rollout_seconds": time.perf_counter() - began,
         }
         for rb in chunks:
@@ -325,9 +325,9 @@ class BatchSource:
         width = max(rb.tokens.shape[1] for rb in chunks)
         teacher_at, tokens_at = torch.zeros(width, dtype=torch.long), torch.zeros(width, dtype=torch.long)
         for rb in chunks:
-            valid = rb.response_mask.cpu()
-            teacher_at[: valid.shape[1]] += (rb.teacher_chosen.cpu() & valid).sum(0)
-            tokens_at[: valid.shape[1]] += valid.sum(0)
+            teacher, tokens = (c.cpu() for c in rb.teacher_counts())
+            teacher_at[: teacher.shape[0]] += teacher
+            tokens_at[: tokens.shape[0]] += tokens
         return RolloutDraw(chunks, batch, sequences, stats, (teacher_at.tolist(), tokens_at.tolist()))
 
     def _policy_values(self, chunks: list[RolloutBatch]) -> tuple[PolicyTokens, dict[str, float]]:
