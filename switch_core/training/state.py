@@ -62,10 +62,8 @@ def _folder_name(step: int) -> str:
 def saved_step(state_dir: Path) -> int | None:
     """The step of the latest saved state in ``state_dir``, or None when there is none (or it is unreadable)."""
     try:
-        folder = latest_state(state_dir)
-        if folder is None:
-            return None
-        return int(json.loads((folder / "trainer.json").read_text(encoding="utf-8"))["step"])
+        latest = latest_trainer(state_dir)
+        return None if latest is None else int(latest[1]["step"])
     except (StateError, OSError, ValueError, KeyError):
         return None
 
@@ -143,6 +141,18 @@ def save_state(
     return final
 
 
+def latest_trainer(state_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The latest saved state's folder and its ``trainer.json``, or None when there is no saved state.
+
+    Raises:
+        StateError: ``latest`` names a folder that does not exist.
+    """
+    folder = latest_state(state_dir)
+    if folder is None:
+        return None
+    return folder, json.loads((folder / "trainer.json").read_text(encoding="utf-8"))
+
+
 def _changed_keys(saved: dict[str, Any], current: dict[str, Any], lenient: frozenset[str]) -> list[str]:
     return sorted(k for k in saved.keys() | current.keys() if k not in lenient and saved.get(k) != current.get(k))
 
@@ -165,10 +175,10 @@ def state_changes(
     Raises:
         StateError: ``latest`` names a folder that does not exist.
     """
-    folder = latest_state(state_dir)
-    if folder is None:
+    latest = latest_trainer(state_dir)
+    if latest is None:
         return None
-    trainer = json.loads((folder / "trainer.json").read_text(encoding="utf-8"))
+    trainer = latest[1]
     if trainer["world_size"] != world_size:
         return ["world_size"]
     return _changed_keys(trainer["fingerprint"], fingerprint, lenient)
@@ -187,10 +197,10 @@ def check_resumable(
             count; the message names what changed and ``--restart``. Nothing is deleted.
         StateError: ``latest`` names a folder that does not exist.
     """
-    folder = latest_state(state_dir)
-    if folder is None:
+    latest = latest_trainer(state_dir)
+    if latest is None:
         return None
-    trainer = json.loads((folder / "trainer.json").read_text(encoding="utf-8"))
+    folder, trainer = latest
     if trainer["world_size"] != world_size:
         raise StateMismatchError(
             f"{folder} was saved by {trainer['world_size']} process(es), this run has {world_size}: resume with the "
