@@ -17,14 +17,11 @@ name). The flow's ``grid`` parameter takes the same ``path[:name]`` text, so a d
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
@@ -41,6 +38,8 @@ from flows.common import (
 )
 from switch_core.cli import help_text
 from switch_core.config import load_config
+from switch_core.grids import GridError, cell_overrides, grid_points
+from switch_core.grids import load_grid as read_grid
 from switch_core.layout import RunLayout
 from tasks.dvc_stages import stage_names
 from tasks.mlflow_tracking import MlflowRun
@@ -48,76 +47,39 @@ from tasks.params import ParamsError, check_run_names
 from tasks.prefect_tasks import apply_params_task, check_dvc_status
 from tasks.stage_record import eval_metrics, train_summary_metrics
 
-AXES = {
-    "tau0": "rollout.tau0",
-    "target_share": "rollout.target_teacher_share",
-    "decay": "rollout.decay",
-    "schedule": "rollout.schedule",
-    "strategy": "rollout.strategy",
-    "divergence": "methods.{method}.loss",
-}
-"""Grid axis aliases -> dotted config keys (``{method}`` is the ablated method)."""
-
 DEFAULT_GRID: dict[str, list[Any]] = {"tau0": [0.1, 0.3], "decay": [0.05, 0.2]}
 """τ0 × λ, 2 × 2 cells."""
 
 
 def load_grid(spec: str, root: Path | None = None) -> dict[str, list[Any]]:
-    """The grid of ``spec``: JSON text (``{"axis": [values]}``) or ``path[:name]`` of a YAML file, relative to
-    ``root`` (default: the working directory). A file is either one grid (axis -> values) or named grids
-    (name -> grid), of which ``name`` picks one.
+    """The grid of ``spec`` (:func:`switch_core.grids.load_grid`: JSON text or ``path[:name]`` of a YAML file,
+    relative to ``root``).
 
     Raises:
         ParamsError: no such file, a file that is not a mapping, or a missing / unknown grid name.
     """
-    if spec.lstrip().startswith("{"):
-        return json.loads(spec)
-    path_text, _, name = spec.partition(":")
-    path = (root or Path.cwd()) / path_text
-    if not path.is_file():
-        raise ParamsError(f"grid: {path} is not a file; give JSON ({{\"axis\": [values]}}) or path[:name] of a YAML file")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or not data:
-        raise ParamsError(f"grid file {path}: expected a mapping of axis -> values or of name -> grid")
-    named = all(isinstance(v, dict) for v in data.values())
-    if not named:
-        if name:
-            raise ParamsError(f"grid file {path} holds one grid, not named grids: drop ':{name}'")
-        return data
-    if name not in data:
-        raise ParamsError(f"grid file {path}: name one of its grids with {path_text}:NAME ({', '.join(data)})")
-    return data[name]
-
-
-def _slug(value: Any) -> str:
-    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-    text = text.replace(".", "p").replace("-", "m")
-    return re.sub(r"[^A-Za-z0-9_]", "", text) or "x"
+    try:
+        return read_grid(spec, root)
+    except GridError as err:
+        raise ParamsError(str(err)) from None
 
 
 def grid_cells(
     study: str, method: str, grid: dict[str, list[Any]], init_from: str = "student-sft"
 ) -> dict[str, dict[str, Any]]:
-    """The ``runs`` entries of a grid: ``{cell name: {"method", "init_from", "overrides": {dotted key: value}}}``.
+    """The ``runs`` entries of a grid: ``{cell name: {"method", "init_from", "overrides": {dotted key: value}}}``
+    (names and overrides: :mod:`switch_core.grids`).
 
     Raises:
         ParamsError: an empty axis, a bad study name, or two cells with the same name.
     """
     check_run_names([study])
-    if not grid:
-        raise ParamsError("grid: give at least one axis, e.g. {'tau0': [0.1, 0.3]}")
-    axes = list(grid)
-    for axis in axes:
-        if not isinstance(grid[axis], list) or not grid[axis]:
-            raise ParamsError(f"grid.{axis}: give a non-empty list of values")
-    cells: dict[str, dict[str, Any]] = {}
-    for combo in itertools.product(*(grid[a] for a in axes)):
-        short = [a.rsplit(".", 1)[-1] for a in axes]
-        name = "-".join([study] + [f"{s}_{_slug(v)}" for s, v in zip(short, combo, strict=True)])
-        if name in cells:
-            raise ParamsError(f"grid: two cells are both named {name!r}; use distinct values")
-        overrides = {AXES.get(a, a).format(method=method): v for a, v in zip(axes, combo, strict=True)}
-        cells[name] = {"method": method, "init_from": init_from, "overrides": overrides}
+    try:
+        points = grid_points(study, grid)
+    except GridError as err:
+        raise ParamsError(str(err)) from None
+    cells = {name: {"method": method, "init_from": init_from, "overrides": cell_overrides(method, point)}
+             for name, point in points.items()}
     check_run_names(list(cells))
     return cells
 

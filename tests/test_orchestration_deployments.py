@@ -7,9 +7,10 @@ import pytest
 import yaml
 from prefect.flows import load_flow_from_entrypoint
 
-from flows.ablation import AXES, grid_cells, load_grid
+from flows.ablation import grid_cells, load_grid
 from flows.serve import DEPLOYMENTS, deployments
 from switch_core.config import load_config
+from switch_core.grids import AXES
 from tasks.params import ParamsError
 
 PROJECT = Path(__file__).resolve().parents[1]

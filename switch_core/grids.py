@@ -1,0 +1,90 @@
+"""Ablation grids: reading a grid (JSON or a committed YAML file of named grids), and the name and overrides of each
+cell. The one place that knows how a cell is named, shared by the ``ablation`` flow (flows/ablation.py, which trains
+the cells) and ``switch-kd ablation-doc`` (which finds their outputs).
+
+A grid maps axes to lists of values; its cells are every combination, in axis order. An axis is a dotted config key
+or an alias of :data:`AXES`. Cell ``<study>-<axis>_<value>-...`` (the last part of a dotted axis; ``.`` in a value
+becomes ``p``, ``-`` becomes ``m``, other characters outside letters, digits and ``_`` are dropped).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+AXES = {
+    "tau0": "rollout.tau0",
+    "target_share": "rollout.target_teacher_share",
+    "decay": "rollout.decay",
+    "schedule": "rollout.schedule",
+    "strategy": "rollout.strategy",
+    "divergence": "methods.{method}.loss",
+}
+"""Grid axis aliases -> dotted config keys (``{method}`` is the ablated method)."""
+
+
+class GridError(ValueError):
+    """A grid that cannot be read or named (no such file, no such grid, an empty axis, two cells of one name)."""
+
+
+def load_grid(spec: str, root: Path | None = None) -> dict[str, list[Any]]:
+    """The grid of ``spec``: JSON text (``{"axis": [values]}``) or ``path[:name]`` of a YAML file, relative to
+    ``root`` (default: the working directory). A file is either one grid (axis -> values) or named grids
+    (name -> grid), of which ``name`` picks one.
+
+    Raises:
+        GridError: no such file, a file that is not a mapping, or a missing / unknown grid name.
+    """
+    if spec.lstrip().startswith("{"):
+        return json.loads(spec)
+    path_text, _, name = spec.partition(":")
+    path = (root or Path.cwd()) / path_text
+    if not path.is_file():
+        raise GridError(f"grid: {path} is not a file; give JSON ({{\"axis\": [values]}}) or path[:name] of a YAML file")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not data:
+        raise GridError(f"grid file {path}: expected a mapping of axis -> values or of name -> grid")
+    named = all(isinstance(v, dict) for v in data.values())
+    if not named:
+        if name:
+            raise GridError(f"grid file {path} holds one grid, not named grids: drop ':{name}'")
+        return data
+    if name not in data:
+        raise GridError(f"grid file {path}: name one of its grids with {path_text}:NAME ({', '.join(data)})")
+    return data[name]
+
+
+def _slug(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    text = text.replace(".", "p").replace("-", "m")
+    return re.sub(r"[^A-Za-z0-9_]", "", text) or "x"
+
+
+def grid_points(study: str, grid: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
+    """Every cell of a grid: ``{cell name: {axis: value}}`` (module docstring), in ``itertools.product`` order.
+
+    Raises:
+        GridError: no axis, an axis whose values are not a non-empty list, or two cells with the same name.
+    """
+    if not grid:
+        raise GridError("grid: give at least one axis, e.g. {'tau0': [0.1, 0.3]}")
+    axes = list(grid)
+    for axis in axes:
+        if not isinstance(grid[axis], list) or not grid[axis]:
+            raise GridError(f"grid.{axis}: give a non-empty list of values")
+    points: dict[str, dict[str, Any]] = {}
+    for combo in itertools.product(*(grid[a] for a in axes)):
+        name = "-".join([study] + [f"{a.rsplit('.', 1)[-1]}_{_slug(v)}" for a, v in zip(axes, combo, strict=True)])
+        if name in points:
+            raise GridError(f"grid: two cells are both named {name!r}; use distinct values")
+        points[name] = dict(zip(axes, combo, strict=True))
+    return points
+
+
+def cell_overrides(method: str, point: dict[str, Any]) -> dict[str, Any]:
+    """The config overrides of one cell: ``{dotted key: value}`` (aliases of :data:`AXES` resolved for ``method``)."""
+    return {AXES.get(a, a).format(method=method): v for a, v in point.items()}
