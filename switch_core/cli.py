@@ -32,6 +32,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("evaluate", "evaluate", "evaluate a model on benchmark sets"),
     ("report", "report", "tables and plots comparing evaluated models"),
     ("results-doc", "results_doc", "write docs/RESULTS.md and its plots from a run's outputs"),
+    ("ablation-doc", "ablation_doc", "write docs/ABLATIONS.md and its plots from the ablations' outputs"),
     ("pipeline", "pipeline", "run every stage in order, skipping finished ones"),
     ("show-config", "show_config", "print the resolved configuration"),
 ]

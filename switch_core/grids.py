@@ -58,6 +58,18 @@ def load_grid(spec: str, root: Path | None = None) -> dict[str, list[Any]]:
     return data[name]
 
 
+def grid_names(path: Path) -> list[str]:
+    """The names of the grids in a grid file of named grids, in file order.
+
+    Raises:
+        GridError: no such file, or a file that is not a mapping of names to grids.
+    """
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not isinstance(data, dict) or not data or not all(isinstance(v, dict) for v in data.values()):
+        raise GridError(f"grid file {path}: expected a mapping of name -> grid (axis -> values)")
+    return list(data)
+
+
 def _slug(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     text = text.replace(".", "p").replace("-", "m")

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import subprocess
 from pathlib import Path
 
 from switch_core.config import Config
+from switch_core.git_info import git_commit
 from switch_core.layout import RunLayout
 from switch_core.reporting.method_text import describe_run, describe_sft_stages
 from switch_core.reporting.results_md import write_results_doc
@@ -35,19 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--note", dest="notes", action="append", default=[], metavar="TEXT",
                         help="a remark of whoever ran the study (e.g. machine conditions), shown under Provenance as "
                         "an operator's note (repeatable)")
-
-
-def git_commit(root: Path, paths: tuple[str, ...] = ()) -> str | None:
-    """``HEAD`` of the git checkout at ``root`` (``"<sha> + uncommitted changes"`` when tracked files differ, only those
-    under ``paths`` when given), or None when ``root`` is not a git checkout or git is missing."""
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", *paths],
-                               capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    sha = head.stdout.strip()
-    return f"{sha} + uncommitted changes" if dirty.stdout.strip() else sha
 
 
 def reconstructed_commands(args: argparse.Namespace, run_dir: Path) -> list[str]:

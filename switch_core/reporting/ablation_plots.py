@@ -1,0 +1,78 @@
+"""The plots of docs/ABLATIONS.md, as PNG files (matplotlib's Agg canvas through ``Figure``, saved by
+:func:`~switch_core.reporting.plots.save_png`, so the same inputs give the same bytes): per ablation the average
+ROUGE-L of each cell with seed-sd error bars, beside the teacher share by response position of each cell; and the
+gap ablation's SWITCH and baseline scores on the two pairs.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from switch_core.reporting.ablations import GapPair
+from switch_core.reporting.plots import save_png
+from switch_core.reporting.scores import Score
+from switch_core.reporting.teacher_share import teacher_share
+
+
+def _sd(score: Score) -> float:
+    return 0.0 if math.isnan(score.sd) else score.sd
+
+
+def plot_ablation(averages: Mapping[str, Score], names: Sequence[str], labels: Mapping[str, str],
+                  references: Sequence[str], traces: Mapping[str, pd.DataFrame], path: str | Path) -> Path:
+    """Average ROUGE-L per row (``names`` order, bars labelled by ``labels``, ``references`` in grey) with seed-sd error
+    bars; with ``traces``, a second panel of the teacher share by response position, one line per traced cell
+    (positions with no token skipped).
+
+    Returns:
+        The PNG path.
+    """
+    shown = [n for n in names if n in averages]
+    panels = 2 if traces else 1
+    fig = Figure(figsize=(6.4 * panels, 0.45 * len(shown) + 1.6), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    ax = axes[0]
+    ax.barh(range(len(shown)), [averages[n].mean for n in shown], xerr=[_sd(averages[n]) for n in shown], capsize=3,
+            color=["0.6" if n in references else "C0" for n in shown])
+    ax.set_yticks(range(len(shown)), [labels.get(n, n) for n in shown])
+    ax.invert_yaxis()
+    ax.set_xlabel("average ROUGE-L over benchmarks (mean ± sd over seeds)")
+    ax.grid(axis="x", alpha=0.3)
+    if traces:
+        ax = axes[1]
+        for name, frame in traces.items():
+            valid = frame[frame["count"] > 0]
+            ax.plot(valid["position"], valid["share"],
+                    label=f"{labels.get(name, name)} (overall {100 * teacher_share(frame)[0]:.1f}%)")
+        ax.set_xlabel("response position (tokens)")
+        ax.set_ylabel("teacher share")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return save_png(fig, path)
+
+
+def plot_gap(pairs: Sequence[GapPair], switch: str, baseline: str, path: str | Path) -> Path:
+    """Average ROUGE-L of SWITCH and the baseline on each pair (grouped bars, seed-sd error bars; a missing score is
+    left out).
+
+    Returns:
+        The PNG path.
+    """
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    ax = fig.subplots()
+    width = 0.38
+    for k, (name, get) in enumerate(((switch, lambda p: p.switch), (baseline, lambda p: p.baseline))):
+        xs = [i + (k - 0.5) * width for i, p in enumerate(pairs) if get(p) is not None]
+        scores = [get(p) for p in pairs if get(p) is not None]
+        ax.bar(xs, [s.mean for s in scores], width, yerr=[_sd(s) for s in scores], capsize=3, label=name,
+               color=f"C{k}")
+    ax.set_xticks(range(len(pairs)), [p.label for p in pairs])
+    ax.set_ylabel("average ROUGE-L (mean ± sd over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+    return save_png(fig, path)

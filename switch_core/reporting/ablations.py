@@ -1,0 +1,248 @@
+"""The numbers of an ablation (a grid of the ``ablation`` flow, :mod:`switch_core.grids`) read from its run folder, one
+row per cell: ROUGE-L over seeds, teacher share of the cell's rollouts overall and by position, stop rate and response
+length of its evaluation answers, and the τ0 and λ in force; and the two run folders of the teacher-student gap
+ablation.
+
+Every score is computed as in docs/RESULTS.md (:mod:`switch_core.reporting.scores`: mean ± sample sd over generation
+seeds, the average over benchmarks taken per seed first); the teacher share is that of
+:mod:`switch_core.reporting.teacher_share`. Missing outputs (a cell still training) are listed, never fatal.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from switch_core.config import Config, validate_dict
+from switch_core.grids import cell_overrides
+from switch_core.reporting.references import REFERENCE_MODELS
+from switch_core.reporting.run_outputs import RunOutputs, load_run_outputs
+from switch_core.reporting.scores import Score, average_scores, benchmark_scores, has_per_seed
+from switch_core.reporting.teacher_share import position_buckets, teacher_share
+
+
+@dataclass(frozen=True)
+class CellSettings:
+    """What a cell's configuration sets for its rollouts: the strategy, the threshold schedule and its λ."""
+
+    strategy: str
+    schedule: str
+    decay: float
+
+
+@dataclass(frozen=True)
+class AblationSpec:
+    """One ablation to report.
+
+    Attributes:
+        name: the grid's name (``schedules``, ``decay``, ``strategies`` for the paper's claims, or another).
+        run_dir: the run folder the cells wrote to.
+        study: the ``--study`` prefix of the cells' names.
+        points: cell name -> its grid values ``{axis: value}`` (:func:`switch_core.grids.grid_points`), in grid order.
+        grid_spec: how the flow was given the grid (``presets/grids/paper-ablations.yaml:schedules``), for the commands.
+        settings: cell name -> its settings in force (:func:`cell_settings`); cells without are shown as unknown.
+        references: other models of the run folder shown as reference rows (the study's ``switch`` run, baselines...).
+        label: how the run folder is named in the text (default: ``run_dir``).
+    """
+
+    name: str
+    run_dir: Path
+    study: str
+    points: Mapping[str, Mapping[str, Any]]
+    grid_spec: str
+    settings: Mapping[str, CellSettings] = field(default_factory=dict)
+    references: Sequence[str] = ()
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Row:
+    """One cell (or reference model) of an ablation table; None / empty where its outputs are missing.
+
+    ``share`` is ``(teacher tokens / tokens, tokens)`` over all rollout tokens of its trace, ``buckets``
+    ``[(position label, share, tokens)]`` (:func:`~switch_core.reporting.teacher_share.position_buckets`), ``tau0``
+    the τ0 of its train_summary.json (``calibrated`` when the run searched it), ``stop`` the share of evaluation
+    answers ended by a stop token and ``length`` their mean length in tokens, both averaged over the benchmarks per
+    seed.
+    """
+
+    name: str
+    point: Mapping[str, Any]
+    settings: CellSettings | None
+    tau0: float | None
+    calibrated: bool
+    average: Score | None
+    per_benchmark: Mapping[str, Score]
+    share: tuple[float, int] | None
+    buckets: Sequence[tuple[str, float, int]]
+    stop: Score | None
+    length: Score | None
+
+
+@dataclass
+class AblationResult:
+    """An ablation's rows read from its run folder (:func:`read_ablation`)."""
+
+    spec: AblationSpec
+    cells: list[str]
+    references: list[str]
+    rows: dict[str, Row]
+    benchmarks: list[str]
+    traces: dict[str, pd.DataFrame]
+    missing: list[str]
+
+    def ran(self) -> bool:
+        """Whether any cell left an output (an evaluation, a training summary or a rollout trace)."""
+        return any(self.rows[c].average is not None or self.rows[c].per_benchmark or c in self.traces
+                   or self.rows[c].tau0 is not None for c in self.cells)
+
+    def value(self, cell: str, *axes: str) -> Any:
+        """The cell's grid value on the first of ``axes`` it has (an alias or its dotted key), else None."""
+        point = self.spec.points[cell]
+        return next((point[a] for a in axes if a in point), None)
+
+
+def cell_settings(config: Config, method: str, points: Mapping[str, Mapping[str, Any]]) -> dict[str, CellSettings]:
+    """The rollout settings in force in each cell: the cell's entry of ``config.runs`` when the configuration holds it
+    (the flow writes every cell into params.yaml), else ``config`` with the cell's grid values applied as the flow
+    does (:func:`switch_core.grids.cell_overrides` for ``method``).
+
+    Raises:
+        ConfigError: a grid value the configuration refuses.
+    """
+    out = {}
+    for name, point in points.items():
+        source = config
+        if name not in config.runs:
+            data = config.model_dump()
+            data["runs"] = {name: {"method": method, "overrides": cell_overrides(method, dict(point))}}
+            source = validate_dict(data, origin=f"grid cell {name}")
+        rollout = source.run_config(name).rollout
+        strategy = source.method_config(name).rollout_strategy or rollout.strategy
+        out[name] = CellSettings(strategy, rollout.schedule, rollout.decay)
+    return out
+
+
+def _row(outputs: RunOutputs, name: str, point: Mapping[str, Any], settings: CellSettings | None,
+         benchmarks: Sequence[str]) -> Row:
+    evals = {name: outputs.evaluations[name]} if name in outputs.evaluations else {}
+    average = average_scores(evals, benchmarks).get(name)
+    measured = bool(evals) and has_per_seed(evals, "mean_prediction_length") and has_per_seed(evals, "stopped_fraction")
+    stop = average_scores(evals, benchmarks, "stopped_fraction").get(name) if measured else None
+    length = average_scores(evals, benchmarks, "mean_prediction_length").get(name) if measured else None
+    summary = outputs.summaries.get(name, {})
+    trace = outputs.traces.get(name)
+    return Row(
+        name=name, point=dict(point), settings=settings,
+        tau0=None if summary.get("tau0") is None else float(summary["tau0"]),
+        calibrated=summary.get("calibration") is not None,
+        average=average, per_benchmark=benchmark_scores(evals).get(name, {}),
+        share=teacher_share(trace) if trace is not None else None,
+        buckets=position_buckets(trace) if trace is not None else [],
+        stop=stop, length=length,
+    )
+
+
+def read_ablation(spec: AblationSpec, benchmarks: Sequence[str]) -> AblationResult:
+    """An ablation's rows from its run folder: one per cell (grid order), then one per reference model evaluated there.
+
+    Args:
+        spec: the ablation.
+        benchmarks: the benchmarks expected; the averages are over those evaluated by at least one cell.
+
+    Returns:
+        The :class:`AblationResult`; ``missing`` lists each cell's absent evaluations, training summary and rollout
+        trace, and the references not evaluated.
+
+    Raises:
+        ReportInputError: an output file that exists but is not readable (names the file).
+    """
+    cells = list(spec.points)
+    outputs = load_run_outputs(spec.run_dir, cells)
+    done = [b for b in benchmarks if any(b in outputs.evaluations.get(c, {}) for c in cells)]
+    references = [r for r in spec.references if r in outputs.evaluations]
+    rows = {c: _row(outputs, c, spec.points[c], spec.settings.get(c), done) for c in cells}
+    rows |= {r: _row(outputs, r, {}, None, done) for r in references}
+    missing = []
+    for cell in cells:
+        absent = [b for b in benchmarks if b not in outputs.evaluations.get(cell, {})]
+        if absent:
+            missing.append(f"evaluation of `{cell}` on {', '.join(absent)}")
+        if cell not in outputs.summaries:
+            missing.append(f"models/{cell}/train_summary.json")
+        if cell not in outputs.traces:
+            missing.append(f"state/{cell}/rollout_traces.jsonl")
+    missing += [f"evaluation of the reference `{r}`" for r in spec.references if r not in references]
+    traces = {c: outputs.traces[c] for c in cells if c in outputs.traces}
+    return AblationResult(spec, cells, references, rows, done, traces, missing)
+
+
+@dataclass(frozen=True)
+class GapPair:
+    """SWITCH and a baseline in the run folder of one teacher-student pair (the gap ablation).
+
+    ``switch`` / ``baseline`` are their average ROUGE-L over ``benchmarks`` (None: not evaluated on every one), ``gap``
+    the teacher − warmed-up student (or untrained student) average, with that student's name.
+    """
+
+    label: str
+    run_dir: str
+    benchmarks: list[str]
+    switch: Score | None
+    baseline: Score | None
+    teacher: Score | None
+    student: tuple[str, Score] | None
+
+
+def strongest_baseline(small: RunOutputs, large: RunOutputs, switch: str, benchmarks: Sequence[str],
+                       method_of: Mapping[str, str]) -> str | None:
+    """The baseline of the gap ablation: of the models evaluated in both run folders that are neither references nor
+    SWITCH runs (``switch`` or a run whose method is ``switch`` in ``method_of``) nor cells of another study
+    (method unknown is fine), the one with the highest average ROUGE-L over ``benchmarks`` on the small-gap pair;
+    None when there is none.
+    """
+    both = [m for m in small.evaluations if m in large.evaluations and m not in REFERENCE_MODELS and m != switch
+            and method_of.get(m) != "switch"]
+    averages = average_scores({m: small.evaluations[m] for m in both}, benchmarks)
+    return max(sorted(averages), key=lambda m: averages[m].mean) if averages else None
+
+
+def gap_pair(outputs: RunOutputs, label: str, run_label: str, switch: str, baseline: str | None,
+             benchmarks: Sequence[str]) -> GapPair:
+    """One pair of the gap ablation from its run folder's outputs (averages over the ``benchmarks`` that SWITCH was
+    evaluated on)."""
+    done = [b for b in benchmarks if b in outputs.evaluations.get(switch, {})]
+    averages = average_scores(outputs.evaluations, done)
+    student = next(((s, averages[s]) for s in ("student-sft", "student-init") if s in averages), None)
+    return GapPair(label, run_label, done, averages.get(switch), averages.get(baseline) if baseline else None,
+                   averages.get("teacher"), student)
+
+
+def read_gap(small_dir: str | Path, large_dir: str | Path, *, switch: str, baseline: str | None,
+             benchmarks: Sequence[str], method_of: Mapping[str, str] | None = None, labels: tuple[str, str] | None = None
+             ) -> tuple[GapPair, GapPair, str | None]:
+    """The gap ablation: SWITCH and the strongest baseline on the small-gap and the large-gap pair.
+
+    Args:
+        small_dir, large_dir: the run folders of the two pairs.
+        switch: the SWITCH run's name (in both folders).
+        baseline: the baseline's name; None = :func:`strongest_baseline`.
+        benchmarks: the benchmarks expected.
+        method_of: run name -> method, to keep SWITCH runs out of the baselines (None: by name only).
+        labels: how the two folders are named in the text (default: as given).
+
+    Returns:
+        ``(small pair, large pair, baseline name or None)``.
+
+    Raises:
+        ReportInputError: an output file that exists but is not readable.
+    """
+    small, large = load_run_outputs(small_dir), load_run_outputs(large_dir)
+    if baseline is None:
+        baseline = strongest_baseline(small, large, switch, benchmarks, method_of or {})
+    names = labels or (str(small_dir), str(large_dir))
+    return (gap_pair(small, "small gap", names[0], switch, baseline, benchmarks),
+            gap_pair(large, "large gap", names[1], switch, baseline, benchmarks), baseline)
