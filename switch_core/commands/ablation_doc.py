@@ -22,6 +22,7 @@ of whoever ran them. Example::
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 from pathlib import Path
 
@@ -98,6 +99,8 @@ def reconstructed_commands(args: argparse.Namespace, specs: list[AblationSpec]) 
         commands.append(shlex.join(["python", "-m", "flows.ablation", *config_args, "--grid", spec.grid_spec,
                                     "--study", spec.study, *method]))
         params = [f"grid={spec.grid_spec}", f"study={spec.study}"] + ([f"preset={args.preset}"] if args.preset else [])
+        params += [f"method={args.method}"] if args.method != "switch" else []
+        params += [f"overrides={json.dumps(args.overrides)}"] if args.overrides else []
         commands.append(shlex.join(["prefect", "deployment", "run", "ablation/default",
                                     *[part for p in params for part in ("-p", p)]]))
     own = ["switch-kd", "ablation-doc", *config_args, "--out", args.out]
