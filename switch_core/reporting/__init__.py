@@ -8,6 +8,9 @@ sds over seeds, averages, buckets, comparisons, compute times), :mod:`~switch_co
 share of SWITCH rollouts), :mod:`~switch_core.reporting.tables` (markdown tables),
 :mod:`~switch_core.reporting.plots` (PNG plots), :mod:`~switch_core.reporting.reading` (the rule-based reading
 against the paper), :mod:`~switch_core.reporting.method_text` (each training stage in words),
-:mod:`~switch_core.reporting.references` (reference rows and the paper's figures). Needs pandas and matplotlib, so
-nothing is imported here.
+:mod:`~switch_core.reporting.references` (reference rows and the paper's figures). ``switch-kd ablation-doc`` (docs/ABLATIONS.md,
+:mod:`~switch_core.reporting.ablations_md`) reads the ablation flow's cells with
+:mod:`~switch_core.reporting.ablations`, reads the paper's ablation claims with
+:mod:`~switch_core.reporting.ablation_reading` and draws with :mod:`~switch_core.reporting.ablation_plots`. Needs
+pandas and matplotlib, so nothing is imported here.
 """
