@@ -332,3 +332,29 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     empty = ["ablation-doc", "--set", f"run_dir={tmp_path / 'none'}", "--out", str(tmp_path / "E.md")]
     assert main(empty) == 2
     assert "no output of any ablation cell" in capsys.readouterr().err and not (tmp_path / "E.md").exists()
+
+
+def test_gap_with_a_baseline_missing_in_one_folder_is_not_run(tmp_path: Path) -> None:
+    gap = _gap(tmp_path)
+    (tmp_path / "large" / "eval" / "distillm" / "sinst" / "metrics.json").unlink()
+    doc = write_ablations_doc([], tmp_path / "A.md", benchmarks=list(BENCHMARKS), commands=[], commit=None,
+                              gap=GapSpec(gap.small_dir, gap.large_dir, baseline="distillm", labels=gap.labels))
+    md = doc.markdown.read_text()
+    assert doc.claims["gap"] == NOT_RUN
+    assert _claim_status(md, "Gap:") == "not run: `distillm` not evaluated on every benchmark in `runs/large`"
+    assert _row(md, "large gap").split(" | ")[4] == "–"  # the baseline's cell
+
+
+def test_command_line_defaults_to_every_grid_of_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    _schedules(run)
+    out = tmp_path / "A.md"
+    assert main(["ablation-doc", "--set", f"run_dir={run}", "--set", "eval.benchmarks=[dolly, sinst]", "--out",
+                 str(out)]) == 0
+    md = out.read_text()
+    headings = [line for line in md.splitlines() if line.startswith("## ")]
+    assert headings == ["## Provenance", "## Status of the paper's claims", "## Threshold schedules (`schedules`)",
+                        "## Decay λ of the exponential schedule (`decay`)", "## Intervention strategies (`strategies`)",
+                        "## Teacher-student gap"]
+    assert "claim strategies: not run" in capsys.readouterr().out
+    assert "(Reconstructed from the arguments; `--command` records the exact ones.)" in md

@@ -94,10 +94,12 @@ class AblationResult:
     traces: dict[str, pd.DataFrame]
     missing: list[str]
 
+    found: set[str] = field(default_factory=set)
+    """The cells that left any output (an evaluation, a training summary or a rollout trace)."""
+
     def ran(self) -> bool:
-        """Whether any cell left an output (an evaluation, a training summary or a rollout trace)."""
-        return any(self.rows[c].average is not None or self.rows[c].per_benchmark or c in self.traces
-                   or self.rows[c].tau0 is not None for c in self.cells)
+        """Whether any cell left an output."""
+        return bool(self.found)
 
     def value(self, cell: str, *axes: str) -> Any:
         """The cell's grid value on the first of ``axes`` it has (an alias or its dotted key), else None."""
@@ -177,7 +179,8 @@ def read_ablation(spec: AblationSpec, benchmarks: Sequence[str]) -> AblationResu
             missing.append(f"state/{cell}/rollout_traces.jsonl")
     missing += [f"evaluation of the reference `{r}`" for r in spec.references if r not in references]
     traces = {c: outputs.traces[c] for c in cells if c in outputs.traces}
-    return AblationResult(spec, cells, references, rows, done, traces, missing)
+    found = {c for c in cells if c in outputs.evaluations or c in outputs.summaries or c in outputs.traces}
+    return AblationResult(spec, cells, references, rows, done, traces, missing, found)
 
 
 @dataclass(frozen=True)
@@ -199,10 +202,11 @@ class GapPair:
 
 def strongest_baseline(small: RunOutputs, large: RunOutputs, switch: str, benchmarks: Sequence[str],
                        method_of: Mapping[str, str]) -> str | None:
-    """The baseline of the gap ablation: of the models evaluated in both run folders that are neither references nor
-    SWITCH runs (``switch`` or a run whose method is ``switch`` in ``method_of``) nor cells of another study
-    (method unknown is fine), the one with the highest average ROUGE-L over ``benchmarks`` on the small-gap pair;
-    None when there is none.
+    """The baseline of the gap ablation: of the models evaluated in both run folders, references and SWITCH runs
+    (``switch``, and runs whose method is ``switch`` in ``method_of``) excepted, the one with the highest average
+    ROUGE-L over ``benchmarks`` on the small-gap pair (the large-gap folder holds only what was trained on the
+    large-gap student, so runs of the small-gap study alone, ablation cells included, drop out); None when there is
+    none (or none evaluated on every benchmark).
     """
     both = [m for m in small.evaluations if m in large.evaluations and m not in REFERENCE_MODELS and m != switch
             and method_of.get(m) != "switch"]
@@ -221,7 +225,7 @@ def gap_pair(outputs: RunOutputs, label: str, run_label: str, switch: str, basel
                    averages.get("teacher"), student)
 
 
-def read_gap(small_dir: str | Path, large_dir: str | Path, *, switch: str, baseline: str | None,
+def read_gap_pairs(small_dir: str | Path, large_dir: str | Path, *, switch: str, baseline: str | None,
              benchmarks: Sequence[str], method_of: Mapping[str, str] | None = None, labels: tuple[str, str] | None = None
              ) -> tuple[GapPair, GapPair, str | None]:
     """The gap ablation: SWITCH and the strongest baseline on the small-gap and the large-gap pair.

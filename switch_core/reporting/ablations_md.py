@@ -24,8 +24,7 @@ from switch_core.reporting.ablation_reading import (
     read_schedules,
     read_strategies,
 )
-from switch_core.reporting.ablations import AblationResult, AblationSpec, GapPair, Row, read_ablation
-from switch_core.reporting.ablations import read_gap as read_gap_pairs
+from switch_core.reporting.ablations import AblationResult, AblationSpec, GapPair, Row, read_ablation, read_gap_pairs
 from switch_core.reporting.loading import ReportInputError
 from switch_core.reporting.references import REFERENCE_MODELS
 from switch_core.reporting.scores import Score
