@@ -180,6 +180,7 @@ def test_schedules_reading_clear_step_and_step_within_the_spread(tmp_path: Path)
             "within seed noise.") in md
     assert doc.claims["schedules"] == DIRECTION
     assert f"Verdict: **{DIRECTION}**" in md
+    assert f"- Exponential best of the three (what docs/METHOD.md §1.1 item 5 confirms): **{HOLDS}**." in md
     assert "The shares differ by 20.0 points" in md  # 50% vs 30%: not matched
     # constant clearly lower: the claim holds
     clear = dict(SCHEDULE_BASE, constant=[20.0, 21.0, 22.0])
