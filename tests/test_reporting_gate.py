@@ -42,7 +42,8 @@ SCHEDULES = {
     run: {"schedule": "exponential", "decay": 0.1, "horizon": None, "max_new_tokens": STEPS, "tau0": tau0}
     for run, tau0 in (("sw-bounded", None), ("sw-pos", 2.0), ("sw-running", None))
 }
-METHODS = {"sw-bounded": "switch", "sw-pos": "switch", "sw-running": "switch", "gkd": "gkd", "distillm": "distillm"}
+METHODS = {"sw-bounded": "switch", "sw-pos": "switch", "sw-running": "switch", "sw-never": "switch", "gkd": "gkd",
+           "distillm": "distillm"}
 ROLLOUT_TRAINING = {"sw-bounded": {"data": "rollout", "supervise_stop": False},
                     "gkd": {"data": "mixed", "supervise_stop": True},
                     "distillm": {"data": "adaptive", "supervise_stop": False}}
@@ -66,6 +67,9 @@ def _fake_run(root: Path, *, profile: bool = True) -> Path:
         # gate_summary("exponential", tau0=ln 2, steps=24, decay=0.1): τ_0 = ln 2 blocks t = 0 only
         "gate": {"tau0": LN2, "position_switch": False, "student_only_positions": 1, "gate_active_share": 23 / 24},
     })
+    _write(run / "models" / "sw-never" / "train_summary.json", {  # a constant schedule at τ0 = 50: τ_t > ln 2 always
+        "run": "sw-never", "steps": 10, "best_step": 10, "tau0": 50.0,
+        "gate": {"tau0": 50.0, "position_switch": True, "student_only_positions": 24, "gate_active_share": 0.0}})
     _write(run / "models" / "sw-pos" / "train_summary.json", {"run": "sw-pos", "steps": 10, "best_step": 10, "tau0": 2.0})
     log = [
         {"event": "metrics", "step": 2, "metrics": {"rollout/stop_rate": 0.5, "rollout/stopped_length": 12.0,
@@ -157,6 +161,8 @@ def test_gate_section_profile_table_gate_table_and_plot(tmp_path: Path) -> None:
     assert _row(gate, "sw-pos") == ("| sw-pos | 2 (fixed) | none (τ0 set) | a position switch at t = 11 (the student "
                                     f"alone before) | {100 * 13 / 24:.1f}% | {100 * 6 / 44:.1f}% |")
     assert _row(gate, "sw-running") == "| sw-running | – | – | – | – | – |"
+    assert _row(gate, "sw-never") == ("| sw-never | 50 (fixed) | none (τ0 set) | no gate: τ_t >= ln 2 at all 24 "
+                                      "positions, the student writes every token | 0.0% | – |")  # schedule not given
     assert "![JSD by response position](results/jsd_by_position.png)" in gate
     png = result.markdown.parent / "results" / "jsd_by_position.png"
     assert png in result.plots and png.read_bytes().startswith(PNG_MAGIC)
