@@ -4,9 +4,8 @@ against the paper.
 
 Reads, inside a run folder (:func:`~switch_core.reporting.run_outputs.load_run_outputs`), every piece optional:
 evaluations, the data report, training summaries, the SeqKD meta, the gate profile, SWITCH rollout traces and training
-logs. Every
-number is computed from the per-seed values (:mod:`switch_core.reporting.scores`). What is missing (a study still
-running) is listed, never fatal.
+logs. Every number is computed from the per-seed values (:mod:`switch_core.reporting.scores`). What is missing (a study
+still running) is listed, never fatal.
 """
 from __future__ import annotations
 
