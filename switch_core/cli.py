@@ -25,6 +25,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("setup-teacher", "setup_teacher", "materialise the teacher checkpoint (embedded SmolLM2, HF, GGUF or tiny)"),
     ("build-student", "build_student", "build the student (layer-pruned teacher, HF model or fresh config)"),
     ("sft", "sft", "supervised fine-tuning of the teacher or warm-up of the student"),
+    ("gate-profile", "gate_profile", "the warmed-up student's JSD to the teacher by response position"),
     ("seqkd-data", "seqkd_data", "generate the teacher's responses for SeqKD once"),
     ("distill", "distill", "run one distillation run (a method from params.yaml `runs`)"),
     ("rollout", "rollout", "SWITCH rollouts for a prompts file"),

@@ -282,6 +282,20 @@ class RolloutConfig(_Strict):
     )
 
 
+class GateProfileConfig(_Strict):
+    """The ``gate-profile`` stage: where SWITCH's gate could act, measured before distillation (docs/METHOD.md §1.4).
+
+    The stage decodes these prompts with the warmed-up student alone (the ``rollout`` section's decoding settings,
+    strategy ``student``) and records the JSD to the teacher at every response position
+    (`switch_core.commands.gate_profile`).
+    """
+
+    prompts: int = Field(
+        32, ge=1, description="Dev prompts (a subset drawn with `seed`) the gate-profile stage decodes with the "
+        "warmed-up student alone, recording the JSD to the teacher at every response position.",
+    )
+
+
 class MethodConfig(_Strict):
     """How one distillation method builds its batches and its loss (docs/METHOD.md §6)."""
 
@@ -453,6 +467,7 @@ class Config(_Strict):
     warmup_optim: OptimConfig = OptimConfig(lr=5e-4, epochs=2)
     optim: OptimConfig = OptimConfig()
     rollout: RolloutConfig = RolloutConfig()
+    gate_profile: GateProfileConfig = GateProfileConfig()
     methods: dict[str, MethodConfig] = Field(default_factory=_default_methods)
     runs: dict[str, DistillRun] = Field(default_factory=_default_runs)
     eval: EvalConfig = EvalConfig()

@@ -53,6 +53,12 @@ class RunLayout:
         """The SeqKD data's inputs fingerprint, sizes and generation rate (``seqkd-data``)."""
         return self.root / "seqkd" / "meta.json"
 
+    # analysis
+    @property
+    def gate_profile(self) -> Path:
+        """The warmed-up student's JSD to the teacher by response position (``gate-profile``)."""
+        return self.root / "analysis" / "gate_profile.json"
+
     # evaluation and report
     def eval_dir(self, model_name: str) -> Path:
         return self.root / "eval" / model_name

@@ -34,6 +34,7 @@ def pipeline_stages(config: Config, layout: RunLayout) -> list[Stage]:
     ]
     if config.student.warmup:
         stages.append(Stage("sft-student", ("sft", "--role", "student", "--resume-compatible"), layout.model("student-sft")))
+    stages.append(Stage("gate-profile", ("gate-profile",), layout.gate_profile))
     if any(config.method_config(name).data == "seqkd" for name in config.runs):
         stages.append(Stage("seqkd-data", ("seqkd-data",), layout.seqkd_data))
     stages += [Stage(f"distill-{n}", ("distill", "--run", n, "--resume-compatible"), layout.model(n)) for n in config.runs]

@@ -27,7 +27,9 @@ TELEMETRY_OFF = {
 }
 """Environment that turns off the telemetry of DVC, MLflow and Prefect (closed networks log errors otherwise)."""
 
-GPU_STAGES = frozenset({"sft-teacher", "sft-student", "seqkd-data", "distill", "evaluate-base", "evaluate"})
+GPU_STAGES = frozenset(
+    {"sft-teacher", "sft-student", "gate-profile", "seqkd-data", "distill", "evaluate-base", "evaluate"}
+)
 """Stage groups that load a model on the accelerator (they carry the ``gpu`` concurrency tag)."""
 
 TRAINING_STAGES = frozenset({"sft-teacher", "sft-student", "distill"})

@@ -136,6 +136,8 @@ def record_stage(
         run.log_artifact(layout.report_dir, "report")
     elif group == "prepare-data" and layout.data_report.is_file():
         run.log_artifact(layout.data_report)
+    elif group == "gate-profile" and layout.gate_profile.is_file():
+        run.log_artifact(layout.gate_profile)
     elif group == "seqkd-data" and (layout.seqkd_data.parent / "meta.json").is_file():
         run.log_artifact(layout.seqkd_data.parent / "meta.json")
     return outs

@@ -17,7 +17,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 COMMAND_OF_GROUP = {
     "prepare-data": "prepare_data", "setup-teacher": "setup_teacher", "sft-teacher": "sft", "build-student":
-    "build_student", "sft-student": "sft", "seqkd-data": "seqkd_data", "distill": "distill", "evaluate-base":
+    "build_student", "sft-student": "sft", "gate-profile": "gate_profile", "seqkd-data": "seqkd_data", "distill": "distill", "evaluate-base":
     "evaluate", "evaluate": "evaluate", "report": "report",
 }
 
@@ -38,7 +38,7 @@ def _stages(root: Path) -> dict[str, object]:
 def test_default_pipeline_stages_in_dependency_order(workspace: Path) -> None:
     runs = list(load_config(workspace / "params.yaml").runs)
     expected = (
-        ["prepare-data", "setup-teacher", "sft-teacher", "build-student", "sft-student", "seqkd-data"]
+        ["prepare-data", "setup-teacher", "sft-teacher", "build-student", "sft-student", "gate-profile", "seqkd-data"]
         + [f"distill@{r}" for r in runs]
         + ["evaluate-base@teacher", "evaluate-base@student-init", "evaluate-base@student-sft"]
         + [f"evaluate@{r}" for r in runs]

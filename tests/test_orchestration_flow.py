@@ -76,7 +76,8 @@ def client(root: Path) -> MlflowClient:
 
 
 EXPECTED_CHAIN = [
-    "prepare-data", "setup-teacher", "sft-teacher", "build-student", "sft-student", "seqkd-data", "distill@switch",
+    "prepare-data", "setup-teacher", "sft-teacher", "build-student", "sft-student", "gate-profile", "seqkd-data",
+    "distill@switch",
     "evaluate-base@teacher", "evaluate-base@student-init", "evaluate-base@student-sft", "evaluate@switch", "report",
 ]
 

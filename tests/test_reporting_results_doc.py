@@ -242,6 +242,7 @@ def test_missing_inputs_are_listed(doc) -> None:
         "evaluation of `sft` on dolly, sinst",
         "models/student-sft/train_summary.json (student warm-up (SFT))",
         "models/sft/train_summary.json (distill `sft`)",
+        "analysis/gate_profile.json (the warmed-up student's JSD profile, gate-profile)",
     ]
     assert all(f"- {m}" in md.split("## Data", 1)[0] for m in result.missing)
 

@@ -1,5 +1,5 @@
-"""Run every stage in order, in this process: data -> teacher -> student -> SeqKD data -> distill runs -> evaluate
--> report. Finished stages are skipped (their output exists and was made with the same configuration), so an
+"""Run every stage in order, in this process: data -> teacher -> student -> gate profile -> SeqKD data -> distill
+runs -> evaluate -> report. Finished stages are skipped (their output exists and was made with the same configuration), so an
 interrupted pipeline continues where it stopped; ``--force`` reruns everything.
 
 This is the dependency-free driver behind ``make run``; ``dvc repro`` and the Prefect flows run the same stages.

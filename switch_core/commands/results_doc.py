@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import shlex
 from pathlib import Path
+from typing import Any
 
 from switch_core.config import Config
 from switch_core.git_info import git_commit
@@ -19,6 +20,7 @@ from switch_core.layout import RunLayout
 from switch_core.reporting.method_text import describe_run, describe_sft_stages
 from switch_core.reporting.results_md import write_results_doc
 from switch_core.stages import evaluated_models
+from switch_core.training.sources import ROLLOUT_DATA
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +70,23 @@ def _decays(config: Config) -> dict[str, float]:
     return decays
 
 
+def _schedules(config: Config) -> dict[str, dict[str, Any]]:
+    """Threshold schedule of each SWITCH run (its overrides applied; ``tau0`` None when calibrated)."""
+    out = {}
+    for name, spec in config.runs.items():
+        rollout = config.run_config(name).rollout
+        if spec.method == "switch":
+            out[name] = rollout.model_dump(include={"schedule", "decay", "horizon", "max_new_tokens", "tau0"})
+    return out
+
+
+def _rollout_training(config: Config) -> dict[str, dict[str, Any]]:
+    """``{"data", "supervise_stop"}`` of each run whose method trains on rollouts (its overrides applied)."""
+    methods = {name: config.method_config(name) for name in config.runs}
+    return {name: {"data": m.data, "supervise_stop": m.supervise_stop} for name, m in methods.items()
+            if m.data in ROLLOUT_DATA}
+
+
 def run(args: argparse.Namespace) -> int:
     root = Path(args.project_root)
     config: Config = args.config
@@ -87,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir, out, commands=commands, commit=args.commit or head, models=evaluated_models(config),
         benchmarks=config.eval.benchmarks, methods={name: r.method for name, r in config.runs.items()},
         trained=_trained(config), target_share=config.rollout.target_teacher_share, decays=_decays(config),
+        schedules=_schedules(config), rollout_training=_rollout_training(config),
         run_label=args.run_dir or config.run_dir, title=title, commands_note=note, notes=args.notes,
         method_descriptions=descriptions, generated_with=code,
     )

@@ -1,5 +1,5 @@
 """The reports' plots, as PNG files: ROUGE-L by reference length, average ROUGE-L per model, teacher share by
-response position, training curves.
+response position, training curves, the JSD profile by response position.
 
 matplotlib's Agg canvas through ``matplotlib.figure.Figure`` (no pyplot, no global backend state).
 """
@@ -10,6 +10,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -118,4 +119,28 @@ def plot_averages(averages: Mapping[str, Score], models: Sequence[str], path: st
     ax.invert_yaxis()
     ax.set_xlabel("average ROUGE-L over benchmarks (mean ± sd over seeds)")
     ax.grid(axis="x", alpha=0.3)
+    return save_png(fig, path)
+
+
+def plot_jsd_by_position(profile: Mapping[str, Any], thresholds: Mapping[str, Sequence[float]], path: str | Path,
+                         *, jsd_max: float) -> Path:
+    """The JSD profile by response position (``analysis/gate_profile.json``): the median and the p10–p90 band over
+    the profiled tokens at each position, the line ``jsd_max`` (ln 2, the JSD's maximum:
+    ``switch_core.rollout.schedules.JSD_MAX``) and each run's τ_t (``[T]`` nats; the y axis ends just above
+    ``jsd_max``: a τ_t above it leaves the position to the student)."""
+    positions = [p for p in profile["positions"] if p["count"]]
+    ts = [p["position"] for p in positions]
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    ax = fig.subplots()
+    ax.fill_between(ts, [p["p10"] for p in positions], [p["p90"] for p in positions], alpha=0.3,
+                    label="p10–p90 of the student's tokens")
+    ax.plot(ts, [p["p50"] for p in positions], label=f"median JSD ({profile['student']})")
+    ax.axhline(jsd_max, color="0.3", linestyle="--", label="ln 2 (largest JSD)")
+    for name, tau in thresholds.items():
+        ax.plot(range(len(tau)), tau, linestyle=":", label=f"τ_t of {name}")
+    ax.set_ylim(0.0, 1.15 * jsd_max)
+    ax.set_xlabel("response position (tokens)")
+    ax.set_ylabel("JSD to the teacher (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
     return save_png(fig, path)

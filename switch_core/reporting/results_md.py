@@ -1,10 +1,11 @@
 """docs/RESULTS.md assembled from a run's outputs (:func:`write_results_doc`): provenance, status, data, methods,
-score tables, plots, teacher share, compute time and the rule-based reading against the paper.
+score tables, plots, response length and stop tokens, teacher share, the gate, compute time and the rule-based reading
+against the paper.
 
 Reads, inside a run folder (:func:`~switch_core.reporting.run_outputs.load_run_outputs`), every piece optional:
-evaluations, the data report, training summaries, the SeqKD meta, SWITCH rollout traces and training logs. Every
-number is computed from the per-seed values (:mod:`switch_core.reporting.scores`). What is missing (a study still
-running) is listed, never fatal.
+evaluations, the data report, training summaries, the SeqKD meta, the gate profile, SWITCH rollout traces and training
+logs. Every number is computed from the per-seed values (:mod:`switch_core.reporting.scores`). What is missing (a study
+still running) is listed, never fatal.
 """
 from __future__ import annotations
 
@@ -19,9 +20,15 @@ from switch_core.atomic import atomic_write_text
 from switch_core.data.prompts import format_prompt
 from switch_core.data.splits import read_records
 from switch_core.evaluation.evaluate import GENERATIONS_FILE
+from switch_core.reporting.gate_report import gate_lines, run_thresholds, stop_table
 from switch_core.reporting.loading import ReportInputError, collect_metrics
 from switch_core.reporting.method_text import MethodDescription, methods_table
-from switch_core.reporting.plots import plot_averages, plot_rouge_by_length, plot_teacher_share
+from switch_core.reporting.plots import (
+    plot_averages,
+    plot_jsd_by_position,
+    plot_rouge_by_length,
+    plot_teacher_share,
+)
 from switch_core.reporting.reading import ReadingInputs, percent, reading
 from switch_core.reporting.references import (
     PAPER_BENCHMARKS,
@@ -49,6 +56,7 @@ from switch_core.reporting.tables import (
     teacher_share_table,
     training_time_table,
 )
+from switch_core.rollout.schedules import JSD_MAX
 
 
 @dataclass
@@ -63,7 +71,8 @@ class ResultsDoc:
 def missing_inputs(outputs: RunOutputs, models: Sequence[str], benchmarks: Sequence[str], trained: Sequence[str],
                    runs: Sequence[str], switch_runs: Sequence[str]) -> list[str]:
     """Human-readable list of the expected outputs not (yet) in the run folder: the data report, each model's
-    evaluation on each benchmark, the train_summary.json of each trained stage and run, each SWITCH run's trace."""
+    evaluation on each benchmark, the train_summary.json of each trained stage and run, each SWITCH run's trace, and
+    the gate profile when there is a SWITCH run."""
     missing = []
     if outputs.data_report is None:
         missing.append("data/data_report.json (prepare-data)")
@@ -77,6 +86,8 @@ def missing_inputs(outputs: RunOutputs, models: Sequence[str], benchmarks: Seque
     for run in switch_runs:
         if run not in outputs.traces:
             missing.append(f"state/{run}/rollout_traces.jsonl (SWITCH rollouts of `{run}`)")
+    if switch_runs and outputs.gate_profile is None:
+        missing.append("analysis/gate_profile.json (the warmed-up student's JSD profile, gate-profile)")
     return missing
 
 
@@ -155,6 +166,8 @@ def write_results_doc(
     trained: Sequence[str] = ("teacher", "student-sft"),
     target_share: float | None = None,
     decays: Mapping[str, float] | None = None,
+    schedules: Mapping[str, Mapping[str, Any]] | None = None,
+    rollout_training: Mapping[str, Mapping[str, Any]] | None = None,
     plots_dir: str | Path | None = None,
     run_label: str | None = None,
     title: str = "Results",
@@ -178,6 +191,12 @@ def write_results_doc(
         target_share: the τ0 calibration target (``rollout.target_teacher_share``).
         decays: SWITCH run -> λ of its exponential threshold schedule (``rollout.decay`` with the run's overrides;
             runs of another schedule left out).
+        schedules: SWITCH run -> its threshold schedule ``{"schedule", "decay", "horizon", "max_new_tokens", "tau0"}``
+            (the ``rollout`` section with the run's overrides; ``tau0`` None when calibrated): the gate section's τ_t
+            (runs left out get no τ_t, and τ0 only from their training summary).
+        rollout_training: run trained on rollouts -> ``{"data", "supervise_stop"}`` (its ``methods.<m>`` settings):
+            the rows of the stop-token table (default: every run whose log has ``rollout/stop_rate``, settings
+            unknown).
         plots_dir: where the PNGs go (default: ``<out_md folder>/results``); linked relatively.
         run_label: how the run folder is named in the text (default: ``run_dir`` as given).
         title: the first heading.
@@ -237,6 +256,14 @@ def write_results_doc(
     if share_runs:
         keep("share", plot_teacher_share({r: outputs.traces[r] for r in share_runs},
                                          plots / "teacher_share_by_position.png"))
+    schedules = dict(schedules or {})
+    if outputs.gate_profile is not None:
+        steps = int(outputs.gate_profile["decoding"]["max_new_tokens"])
+        keep("jsd", plot_jsd_by_position(outputs.gate_profile, run_thresholds(outputs, switch_runs, schedules, steps),
+                                         plots / "jsd_by_position.png", jsd_max=JSD_MAX))
+    if rollout_training is None:
+        rollout_training = {r: {} for r in runs if r in outputs.logs
+                            and (outputs.logs[r]["metric"] == "rollout/stop_rate").any()}
 
     bleu, em = benchmark_scores(evals, "bleu"), benchmark_scores(evals, "exact_match")
     measured = has_per_seed(evals, "mean_prediction_length") and has_per_seed(evals, "stopped_fraction")
@@ -317,6 +344,16 @@ def write_results_doc(
                ("Tokens generated per answer and share of answers that end with a stop token (the rest run to the "
                 "`max new tokens` cap), averaged over the benchmarks per seed, then mean ± sd over seeds."), "",
                length_table(lengths, stops, models), ""]
+    md += ["## Stop tokens in rollout training", ""]
+    if rollout_training:
+        md += [("Per run trained on rollouts, from its training log: the share of the step's rollouts that ended with a "
+                "stop token, their mean length, and the teacher's p(stop) and the student's q(stop) where they stopped "
+                "(temperature 1), first and last logged value (docs/METHOD.md §6.10). `data`: `rollout` trains on "
+                "rollouts only, `mixed` / `adaptive` / `policy_gradient` mix them with dataset batches or policy "
+                "updates; `supervise_stop` on: rollouts cut without a stop token get one appended and supervised."),
+               "", stop_table(outputs, rollout_training), ""]
+    else:
+        md += ["No run trained on rollouts.", ""]
     md += ["## SWITCH teacher share", "",
            (f"Share of response tokens the teacher emitted in the training rollouts ({100 * PAPER_TEACHER_SHARE:.0f}% "
            "at decay 1/10 by a secondary source on the paper, METHOD.md §1.1). A τ0 not set in the configuration is "
@@ -326,12 +363,13 @@ def write_results_doc(
     md += [teacher_share_table(outputs, switch_runs, target_share) if switch_runs else "No SWITCH run.", ""]
     if "share" in links:
         md += [f"![teacher share by position]({links['share']})", ""]
+    md += ["## The gate", "", *gate_lines(outputs, switch_runs, schedules, links.get("jsd"))]
     md += ["## Training and evaluation time", "", training_time_table(outputs.summaries, trained, runs), "",
            evaluation_time_table(evals, models), "", compute_summary(outputs, trained, runs, models), ""]
     md += ["## Reading against the paper", "", *[f"- {line}" for line in reading(inputs)],
            *[f"- {line}" for line in _caveats(outputs, runs, done)], ""]
     atomic_write_text(out_md, "\n".join(md))
-    for name in ("rouge_average.png", "rouge_by_length.png", "teacher_share_by_position.png"):
+    for name in ("rouge_average.png", "rouge_by_length.png", "teacher_share_by_position.png", "jsd_by_position.png"):
         stale = plots / name
         if stale not in written:
             stale.unlink(missing_ok=True)

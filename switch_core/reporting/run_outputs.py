@@ -10,7 +10,14 @@ import pandas as pd
 
 from switch_core.evaluation.evaluate import METRICS_FILE
 from switch_core.layout import RunLayout
-from switch_core.reporting.loading import TIMINGS_FILE, TRACE_FILE, check_metrics, read_json, read_training_log
+from switch_core.reporting.loading import (
+    TIMINGS_FILE,
+    TRACE_FILE,
+    ReportInputError,
+    check_metrics,
+    read_json,
+    read_training_log,
+)
 from switch_core.reporting.teacher_share import teacher_share_by_position
 
 
@@ -20,7 +27,8 @@ class RunOutputs:
 
     ``traces`` holds each run's teacher share by position
     (:func:`~switch_core.reporting.teacher_share.teacher_share_by_position`), ``logs`` its training log
-    (:func:`~switch_core.reporting.loading.read_training_log`).
+    (:func:`~switch_core.reporting.loading.read_training_log`), ``gate_profile`` the ``gate-profile`` stage's file
+    (:mod:`switch_core.commands.gate_profile`).
     """
 
     run_dir: Path
@@ -30,17 +38,38 @@ class RunOutputs:
     seqkd_meta: dict[str, Any] | None = None
     traces: dict[str, pd.DataFrame] = field(default_factory=dict)
     logs: dict[str, pd.DataFrame] = field(default_factory=dict)
+    gate_profile: dict[str, Any] | None = None
 
     def empty(self) -> bool:
-        """Whether the folder holds none of the outputs (no evaluation, training summary, data report or trace)."""
-        return not (self.evaluations or self.summaries or self.data_report or self.traces)
+        """Whether the folder holds none of the outputs (no evaluation, training summary, data report, trace or gate
+        profile)."""
+        return not (self.evaluations or self.summaries or self.data_report or self.traces or self.gate_profile)
+
+
+PROFILE_KEYS = ("student", "decoding", "rollouts", "tokens", "overall", "buckets", "positions", "jsd")
+"""Keys the reports read from ``analysis/gate_profile.json``."""
+
+
+def read_gate_profile(path: Path) -> dict[str, Any]:
+    """The ``gate-profile`` stage's file.
+
+    Raises:
+        ReportInputError: not a JSON object, or without one of :data:`PROFILE_KEYS` (names the file and the keys).
+    """
+    profile = read_json(path)
+    absent = [key for key in PROFILE_KEYS if key not in profile]
+    if absent:
+        raise ReportInputError(f"{path} lacks {', '.join(absent)}: not a gate-profile output (rerun `switch-kd "
+                               "gate-profile`)")
+    return profile
 
 
 def load_run_outputs(run_dir: str | Path, runs: Sequence[str] = ()) -> RunOutputs:
     """Read every output the results document uses from a run folder; nothing is required.
 
     Reads ``eval/<model>/<benchmark>/metrics.json``, ``data/data_report.json``, ``models/<name>/train_summary.json``,
-    ``seqkd/meta.json``, ``state/<run>/rollout_traces.jsonl`` and ``tracking/<run>/metrics.jsonl``.
+    ``seqkd/meta.json``, ``analysis/gate_profile.json``, ``state/<run>/rollout_traces.jsonl`` and
+    ``tracking/<run>/metrics.jsonl``.
 
     Args:
         run_dir: the run folder (``run_dir`` of the configuration).
@@ -51,8 +80,8 @@ def load_run_outputs(run_dir: str | Path, runs: Sequence[str] = ()) -> RunOutput
         The :class:`RunOutputs`; evaluations keyed ``[model][benchmark]``.
 
     Raises:
-        ReportInputError: a file that exists but is not valid JSON, a metrics.json without per-seed values, or a trace
-            or log line that is not JSON (names file and line).
+        ReportInputError: a file that exists but is not valid JSON, a metrics.json without per-seed values, a gate
+            profile without its keys, or a trace or log line that is not JSON (names file and line).
     """
     layout = RunLayout(Path(run_dir))
     out = RunOutputs(layout.root)
@@ -65,6 +94,8 @@ def load_run_outputs(run_dir: str | Path, runs: Sequence[str] = ()) -> RunOutput
         out.summaries[path.parent.name] = read_json(path, layout.state(path.parent.name) / TIMINGS_FILE)
     if layout.seqkd_meta.is_file():
         out.seqkd_meta = read_json(layout.seqkd_meta, layout.timings(layout.seqkd_meta.parent) / TIMINGS_FILE)
+    if layout.gate_profile.is_file():
+        out.gate_profile = read_gate_profile(layout.gate_profile)
     traced = {p.parent.name for p in layout.root.glob(f"state/*/{TRACE_FILE}")}
     for name in list(dict.fromkeys([*runs, *sorted(traced)])):
         trace = layout.state(name) / TRACE_FILE
