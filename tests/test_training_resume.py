@@ -118,9 +118,9 @@ def test_a_state_of_other_inputs_is_refused_or_restarted(tmp_path) -> None:
 
     changed = _sft_job(tmp_path, resume=True)
     changed.inputs = {"student_init": "sha256:bbb"}  # the start checkpoint was re-made
-    with pytest.raises(StateMismatchError, match=r"changed: inputs") as refused:
+    with pytest.raises(StateMismatchError, match=r"changed: inputs.student_init \(sha256:aaa -> sha256:bbb\)") as refused:
         train(changed)
-    assert refused.value.changed == ["inputs"]
+    assert refused.value.changed == ["inputs.student_init"]
 
     restarted = _sft_job(tmp_path, resume=True, restart_if_incompatible=True)
     restarted.inputs = {"student_init": "sha256:bbb"}
@@ -160,3 +160,20 @@ def test_resume_fingerprint_names_settings_inputs_and_code(tmp_path) -> None:
     assert fingerprint["code"] == source_fingerprint() and fingerprint["code"].startswith("sha256:")
     assert fingerprint["optim"]["max_steps"] == 2 and "log_every" not in fingerprint["optim"]
     assert fingerprint["rollout"] is None  # SFT rolls nothing out
+
+
+def test_a_refused_state_names_the_changed_dotted_keys_and_values(tmp_path) -> None:
+    """Not just ``changed: optim``: the key inside the section and its saved and current values."""
+    saved = {"optim": {"lr": 1e-4, "epochs": 2}, "method": {"loss": "fkl"}, "inputs": {"init": "sha256:a"},
+             "code": "sha256:old"}
+    folder = tmp_path / "step-00000002"
+    folder.mkdir()
+    (folder / "trainer.json").write_text(json.dumps({"step": 2, "world_size": 1, "fingerprint": saved}))
+    (tmp_path / "latest").write_text("step-00000002\n")
+    current = {**saved, "optim": {"lr": 2e-4, "epochs": 2}, "code": "sha256:new"}
+    with pytest.raises(StateMismatchError) as refused:
+        state.check_resumable(tmp_path, current, 1, lenient=frozenset({"code"}))
+    assert "(changed: optim.lr (0.0001 -> 0.0002)); pass --restart" in str(refused.value)
+    assert refused.value.changed == ["optim.lr"]
+    assert state.state_changes(tmp_path, current, 1) == ["code", "optim.lr"]
+    assert state.state_changes(tmp_path, {**saved, "code": "sha256:new"}, 1, lenient=frozenset({"code"})) == []

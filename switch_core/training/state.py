@@ -27,6 +27,7 @@ import torch
 from accelerate import Accelerator
 
 from switch_core.atomic import atomic_write_json, atomic_write_text
+from switch_core.dict_diff import dict_changes
 from switch_core.hashing import source_fingerprint
 from switch_core.training.job import TrainJob
 from switch_core.training.sources import ROLLOUT_DATA
@@ -39,7 +40,7 @@ class StateError(ValueError):
 
 
 class StateMismatchError(StateError):
-    """The saved state belongs to another run: other settings, inputs or process count (``changed`` names them)."""
+    """The saved state belongs to another run: other settings, inputs or process count (``changed``: the dotted keys)."""
 
     def __init__(self, message: str, changed: list[str]) -> None:
         super().__init__(message)
@@ -154,7 +155,7 @@ def latest_trainer(state_dir: Path) -> tuple[Path, dict[str, Any]] | None:
 
 
 def _changed_keys(saved: dict[str, Any], current: dict[str, Any], lenient: frozenset[str]) -> list[str]:
-    return sorted(k for k in saved.keys() | current.keys() if k not in lenient and saved.get(k) != current.get(k))
+    return [change.key for change in dict_changes(saved, current, ignore=lenient)]
 
 
 def state_changes(
@@ -169,8 +170,8 @@ def state_changes(
         lenient: fingerprint keys not compared.
 
     Returns:
-        None when there is no saved state, else the changed fingerprint keys (``world_size`` for another process
-        count); an empty list means the state can be resumed.
+        None when there is no saved state, else the dotted fingerprint keys that differ (e.g. ``optim.lr``;
+        ``world_size`` for another process count); an empty list means the state can be resumed.
 
     Raises:
         StateError: ``latest`` names a folder that does not exist.
@@ -194,7 +195,8 @@ def check_resumable(
 
     Raises:
         StateMismatchError: another configuration, inputs (the fingerprint keys outside ``lenient``) or process
-            count; the message names what changed and ``--restart``. Nothing is deleted.
+            count; the message names each changed dotted key with both values (``optim.lr (0.0001 -> 0.0002)``) and
+            ``--restart``. Nothing is deleted.
         StateError: ``latest`` names a folder that does not exist.
     """
     latest = latest_trainer(state_dir)
@@ -206,12 +208,12 @@ def check_resumable(
             f"{folder} was saved by {trainer['world_size']} process(es), this run has {world_size}: resume with the "
             "same process count (the replay buffers are per process), or pass --restart to discard it", ["world_size"],
         )
-    changed = _changed_keys(trainer["fingerprint"], fingerprint, lenient)
-    if changed:
+    changes = dict_changes(trainer["fingerprint"], fingerprint, ignore=lenient)
+    if changes:
         raise StateMismatchError(
-            f"{folder} belongs to a run with other settings or inputs (changed: {', '.join(changed)}); "
+            f"{folder} belongs to a run with other settings or inputs (changed: {', '.join(map(str, changes))}); "
             "pass --restart to discard it and start over (or restore the settings and inputs it was saved with)",
-            changed,
+            [change.key for change in changes],
         )
     return trainer
 
