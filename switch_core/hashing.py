@@ -60,3 +60,22 @@ def source_fingerprint() -> str:
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
         _update(digest, path, path.relative_to(PACKAGE_DIR).as_posix())
     return f"sha256:{digest.hexdigest()}"
+
+
+def stat_fingerprint(path: str | Path) -> str:
+    """A cheap identity of a file or folder: SHA-256 over the relative path, size (bytes) and modification time (ns)
+    of every file in it (recursively, in sorted order), without reading the files. A rewritten file (a retrained
+    checkpoint, a new evaluation) changes it; so does a copy that does not keep modification times.
+
+    Returns:
+        ``"stat:<16 hex>"``, or ``"absent"`` when ``path`` does not exist.
+    """
+    path = Path(path)
+    if not path.exists():
+        return "absent"
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        info = file.stat()
+        digest.update(f"{file.relative_to(path).as_posix()}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return f"stat:{digest.hexdigest()[:16]}"

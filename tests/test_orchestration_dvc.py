@@ -58,9 +58,10 @@ def _dvc_name(pipeline_name: str, runs: list[str]) -> str:
 
 
 def test_pipeline_command_and_dvc_yaml_declare_the_same_stage_graph(workspace: Path) -> None:
-    """``switch-kd pipeline`` (make run) and dvc.yaml declare the stages twice: same stages, commands, outputs, and
-    an order that respects every dependency DVC sees. (dvc.yaml always has sft-student, seqkd-data and
+    """``switch-kd pipeline`` (make run) and dvc.yaml declare the stages twice: same stages, commands, outputs, params,
+    run-folder dependencies, and an order that respects every dependency DVC sees. (dvc.yaml always has sft-student, seqkd-data and
     evaluate-base@student-sft; the default params.yaml uses all three, so the two lists must be equal.)"""
+    from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
 
     from switch_core.layout import RunLayout
@@ -90,6 +91,15 @@ def test_pipeline_command_and_dvc_yaml_declare_the_same_stage_graph(workspace: P
         assert paths_resolved(command) == paths_resolved(["switch-kd", *stage.argv]), name
         outs = [workspace / out.def_path for out in dvc[name].outs]
         assert any(stage.output == out or out in stage.output.parents for out in outs), (name, stage.output, outs)
+        # what the pipeline's stamps cover: the same params and run-folder deps (the pipeline reads the SeqKD data
+        # only in a run that trains on it)
+        params = {key for dep in dvc[name].deps if isinstance(dep, ParamsDependency) for key in dep.params}
+        assert set(stage.params) == params, name
+        inputs = {(workspace / d.def_path).resolve() for d in dvc[name].deps
+                  if not isinstance(d, ParamsDependency) and not d.def_path.startswith("switch_core")}
+        if stage.argv[0] == "distill" and layout.seqkd_data not in stage.inputs:
+            inputs.discard(layout.seqkd_data.resolve())
+        assert {p.resolve() for p in stage.inputs} == inputs, name
 
 
 def test_preset_and_chained_runs_reach_dvc_templating(tmp_path: Path) -> None:
