@@ -16,8 +16,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from switch_core.config import ConfigError, load_config
-from switch_core.processes import relaunch, relaunch_command
+# Only the standard library at import time: the heavy imports (torch, transformers, a command's module) happen in
+# main(), where Ctrl-C during start-up ends with one line instead of a traceback.
 
 # (subcommand, module under switch_core.commands, one-line help); order = pipeline order.
 COMMANDS: list[tuple[str, str, str]] = [
@@ -107,6 +107,8 @@ def interrupt_note(args: argparse.Namespace, command: str) -> str:
 
 
 def _resolve_config(args: argparse.Namespace) -> None:
+    from switch_core.config import load_config
+
     params = Path(args.params)
     if not params.exists() and args.params == "params.yaml":
         params = None  # schema defaults; the project root is the working directory
@@ -115,13 +117,20 @@ def _resolve_config(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``switch-kd`` console script; returns the exit status."""
+    """Entry point of the ``switch-kd`` console script; returns the exit status (130 after Ctrl-C)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # per-shard bars drown our own progress bars
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
+    try:  # start-up: imports (seconds) and argument parsing; nothing has been done yet
+        from transformers.utils import logging as hf_logging
+
+        from switch_core.config import ConfigError
+        from switch_core.processes import relaunch, relaunch_command
+
+        hf_logging.disable_progress_bar()  # per-shard bars drown our own progress bars
+        args = build_parser(argv).parse_args(argv)
+    except KeyboardInterrupt:
+        print("switch-kd: interrupted during start-up; nothing was done", file=sys.stderr)
+        return 130
     command = relaunch_command(argv) if args.command in MULTI_PROCESS else None
     if command is not None:
         return relaunch(command)

@@ -118,3 +118,27 @@ def test_an_interrupted_command_says_what_a_rerun_does() -> None:
     note = interrupt_note(argparse.Namespace(_module=rollout), "switch-kd rollout --out o.jsonl")
     assert note == "nothing is written before the end: `switch-kd rollout --out o.jsonl` starts over"
     assert "continues after it" in interrupt_note(argparse.Namespace(_module=evaluate), "switch-kd evaluate")
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(monkeypatch, capsys) -> None:
+    """Ctrl-C while a command's module (torch, transformers) is being imported: no traceback."""
+    from switch_core import cli
+
+    def interrupted(name: str):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.importlib, "import_module", interrupted)
+    assert main(["evaluate", "--model", "m", "--out", "o"]) == 130
+    captured = capsys.readouterr()
+    assert captured.err == "switch-kd: interrupted during start-up; nothing was done\n" and captured.out == ""
+
+
+def test_importing_the_cli_loads_no_heavy_library() -> None:
+    """What the console script imports before main() runs is the standard library only, so Ctrl-C there cannot land
+    in torch's or transformers' imports (where main() could not catch it)."""
+    import subprocess
+    import sys
+
+    code = "import sys, switch_core.cli; print([m for m in ('torch', 'transformers', 'pydantic') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
