@@ -520,7 +520,11 @@ class Config(_Strict):
             ConfigError: unknown run name, or an override that does not validate.
         """
         if run_name not in self.runs:
-            raise ConfigError(f"unknown run {run_name!r}{_did_you_mean(run_name, list(self.runs))}")
+            hint = ""
+            if run_name in MethodName.__args__:  # type: ignore[attr-defined]
+                hint = (f"; {run_name!r} is a method that no run uses: add a run of it with --set "
+                        f"runs.{run_name}.method={run_name} (or list it under `runs` in the params file or a preset)")
+            raise ConfigError(f"unknown run {run_name!r}{_did_you_mean(run_name, list(self.runs))}{hint}")
         overrides = self.runs[run_name].overrides
         if not overrides:
             return self

@@ -125,3 +125,12 @@ def test_resume_compatible_continues_the_same_run_and_restarts_a_changed_one(
     assert _cli(project, *changed, "--resume-compatible") == 0
     assert "starting over (changed: inputs)" in capsys.readouterr().err
     assert len(read_jsonl_events(log, "tags")) == 1  # a fresh log for the fresh run
+
+
+def test_a_method_without_a_run_names_the_setting_that_adds_one(project: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _cli(project, "distill", "--run", "gkd") == 2  # gkd is a method; this project's runs do not use it
+    err = capsys.readouterr().err
+    assert "unknown run 'gkd'" in err
+    assert "'gkd' is a method that no run uses: add a run of it with --set runs.gkd.method=gkd" in err
+    assert _cli(project, "distill", "--run", "switch-hihg") == 2
+    assert "is a method" not in capsys.readouterr().err
