@@ -54,7 +54,10 @@ class DataConfig(_Strict):
     max_prompt_length: int = Field(
         256, ge=1, description="Prompt tokens; a longer prompt is cut inside its instruction/input, its end kept."
     )
-    prompt_format: Literal["minillm", "chat_template"] = "minillm"
+    prompt_format: Literal["minillm", "chat_template"] = Field(
+        "minillm", description="How an instruction (and its input) becomes the prompt text: minillm = the MiniLLM "
+        "template (docs/METHOD.md §5.2), chat_template = the tokenizer's chat template."
+    )
     on_bad_rows: Literal["error", "skip"] = "error"
     seqkd_limit: int | None = Field(
         None, ge=1, description="SeqKD: the teacher answers only the first N training prompts (the run then trains on "

@@ -13,7 +13,10 @@ from transformers import AutoModelForCausalLM, GPT2Config
 
 from switch_core.commands import calibrate as calibrate_command
 from switch_core.commands import rollout as rollout_command
-from switch_core.commands.rollout_inputs import OptionError, PromptFileError
+from switch_core.commands.rollout_inputs import OptionError, PromptFileError, read_prompts
+from switch_core.data.prompts import PromptFormatError
+from switch_core.data.records import InstructionRecord
+from switch_core.data.splits import write_records
 from switch_core.data.tokenize import EmptyExampleError, tokenize_prompt
 from switch_core.models.checkpoint import save_pretrained_atomic
 from switch_core.models.loading import load_tokenizer
@@ -128,9 +131,15 @@ def test_rollout_peer_strategies(checkpoints: tuple[Path, Path], tmp_path: Path,
 def test_rollout_names_the_bad_line(checkpoints: tuple[Path, Path], tmp_path: Path) -> None:
     teacher, student = checkpoints
     path = tmp_path / "prompts.jsonl"
-    path.write_text('{"prompt": "ok"}\n\n{"instruction": "no prompt"}\n', encoding="utf-8")
+    path.write_text('{"prompt": "ok"}\n\n{"text": "neither prompt nor instruction"}\n', encoding="utf-8")
     argv = ["--teacher", str(teacher), "--student", str(student), "--prompts", str(path), "--out", str(tmp_path / "o")]
-    with pytest.raises(PromptFileError, match=r"prompts.jsonl:3: .*'prompt'"):
+    with pytest.raises(PromptFileError, match=r"prompts.jsonl:3: .*'prompt'.*'instruction'.*\['text'\]"):
+        _run(rollout_command, argv)
+    path.write_text('{"prompt": null, "instruction": "  "}\n', encoding="utf-8")
+    with pytest.raises(PromptFileError, match=r"prompts.jsonl:1: .*non-empty string 'instruction'"):
+        _run(rollout_command, argv)
+    path.write_text('{"prompt": 3}\n', encoding="utf-8")
+    with pytest.raises(PromptFileError, match=r"prompts.jsonl:1: field 'prompt' must be a string .* got int"):
         _run(rollout_command, argv)
     path.write_text('{"prompt": "ok"}\nnot json\n', encoding="utf-8")
     with pytest.raises(PromptFileError, match=r"prompts.jsonl:2: not valid JSON"):
@@ -186,3 +195,33 @@ def test_rollout_without_tau0_calibrates_it_as_the_calibrate_command_does(
         row = json.loads(line)
         assert row["threshold"] == pytest.approx([tau0 * math.exp(-0.2 * t) for t in range(len(row["token_ids"]))],
                                                  rel=1e-6)
+
+
+def test_rollout_and_calibrate_read_the_runs_own_data_files(
+    checkpoints: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``data/{train,dev}.jsonl`` rows (``prompt`` null, or absent) are formatted with the MiniLLM template; a row's
+    own ``prompt`` is kept verbatim."""
+    teacher, student = checkpoints
+    records = [InstructionRecord(id="a", instruction="Name three colours.", references=("Red, green, blue.",)),
+               InstructionRecord(id="b", instruction="Add them.", input="2 and 3", references=("5",)),
+               InstructionRecord(id="c", instruction="x", references=("y",), prompt="A given prompt\n")]
+    data = write_records(records, tmp_path / "dev.jsonl")
+    assert json.loads(data.read_text().splitlines()[0])["prompt"] is None
+    with data.open("a", encoding="utf-8") as handle:  # a hand-written row: no prompt field at all
+        handle.write(json.dumps({"instruction": "Say hi."}) + "\n")
+    no_input = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+                "request.\n\n### Instruction:\n{}\n\n### Response:\n")
+    with_input = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+                  "Write a response that appropriately completes the request.\n\n### Instruction:\nAdd them.\n\n"
+                  "### Input:\n2 and 3\n\n### Response:\n")
+    expected = [no_input.format("Name three colours."), with_input, "A given prompt\n", no_input.format("Say hi.")]
+    assert read_prompts(data) == expected
+    common = ["--teacher", str(teacher), "--student", str(student), "--prompts", str(data), "--max-new-tokens", "4"]
+    out = tmp_path / "rollouts.jsonl"
+    assert _run(rollout_command, [*common, "--tau0", "0.3", "--out", str(out)]) == 0
+    assert [json.loads(line)["prompt"] for line in out.read_text().splitlines()] == expected
+    assert _run(calibrate_command, [*common, "--max-evaluations", "1", "--max-prompts", "2"]) == 0
+    assert "on 2 prompts" in capsys.readouterr().out
+    with pytest.raises(PromptFormatError, match="has no chat template"):  # the tiny tokenizer has none
+        _run(rollout_command, [*common, "--prompt-format", "chat_template", "--out", str(out)])

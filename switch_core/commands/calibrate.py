@@ -35,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Calibrate, print and optionally write the result. Returns 0."""
     config = rollout_config(args)
-    prompts = read_prompts(args.prompts)[: config.calibration_prompts]
     tokenizer = load_shared_tokenizer(args)
+    prompts = read_prompts(args.prompts, prompt_format=args.prompt_format, tokenizer=tokenizer)
+    prompts = prompts[: config.calibration_prompts]
     settings = settings_from_config(config, tokenizer)
     batches = tokenized_batches(prompts, tokenizer, args, args.prompts)
     teacher, student = load_models(args, tokenizer)

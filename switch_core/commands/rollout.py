@@ -1,6 +1,8 @@
 """SWITCH rollouts for a prompts file: one JSON line per prompt with the tokens, their sources, JSD and threshold.
 
-Input: JSONL whose rows carry a ``prompt`` field with the already formatted prompt text (other fields are ignored).
+Input (``--prompts``): JSONL; a row's ``prompt`` (the already formatted prompt text) is used as is, a row without one
+(absent or null: the run's ``data/{train,dev,test}.jsonl``) has its ``instruction`` and optional ``input`` formatted
+with ``--prompt-format`` (``data.prompt_format``); other fields are ignored.
 Output (written atomically, in input order): ``prompt``, ``prompt_token_ids``, ``token_ids`` (generated tokens only,
 incl. the stop token), ``sources`` (``"student" | "teacher"`` per token), ``divergence`` (the gate's JSD per token),
 ``threshold`` (τ_t per token) and ``text`` (decoded without special tokens).
@@ -68,8 +70,8 @@ def _decode_all(
 
 def run(args: argparse.Namespace) -> int:
     """Decode every prompt and write the rows; print the teacher share. Returns 0."""
-    prompts = read_prompts(args.prompts)
     tokenizer = load_shared_tokenizer(args)
+    prompts = read_prompts(args.prompts, prompt_format=args.prompt_format, tokenizer=tokenizer)
     config = rollout_config(args)
     batches = tokenized_batches(prompts, tokenizer, args, args.prompts)
     settings = settings_from_config(config, tokenizer)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from switch_core.config import DataConfig, RolloutConfig
+from switch_core.data.prompts import instruction_prompt
 from switch_core.data.tokenize import left_pad, tokenize_prompt
 from switch_core.rollout import CalibrationResult, RolloutSettings, calibrate_tau0
 
@@ -64,11 +65,45 @@ def add_config_option(group: Any, section: type[BaseModel], field: str) -> None:
         group.add_argument(name, dest=field, type=kind, default=info.default, metavar=metavar, help=help_text)
 
 
-def read_prompts(path: Path) -> list[str]:
-    """Read the ``prompt`` field of every non-blank line of a JSONL file.
+PROMPTS_HELP = (
+    "JSONL file, one prompt per line: a row's 'prompt' (the formatted prompt text) is used as is; a row without one "
+    "('prompt' absent or null, as in the run's data/{train,dev,test}.jsonl) has its 'instruction' and optional "
+    "'input' formatted with --prompt-format; other fields are ignored"
+)
+"""What ``--prompts`` reads (the ``--help`` of ``rollout`` and ``calibrate``)."""
+
+
+def _row_prompt(row: Any, where: str, prompt_format: str, tokenizer: Any) -> str:
+    if not isinstance(row, dict):
+        raise PromptFileError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
+    prompt = row.get("prompt")
+    if isinstance(prompt, str):
+        return prompt
+    if prompt is not None:
+        raise PromptFileError(f"{where}: field 'prompt' must be a string (the formatted prompt) or null, got "
+                              f"{type(prompt).__name__}")
+    instruction, input_text = row.get("instruction"), row.get("input")
+    if not isinstance(instruction, str) or not instruction.strip() or not isinstance(input_text, str | None):
+        raise PromptFileError(
+            f"{where}: a row needs a string field 'prompt' (the formatted prompt text) or, without one, a non-empty "
+            f"string 'instruction' (and optionally a string 'input'); the row has {sorted(row)}"
+        )
+    return instruction_prompt(instruction, input_text or "", style=prompt_format, tokenizer=tokenizer)
+
+
+def read_prompts(path: Path, *, prompt_format: str = "minillm", tokenizer: Any = None) -> list[str]:
+    """The prompt of every non-blank line of a JSONL file (:data:`PROMPTS_HELP`): its ``prompt`` field, or else its
+    ``instruction`` and ``input`` formatted in ``prompt_format`` (`switch_core.data.prompts.instruction_prompt`).
+
+    Args:
+        path: the JSONL file.
+        prompt_format: ``data.prompt_format``'s values (minillm, chat_template).
+        tokenizer: needed by ``chat_template``.
 
     Raises:
-        PromptFileError: missing or empty file, a line that is not a JSON object, or one without a string ``prompt``.
+        PromptFileError: missing or empty file, a line that is not a JSON object, or one with neither a string
+            ``prompt`` nor a non-empty string ``instruction`` (the message names the line).
+        switch_core.data.prompts.PromptFormatError: ``chat_template`` without a tokenizer that has one.
     """
     if not path.is_file():
         raise PromptFileError(f"prompts file {path} does not exist")
@@ -81,12 +116,7 @@ def read_prompts(path: Path) -> list[str]:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
                 raise PromptFileError(f"{path}:{number}: not valid JSON ({error.msg})") from error
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise PromptFileError(
-                    f"{path}:{number}: each line must be a JSON object with a string field 'prompt' (the formatted "
-                    "prompt text)"
-                )
-            prompts.append(row["prompt"])
+            prompts.append(_row_prompt(row, f"{path}:{number}", prompt_format, tokenizer))
     if not prompts:
         raise PromptFileError(f"prompts file {path} holds no prompts")
     return prompts
@@ -97,7 +127,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     models = parser.add_argument_group("models and prompts")
     models.add_argument("--teacher", required=True, help="checkpoint folder, .gguf file, hub name or 'embedded'")
     models.add_argument("--student", required=True, help="checkpoint folder, .gguf file or hub name")
-    models.add_argument("--prompts", required=True, type=Path, help="JSONL file with a 'prompt' field per line")
+    models.add_argument("--prompts", required=True, type=Path, help=PROMPTS_HELP)
+    add_config_option(models, DataConfig, "prompt_format")
     models.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
     models.add_argument("--device", default="cpu", help="device of both models, e.g. cpu or cuda:0 (default: cpu)")
     add_config_option(models, RolloutConfig, "batch_size")

@@ -52,7 +52,11 @@ def minillm_prompt(instruction: str, input_text: str = "") -> str:
 
 def chat_user_message(record: InstructionRecord) -> str:
     """The user turn for the chat-template style: the instruction, then a blank line and the input if there is one."""
-    return record.instruction if len(record.input) == 0 else f"{record.instruction}\n\n{record.input}"
+    return _user_message(record.instruction, record.input)
+
+
+def _user_message(instruction: str, input_text: str) -> str:
+    return instruction if len(input_text) == 0 else f"{instruction}\n\n{input_text}"
 
 
 def format_prompt(record: InstructionRecord, *, style: PromptStyle = "minillm", tokenizer: Any = None) -> str:
@@ -73,8 +77,22 @@ def format_prompt(record: InstructionRecord, *, style: PromptStyle = "minillm", 
         PromptFormatError: unknown ``style``; ``style="chat_template"`` without a tokenizer, or with a tokenizer
             that has no chat template (use ``style="minillm"`` or a tokenizer that ships one).
     """
+    if style == "minillm" and record.prompt is not None:
+        return record.prompt
+    return instruction_prompt(record.instruction, record.input, style=style, tokenizer=tokenizer)
+
+
+def instruction_prompt(
+    instruction: str, input_text: str = "", *, style: PromptStyle = "minillm", tokenizer: Any = None
+) -> str:
+    """The prompt text of an instruction and its optional input, built in ``style`` (:func:`format_prompt` without a
+    pre-formatted prompt: the MiniLLM template, or the chat-template user turn of :func:`chat_user_message`).
+
+    Raises:
+        PromptFormatError: as :func:`format_prompt`.
+    """
     if style == "minillm":
-        return record.prompt if record.prompt is not None else minillm_prompt(record.instruction, record.input)
+        return minillm_prompt(instruction, input_text)
     if style != "chat_template":
         raise PromptFormatError(f"unknown prompt style {style!r}; use 'minillm' or 'chat_template'")
     if tokenizer is None:
@@ -85,7 +103,7 @@ def format_prompt(record: InstructionRecord, *, style: PromptStyle = "minillm", 
             "use prompt style 'minillm' or an instruct tokenizer that ships a chat template"
         )
     rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": chat_user_message(record)}], tokenize=False, add_generation_prompt=True
+        [{"role": "user", "content": _user_message(instruction, input_text)}], tokenize=False, add_generation_prompt=True
     )
     if not isinstance(rendered, str):
         raise PromptFormatError(f"apply_chat_template returned {type(rendered).__name__}, expected str")
