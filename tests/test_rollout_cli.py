@@ -13,7 +13,13 @@ from transformers import AutoModelForCausalLM, GPT2Config
 
 from switch_core.commands import calibrate as calibrate_command
 from switch_core.commands import rollout as rollout_command
-from switch_core.commands.rollout_inputs import OptionError, PromptFileError, read_prompts
+from switch_core.commands.rollout_inputs import (
+    OptionError,
+    PromptFileError,
+    ignored_options,
+    read_prompts,
+    rollout_config,
+)
 from switch_core.data.prompts import PromptFormatError
 from switch_core.data.records import InstructionRecord
 from switch_core.data.splits import write_records
@@ -225,3 +231,43 @@ def test_rollout_and_calibrate_read_the_runs_own_data_files(
     assert "on 2 prompts" in capsys.readouterr().out
     with pytest.raises(PromptFormatError, match="has no chat template"):  # the tiny tokenizer has none
         _run(rollout_command, [*common, "--prompt-format", "chat_template", "--out", str(out)])
+
+
+def _parsed(module: ModuleType, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(["--teacher", "t", "--student", "s", "--prompts", "p", "--out", "o", *argv])
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--engine", "lockstep", "--max-draft-tokens", "4"],
+     ["--max-draft-tokens applies to --engine speculative only; ignored with --engine lockstep"]),
+    (["--skd-top-k", "5", "--adaswitch-k", "3", "--random-rate", "0.1"],
+     ["--skd-top-k applies to --strategy skd only; ignored with --strategy switch",
+      "--adaswitch-k applies to --strategy adaswitch only; ignored with --strategy switch",
+      "--random-rate applies to --strategy random only; ignored with --strategy switch"]),
+    (["--strategy", "random", "--mixture-alpha", "0.5", "--adaswitch-window", "3"],
+     ["--mixture-alpha applies to --strategy mixture only; ignored with --strategy random",
+      "--adaswitch-window applies to --strategy adaswitch only; ignored with --strategy random"]),
+    (["--strategy", "skd", "--skd-top-k", "5", "--max-draft-tokens", "8", "--tau0", "0.2"], []),
+    (["--engine", "lockstep", "--strategy", "mixture", "--skd-top-k", "25"],  # the default value, but given
+     ["--skd-top-k applies to --strategy skd only; ignored with --strategy mixture"]),
+    (["--engine", "lockstep", "--strategy", "mixture"], []),  # defaults of other strategies are never named
+], ids=["draft-lockstep", "three-peers", "mixture-under-random", "all-apply", "given-default", "defaults"])
+def test_options_of_another_strategy_or_engine_are_named(argv: list[str], expected: list[str]) -> None:
+    args = _parsed(rollout_command, argv)
+    assert ignored_options(args, rollout_config(args)) == expected
+
+
+def test_rollout_warns_about_an_ignored_option_and_still_runs(
+    checkpoints: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    teacher, student = checkpoints
+    prompts = _prompts_file(tmp_path, PROMPTS[:2])
+    argv = ["--teacher", str(teacher), "--student", str(student), "--prompts", str(prompts), "--tau0", "0.3",
+            "--max-new-tokens", "3", "--engine", "lockstep", "--max-draft-tokens", "4", "--out", str(tmp_path / "o")]
+    assert _run(rollout_command, argv) == 0
+    err = capsys.readouterr().err
+    assert "switch-kd rollout: warning: --max-draft-tokens applies to --engine speculative only; ignored with " \
+           "--engine lockstep\n" in err
+    assert len((tmp_path / "o").read_text().splitlines()) == 2

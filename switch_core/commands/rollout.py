@@ -8,13 +8,16 @@ incl. the stop token), ``sources`` (``"student" | "teacher"`` per token), ``dive
 ``threshold`` (τ_t per token) and ``text`` (decoded without special tokens).
 
 The decoding options are the ``rollout`` config section's fields (`switch_core.config.RolloutConfig`: same defaults,
-ranges and help). As in a training run, ``--strategy switch`` without ``--tau0`` first calibrates τ0 to
-``--target-share`` on the first ``--max-prompts`` prompts (the ``calibrate`` command's search).
+ranges and help); an option given for another strategy or engine (e.g. ``--skd-top-k`` without ``--strategy skd``,
+``--max-draft-tokens`` with ``--engine lockstep``) is ignored with a warning. As in a training run, ``--strategy
+switch`` without ``--tau0`` first calibrates τ0 to ``--target-share`` on the first ``--max-prompts`` prompts (the
+``calibrate`` command's search).
 """
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from switch_core.commands.rollout_inputs import (
     add_calibration_arguments,
     add_config_option,
     add_model_arguments,
+    ignored_options,
     load_models,
     load_shared_tokenizer,
     read_prompts,
@@ -73,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_shared_tokenizer(args)
     prompts = read_prompts(args.prompts, prompt_format=args.prompt_format, tokenizer=tokenizer)
     config = rollout_config(args)
+    for warning in ignored_options(args, config):
+        print(f"switch-kd rollout: warning: {warning}", file=sys.stderr)
     batches = tokenized_batches(prompts, tokenizer, args, args.prompts)
     settings = settings_from_config(config, tokenizer)
     teacher, student = load_models(args, tokenizer)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -40,9 +41,41 @@ def option_name(field: str) -> str:
     return _OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
 
 
+GIVEN = "given_options"
+"""The ``args`` attribute listing the config fields whose option was given on the command line."""
+
+_SCOPE = re.compile(r"(strategy|engine)=(\w+):")
+"""The start of the description of a field that only one strategy or engine reads, e.g. ``strategy=skd:``."""
+
+
+class _StoreGiven(argparse.Action):
+    """``store``, and remember that the option was given (``args.given_options``), so that a warning can tell an option
+    the user gave from a default."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option_string: Any = None) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, GIVEN, (*getattr(namespace, GIVEN, ()), self.dest))
+
+
+def ignored_options(args: argparse.Namespace, config: RolloutConfig) -> list[str]:
+    """One warning per option given on the command line that the chosen strategy or engine does not read (a field
+    whose description starts with ``strategy=NAME:`` or ``engine=NAME:``), e.g. ``--max-draft-tokens`` with
+    ``--engine lockstep``; defaults are never named."""
+    warnings = []
+    for field in dict.fromkeys(getattr(args, GIVEN, ())):
+        info = RolloutConfig.model_fields.get(field)
+        match = _SCOPE.match(info.description or "") if info is not None else None
+        if match and getattr(config, match[1]) != match[2]:
+            key, wanted = match[1], match[2]
+            warnings.append(f"{option_name(field)} applies to --{key} {wanted} only; ignored with --{key} "
+                            f"{getattr(config, key)}")
+    return warnings
+
+
 def add_config_option(group: Any, section: type[BaseModel], field: str) -> None:
     """Add the option of a config field (e.g. ``RolloutConfig``'s ``tau0``): its default, type, choices and help are
-    the schema's, so a setting is declared once. The parsed value lands in ``args.<field>``.
+    the schema's, so a setting is declared once. The parsed value lands in ``args.<field>``; a non-boolean option
+    that was given is also listed in ``args.given_options`` (:func:`ignored_options`).
 
     Args:
         group: an ``argparse`` parser or argument group.
@@ -59,10 +92,12 @@ def add_config_option(group: Any, section: type[BaseModel], field: str) -> None:
         action = argparse.BooleanOptionalAction if info.default else "store_true"
         group.add_argument(name, dest=field, action=action, default=info.default, help=help_text)
     elif typing.get_origin(kind) is Literal:
-        group.add_argument(name, dest=field, default=info.default, choices=typing.get_args(kind), help=help_text)
+        group.add_argument(name, dest=field, default=info.default, choices=typing.get_args(kind), help=help_text,
+                           action=_StoreGiven)
     else:
         metavar = name.lstrip("-").replace("-", "_").upper()
-        group.add_argument(name, dest=field, type=kind, default=info.default, metavar=metavar, help=help_text)
+        group.add_argument(name, dest=field, type=kind, default=info.default, metavar=metavar, help=help_text,
+                           action=_StoreGiven)
 
 
 PROMPTS_HELP = (
