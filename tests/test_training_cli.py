@@ -121,9 +121,9 @@ def test_resume_compatible_continues_the_same_run_and_restarts_a_changed_one(
 
     changed = (*base, "--set", "data.max_length=72")  # other tokenisation: the examples differ
     assert _cli(project, *changed, "--resume") == 2
-    assert "changed: inputs" in capsys.readouterr().err
+    assert "changed: inputs.data.max_length (128 -> 72)" in capsys.readouterr().err  # the key and both values
     assert _cli(project, *changed, "--resume-compatible") == 0
-    assert "starting over (changed: inputs)" in capsys.readouterr().err
+    assert "starting over (changed: inputs.data.max_length)" in capsys.readouterr().err
     assert len(read_jsonl_events(log, "tags")) == 1  # a fresh log for the fresh run
 
 

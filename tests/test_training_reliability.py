@@ -120,7 +120,7 @@ def test_an_incompatible_state_is_kept_until_restart(project: Path, capsys: pyte
     changed = (*argv, "--set", "optim.lr=5e-4")
     assert _cli(project, *changed) == 2
     err = capsys.readouterr().err
-    assert "changed: optim" in err and "--restart" in err
+    assert "changed: optim.lr (" in err and "-> 0.0005)" in err and "--restart" in err
     assert latest_state(state) == saved and (saved / "model.pt").is_file()  # nothing deleted
     assert log.read_text() == logged  # nor the run's metrics log
 
