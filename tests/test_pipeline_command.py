@@ -83,3 +83,14 @@ def test_a_model_retrained_by_hand_is_evaluated_again_and_reported(project) -> N
     shutil.rmtree(root / "runs" / "tiny" / "eval" / "teacher")  # a missing output reruns its stage
     assert pipeline() == ["evaluate-teacher", "report"]
     assert pipeline("--force")[-1] == "report" and len(pipeline("--force")) == 14
+
+
+def test_stamps_name_paths_relative_to_the_run_folder(project) -> None:
+    """(so a moved project keeps them)"""
+    root, pipeline = project
+    pipeline()
+    stamps = json.loads((root / "runs" / "tiny" / "pipeline_stamps.json").read_text())
+    assert stamps["evaluate-kd"]["argv"] == ["evaluate", "--model", "models/kd", "--out", "eval/kd"]
+    assert stamps["report"] == {"argv": ["report", "--models", "teacher,student-init,student-sft,kd,switch"],
+                                "params": {}, "inputs": {"eval": stamps["report"]["inputs"]["eval"]}}
+    assert stamps["report"]["inputs"]["eval"].startswith("stat:")

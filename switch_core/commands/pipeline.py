@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from switch_core.atomic import atomic_write_json
@@ -41,12 +42,22 @@ def _value(tree: dict[str, Any], key: str) -> Any:
     return tree
 
 
+def _in_run_folder(arg: str, layout: RunLayout) -> str:
+    """A path argument inside the run folder relative to it (a moved project keeps its stamps), others as they are."""
+    path = Path(arg)
+    return path.relative_to(layout.root).as_posix() if path.is_absolute() and path.is_relative_to(layout.root) else arg
+
+
 def stage_stamp(stage: Stage, config: Config, layout: RunLayout) -> dict[str, Any]:
     """What ``stage`` depends on now: its arguments, the values of its config keys and the identity
-    (:func:`~switch_core.hashing.stat_fingerprint`) of its inputs, keyed by their path in the run folder."""
+    (:func:`~switch_core.hashing.stat_fingerprint`) of its inputs; paths relative to the run folder.
+
+    Returns:
+        ``{"argv": [...], "params": {dotted key: value}, "inputs": {path: fingerprint}}`` as JSON reads it back.
+    """
     values = config.model_dump(mode="json")
     stamp = {
-        "argv": list(stage.argv),
+        "argv": [_in_run_folder(arg, layout) for arg in stage.argv],
         "params": {key: _value(values, key) for key in stage.params},
         "inputs": {path.relative_to(layout.root).as_posix(): stat_fingerprint(path) for path in stage.inputs},
     }
