@@ -167,8 +167,10 @@ def save_pretrained_atomic(
     try:
         if has_lora(model):
             model.save_pretrained(tmp, state_dict=merged_state_dict(model))
-        else:
+        elif state_dict is not None:
             model.save_pretrained(tmp, state_dict=state_dict)
+        else:
+            model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         follow_umask(tmp)  # safetensors writes its files owner-only
