@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from torch import Tensor, nn
 
 from switch_core.config import DistributedConfig
@@ -141,8 +142,16 @@ class Engine:
         """Place the models: on this process's device, then wrapped or sharded when there are several processes.
 
         Raises:
-            TrainingSetupError: ``fsdp2`` with a LoRA student (adapters are merged on save; use ``ddp``).
+            TrainingSetupError: ``fsdp2`` with a LoRA student (adapters are merged on save; use ``ddp``), or an
+                accelerate launch that turned on its own FSDP / DeepSpeed plugin (the engine is
+                ``distributed.strategy``).
         """
+        if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            raise TrainingSetupError(
+                f"accelerate was launched with {accelerator.distributed_type.value} (--use_fsdp / --use_deepspeed or "
+                "an accelerate config file); switch-kd picks its engine from distributed.strategy (ddp or fsdp2): "
+                "launch with --multi_gpu (or --num_processes) only"
+            )
         student = student.to(accelerator.device)
         if teacher is not None:
             teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
