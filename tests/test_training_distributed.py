@@ -66,7 +66,7 @@ def _train_all(root: str, engines: tuple[str, ...]) -> None:
             train(job, accelerator=accelerator)
 
 
-@pytest.mark.slow  # about 2 min on 2 busy cores
+@pytest.mark.slow  # 10-30 s on 2 busy cores
 def test_two_processes_under_ddp_and_fsdp2_equal_one_process(tmp_path) -> None:
     mixed_actions = {
         choose_action(RUNS["switch-mixed"], r=uniform(10, Stream.SOURCE_CHOICE, k), step=k + 1, total_steps=3, phi=0.0, buffered=0)
@@ -138,7 +138,6 @@ def _rollout_ranks(root: str) -> None:
     Path(root, f"rank-{rank}.json").write_text(json.dumps(results))
 
 
-@pytest.mark.slow  # about 20 s on 2 busy cores
 def test_switch_rollout_with_sharded_student_and_teacher_gives_the_unsharded_tokens(tmp_path) -> None:
     debug_launcher(_rollout_ranks, args=(str(tmp_path),), num_processes=2)
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -200,7 +199,7 @@ def _launch(script: Path, root: Path, mode: str, kill_at: int) -> subprocess.Pop
     )
 
 
-@pytest.mark.slow  # three launches of two ranks (about 1.5 min on 2 busy cores)
+@pytest.mark.slow  # three launches of two ranks (about 1 min on 2 busy cores)
 def test_sharded_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path) -> None:
     script = tmp_path / "child.py"
     script.write_text(RESUME_CHILD.format(tests=TESTS_DIR))

@@ -152,20 +152,22 @@ class Engine:
                 "an accelerate config file); switch-kd picks its engine from distributed.strategy (ddp or fsdp2): "
                 "launch with --multi_gpu (or --num_processes) only"
             )
-        student = student.to(accelerator.device)
-        if teacher is not None:
-            teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
-        if accelerator.num_processes == 1:
-            return cls(accelerator, None, student, student, teacher)
-        if config.strategy == "ddp":
-            return cls(accelerator, "ddp", student, accelerator.prepare_model(student), teacher)
-        if getattr(student, "peft_config", None):
+        sharding = accelerator.num_processes > 1 and config.strategy == "fsdp2"
+        if sharding and getattr(student, "peft_config", None):
             raise TrainingSetupError(
                 "distributed.strategy=fsdp2 does not support a LoRA student (student.lora); use strategy: ddp"
             )
+        if teacher is not None:
+            teacher = teacher.eval().requires_grad_(False)
+            # fully_shard moves each process's shards to its device: the whole model never sits on one device
+            teacher = shard(teacher) if sharding and config.teacher == "shard" else teacher.to(accelerator.device)
+        if accelerator.num_processes == 1:
+            student = student.to(accelerator.device)
+            return cls(accelerator, None, student, student, teacher)
+        if config.strategy == "ddp":
+            student = student.to(accelerator.device)
+            return cls(accelerator, "ddp", student, accelerator.prepare_model(student), teacher)
         shard(student)
-        if teacher is not None and config.teacher == "shard":
-            shard(teacher)
         engine = cls(accelerator, "fsdp2", student, student, teacher)
         engine._first_forward()
         return engine
@@ -274,11 +276,16 @@ class Engine:
             with acc.autocast():
                 hidden = _root_hidden_states(self.forward_model, self.student, batch)[:, :-1][mask]  # [N, H]
             head = self.student.get_output_embeddings()
-            weight = head.weight
-            leaf = hidden.detach().requires_grad_(True)
-            weight_leaf = weight.detach().requires_grad_(True)
-            grad_hidden = torch.zeros_like(leaf)
-            grad_weight = torch.zeros_like(weight_leaf)
+            # detached copies of the hidden states and the head's parameters: the chunks' gradients with respect
+            # to them are summed, then one backward carries the sums into the model
+            leaf, weight_leaf, bias_leaf = (
+                None if t is None else t.detach().requires_grad_(t.requires_grad)
+                for t in (hidden, head.weight, head.bias)
+            )
+            pairs = [(t, c) for t, c in ((hidden, leaf), (head.weight, weight_leaf), (head.bias, bias_leaf))
+                     if t is not None and t.requires_grad]
+            roots, leaves = [t for t, _ in pairs], [c for _, c in pairs]
+            grads = [torch.zeros_like(c) for c in leaves]
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             # the process count undoes the engines' gradient averaging (module docstring)
             chunk_scale = scale * acc.num_processes
@@ -289,17 +296,18 @@ class Engine:
                     with torch.no_grad(), acc.autocast():
                         teacher_logits = self.teacher.get_output_embeddings()(teacher_hidden[rows])
                 with acc.autocast():
-                    student_logits = nn.functional.linear(leaf[rows], weight_leaf, head.bias)
+                    student_logits = nn.functional.linear(leaf[rows], weight_leaf, bias_leaf)
                 chunk_terms = chunk_loss_terms(spec, student_logits, targets, teacher_logits, policy, stop, rows)
                 chunk_sum = chunk_terms.pop("loss").sum()
                 if terms is not None:
                     for name, per_token in chunk_terms.items():
                         terms[name] = terms.get(name, 0.0) + per_token.detach().sum().double()
-                d_hidden, d_weight = torch.autograd.grad(_scaled(acc, chunk_sum * chunk_scale), [leaf, weight_leaf])
-                grad_hidden += d_hidden
-                grad_weight += d_weight
+                for grad, chunk_grad in zip(
+                    grads, torch.autograd.grad(_scaled(acc, chunk_sum * chunk_scale), leaves), strict=True
+                ):
+                    grad += chunk_grad
                 total = total + chunk_sum.detach().float()
-            torch.autograd.backward([hidden, weight], [grad_hidden, grad_weight])
+            torch.autograd.backward(roots, grads)
         return total
 
 
