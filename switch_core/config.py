@@ -457,6 +457,30 @@ class TrackingConfig(_Strict):
     experiment: str = "switch-kd"
 
 
+class DistributedConfig(_Strict):
+    """How a run on several processes shares the work (ignored by a one-process run, which is unchanged)."""
+
+    strategy: Literal["ddp", "fsdp2"] = Field(
+        "ddp",
+        description="Student engine on >1 process: ddp (full replica per process, gradients all-reduced by DDP) or "
+        "fsdp2 (torch fully_shard: parameters, gradients and AdamW moments sharded over processes).",
+    )
+    teacher: Literal["replicate", "shard"] = Field(
+        "replicate",
+        description="The frozen teacher on >1 process: a full copy per process, or sharded with fully_shard "
+        "(inference only; needs strategy=fsdp2). Rollouts gather the sharded weights (README, Distributed).",
+    )
+
+    @model_validator(mode="after")
+    def _shard_needs_fsdp2(self) -> DistributedConfig:
+        if self.teacher == "shard" and self.strategy != "fsdp2":
+            raise ValueError(
+                f"distributed.teacher=shard needs distributed.strategy=fsdp2 (got {self.strategy!r}); set "
+                "strategy: fsdp2 or teacher: replicate"
+            )
+        return self
+
+
 class Config(_Strict):
     """A fully resolved switch-kd configuration."""
 
@@ -475,6 +499,7 @@ class Config(_Strict):
     runs: dict[str, DistillRun] = Field(default_factory=_default_runs)
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
     @field_validator("methods")
     @classmethod

@@ -10,6 +10,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -134,7 +135,11 @@ def plain_copy_of_gguf_model(model: PreTrainedModel) -> PreTrainedModel:
 
 
 def save_pretrained_atomic(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, folder: str | Path
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    folder: str | Path,
+    *,
+    state_dict: dict[str, Any] | None = None,
 ) -> Path:
     """Save a model and its tokenizer with ``save_pretrained`` so the folder appears (or is replaced) atomically.
 
@@ -147,6 +152,8 @@ def save_pretrained_atomic(
             which returns plain models).
         tokenizer: saved into the same folder; None saves the model only.
         folder: the checkpoint folder; created with its parents; an existing one is replaced.
+        state_dict: the weights to write instead of ``model.state_dict()`` (the gathered full weights of a sharded
+            model); None writes the model's own.
 
     Returns:
         The checkpoint folder as a Path.
@@ -160,6 +167,8 @@ def save_pretrained_atomic(
     try:
         if has_lora(model):
             model.save_pretrained(tmp, state_dict=merged_state_dict(model))
+        elif state_dict is not None:
+            model.save_pretrained(tmp, state_dict=state_dict)
         else:
             model.save_pretrained(tmp)
         if tokenizer is not None:

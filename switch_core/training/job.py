@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from transformers import PreTrainedModel
 
-from switch_core.config import EvalConfig, MethodConfig, OptimConfig, RolloutConfig
+from switch_core.config import DistributedConfig, EvalConfig, MethodConfig, OptimConfig, RolloutConfig
 from switch_core.data.tokenize import TrainExample
 from switch_core.training.dev import DevData
 
@@ -56,6 +56,7 @@ class TrainJob:
             :func:`~switch_core.training.run_setup.input_fingerprints`), part of the resume fingerprint.
         lm_corpus: MiniLLM's pre-training examples (:func:`~switch_core.training.lm_corpus.load_lm_corpus`); required
             when ``method.lm_coef > 0``.
+        distributed: the engine on several processes (:mod:`~switch_core.training.engine`); unused by one process.
     """
 
     name: str
@@ -76,6 +77,7 @@ class TrainJob:
     restart_if_incompatible: bool = False
     inputs: dict[str, Any] = field(default_factory=dict)
     lm_corpus: list[TrainExample] | None = None
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 @dataclass

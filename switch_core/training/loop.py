@@ -8,21 +8,21 @@ Per optimizer step (global batch ``optim.batch_size`` sequences, ``batch_size / 
    with its policy-gradient values, reused for ``ppo_epochs`` steps);
 3. the response tokens of the *global* batch are counted (all-reduce), every micro-batch of
    ``optim.micro_batch_size`` sequences back-propagates ``sum(per-token loss) / N_global``
-   (:func:`~switch_core.training.objective.batch_loss`), gradients are summed over processes (all-reduce), clipped
-   to ``optim.grad_clip``, and AdamW takes one step on the cosine schedule. The gradient is therefore that of the
-   token mean over the global batch, identical for any micro-batch split and process count (docs/METHOD.md §A.4).
-   Gradients are reduced explicitly rather than by DDP hooks, because the chunked loss runs several
-   backward calls per micro-batch. With MiniLLM's pre-training term (``lm_coef > 0``) a batch of the pre-training
-   corpus adds ``lm_coef · sum(pt loss) / N_pt_global`` (:mod:`.lm_corpus`) before the gradients are reduced;
+   (:func:`~switch_core.training.objective.batch_loss`), gradients are summed over processes by the run's engine
+   (DDP or FSDP2, :mod:`.engine`; in the backward of the step's last micro-batch), clipped to ``optim.grad_clip``,
+   and AdamW takes one step on the cosine schedule. The gradient is therefore that of the token mean over the global
+   batch, identical for any micro-batch split and process count (docs/METHOD.md §A.4). With MiniLLM's pre-training
+   term (``lm_coef > 0``) a batch of the pre-training corpus adds ``lm_coef · sum(pt loss) / N_pt_global``
+   (:mod:`.lm_corpus`), and its last micro-batch is the one whose backward synchronises;
 4. dev evaluation after every epoch, every ``optim.eval_every`` steps and at the last step (plus once before
    training, which DistiLLM's adaptive schedule needs); the best checkpoint by ``select_by`` is kept in the state
    folder (``save_pretrained``, atomically) and published to the output folder when the run ends (:mod:`.outputs`);
 5. a resumable state after every epoch, every ``optim.save_every`` steps and at the end (:mod:`.state`).
 
 The run's parts live in their own modules: :mod:`.job` (what a run is given and returns), :mod:`.step` (which
-examples a step trains on, gradient reduction), :mod:`.step_stats` (the step's named sums and metrics, logging
-windows), :mod:`.traces` (rollout traces), :mod:`.outputs` (best checkpoint, publishing), :mod:`.state` (resumable
-state and its fingerprint).
+examples a step trains on), :mod:`.engine` (DDP / FSDP2 on several processes), :mod:`.step_stats` (the step's named
+sums and metrics, logging windows), :mod:`.traces` (rollout traces), :mod:`.outputs` (best checkpoint, publishing),
+:mod:`.state` (resumable state and its fingerprint).
 
 Every random choice derives from ``optim.seed`` (:mod:`.seeding`) or the saved RNG state, so ``resume`` reaches the
 weights of an uninterrupted run. The teacher is frozen: eval mode, ``requires_grad=False``, used under ``no_grad``.
@@ -47,6 +47,7 @@ from switch_core.tracking import NullTracker, Tracker
 from switch_core.training import seeding
 from switch_core.training.batches import batch_from_examples
 from switch_core.training.dev import dev_losses, dev_rouge_l
+from switch_core.training.engine import Engine, full_state_dict, is_sharded, plain_class
 from switch_core.training.job import TrainingSetupError, TrainJob, TrainResult
 from switch_core.training.lm_corpus import PT_LOSS, lm_batch
 from switch_core.training.losses import LossSpec
@@ -64,7 +65,7 @@ from switch_core.training.state import (
     resume_fingerprint,
     save_state,
 )
-from switch_core.training.step import StepLayout, all_reduce_gradients, step_examples
+from switch_core.training.step import StepLayout, step_examples
 from switch_core.training.step_stats import StepSums, is_better, mean_metrics, policy_metrics, rollout_metrics
 from switch_core.training.traces import append_trace, truncate_traces
 
@@ -87,16 +88,15 @@ class _Run:
             raise TrainingSetupError(
                 f"run {job.name!r}: lm_coef = {job.method.lm_coef} needs the pre-training corpus (lm_data), none given"
             )
-        self.student = job.student.to(accelerator.device)
-        self.teacher = job.teacher
-        if self.teacher is not None:
-            self.teacher = self.teacher.to(accelerator.device).eval().requires_grad_(False)
         if job.optim.gradient_checkpointing:
-            self.student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            job.student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        self.engine = Engine.build(job.student, job.teacher, accelerator, job.distributed)
+        self.student, self.teacher = self.engine.student, self.engine.teacher
         probe = batch_from_examples(job.dev.examples[:1], self.pad_id).to(accelerator.device)
-        check_output_head(self.student, probe)
-        if self.teacher is not None and self.spec.needs_teacher:
-            check_output_head(self.teacher, probe, atol=1e-3)
+        with self.engine.gathered():
+            check_output_head(self.student, probe)
+            if self.teacher is not None and self.spec.needs_teacher:
+                check_output_head(self.teacher, probe, atol=1e-3)
         self.params = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = accelerator.prepare_optimizer(build_optimizer(self.student, job.optim))
         self.scheduler = build_scheduler(self.optimizer, job.optim, self.total_steps)
@@ -127,12 +127,13 @@ class _Run:
         if not self.uses_rollouts or not self.settings.needs_calibration:
             return
         result: list[Any] = [None]
-        if self.acc.is_main_process:
-            seed = seeding.derive_seed(self.optim.seed, seeding.Stream.CALIBRATION) % 2**31
-            result = [calibrate_settings(
-                self.student, self.teacher, [e.prompt_ids for e in self.job.train], self.settings, self.job.rollout,
-                seed=seed,
-            )]
+        with self.engine.gathered():
+            if self.acc.is_main_process:
+                seed = seeding.derive_seed(self.optim.seed, seeding.Stream.CALIBRATION) % 2**31
+                result = [calibrate_settings(
+                    self.student, self.teacher, [e.prompt_ids for e in self.job.train], self.settings,
+                    self.job.rollout, seed=seed,
+                )]
         if self.acc.num_processes > 1:
             broadcast_object_list(result, from_process=0)
         self.settings, self.calibration = result[0].settings, result[0].to_dict()
@@ -178,7 +179,7 @@ class _Run:
     # ------------------------------------------------------------------ state
 
     def objects(self) -> Resumable:
-        return Resumable(self.student, self.optimizer, self.scheduler)
+        return Resumable(self.student, self.optimizer, self.scheduler, sharded=is_sharded(self.student))
 
     def trainer_state(self) -> dict[str, Any]:
         return {
@@ -199,7 +200,8 @@ class _Run:
         """
         try:
             loaded = load_state(
-                self.job.state_dir, self.objects(), self.acc, self.fingerprint(), lenient=lenient_keys(self.job)
+                self.job.state_dir, self.objects(), self.acc, self.fingerprint(), lenient=lenient_keys(self.job),
+                strategy=self.engine.strategy,
             )
         except StateMismatchError as error:
             if not self.job.restart_if_incompatible:
@@ -225,7 +227,7 @@ class _Run:
     def save(self) -> None:
         save_state(
             self.job.state_dir, self.step, self.objects(), self.trainer_state(), {"source": self.source.state_dict()},
-            self.acc,
+            self.acc, strategy=self.engine.strategy,
         )
 
     # ------------------------------------------------------------------ steps
@@ -238,7 +240,8 @@ class _Run:
             self.job.train, self.step, self.layout, seed=self.optim.seed, batch_size=self.optim.batch_size,
             rank=acc.process_index,
         )
-        out = self.source.next(self.step, share.examples, offset=share.offset)
+        with self.engine.gathered():
+            out = self.source.next(self.step, share.examples, offset=share.offset)
         batch = out.batch.to(acc.device)
         response_tokens, tokens = acc.reduce(
             torch.tensor([batch.num_loss_tokens, int(batch.attention_mask.sum())], dtype=torch.float64, device=acc.device),
@@ -247,15 +250,10 @@ class _Run:
         self.student.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
         terms: dict[str, torch.Tensor] = {}
-        for micro in batch.micro_batches(self.optim.micro_batch_size):
-            loss_sum += batch_loss(
-                self.student, self.teacher, micro, self.spec, chunk_tokens=self.optim.loss_chunk_tokens,
-                scale=1.0 / response_tokens, backward=acc.backward, autocast=acc.autocast, terms=terms,
-            ).double()
-        lm_loss = self._lm_loss(share.start) if self.job.method.lm_coef > 0 else None
-        if acc.num_processes > 1:
-            all_reduce_gradients(self.params, acc)
-        grad_norm = acc.clip_grad_norm_(self.params, self.optim.grad_clip)
+        with_lm = self.job.method.lm_coef > 0
+        loss_sum += self._backward(batch, self.spec, 1.0 / response_tokens, last=not with_lm, terms=terms)
+        lm_loss = self._lm_loss(share.start) if with_lm else None
+        grad_norm = self.engine.clip_grad_norm(self.params, self.optim.grad_clip)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -269,7 +267,7 @@ class _Run:
         with_share = self.uses_rollouts and self.source.settings.strategy != "student"
         metrics = {
             "train/loss": loss if lm_loss is None else loss + self.job.method.lm_coef * lm_loss,
-            "train/lr": lr, "train/grad_norm": float(grad_norm),
+            "train/lr": lr, "train/grad_norm": grad_norm,
             "train/response_tokens": response_tokens, "train/tokens_per_second": tokens / seconds,
             "train/step_seconds": seconds, "train/epoch": self.step / self.steps_per_epoch,
             f"source/{out.action.value}": 1.0,
@@ -297,13 +295,30 @@ class _Run:
         tokens = self.acc.reduce(
             torch.tensor(float(batch.num_loss_tokens), dtype=torch.float64, device=self.acc.device), reduction="sum"
         )
-        total = torch.zeros((), dtype=torch.float64, device=self.acc.device)
-        for micro in batch.micro_batches(self.optim.micro_batch_size):
-            total += batch_loss(
-                self.student, self.teacher, micro, PT_LOSS, chunk_tokens=self.optim.loss_chunk_tokens,
-                scale=self.job.method.lm_coef / float(tokens), backward=self.acc.backward, autocast=self.acc.autocast,
-            ).double()
+        total = self._backward(batch, PT_LOSS, self.job.method.lm_coef / float(tokens), last=True)
         return float(self.acc.reduce(total, reduction="sum") / tokens)
+
+    def _backward(
+        self, batch: Any, spec: LossSpec, scale: float, *, last: bool, terms: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Back-propagate ``scale ×`` the summed loss of ``batch``, micro-batch by micro-batch; return the summed loss
+        (float64, this process). With several processes the engine synchronises gradients in the backward of the last
+        micro-batch when ``last`` (the step's last backward)."""
+        total = torch.zeros((), dtype=torch.float64, device=self.acc.device)
+        micros = list(batch.micro_batches(self.optim.micro_batch_size))
+        for index, micro in enumerate(micros):
+            if self.engine.wrapped:
+                loss = self.engine.micro_batch_loss(
+                    micro, spec, chunk_tokens=self.optim.loss_chunk_tokens, scale=scale,
+                    sync=last and index == len(micros) - 1, terms=terms,
+                )
+            else:
+                loss = batch_loss(
+                    self.student, self.teacher, micro, spec, chunk_tokens=self.optim.loss_chunk_tokens, scale=scale,
+                    backward=self.acc.backward, autocast=self.acc.autocast, terms=terms,
+                )
+            total += loss.double()
+        return total
 
     def evaluate(self) -> dict[str, float]:
         """Dev metrics of the current student; updates the best checkpoint and DistiLLM's φ.
@@ -313,22 +328,26 @@ class _Run:
         """
         self.student.eval()
         job = self.job
-        metrics = dev_losses(
-            self.student, self.teacher, job.dev.examples, self.spec, accelerator=self.acc,
-            batch_size=self.optim.micro_batch_size, chunk_tokens=self.optim.loss_chunk_tokens, pad_token_id=self.pad_id,
-        )
-        if self.step > 0:
-            metrics["dev/rouge_l"] = dev_rouge_l(
-                self.student, job.tokenizer, job.dev, job.generation, accelerator=self.acc,
-                max_prompt_length=job.max_prompt_length, seed=self.rouge_seed,
+        with self.engine.gathered():
+            metrics = dev_losses(
+                self.student, self.teacher, job.dev.examples, self.spec, accelerator=self.acc,
+                batch_size=self.optim.micro_batch_size, chunk_tokens=self.optim.loss_chunk_tokens,
+                pad_token_id=self.pad_id,
             )
+            if self.step > 0:
+                metrics["dev/rouge_l"] = dev_rouge_l(
+                    self.student, job.tokenizer, job.dev, job.generation, accelerator=self.acc,
+                    max_prompt_length=job.max_prompt_length, seed=self.rouge_seed,
+                )
         self.student.train()
         self.source.after_evaluation(metrics["dev/ce"])
         value = metrics.get("dev/rouge_l" if job.select_by == "rouge_l" else "dev/loss", math.nan)
         if self.step > 0 and is_better(job.select_by, value, self.best_value):
             self.best_step, self.best_value, self.best_metrics = self.step, value, dict(metrics)
+            full = full_state_dict(self.student) if is_sharded(self.student) else None  # collective
             if self.acc.is_main_process:
-                save_best(self.student, job.tokenizer, job.state_dir)
+                with plain_class(self.student):
+                    save_best(self.student, job.tokenizer, job.state_dir, state_dict=full)
             self.acc.wait_for_everyone()
         self.last_metrics = dict(metrics)
         if self.acc.is_main_process:

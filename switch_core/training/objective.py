@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from operator import itemgetter
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +68,27 @@ def check_output_head(model: nn.Module, batch: TrainBatch, *, atol: float = 1e-4
             f"{type(model).__name__}: logits are not output_head(last_hidden_state) (relative difference {error:.2e}); "
             "this architecture post-processes its logits, which the chunked loss does not support"
         )
+
+
+def chunk_loss_terms(
+    spec: LossSpec,
+    student_logits: Tensor,
+    targets: Tensor,
+    teacher_logits: Tensor | None,
+    policy: Any,
+    stop: Tensor | None,
+    rows: slice,
+) -> dict[str, Tensor]:
+    """Per-token loss terms of the response tokens ``rows`` (``student_logits`` ``[n, V]`` are those rows' logits):
+    :func:`~switch_core.training.losses.token_loss_terms` with the rows' policy values, plus the stop label's
+    cross-entropy (term ``stop_ce``, added into ``loss``) when ``stop`` (``[N]`` float weights) is given."""
+    values = None if policy is None else policy.map(itemgetter(rows))
+    chunk_terms = token_loss_terms(spec, student_logits, targets[rows], teacher_logits, values)
+    if stop is not None:  # supervise_stop: the stop label's cross-entropy on top of the method's loss
+        ce = F.cross_entropy(student_logits.to(chunk_terms["loss"].dtype), targets[rows], reduction="none")
+        chunk_terms["stop_ce"] = ce * stop[rows]
+        chunk_terms["loss"] = chunk_terms["loss"] + chunk_terms["stop_ce"]
+    return chunk_terms
 
 
 def batch_loss(
@@ -141,12 +163,7 @@ def batch_loss(
                 teacher_logits = teacher.get_output_embeddings()(teacher_hidden[rows]).to(hidden.device)
         with autocast():
             student_logits = student_head(leaf[rows])
-        values = None if policy is None else policy.map(itemgetter(rows))
-        chunk_terms = token_loss_terms(spec, student_logits, targets[rows], teacher_logits, values)
-        if stop is not None:  # supervise_stop: the stop label's cross-entropy on top of the method's loss
-            ce = F.cross_entropy(student_logits.to(chunk_terms["loss"].dtype), targets[rows], reduction="none")
-            chunk_terms["stop_ce"] = ce * stop[rows]
-            chunk_terms["loss"] = chunk_terms["loss"] + chunk_terms["stop_ce"]
+        chunk_terms = chunk_loss_terms(spec, student_logits, targets, teacher_logits, policy, stop, rows)
         chunk_sum = chunk_terms.pop("loss").sum()
         if terms is not None:
             for name, per_token in chunk_terms.items():

@@ -26,9 +26,10 @@ def best_dir(state_dir: Path) -> Path:
     return state_dir / BEST_DIR
 
 
-def save_best(model: Any, tokenizer: Any, state_dir: Path) -> Path:
-    """Write the new best checkpoint to ``state_dir/best`` atomically (``save_pretrained``; main process only)."""
-    return save_pretrained_atomic(model, tokenizer, best_dir(state_dir))
+def save_best(model: Any, tokenizer: Any, state_dir: Path, *, state_dict: dict[str, Any] | None = None) -> Path:
+    """Write the new best checkpoint to ``state_dir/best`` atomically (``save_pretrained``; main process only);
+    ``state_dict``: the gathered full weights of a sharded model (None: the model's own)."""
+    return save_pretrained_atomic(model, tokenizer, best_dir(state_dir), state_dict=state_dict)
 
 
 def remove_output(output_dir: Path) -> None:

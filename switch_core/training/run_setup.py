@@ -28,7 +28,13 @@ from switch_core.tracking import NullTracker, Tracker, tracker_from_config
 from switch_core.training.examples import load_dev, load_examples
 from switch_core.training.job import TrainJob
 from switch_core.training.losses import LossSpec
-from switch_core.training.state import check_resumable, lenient_keys, resume_decision, resume_fingerprint
+from switch_core.training.state import (
+    check_resumable,
+    engine_strategy,
+    lenient_keys,
+    resume_decision,
+    resume_fingerprint,
+)
 
 
 class StageInputError(ValueError):
@@ -130,7 +136,7 @@ def build_job(
         optim=optim, method=method, output_dir=layout.model(name), state_dir=layout.state(name),
         select_by=select_by, teacher=teacher, rollout=config.rollout, generation=config.eval,
         max_prompt_length=config.data.max_prompt_length, resume=resume,
-        restart_if_incompatible=restart_if_incompatible, inputs=inputs,
+        restart_if_incompatible=restart_if_incompatible, inputs=inputs, distributed=config.distributed,
     )
 
 
@@ -157,7 +163,10 @@ def stage_tracker(config: Config, layout: RunLayout, job: TrainJob, tracker: Tra
     jsonl = layout.root / "tracking" / job.name / "metrics.jsonl"
     decision = resume_decision(job, state.num_processes)
     if decision == "refuse":  # fail before the tracker records anything
-        check_resumable(job.state_dir, resume_fingerprint(job), state.num_processes, lenient=lenient_keys(job))
+        check_resumable(
+            job.state_dir, resume_fingerprint(job), state.num_processes, lenient=lenient_keys(job),
+            strategy=engine_strategy(job, state.num_processes),
+        )
     if tracker is None and decision == "fresh":
         jsonl.unlink(missing_ok=True)
     return tracker or tracker_from_config(config, jsonl, name=job.name)

@@ -5,8 +5,13 @@ A state folder holds everything an uninterrupted run would still have in memory 
     model.pt        student weights (state_dict)
     optimizer.pt    AdamW moments (identical on every process: gradients are all-reduced before the update)
     scheduler.pt    learning-rate scheduler
-    trainer.json    step, best checkpoint so far, last dev metrics, calibrated tau0, elapsed time, run fingerprint
+    trainer.json    step, best checkpoint so far, last dev metrics, calibrated tau0, elapsed time, run fingerprint,
+                    process count (and the engine, ``strategy``, of a run on several processes)
     rank-<r>.pt     per process: torch RNG states, the batch source (DistiLLM φ, replay buffer)
+
+A student sharded with FSDP2 (:mod:`.engine`) has no ``model.pt`` / ``optimizer.pt``: its weights and AdamW moments
+are saved by every process, shard by shard, as one torch distributed checkpoint (DCP) in ``sharded/``, and loaded
+back into the same number of processes.
 
 (the best checkpoint so far sits next to them in ``state/<run-name>/best``, :mod:`.outputs`). A state is resumed
 only by a run with the same :func:`resume_fingerprint`: settings, inputs and (unless lenient) library code.
@@ -49,11 +54,45 @@ class StateMismatchError(StateError):
 
 @dataclass
 class Resumable:
-    """The objects whose state is saved (the model, optimizer and scheduler are shared by all processes)."""
+    """The objects whose state is saved (the model, optimizer and scheduler are shared by all processes;
+    ``sharded``: the model is an FSDP2 module, saved as a distributed checkpoint)."""
 
     model: torch.nn.Module
     optimizer: Any
     scheduler: Any
+    sharded: bool = False
+
+
+SHARDED = "sharded"
+"""The distributed checkpoint (model and optimizer) of a sharded student, inside a state folder."""
+
+
+def _sharded_state(objects: Resumable) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model's and optimizer's sharded state dicts (DCP's ``get_state_dict``; initialises AdamW's moments of a
+    fresh optimizer, so that loading has keys to fill)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    return get_state_dict(objects.model, getattr(objects.optimizer, "optimizer", objects.optimizer))
+
+
+def _save_sharded(folder: Path, objects: Resumable) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    model, optimizer = _sharded_state(objects)
+    dcp.save({"model": model, "optimizer": optimizer}, checkpoint_id=folder / SHARDED)
+
+
+def _load_sharded(folder: Path, objects: Resumable) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    model, optimizer = _sharded_state(objects)
+    state = {"model": model, "optimizer": optimizer}
+    dcp.load(state, checkpoint_id=folder / SHARDED)
+    set_state_dict(
+        objects.model, getattr(objects.optimizer, "optimizer", objects.optimizer),
+        model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+    )
 
 
 def _folder_name(step: int) -> str:
@@ -104,6 +143,8 @@ def save_state(
     trainer: dict[str, Any],
     rank_state: dict[str, Any],
     accelerator: Accelerator,
+    *,
+    strategy: str | None = None,
 ) -> Path:
     """Save the state after optimizer step ``step`` (collective: every process calls it).
 
@@ -114,6 +155,8 @@ def save_state(
         trainer: JSON-serialisable loop state (saved by the main process).
         rank_state: this process's picklable state (tensors, dicts, lists, numbers); RNG states are added here.
         accelerator: for the process index and barriers.
+        strategy: the engine of a run on several processes (``distributed.strategy``), recorded in ``trainer.json``;
+            None for one process.
 
     Returns:
         The new state folder.
@@ -125,11 +168,17 @@ def save_state(
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save({**rank_state, "rng": _rng_state()}, tmp / f"rank-{accelerator.process_index}.pt")
+    if objects.sharded:
+        _save_sharded(tmp, objects)
     if accelerator.is_main_process:
-        torch.save(objects.model.state_dict(), tmp / "model.pt")
-        torch.save(objects.optimizer.state_dict(), tmp / "optimizer.pt")
+        if not objects.sharded:
+            torch.save(objects.model.state_dict(), tmp / "model.pt")
+            torch.save(objects.optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(objects.scheduler.state_dict(), tmp / "scheduler.pt")
-        atomic_write_json(tmp / "trainer.json", {**trainer, "step": step, "world_size": accelerator.num_processes})
+        engine = {"strategy": strategy} if strategy is not None else {}
+        atomic_write_json(
+            tmp / "trainer.json", {**trainer, "step": step, "world_size": accelerator.num_processes, **engine}
+        )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
@@ -159,7 +208,12 @@ def _changed_keys(saved: dict[str, Any], current: dict[str, Any], lenient: froze
 
 
 def state_changes(
-    state_dir: Path, fingerprint: dict[str, Any], world_size: int, *, lenient: frozenset[str] = frozenset()
+    state_dir: Path,
+    fingerprint: dict[str, Any],
+    world_size: int,
+    *,
+    lenient: frozenset[str] = frozenset(),
+    strategy: str | None = None,
 ) -> list[str] | None:
     """What differs between the latest saved state and a run about to start.
 
@@ -168,10 +222,12 @@ def state_changes(
         fingerprint: the new run's fingerprint.
         world_size: the new run's process count.
         lenient: fingerprint keys not compared.
+        strategy: the new run's engine (``distributed.strategy``; None for one process).
 
     Returns:
         None when there is no saved state, else the dotted fingerprint keys that differ (e.g. ``optim.lr``;
-        ``world_size`` for another process count); an empty list means the state can be resumed.
+        ``world_size`` for another process count, ``distributed.strategy`` for another engine); an empty list means
+        the state can be resumed.
 
     Raises:
         StateError: ``latest`` names a folder that does not exist.
@@ -182,13 +238,21 @@ def state_changes(
     trainer = latest[1]
     if trainer["world_size"] != world_size:
         return ["world_size"]
+    if trainer.get("strategy") != strategy:
+        return ["distributed.strategy"]
     return _changed_keys(trainer["fingerprint"], fingerprint, lenient)
 
 
 def check_resumable(
-    state_dir: Path, fingerprint: dict[str, Any], world_size: int, *, lenient: frozenset[str] = frozenset()
+    state_dir: Path,
+    fingerprint: dict[str, Any],
+    world_size: int,
+    *,
+    lenient: frozenset[str] = frozenset(),
+    strategy: str | None = None,
 ) -> dict[str, Any] | None:
-    """The latest state's ``trainer.json`` if a run of ``fingerprint`` on ``world_size`` processes can resume it.
+    """The latest state's ``trainer.json`` if a run of ``fingerprint`` on ``world_size`` processes with engine
+    ``strategy`` (None for one process) can resume it.
 
     Returns:
         The trainer dict, or None when there is no saved state.
@@ -208,6 +272,12 @@ def check_resumable(
             f"{folder} was saved by {trainer['world_size']} process(es), this run has {world_size}: resume with the "
             "same process count (the replay buffers are per process), or pass --restart to discard it", ["world_size"],
         )
+    if trainer.get("strategy") != strategy:
+        raise StateMismatchError(
+            f"{folder} was saved by distributed.strategy={trainer.get('strategy')}, this run has {strategy}: resume "
+            "with the same engine (a sharded state holds the weights as shards), or pass --restart to discard it",
+            ["distributed.strategy"],
+        )
     changes = dict_changes(trainer["fingerprint"], fingerprint, ignore=lenient)
     if changes:
         raise StateMismatchError(
@@ -225,6 +295,7 @@ def load_state(
     fingerprint: dict[str, Any],
     *,
     lenient: frozenset[str] = frozenset(),
+    strategy: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """Load the latest state into ``objects`` and restore this process's RNG states.
 
@@ -235,6 +306,7 @@ def load_state(
         fingerprint: the run's fingerprint (settings, inputs, code); must equal the saved one except for the
             ``lenient`` keys.
         lenient: fingerprint keys whose change does not prevent resuming (the caller may warn about them).
+        strategy: the run's engine (``distributed.strategy``; None for one process); must equal the saved one.
 
     Returns:
         ``(trainer, rank_state)`` dicts, or None when there is no saved state.
@@ -243,7 +315,7 @@ def load_state(
         StateMismatchError: another configuration, inputs or process count.
         StateError: missing files.
     """
-    trainer = check_resumable(state_dir, fingerprint, accelerator.num_processes, lenient=lenient)
+    trainer = check_resumable(state_dir, fingerprint, accelerator.num_processes, lenient=lenient, strategy=strategy)
     if trainer is None:
         return None
     folder = latest_state(state_dir)
@@ -252,8 +324,11 @@ def load_state(
         raise StateError(f"{rank_file} is missing; remove {state_dir} to start over")
     # torch.load cannot map to an indexed CPU device ('cpu:0', what accelerate gives gloo ranks)
     device = "cpu" if accelerator.device.type == "cpu" else accelerator.device
-    objects.model.load_state_dict(torch.load(folder / "model.pt", map_location=device, weights_only=True))
-    objects.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
+    if objects.sharded:
+        _load_sharded(folder, objects)
+    else:
+        objects.model.load_state_dict(torch.load(folder / "model.pt", map_location=device, weights_only=True))
+        objects.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
     objects.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     rank_state = torch.load(rank_file, map_location="cpu", weights_only=True)
     _set_rng_state(rank_state.pop("rng"))
@@ -284,6 +359,12 @@ def resume_fingerprint(job: TrainJob) -> dict[str, Any]:
     return json.loads(json.dumps(data))
 
 
+def engine_strategy(job: TrainJob, num_processes: int) -> str | None:
+    """The engine a run of ``job`` on ``num_processes`` processes trains with (``distributed.strategy``), None for
+    one process (recorded in and compared with the saved state)."""
+    return job.distributed.strategy if num_processes > 1 else None
+
+
 def lenient_keys(job: TrainJob) -> frozenset[str]:
     """Fingerprint keys whose change does not prevent resuming ``job``: ``code`` for a strict resume (it warns),
     none when ``restart_if_incompatible`` (any change starts over)."""
@@ -303,7 +384,10 @@ def resume_decision(job: TrainJob, num_processes: int) -> Literal["fresh", "resu
     """
     if not job.resume:
         return "fresh"
-    changes = state_changes(job.state_dir, resume_fingerprint(job), num_processes, lenient=lenient_keys(job))
+    changes = state_changes(
+        job.state_dir, resume_fingerprint(job), num_processes, lenient=lenient_keys(job),
+        strategy=engine_strategy(job, num_processes),
+    )
     if changes is None:
         return "fresh"
     if not changes:

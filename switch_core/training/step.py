@@ -1,4 +1,4 @@
-"""The data layout and gradient reduction of one optimizer step (used by :mod:`.loop`).
+"""The data layout of one optimizer step (used by :mod:`.loop`).
 
 A step trains on ``optim.batch_size`` sequences: position ``p`` of epoch ``e`` takes the examples
 ``order_e[p·B : (p+1)·B]`` of the seeded per-epoch permutation ``order_e``; process ``r`` of ``W`` takes the slice
@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from accelerate import Accelerator
 
 from switch_core.config import OptimConfig
 from switch_core.data.tokenize import TrainExample
@@ -74,12 +73,3 @@ def step_examples(
     start = position * batch_size + rank * layout.local_size
     return StepExamples([train[i] for i in order[start : start + layout.local_size]], start - position * batch_size, start)
 
-
-def all_reduce_gradients(params: Sequence[torch.nn.Parameter], accelerator: Accelerator) -> None:
-    """Sum gradients over processes in one flat buffer (missing gradients count as zeros)."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="sum")
-    offset = 0
-    for p in params:
-        p.grad = flat[offset : offset + p.numel()].view_as(p)
-        offset += p.numel()
