@@ -184,7 +184,9 @@ def test_selecting_from_both_models_draws_equals_select_tokens(strategy: str, de
     uniforms = torch.rand(64, PURPOSES, generator=generator, dtype=torch.float64)
     settings = RolloutSettings(pad_token_id=0, strategy=strategy, **decoding)
     warp = warper(settings.temperature, settings.top_k, settings.top_p)
-    log_probs = None if settings.greedy else {"student": warped_log_probs(q, warp), "teacher": warped_log_probs(p, warp)}
+    log_probs = None
+    if not settings.greedy:
+        log_probs = {"student": warped_log_probs(q, warp), "teacher": warped_log_probs(p, warp)}
     draws = {name: draw_from(logits, uniforms[:, TOKEN_DRAW], settings, warp,
                              log_probs[name] if log_probs is not None else None)
              for name, logits in (("student", q), ("teacher", p))}
@@ -200,7 +202,8 @@ def test_selecting_from_draws_refuses_mixture_and_skd() -> None:
     draws = {"student": torch.zeros(1, dtype=torch.long), "teacher": torch.ones(1, dtype=torch.long)}
     for strategy in ("mixture", "skd"):
         with pytest.raises(ValueError, match="select_tokens"):
-            select_from_draws(draws, None, torch.ones(1, dtype=torch.bool), RolloutSettings(pad_token_id=0, strategy=strategy))
+            select_from_draws(draws, None, torch.ones(1, dtype=torch.bool),
+                              RolloutSettings(pad_token_id=0, strategy=strategy))
     with pytest.raises(ValueError, match="log_probs"):
         select_from_draws(draws, None, torch.ones(1, dtype=torch.bool), RolloutSettings(pad_token_id=0))
 

@@ -18,10 +18,11 @@ Each chunk of the decoding loop:
    :func:`~switch_core.rollout.sampling.select_tokens`): each model's warped log-probabilities are computed once
    per position and also give the sampling and token log-probabilities. While the token equals the draft the
    draft is accepted; at the first position where it differs, the drawn token is kept and the rest of the chunk is
-   discarded (a stop token or ``max_new_tokens`` also ends a row's chunk). Every kept position was decided from the logits of the very
-   prefix lockstep decoding would have fed, with the same uniforms: the rollout is the lockstep one. ``adaswitch``'s
-   per-row state (its earlier divergences and whether it switched) is read from the kept positions before the
-   chunk and, within the chunk, from the chunk's own earlier positions, which are kept only if the draft matched.
+   discarded (a stop token or ``max_new_tokens`` also ends a row's chunk). Every kept position was decided from the
+   logits of the very prefix lockstep decoding would have fed, with the same uniforms: the rollout is the lockstep
+   one. ``adaswitch``'s per-row state (its earlier divergences and whether it switched) is read from the kept
+   positions before the chunk and, within the chunk, from the chunk's own earlier positions, which are kept only if
+   the draft matched.
 
 Discarded positions stay in both KV caches as masked holes: their attention-mask column is set to 0, so no later
 token attends to them, and position ids (``cumsum(mask) − 1``) skip them. Rows therefore accept different lengths in
@@ -203,7 +204,7 @@ def decode_speculative(
             flat = kept.flatten()
             token_lps = None
             if log_probs is not None and raw_log_probs:
-                token_lps = tuple(log_probs[name][flat].gather(-1, tokens.reshape(-1)[flat, None]).squeeze(-1).float()
+                token_lps = tuple(log_probs[name].gather(-1, tokens.reshape(-1, 1)).squeeze(-1)[flat].float()
                                   for name in ("student", "teacher"))
             out.write(
                 rows[:, None].expand(n, k).reshape(-1)[flat], positions.reshape(-1)[flat],
