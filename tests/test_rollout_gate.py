@@ -24,7 +24,10 @@ from switch_core.rollout.sampling import (
     draw_from,
     keyed_uniforms,
     sample_inverse_cdf,
+    select_from_draws,
     select_tokens,
+    warp_is_identity,
+    warped_log_probs,
     warper,
 )
 
@@ -167,6 +170,42 @@ def test_a_token_depends_only_on_its_distribution_and_its_uniform() -> None:
     # top-k 2 renormalises row 0 of p to (0, 1/3, 2/3) and row 1 of q to (2/3, 0, 1/3): u = 0.65 -> tokens 2 and 0
     assert tokens.tolist() == [2, 0]
     np.testing.assert_allclose(lp.numpy(), np.log([2 / 3, 2 / 3]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["switch", "student", "teacher", "random", "adaswitch"])
+@pytest.mark.parametrize("decoding", [{}, {"greedy": True}, {"temperature": 0.7, "top_k": 5, "top_p": 0.9}],
+                         ids=["sampled", "greedy", "warped"])
+def test_selecting_from_both_models_draws_equals_select_tokens(strategy: str, decoding: dict) -> None:
+    """What the speculative engine does: each model draws its own token once; the token of a position is its
+    source's draw, the sampling log-probability the source's warped log-probability of it."""
+    generator = torch.Generator().manual_seed(5)
+    q, p = (torch.randn(64, 12, generator=generator, dtype=torch.float64) * 2 for _ in range(2))
+    use_teacher = torch.rand(64, generator=generator) < 0.5
+    uniforms = torch.rand(64, PURPOSES, generator=generator, dtype=torch.float64)
+    settings = RolloutSettings(pad_token_id=0, strategy=strategy, **decoding)
+    warp = warper(settings.temperature, settings.top_k, settings.top_p)
+    log_probs = None
+    if not settings.greedy:
+        log_probs = {"student": warped_log_probs(q, warp), "teacher": warped_log_probs(p, warp)}
+    draws = {name: draw_from(logits, uniforms[:, TOKEN_DRAW], settings, warp,
+                             log_probs[name] if log_probs is not None else None)
+             for name, logits in (("student", q), ("teacher", p))}
+    expected = select_tokens(q, p, use_teacher, uniforms, settings, warp)
+    got = select_from_draws(draws, log_probs, use_teacher, settings)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[2], expected[2])
+    assert torch.equal(got[1], expected[1])  # bit for bit: the same log-softmax of the same row
+    assert 0 < int((got[0] != draws["student"]).sum()) < 64  # the sources really differ
+    assert warp_is_identity(settings) == (decoding == {} or decoding == {"greedy": True})
+
+
+def test_selecting_from_draws_refuses_mixture_and_skd() -> None:
+    draws = {"student": torch.zeros(1, dtype=torch.long), "teacher": torch.ones(1, dtype=torch.long)}
+    for strategy in ("mixture", "skd"):
+        with pytest.raises(ValueError, match="select_tokens"):
+            select_from_draws(draws, None, torch.ones(1, dtype=torch.bool),
+                              RolloutSettings(pad_token_id=0, strategy=strategy))
+    with pytest.raises(ValueError, match="log_probs"):
+        select_from_draws(draws, None, torch.ones(1, dtype=torch.bool), RolloutSettings(pad_token_id=0))
 
 
 # ---------------------------------------------------------------------------------------- peer strategies

@@ -19,7 +19,7 @@ from switch_core.commands.rollout_inputs import OptionError, rollout_config, set
 from switch_core.data.tokenize import left_pad
 from switch_core.models.tiny import tiny_causal_lm
 from switch_core.rollout import RolloutBatch, RolloutSettings, RolloutTimer, rollout
-from switch_core.rollout.planner import ChunkPlanner, expected_tokens, plan_chunk
+from switch_core.rollout.planner import EXTRA_TOKEN_COST, SELECT_COST, ChunkPlanner, expected_tokens, plan_chunk
 
 VOCAB = 97
 PROMPTS = [[5, 17, 33, 8, 64, 21], [40, 9, 77], [12], [88, 3, 50, 61, 14], [7, 7, 7, 7, 7, 7, 7, 7], [3, 96],
@@ -163,33 +163,56 @@ def test_planner_picks_the_cheapest_drafter_and_draft_length() -> None:
     one, select = {"student": 1.0, "teacher": 4.0}, 0.0
     # weight-bound chunk forwards (a further token costs 5% of a step): the student drafts long while it is accepted
     cheap = {"student": 0.05, "teacher": 0.2}
-    assert plan_chunk({"student": 0.95, "teacher": 0.1}, one, cheap, select, 8) == ("student", 8)
+    assert plan_chunk({"student": [0.95], "teacher": [0.1]}, one, cheap, select, 8) == ("student", 8)
     # the teacher writes nearly everything and its forwards cost 4x: its own draft with a cheap student verify wins
-    assert plan_chunk({"student": 0.05, "teacher": 1.0}, one, cheap, select, 8) == ("teacher", 8)
+    assert plan_chunk({"student": [0.05], "teacher": [1.0]}, one, cheap, select, 8) == ("teacher", 8)
     # at α = 0.99 the 8th draft token no longer pays: (4k + 1 + 0.05(k − 1)) / E(k) is 4.3134 at k = 7, 4.3166 at 8
-    assert plan_chunk({"student": 0.05, "teacher": 0.99}, one, cheap, select, 8) == ("teacher", 7)
+    assert plan_chunk({"student": [0.05], "teacher": [0.99]}, one, cheap, select, 8) == ("teacher", 7)
+    # selection work per position shortens the draft: + 0.5 k, (4.5k + 1 + 0.05(k − 1)) / E(k) at α = 0.99 is
+    # 4.8358 at k = 5, 4.8274 at k = 6, 4.8282 at k = 7
+    assert plan_chunk({"student": [0.05], "teacher": [0.99]}, one, cheap, 0.5, 8) == ("teacher", 6)
     # arithmetic-bound forwards (a further token costs a full step): no draft beats one lockstep step unless accepted
     full = {"student": 1.0, "teacher": 4.0}
-    assert plan_chunk({"student": 0.5, "teacher": 0.5}, one, full, select, 8)[1] == 1
+    assert plan_chunk({"student": [0.5], "teacher": [0.5]}, one, full, select, 8)[1] == 1
     # hand check, α = 0.5: the student drafting k = 2 costs (2 + 4 + 0.2) / 1.5 = 4.13 per token, k = 1: 5.0, k = 3:
     # (3 + 4 + 0.4) / 1.75 = 4.23
-    assert plan_chunk({"student": 0.5, "teacher": 0.0}, one, cheap, select, 3) == ("student", 2)
-    planner = ChunkPlanner.for_models(0.0, 8, {"student": 25, "teacher": 100}, "cpu")
-    assert planner.one == {"student": 25.0, "teacher": 100.0} and planner.extra_per_row == 0.04
-    assert planner.next(rows=8) == ("student", 8)  # before any decision the student's drafts are expected to survive
-    planner.observe_acceptance("student", 0, 4)
-    planner.observe_acceptance("teacher", 4, 4)
-    assert planner.acceptance == {"student": 0.5, "teacher": 0.5}
+    assert plan_chunk({"student": [0.5], "teacher": [0.0]}, one, cheap, select, 3) == ("student", 2)
+    # rows that part: one row still the student's (α = 1), one the teacher's (α = 0). Per row, a student draft of k
+    # keeps k + 1 tokens of both rows, (k + 4 + 0.05(k − 1)) / (k + 1): 8 drafts cost 1.37 per token. A batch mean
+    # α = 0.5 would price them at (8 + 4 + 0.35) / (2·1.99) = 3.10 and prefer k = 2 (2.02)
+    assert plan_chunk({"student": [1.0, 0.0], "teacher": [0.0, 1.0]}, one, cheap, select, 8) == ("student", 8)
+    assert plan_chunk({"student": [0.5, 0.5], "teacher": [0.5, 0.5]}, one, cheap, select, 8) == ("student", 2)
+
+    built = ChunkPlanner.for_models(0.0, 8, {"student": 25, "teacher": 100}, 10, 8, "cpu")
+    assert built.one == {"student": 25.0, "teacher": 100.0} and built.extra_per_row == EXTRA_TOKEN_COST["cpu"]
+    assert built.select_per_row == 10 * SELECT_COST["cpu"] and built.acceptance["student"] == [1.0] * 8
+    planner = ChunkPlanner(0.0, 8, {"student": 25.0, "teacher": 100.0}, 0.04, 0.0, 8)
+    running = [True] * 8
+    assert planner.next(running) == ("student", 8)  # before any decision the student's drafts are expected to survive
+    planner.observe_acceptance("student", [0] * 8, [4] * 8)
+    planner.observe_acceptance("teacher", [4] * 8, [4] * 8)
+    assert planner.acceptance == {"student": [0.5] * 8, "teacher": [0.5] * 8}
     # 8 rows: a further token costs 0.32 of a step. α = 0.5 for both: the student drafts (cheaper steps);
     # k = 2: (50 + 100 + 32) / 1.5 = 121.3 < k = 1: 125 (< k = 3: (75 + 100 + 64) / 1.75 = 136.6)
-    assert planner.next(rows=8) == ("student", 2)
+    assert planner.next(running) == ("student", 2)
     # 32 rows: arithmetic-bound (relative cost capped at 1), k = 2 costs (50 + 200) / 1.5 = 166.7: lockstep steps
-    assert planner.next(rows=32) == ("student", 1)
+    wide = ChunkPlanner(0.0, 8, {"student": 25.0, "teacher": 100.0}, 0.04, 0.0, 32)
+    wide.observe_acceptance("student", [0] * 32, [4] * 32)
+    wide.observe_acceptance("teacher", [4] * 32, [4] * 32)
+    assert wide.next([True] * 32) == ("student", 1)
     for _ in range(6):
-        planner.observe_acceptance("student", 0, 4)
-        planner.observe_acceptance("teacher", 4, 4)
-    assert planner.acceptance["teacher"] == pytest.approx(1 - 0.5**7)
-    assert planner.next(rows=8)[0] == "teacher"  # the teacher writes everything: it drafts
+        planner.observe_acceptance("student", [0] * 8, [4] * 8)
+        planner.observe_acceptance("teacher", [4] * 8, [4] * 8)
+    assert planner.acceptance["teacher"] == pytest.approx([1 - 0.5**7] * 8)
+    assert planner.next(running)[0] == "teacher"  # the teacher writes everything: it drafts
+    # a row without kept positions keeps its rate; finished rows do not count; dropped rows leave
+    planner.observe_acceptance("student", [4] + [0] * 7, [4] + [0] * 7)
+    assert planner.acceptance["student"][:2] == [pytest.approx(0.5 + 0.5 * 0.5**7), pytest.approx(0.5**7)]
+    alone = {model: rates[:1] for model, rates in planner.acceptance.items()}
+    assert planner.next([True] + [False] * 7) == plan_chunk(alone, planner.one, {"student": 0.32 * 25, "teacher": 32.0},
+                                                            0.0, 8)
+    planner.keep_rows([0, 2])
+    assert planner.rows == 2 and len(planner.acceptance["teacher"]) == 2
 
 
 # ---------------------------------------------------------------------------------------- float32

@@ -298,19 +298,24 @@ class Responses:
         sampling_lp: Tensor,
         q: Tensor | None,
         p: Tensor | None,
+        token_logprobs: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Record n decided positions (``rows [n]`` original rows, ``positions`` response positions ``[n]`` or an
         int). Inactive positions (finished rows) get the padding values (pad id, False, 0; no boolean indexing, so
         no device synchronisation). ``q`` / ``p``: ``[n, V]`` logits the tokens were decided from, or None for a
-        model not run. Returns the written tokens ``[n]`` (the pad id where inactive)."""
+        model not run. ``token_logprobs``: ``(student, teacher)`` :func:`~switch_core.rollout.sampling.token_logprob`
+        of the tokens, ``[n]`` float32, when already at hand (``q`` is then not read, ``p`` only for the kept teacher
+        logits). Returns the written tokens ``[n]`` (the pad id where inactive)."""
         tokens = torch.where(active, tokens, self.pad_token_id)
         self.tokens[rows, positions] = tokens
         self.response_mask[rows, positions] = active
         self.teacher_chosen[rows, positions] = use_teacher & active
         self.divergence[rows, positions] = masked(jsd, active)
         self.sampling_lp[rows, positions] = masked(sampling_lp, active)
-        self.student_lp[rows, positions] = masked(token_logprob(q, tokens) if q is not None else None, active)
-        self.teacher_lp[rows, positions] = masked(token_logprob(p, tokens) if p is not None else None, active)
+        if token_logprobs is None:
+            token_logprobs = tuple(token_logprob(x, tokens) if x is not None else None for x in (q, p))
+        self.student_lp[rows, positions] = masked(token_logprobs[0], active)
+        self.teacher_lp[rows, positions] = masked(token_logprobs[1], active)
         if self.teacher_logits is not None:
             self.teacher_logits[rows, positions] = torch.where(active[:, None], p, 0.0).to(self.teacher_logits.dtype)
         return tokens

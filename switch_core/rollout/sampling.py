@@ -116,16 +116,66 @@ def token_logprob(logits: Tensor, tokens: Tensor) -> Tensor:
     return log_probs.gather(-1, tokens[:, None]).squeeze(-1).float()
 
 
-def draw_from(logits: Tensor, uniform: Tensor, settings: RolloutSettings, warp: Callable[[Tensor], Tensor]) -> Tensor:
+def warped_log_probs(logits: Tensor, warp: Callable[[Tensor], Tensor]) -> Tensor:
+    """``log_softmax(warp(logits))``: ``[..., V] -> [..., V]`` in :func:`compute_dtype`, the distribution a model's
+    tokens are drawn from (:func:`draw_from`, :func:`select_tokens`)."""
+    return torch.log_softmax(warp(logits), dim=-1)
+
+
+def warp_is_identity(settings: RolloutSettings) -> bool:
+    """Whether :func:`warper` leaves the logits as they are (temperature 1, no top-k, no top-p): the warped
+    log-probabilities are then, bit for bit, the raw ones of :func:`token_logprob`."""
+    return settings.temperature == 1.0 and settings.top_k == 0 and settings.top_p == 1.0
+
+
+def draw_from(
+    logits: Tensor, uniform: Tensor, settings: RolloutSettings, warp: Callable[[Tensor], Tensor],
+    log_probs: Tensor | None = None,
+) -> Tensor:
     """The token one model emits as the source at a position: argmax when greedy, else drawn from its warped
-    distribution with the position's token uniform. ``[n, V], [n] -> [n]`` long.
+    distribution with the position's token uniform. ``[n, V], [n] -> [n]`` long. ``log_probs``: the
+    :func:`warped_log_probs` of ``logits`` when already at hand (not computed again).
 
     This is what :func:`select_tokens` emits at positions whose source is this model (for ``mixture``: whose drawn
     component is this model), so a speculative draft made with it is accepted exactly where that model is chosen.
     """
     if settings.greedy:
         return logits.argmax(dim=-1)
-    return sample_inverse_cdf(torch.log_softmax(warp(logits), dim=-1), uniform)
+    return sample_inverse_cdf(log_probs if log_probs is not None else warped_log_probs(logits, warp), uniform)
+
+
+def select_from_draws(
+    draws: dict[str, Tensor], log_probs: dict[str, Tensor] | None, use_teacher: Tensor, settings: RolloutSettings
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`select_tokens` from both models' own draws, for every strategy but ``mixture`` and ``skd``.
+
+    There the token of a position is the :func:`draw_from` of its source with the :data:`TOKEN_DRAW` uniform
+    (:func:`draw_purpose`), and its sampling log-probability the source's warped log-probability of it, so with
+    each model's draw at hand selecting costs no further pass over the vocabulary.
+
+    Args:
+        draws: ``{"student": [n], "teacher": [n]}`` long, each model's :func:`draw_from` with :data:`TOKEN_DRAW`.
+        log_probs: ``{"student": [n, V], "teacher": [n, V]}``, each model's :func:`warped_log_probs` (None when
+            greedy).
+        use_teacher: ``[n]`` bool, the source of each position.
+        settings: the rollout settings.
+
+    Returns:
+        ``(tokens [n] long, sampling log-prob [n] float32, use_teacher [n] bool)`` as :func:`select_tokens`.
+
+    Raises:
+        ValueError: the strategy is ``mixture`` or ``skd`` (their tokens or log-probabilities are not a draw's), or
+            ``log_probs`` is None when sampling.
+    """
+    if settings.strategy in ("mixture", "skd"):
+        raise ValueError(f"select_from_draws does not cover strategy {settings.strategy!r}: use select_tokens")
+    tokens = torch.where(use_teacher, draws["teacher"], draws["student"])
+    if settings.greedy:
+        return tokens, torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device), use_teacher
+    if log_probs is None:
+        raise ValueError("select_from_draws needs both models' log_probs when sampling")
+    by_model = {name: lp.gather(-1, tokens[:, None]).squeeze(-1) for name, lp in log_probs.items()}
+    return tokens, torch.where(use_teacher, by_model["teacher"], by_model["student"]).float(), use_teacher
 
 
 def select_tokens(
