@@ -80,10 +80,20 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
-def rerun_command(argv: list[str]) -> str:
+def rerun_command(argv: list[str], environ: dict[str, str] | None = None) -> str:
     """The shell command that continues an interrupted ``switch-kd argv``: the same arguments without
-    ``--restart`` (which would discard the training state the interrupted run saved)."""
-    return shlex.join(["switch-kd", *(a for a in argv if a != "--restart")])
+    ``--restart`` (which would discard the training state the interrupted run saved), prefixed with
+    ``SWITCHKD_ACCELERATE_ARGS=...`` in a rank of a launch with several processes (a saved state is resumed only by
+    the same process count)."""
+    from switch_core.processes import ACCELERATE_ARGS_ENV
+
+    env = os.environ if environ is None else environ
+    command = shlex.join(["switch-kd", *(a for a in argv if a != "--restart")])
+    world_size = int(env.get("WORLD_SIZE", "1") or 1)
+    if world_size <= 1:
+        return command
+    launch_args = env.get(ACCELERATE_ARGS_ENV, "").strip() or f"--multi_gpu --num_processes {world_size}"
+    return f"{ACCELERATE_ARGS_ENV}={shlex.quote(launch_args)} {command}"
 
 
 def interrupt_note(args: argparse.Namespace, command: str) -> str:
@@ -123,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # start-up: imports (seconds) and argument parsing; nothing has been done yet
         from transformers.utils import logging as hf_logging
 
-        from switch_core.config import ConfigError
-        from switch_core.processes import relaunch, relaunch_command
+        from switch_core.processes import is_main_rank, rank_exit_status, register_rank, relaunch, relaunch_command
 
         hf_logging.disable_progress_bar()  # per-shard bars drown our own progress bars
         args = build_parser(argv).parse_args(argv)
@@ -134,11 +143,21 @@ def main(argv: list[str] | None = None) -> int:
     command = relaunch_command(argv) if args.command in MULTI_PROCESS else None
     if command is not None:
         return relaunch(command)
+    register_rank()
+    return rank_exit_status(_run(args, argv, main_rank=is_main_rank()))
+
+
+def _run(args: argparse.Namespace, argv: list[str], *, main_rank: bool) -> int:
+    """Run the parsed command; an error or Ctrl-C is reported in one line, by the main rank only."""
+    from switch_core.config import ConfigError
+
     try:
         if getattr(args._module, "USES_CONFIG", True):
             _resolve_config(args)
         return int(args._module.run(args) or 0)
     except (ValueError, FileNotFoundError) as err:  # our error classes subclass ValueError
+        if not main_rank:  # every rank meets the same error; rank 0 reports it
+            return 2
         if args.debug or os.environ.get("SWITCHKD_DEBUG"):
             traceback.print_exc()
         config_error = isinstance(err, ConfigError)
@@ -147,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"(switch-kd --debug {args.command} ... or SWITCHKD_DEBUG=1 shows the full traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"switch-kd {args.command}: interrupted; {interrupt_note(args, rerun_command(argv))}", file=sys.stderr)
+        if main_rank:
+            print(f"switch-kd {args.command}: interrupted; {interrupt_note(args, rerun_command(argv))}",
+                  file=sys.stderr)
         return 130
 
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
@@ -25,6 +28,42 @@ ACCELERATE_ARGS_ENV = "SWITCHKD_ACCELERATE_ARGS"
 LAUNCHED_ENV = "SWITCHKD_LAUNCHED"
 """Set in the environment of the re-launched ranks, so they do not re-launch again."""
 
+STATUS_DIR_ENV = "SWITCHKD_STATUS_DIR"
+"""Set by :func:`relaunch` for its ranks: a folder where each rank that ends on a handled error or Ctrl-C writes its
+exit status (``status-<rank>``) and its pid (``pid-<rank>``, to receive the relaunching process's Ctrl-C), exiting 0
+so that the launcher prints no traceback of its own; :func:`relaunch` returns the highest status."""
+
+LAUNCH_DEFAULTS = (("--num_machines", "1"), ("--mixed_precision", "no"), ("--dynamo_backend", "no"))
+"""``accelerate launch`` options :func:`relaunch_command` adds when not given (without them accelerate warns that it
+assumed these values)."""
+
+FOREIGN_ENGINES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DEEPSPEED"}
+"""The environment ``accelerate launch --use_fsdp / --use_deepspeed`` sets, and the engine each turns on."""
+
+
+class ForeignEngineError(ValueError):
+    """accelerate was launched with its own FSDP / DeepSpeed engine; switch-kd's is ``distributed.strategy``."""
+
+
+def foreign_engine_message(engine: str) -> str:
+    """The one-line refusal of a launch that turned on accelerate's own ``engine`` (``FSDP`` or ``DEEPSPEED``)."""
+    return (f"accelerate was launched with {engine} (--use_fsdp / --use_deepspeed or an accelerate config file); "
+            "switch-kd picks its engine from distributed.strategy (ddp or fsdp2): launch with --multi_gpu "
+            "(or --num_processes) only")
+
+
+def refuse_foreign_engine(environ: dict[str, str] | None = None) -> None:
+    """Refuse a launch with accelerate's FSDP / DeepSpeed plugin before accelerate builds its state (which, on a
+    CPU-only machine, fails with an unrelated CUDA error).
+
+    Raises:
+        ForeignEngineError: ``ACCELERATE_USE_FSDP`` or ``ACCELERATE_USE_DEEPSPEED`` is true in ``environ``.
+    """
+    env = os.environ if environ is None else environ
+    for key, engine in FOREIGN_ENGINES.items():
+        if env.get(key, "").strip().lower() in ("1", "true", "yes"):
+            raise ForeignEngineError(foreign_engine_message(engine))
+
 
 def use_cpu() -> bool:
     """True when torch sees no accelerator (CUDA, XPU, MPS...): ranks must then use the CPU over gloo."""
@@ -32,7 +71,12 @@ def use_cpu() -> bool:
 
 
 def process_state() -> PartialState:
-    """accelerate's process state (rank, world size, device), distributed over gloo on a CPU-only machine."""
+    """accelerate's process state (rank, world size, device), distributed over gloo on a CPU-only machine.
+
+    Raises:
+        ForeignEngineError: see :func:`refuse_foreign_engine`.
+    """
+    refuse_foreign_engine()
     return PartialState(cpu=use_cpu())
 
 
@@ -41,14 +85,19 @@ def make_accelerator(mixed_precision: str = "no") -> Accelerator:
 
     Args:
         mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` (``optim.mixed_precision``).
+
+    Raises:
+        ForeignEngineError: see :func:`refuse_foreign_engine`.
     """
+    refuse_foreign_engine()
     return Accelerator(cpu=use_cpu(), mixed_precision=mixed_precision)
 
 
 def relaunch_command(argv: Sequence[str], environ: dict[str, str] | None = None) -> list[str] | None:
     """The ``accelerate launch`` command that re-runs ``switch-kd <argv>`` on several processes, or None.
 
-    None when :data:`ACCELERATE_ARGS_ENV` is unset or empty, or when this process already is a launched rank
+    The options of :data:`LAUNCH_DEFAULTS` not in :data:`ACCELERATE_ARGS_ENV` are added. None when
+    :data:`ACCELERATE_ARGS_ENV` is unset or empty, or when this process already is a launched rank
     (:data:`LAUNCHED_ENV`, or a ``WORLD_SIZE`` from a launcher).
 
     Args:
@@ -56,14 +105,79 @@ def relaunch_command(argv: Sequence[str], environ: dict[str, str] | None = None)
         environ: the environment to read (default ``os.environ``).
     """
     env = os.environ if environ is None else environ
-    launch_args = env.get(ACCELERATE_ARGS_ENV, "").strip()
+    launch_args = shlex.split(env.get(ACCELERATE_ARGS_ENV, ""))
     if not launch_args or env.get(LAUNCHED_ENV) or "WORLD_SIZE" in env:
         return None
-    return [sys.executable, "-m", "accelerate.commands.launch", *shlex.split(launch_args),
+    given = {arg.split("=", 1)[0] for arg in launch_args}
+    defaults = [arg for option, value in LAUNCH_DEFAULTS if option not in given for arg in (option, value)]
+    return [sys.executable, "-m", "accelerate.commands.launch", *launch_args, *defaults,
             "-m", "switch_core.cli", *argv]
 
 
+def is_main_rank(environ: dict[str, str] | None = None) -> bool:
+    """True unless a launcher's ``RANK`` names another process than rank 0 (read without starting accelerate)."""
+    env = os.environ if environ is None else environ
+    return env.get("RANK", "0") == "0"
+
+
+def register_rank(environ: dict[str, str] | None = None) -> None:
+    """In a rank started by :func:`relaunch`: record this process's pid (so Ctrl-C reaches it) and restore Python's
+    Ctrl-C handler (the launcher runs with Ctrl-C ignored). Does nothing elsewhere."""
+    env = os.environ if environ is None else environ
+    folder = env.get(STATUS_DIR_ENV)
+    if not folder:
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    (Path(folder) / f"pid-{env.get('RANK', '0')}").write_text(str(os.getpid()))
+
+
+def rank_exit_status(status: int, environ: dict[str, str] | None = None) -> int:
+    """The exit status for a rank ending with ``status``: in a rank started by :func:`relaunch`, ``status`` is
+    written to its status folder and 0 returned (the launcher then exits quietly); elsewhere ``status``."""
+    env = os.environ if environ is None else environ
+    folder = env.get(STATUS_DIR_ENV)
+    if not folder or status == 0:
+        return status
+    (Path(folder) / f"status-{env.get('RANK', '0')}").write_text(str(status))
+    return 0
+
+
 def relaunch(command: list[str]) -> int:
-    """Run ``command`` (from :func:`relaunch_command`) with :data:`LAUNCHED_ENV` set; return its exit status."""
+    """Run ``command`` (from :func:`relaunch_command`) with :data:`LAUNCHED_ENV` set; return the highest exit status
+    of the launcher and its ranks (:data:`STATUS_DIR_ENV`).
+
+    Ctrl-C is passed to the ranks only (the launcher ignores it, so it prints no traceback); each rank saves and
+    exits as on one process, and this returns 130 quietly once the launcher has ended.
+    """
     print(f"switch-kd: launching {shlex.join(command[1:])}", file=sys.stderr, flush=True)
-    return subprocess.run(command, env={**os.environ, LAUNCHED_ENV: "1"}, check=False).returncode
+    with tempfile.TemporaryDirectory(prefix="switchkd-ranks-") as folder:
+        env = {**os.environ, LAUNCHED_ENV: "1", STATUS_DIR_ENV: folder,
+               "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGHUP,SIGQUIT"}
+        launcher = subprocess.Popen(command, env=env, preexec_fn=_ignore_ctrl_c)  # noqa: PLW1509 (no threads yet)
+        interrupted = False
+        while True:
+            try:
+                returncode = launcher.wait()
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+                if not _interrupt_ranks(Path(folder)):  # no rank is running switch-kd yet: stop the launch
+                    launcher.terminate()
+        statuses = [int(path.read_text()) for path in Path(folder).glob("status-*")]
+        status = max([returncode, *statuses])
+        return 130 if interrupted and status in (0, 130) else status
+
+
+def _ignore_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _interrupt_ranks(folder: Path) -> bool:
+    """Send Ctrl-C to the ranks that recorded their pid in ``folder``; False when none had."""
+    pids = [path.read_text() for path in folder.glob("pid-*")]
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGINT)
+        except (ProcessLookupError, ValueError):
+            pass  # the rank already ended (or is still writing its pid)
+    return bool(pids)

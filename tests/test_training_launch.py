@@ -11,8 +11,16 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from switch_core.cli import main
-from switch_core.processes import ACCELERATE_ARGS_ENV, LAUNCHED_ENV, relaunch_command
+from switch_core.cli import main, rerun_command
+from switch_core.processes import (
+    ACCELERATE_ARGS_ENV,
+    LAUNCHED_ENV,
+    STATUS_DIR_ENV,
+    ForeignEngineError,
+    rank_exit_status,
+    refuse_foreign_engine,
+    relaunch_command,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TWO_CPU_RANKS = "--multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no"
@@ -21,8 +29,41 @@ TWO_CPU_RANKS = "--multi_gpu --num_processes 2 --num_machines 1 --mixed_precisio
 def test_relaunch_command_wraps_the_arguments() -> None:
     command = relaunch_command(["distill", "--run", "kd"], {ACCELERATE_ARGS_ENV: "--num_processes 2 --multi_gpu"})
     assert command[1:] == ["-m", "accelerate.commands.launch", "--num_processes", "2", "--multi_gpu",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                            "-m", "switch_core.cli", "distill", "--run", "kd"]
     assert command[0] == sys.executable
+
+
+def test_relaunch_command_keeps_the_given_defaults() -> None:
+    launch = "--multi_gpu --num_machines=2 --mixed_precision bf16 --dynamo_backend no"
+    command = relaunch_command(["sft"], {ACCELERATE_ARGS_ENV: launch})
+    assert command[3:command.index("-m", 3)] == launch.split()
+
+
+def test_rerun_command_names_the_launch_of_several_processes() -> None:
+    argv = ["distill", "--run", "kd", "--restart"]
+    assert rerun_command(argv, {}) == "switch-kd distill --run kd"
+    assert rerun_command(argv, {"WORLD_SIZE": "1", ACCELERATE_ARGS_ENV: "--num_processes 1"}) == (
+        "switch-kd distill --run kd")
+    assert rerun_command(argv, {"WORLD_SIZE": "2", ACCELERATE_ARGS_ENV: "--multi_gpu --num_processes 2"}) == (
+        "SWITCHKD_ACCELERATE_ARGS='--multi_gpu --num_processes 2' switch-kd distill --run kd")
+    assert rerun_command(argv, {"WORLD_SIZE": "4"}) == (  # launched by `accelerate launch` directly
+        "SWITCHKD_ACCELERATE_ARGS='--multi_gpu --num_processes 4' switch-kd distill --run kd")
+
+
+@pytest.mark.parametrize("key", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_accelerate_engines_are_refused_before_accelerate_starts(key) -> None:
+    with pytest.raises(ForeignEngineError, match="distributed.strategy"):
+        refuse_foreign_engine({key: "true"})
+    refuse_foreign_engine({key: "false"})
+
+
+def test_a_rank_of_a_relaunch_reports_its_status_in_the_folder(tmp_path) -> None:
+    environ = {STATUS_DIR_ENV: str(tmp_path), "RANK": "1"}
+    assert rank_exit_status(0, environ) == 0 and not list(tmp_path.iterdir())
+    assert rank_exit_status(2, environ) == 0
+    assert (tmp_path / "status-1").read_text() == "2"
+    assert rank_exit_status(2, {"RANK": "1"}) == 2  # a plain `accelerate launch`: the launcher sees the status
 
 
 @pytest.mark.parametrize("environ", [{}, {ACCELERATE_ARGS_ENV: "  "}, {ACCELERATE_ARGS_ENV: "--multi_gpu",
@@ -73,3 +114,35 @@ def test_two_rank_launch_equals_one_process(tmp_path) -> None:
     again = _distill(two, launch=TWO_CPU_RANKS, resume=True)  # a finished state: both ranks load it and stop
     assert again.returncode == 0, again.stderr
     assert "best at step" in again.stdout + again.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory) -> Path:
+    """A tiny run whose distillation ``kd`` was trained (and its state saved) by one process."""
+    run_dir = tmp_path_factory.mktemp("launch") / "run"
+    for stage in (["prepare-data"], ["setup-teacher"], ["build-student"]):
+        assert main([*stage, *_config_args(run_dir)]) == 0
+    single = _distill(run_dir, launch=None)
+    assert single.returncode == 0, single.stderr
+    return run_dir
+
+
+def _assert_one_line_refusal(result: subprocess.CompletedProcess, message: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count(message) == 1, result.stderr  # rank 0 reports; rank 1 is quiet
+    for noise in ("Traceback", "ChildFailedError", "Connection closed"):
+        assert noise not in result.stderr, result.stderr
+
+
+@pytest.mark.slow  # two ranks start (~20 s on 2 busy cores)
+def test_every_rank_refuses_a_state_saved_by_another_process_count(trained_once) -> None:
+    refused = _distill(trained_once, launch="--multi_gpu --num_processes 2", resume=True)
+    _assert_one_line_refusal(refused, "saved by 1 process")
+    assert "launching" in refused.stderr and "--dynamo_backend no" in refused.stderr
+    assert "were not passed to" not in refused.stderr  # accelerate's warning about assumed options
+
+
+@pytest.mark.slow  # two ranks start (~20 s on 2 busy cores)
+def test_an_fsdp_launch_is_refused_with_one_line(trained_once) -> None:
+    refused = _distill(trained_once, launch="--use_fsdp --num_processes 2")
+    _assert_one_line_refusal(refused, "switch-kd picks its engine from distributed.strategy")

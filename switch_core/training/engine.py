@@ -46,6 +46,7 @@ from accelerate.utils import DistributedType
 from torch import Tensor, nn
 
 from switch_core.config import DistributedConfig
+from switch_core.processes import foreign_engine_message
 from switch_core.training.batches import TrainBatch
 from switch_core.training.job import TrainingSetupError
 from switch_core.training.losses import LossSpec
@@ -147,11 +148,7 @@ class Engine:
                 ``distributed.strategy``).
         """
         if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-            raise TrainingSetupError(
-                f"accelerate was launched with {accelerator.distributed_type.value} (--use_fsdp / --use_deepspeed or "
-                "an accelerate config file); switch-kd picks its engine from distributed.strategy (ddp or fsdp2): "
-                "launch with --multi_gpu (or --num_processes) only"
-            )
+            raise TrainingSetupError(foreign_engine_message(accelerator.distributed_type.value))
         sharding = accelerator.num_processes > 1 and config.strategy == "fsdp2"
         if sharding and getattr(student, "peft_config", None):
             raise TrainingSetupError(

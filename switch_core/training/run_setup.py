@@ -147,7 +147,8 @@ def needs_teacher(method: MethodConfig) -> bool:
 
 def stage_tracker(config: Config, layout: RunLayout, job: TrainJob, tracker: Tracker | None) -> Tracker:
     """The tracker of a stage: ``tracker`` if given, else the configured one (``tracking/<name>/metrics.jsonl``); a
-    :class:`~switch_core.tracking.NullTracker` on every process but the main one.
+    :class:`~switch_core.tracking.NullTracker` on every process but the main one. Every process checks the saved
+    state, so all ranks refuse an incompatible one alike (none is left waiting in a collective).
 
     The JSONL log continues when the run will resume its saved state, starts afresh when the run starts over, and is
     left alone when the run would refuse an incompatible state (:func:`~switch_core.training.state.resume_decision`),
@@ -158,15 +159,15 @@ def stage_tracker(config: Config, layout: RunLayout, job: TrainJob, tracker: Tra
             anything is logged).
     """
     state = process_state()
-    if not state.is_main_process:
-        return NullTracker()
-    jsonl = layout.root / "tracking" / job.name / "metrics.jsonl"
     decision = resume_decision(job, state.num_processes)
-    if decision == "refuse":  # fail before the tracker records anything
+    if decision == "refuse":  # every rank fails here, before the tracker records anything or a collective starts
         check_resumable(
             job.state_dir, resume_fingerprint(job), state.num_processes, lenient=lenient_keys(job),
             strategy=engine_strategy(job, state.num_processes),
         )
+    if not state.is_main_process:
+        return NullTracker()
+    jsonl = layout.root / "tracking" / job.name / "metrics.jsonl"
     if tracker is None and decision == "fresh":
         jsonl.unlink(missing_ok=True)
     return tracker or tracker_from_config(config, jsonl, name=job.name)
