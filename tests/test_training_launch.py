@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,30 @@ def test_every_rank_refuses_a_state_saved_by_another_process_count(trained_once)
 def test_an_fsdp_launch_is_refused_with_one_line(trained_once) -> None:
     refused = _distill(trained_once, launch="--use_fsdp --num_processes 2")
     _assert_one_line_refusal(refused, "switch-kd picks its engine from distributed.strategy")
+
+
+@pytest.mark.slow  # two ranks start (~20 s on 2 busy cores)
+def test_ctrl_c_of_a_relaunch_reaches_the_ranks_and_ends_quietly(trained_once, tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in (ACCELERATE_ARGS_ENV, LAUNCHED_ENV)}
+    env[ACCELERATE_ARGS_ENV] = "--multi_gpu --num_processes 2"
+    env["TMPDIR"] = str(tmp_path)  # where relaunch makes its status folder
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_once, run_dir, ignore=shutil.ignore_patterns("state", "tracking"))
+    argv = ["distill", "--run", "kd", *_config_args(run_dir), "--set", "optim.max_steps=100000",
+            "--set", "optim.save_every=2"]
+    parent = subprocess.Popen([sys.executable, "-m", "switch_core.cli", *argv], env=env, stderr=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, text=True)
+    try:
+        while not (run_dir / "state" / "kd" / "latest").exists():  # both ranks are training
+            assert parent.poll() is None, parent.stderr.read()
+            time.sleep(0.2)
+        parent.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends to the relaunching process
+        _, stderr = parent.communicate(timeout=240)
+    finally:
+        parent.kill()
+    assert parent.returncode == 130, stderr
+    assert stderr.count("distill: interrupted;") == 1, stderr  # rank 0 only
+    assert "is kept: `SWITCHKD_ACCELERATE_ARGS='--multi_gpu --num_processes 2' switch-kd distill --run kd" in stderr, (
+        stderr)
+    for noise in ("Traceback", "SignalException", "ChildFailedError"):
+        assert noise not in stderr, stderr
