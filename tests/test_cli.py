@@ -79,6 +79,14 @@ def test_help_works(argv, capsys):
     assert "usage" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", ["distill", "sft"])
+def test_training_help_names_the_multi_process_relaunch(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert f'SWITCHKD_ACCELERATE_ARGS="--multi_gpu --num_processes 2" switch-kd {command}' in " ".join(out.split())
+
+
 def test_help_text_turns_sphinx_markup_into_plain_text(capsys):
     assert help_text("see :mod:`switch_core.reporting.results_md` and :class:`~switch_core.config.Config`") == (
         "see switch_core.reporting.results_md and Config")

@@ -6,7 +6,9 @@ another run, which chains stages, e.g. SFT warm-up -> SWITCH with a high τ0 -> 
 It trains with ``optim`` and writes the checkpoint with the best dev ROUGE-L to ``models/NAME`` with
 ``train_summary.json`` when it ends; its resumable state goes to ``state/NAME``: re-running the command continues
 a killed or interrupted run, ``--restart`` starts over (see ``switch_core.commands.training_flags``).
-``--method NAME`` is accepted for ``--run NAME``. Run under ``accelerate launch`` for several processes.
+``--method NAME`` is accepted for ``--run NAME``. For several processes set ``SWITCHKD_ACCELERATE_ARGS`` (e.g.
+``SWITCHKD_ACCELERATE_ARGS="--multi_gpu --num_processes 2" switch-kd distill ...``: the command re-launches
+itself under ``accelerate launch``) or run it under ``accelerate launch -m switch_core.cli distill ...``.
 """
 from __future__ import annotations
 

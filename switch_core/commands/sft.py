@@ -5,8 +5,9 @@
 ``warmup_optim`` and keeps the one with the lowest dev loss (DistiLLM "init" scripts, docs/METHOD.md §1.2, §5.6).
 ``optim.select_by`` (of the section used) overrides the criterion. With ``teacher.sft: false`` the teacher is used as
 it is: ``--role teacher`` then copies models/teacher-base to models/teacher (hard links), so every later stage and
-DVC see the same layout. Run under ``accelerate launch`` for several
-processes; re-running the command continues a killed or interrupted run from ``state/<teacher|student-sft>``,
+DVC see the same layout. For several processes set ``SWITCHKD_ACCELERATE_ARGS`` (e.g.
+``SWITCHKD_ACCELERATE_ARGS="--multi_gpu --num_processes 2" switch-kd sft ...``: the command re-launches itself under
+``accelerate launch``) or run it under ``accelerate launch -m switch_core.cli sft ...``; re-running the command continues a killed or interrupted run from ``state/<teacher|student-sft>``,
 ``--restart`` starts over (see ``switch_core.commands.training_flags``).
 """
 from __future__ import annotations
