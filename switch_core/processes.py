@@ -151,6 +151,8 @@ def relaunch(command: list[str]) -> int:
     """
     print(f"switch-kd: launching {shlex.join(command[1:])}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="switchkd-ranks-") as folder:
+        # torchrun's agent would turn Ctrl-C into its SignalException traceback: it keeps SIGINT ignored instead
+        # (the ranks, in sessions of their own, get it from _interrupt_ranks and restore it in register_rank)
         env = {**os.environ, LAUNCHED_ENV: "1", STATUS_DIR_ENV: folder,
                "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGHUP,SIGQUIT"}
         launcher = subprocess.Popen(command, env=env, preexec_fn=_ignore_ctrl_c)  # noqa: PLW1509 (no threads yet)
