@@ -359,3 +359,14 @@ def test_command_line_defaults_to_every_grid_of_the_file(tmp_path: Path, capsys:
                         "## Teacher-student gap"]
     assert "claim strategies: not run" in capsys.readouterr().out
     assert "(Reconstructed from the arguments; `--command` records the exact ones.)" in md
+
+
+def test_provenance_with_uncommitted_changes_compares_bare_shas(tmp_path: Path) -> None:
+    spec = _schedules(tmp_path / "run")
+    md = write_ablations_doc([spec], tmp_path / "A.md", benchmarks=list(BENCHMARKS), commands=[],
+                             commit="abc123 + uncommitted changes",
+                             generated_with="def456 + uncommitted changes").markdown.read_text()
+    assert "- code: git commit `abc123` with uncommitted changes (not recorded)\n" in md
+    assert ("- this document was generated with the code at `def456` with uncommitted changes; `git diff abc123 "
+            "def456` shows what changed since the runs (committed changes only)\n") in md
+    assert "+ uncommitted changes" not in md

@@ -461,6 +461,21 @@ def test_zero_exact_match_absent_benchmarks_title_and_generating_commit(tmp_path
             "since the run") in doc.markdown.read_text()
 
 
+def test_provenance_of_a_checkout_with_uncommitted_changes_compares_bare_shas(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path)
+    doc = write_results_doc(run, tmp_path / "S.md", commands=[], commit="abc1234 + uncommitted changes",
+                            generated_with="def5678 + uncommitted changes")
+    md = doc.markdown.read_text()
+    assert "- code: git commit `abc1234` with uncommitted changes (not recorded)\n" in md
+    assert ("- this document was generated with the code at `def5678` with uncommitted changes; `git diff abc1234 "
+            "def5678` shows what changed since the run (committed changes only)\n") in md
+    assert "+ uncommitted changes" not in md
+    same = write_results_doc(run, tmp_path / "T.md", commands=[], commit="abc1234 + uncommitted changes",
+                             generated_with="abc1234").markdown.read_text()
+    assert "- this document was generated with the code at the same commit `abc1234` without uncommitted changes\n" in same
+    assert "git diff" not in same
+
+
 def test_response_length_table_and_runs_that_never_stop(tmp_path: Path) -> None:
     run = _fake_run(tmp_path)
     lengths = {("switch", "dolly"): (128.0, 128.0), ("switch", "sinst"): (128.0, 128.0),
