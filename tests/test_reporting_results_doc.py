@@ -394,8 +394,8 @@ def test_switch_variants_are_ranked_against_the_baselines_not_each_other() -> No
     lines = reading(_inputs(averages, tau0={"switch-ln2": 0.6931}, decay={"switch-ln2": 0.019}))
     assert lines[0].startswith("Overall, SWITCH (`switch`) ranks **3rd of 3** methods (SWITCH and the baselines)")
     # the variant is not a baseline; DistiLLM is clearly ahead (2 / 0.5 > 2), SFT within twice the seed sd
-    assert lines[1].endswith("**here it does not beat them all**: `distillm` scores clearly higher; `sft` scores as "
-                             "high or higher by less than that.")
+    assert lines[1].endswith("**here it does not beat them all**: `distillm` scores clearly higher; `sft` scores "
+                             "higher by less than that.")
     variant = next(line for line in lines if line.startswith("SWITCH variant"))
     assert variant == (
         "SWITCH variant `switch-ln2` (τ0 = 0.6931, λ = 0.019): average ROUGE-L 13.00 ± 0.50, **1st of 3** against "
@@ -404,6 +404,19 @@ def test_switch_variants_are_ranked_against_the_baselines_not_each_other() -> No
     alike = dict(averages, switch=Score(12.9, 0.5, 5))
     variant = next(x for x in reading(_inputs(alike)) if x.startswith("SWITCH variant"))
     assert "+0.10 ROUGE-L, 0.2× the pooled seed sd 0.50: within seed noise (the two SWITCH settings score alike)" in variant
+
+
+def test_a_tie_for_the_best_average_shares_the_rank_in_every_statement() -> None:
+    averages = {"sft": Score(12.0, 0.5, 5), "distillm": Score(10.0, 0.5, 5), "switch": Score(12.0, 0.5, 5)}
+    lines = reading(_inputs(averages))
+    assert lines[0].startswith("Overall, SWITCH (`switch`) ranks **tied 1st of 3** methods (tied with `sft`) "
+                               "(SWITCH and the baselines) by the average ROUGE-L over 1 benchmarks (12.00 ± 0.50); "
+                               "it shares the best average.")
+    assert "the best method is" not in lines[0]
+    assert lines[1].endswith("**here it does not beat them all**: `sft` ties with it.")
+    ahead = reading(_inputs(dict(averages, switch=Score(9.0, 0.5, 5), distillm=Score(12.0, 0.5, 5))))
+    assert "ranks **3rd of 3** methods" in ahead[0]
+    assert "the best methods are `sft`, `distillm`, tied (12.00 ± 0.50)" in ahead[0]
 
 
 def test_a_best_method_that_hardly_trained_on_rollouts_is_said_to_lead_by_its_loss() -> None:
