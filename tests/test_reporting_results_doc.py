@@ -19,7 +19,7 @@ from switch_core.data.records import InstructionRecord
 from switch_core.data.splits import write_records
 from switch_core.reporting.loading import ReportInputError
 from switch_core.reporting.reading import ReadingInputs, reading
-from switch_core.reporting.results_md import training_overlap, write_results_doc
+from switch_core.reporting.results_md import data_section, training_overlap, write_results_doc
 from switch_core.reporting.scores import Score, compare, rank_of, rollout_batch_share
 from switch_core.reporting.teacher_share import position_buckets, teacher_share
 
@@ -563,3 +563,15 @@ def test_wall_times_are_read_from_a_timings_file_or_shown_as_not_recorded(tmp_pa
     assert "| distillm | 2 | n/a | n/a |" in md
     assert "| switch | 2 | 2.0 | 12 |" in md  # (90 + 30) s, (900 + 600) tokens
     assert "| **total** | | **3.0** | |" in md  # teacher 60 s + switch 120 s
+
+
+def test_data_section_of_the_embedded_suite_names_no_path_and_no_dolly_file() -> None:
+    lines = data_section({"source": "embedded", "path": None, "loaded": 100, "used": 100,
+                          "splits": {"train": 80, "dev": 20}})
+    assert lines[0] == "- source: `embedded`; 100 records loaded, 100 used"
+    assert lines[2] == ("- training used 80 examples of the embedded procedural suite, not the paper's Dolly data "
+                        "(about 14,000 training examples): the scores are not comparable to the paper's.")
+    assert not any("None" in line or "``" in line or "databricks-dolly-15k" in line for line in lines)
+    other = data_section({"source": "minillm", "path": "data/alpaca.jsonl", "loaded": 9, "used": 9,
+                          "splits": {"train": 8}})
+    assert other == ["- source: `minillm` `data/alpaca.jsonl`; 9 records loaded, 9 used", "- splits: train 8"]

@@ -97,16 +97,18 @@ def data_section(report: dict[str, Any] | None) -> list[str]:
     if report is None:
         return ["The data report (data/data_report.json) is not there yet."]
     splits = report.get("splits", {})
-    lines = [(f"- source: `{report.get('source')}` `{report.get('path')}`; {report.get('loaded')} records loaded, "
-             f"{report.get('used')} used"),
+    kind, path = report.get("source"), str(report.get("path") or "")
+    lines = [(f"- source: `{kind}`" + (f" `{path}`" if path else "") + f"; {report.get('loaded')} records loaded, "
+              f"{report.get('used')} used"),
              "- splits: " + ", ".join(f"{name} {count}" for name, count in splits.items())]
     train = int(splits.get("train", 0))
-    if train < PAPER_DOLLY_TRAIN:
-        source = str(report.get("path") or "")
-        origin = (" — the 1,000 human-written rows of MiniLLM's Dolly dev split" if source.endswith("dolly/dev.jsonl")
-                  else "")
+    if kind == "embedded":
+        lines.append(f"- training used {train} examples of the embedded procedural suite, not the paper's Dolly data "
+                     f"(about {PAPER_DOLLY_TRAIN:,} training examples): the scores are not comparable to the paper's.")
+    elif train < PAPER_DOLLY_TRAIN and (kind == "dolly_raw" or "dolly" in path.lower()):
+        origin = " — the 1,000 human-written rows of MiniLLM's Dolly dev split" if path.endswith("dolly/dev.jsonl") else ""
         lines.append(f"- **the full databricks-dolly-15k training set is not available here** (no hub access): "
-                     f"training used {train} examples from `{source}`{origin}, where the paper trains on about "
+                     f"training used {train} examples from `{path}`{origin}, where the paper trains on about "
                      f"{PAPER_DOLLY_TRAIN:,}.")
     return lines
 
