@@ -294,6 +294,19 @@ def test_cell_settings_from_the_configuration_or_the_grid() -> None:
     assert strategies == {"s-strategy_skd": CellSettings("skd", "exponential", 0.1)}
 
 
+def test_a_student_strategy_cell_writes_no_trace_and_is_not_missing_one(tmp_path: Path) -> None:
+    points = grid_points("s", {"strategy": ["student", "skd"]})
+    settings = cell_settings(load_config(None), "switch", points)
+    assert settings["s-strategy_student"] == CellSettings("student", "exponential", 0.1, traced=False)
+    assert settings["s-strategy_skd"].traced
+    run = tmp_path / "run"
+    for cell in points:
+        _evaluation(run, cell, _shifted([30.0, 31.0, 32.0], 0.0))
+        _summary(run, cell, 0.3)
+    result = read_ablation(AblationSpec("strategies", run, "s", points, "g:strategies", settings), list(BENCHMARKS))
+    assert result.missing == ["state/s-strategy_skd/rollout_traces.jsonl"]
+
+
 def test_read_ablation_lists_missing_outputs(tmp_path: Path) -> None:
     spec = _schedules(tmp_path / "run")
     (tmp_path / "run" / "eval" / "abl-schedules-schedule_linear" / "sinst" / "metrics.json").unlink()

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from switch_core.cli import main
-from switch_core.commands.results_doc import git_commit
+from switch_core.commands.results_doc import _traced, git_commit
+from switch_core.config import load_config
 from switch_core.data.prompts import minillm_prompt
 from switch_core.data.records import InstructionRecord
 from switch_core.data.splits import write_records
@@ -269,6 +270,21 @@ def test_a_study_with_only_its_data_split_gives_a_document_of_missing_parts(tmp_
     assert "git commit unknown" in md and "| dolly | not evaluated yet | | | | |" in md
     assert "Ranking over methods: cannot be assessed yet (0 method(s)" in md
     assert "Teacher share by position: no rollout trace of the SWITCH run yet." in md
+
+
+def test_a_switch_run_whose_strategy_writes_no_trace_is_not_missing_one(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path)
+    (run / "state" / "switch" / "rollout_traces.jsonl").unlink()
+    kwargs = {"commands": [], "commit": None, "models": MODELS, "benchmarks": list(BENCHMARKS), "methods": METHODS}
+    expected = write_results_doc(run, tmp_path / "A.md", **kwargs)
+    assert "state/switch/rollout_traces.jsonl (SWITCH rollouts of `switch`)" in expected.missing
+    student = write_results_doc(run, tmp_path / "B.md", traced=[], **kwargs)
+    assert not any("rollout_traces" in m for m in student.missing)
+    # the command asks the configuration: rollout.strategy student writes none (the training loop's rule)
+    config = load_config(None, overrides={"runs": {
+        "switch": {"method": "switch"}, "switch-student": {"method": "switch", "overrides": {"rollout.strategy": "student"}},
+        "distillm": {"method": "distillm"}}})
+    assert _traced(config) == ["switch"]
 
 
 def test_a_metrics_file_without_per_seed_values_is_an_error_naming_it(tmp_path: Path) -> None:

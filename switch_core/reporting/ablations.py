@@ -19,18 +19,20 @@ import pandas as pd
 from switch_core.config import Config, validate_dict
 from switch_core.grids import cell_overrides
 from switch_core.reporting.references import REFERENCE_MODELS
-from switch_core.reporting.run_outputs import RunOutputs, load_run_outputs
+from switch_core.reporting.run_outputs import RunOutputs, load_run_outputs, writes_rollout_traces
 from switch_core.reporting.scores import Score, average_scores, benchmark_scores, has_per_seed
 from switch_core.reporting.teacher_share import position_buckets, teacher_share
 
 
 @dataclass(frozen=True)
 class CellSettings:
-    """What a cell's configuration sets for its rollouts: the strategy, the threshold schedule and its λ."""
+    """What a cell's configuration sets for its rollouts: the strategy, the threshold schedule and its λ; ``traced``:
+    whether its training writes rollout traces (:func:`~switch_core.reporting.run_outputs.writes_rollout_traces`)."""
 
     strategy: str
     schedule: str
     decay: float
+    traced: bool = True
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,10 @@ def cell_settings(config: Config, method: str, points: Mapping[str, Mapping[str,
             data["runs"] = {name: {"method": method, "overrides": cell_overrides(method, dict(point))}}
             source = validate_dict(data, origin=f"grid cell {name}")
         rollout = source.run_config(name).rollout
-        strategy = source.method_config(name).rollout_strategy or rollout.strategy
-        out[name] = CellSettings(strategy, rollout.schedule, rollout.decay)
+        method_config = source.method_config(name)
+        strategy = method_config.rollout_strategy or rollout.strategy
+        out[name] = CellSettings(strategy, rollout.schedule, rollout.decay,
+                                 writes_rollout_traces(method_config.data, strategy))
     return out
 
 
@@ -175,7 +179,8 @@ def read_ablation(spec: AblationSpec, benchmarks: Sequence[str]) -> AblationResu
             missing.append(f"evaluation of `{cell}` on {', '.join(absent)}")
         if cell not in outputs.summaries:
             missing.append(f"models/{cell}/train_summary.json")
-        if cell not in outputs.traces:
+        settings = spec.settings.get(cell)
+        if (settings is None or settings.traced) and cell not in outputs.traces:
             missing.append(f"state/{cell}/rollout_traces.jsonl")
     missing += [f"evaluation of the reference `{r}`" for r in spec.references if r not in references]
     traces = {c: outputs.traces[c] for c in cells if c in outputs.traces}

@@ -70,10 +70,10 @@ class ResultsDoc:
 
 
 def missing_inputs(outputs: RunOutputs, models: Sequence[str], benchmarks: Sequence[str], trained: Sequence[str],
-                   runs: Sequence[str], switch_runs: Sequence[str]) -> list[str]:
+                   runs: Sequence[str], switch_runs: Sequence[str], traced: Sequence[str] | None = None) -> list[str]:
     """Human-readable list of the expected outputs not (yet) in the run folder: the data report, each model's
-    evaluation on each benchmark, the train_summary.json of each trained stage and run, each SWITCH run's trace, and
-    the gate profile when there is a SWITCH run."""
+    evaluation on each benchmark, the train_summary.json of each trained stage and run, the trace of each SWITCH run
+    in ``traced`` (default: every one), and the gate profile when there is a SWITCH run."""
     missing = []
     if outputs.data_report is None:
         missing.append("data/data_report.json (prepare-data)")
@@ -84,7 +84,7 @@ def missing_inputs(outputs: RunOutputs, models: Sequence[str], benchmarks: Seque
     for name, label in training_stages(trained, runs):
         if name not in outputs.summaries:
             missing.append(f"models/{name}/train_summary.json ({label})")
-    for run in switch_runs:
+    for run in switch_runs if traced is None else traced:
         if run not in outputs.traces:
             missing.append(f"state/{run}/rollout_traces.jsonl (SWITCH rollouts of `{run}`)")
     if switch_runs and outputs.gate_profile is None:
@@ -171,6 +171,7 @@ def write_results_doc(
     decays: Mapping[str, float] | None = None,
     schedules: Mapping[str, Mapping[str, Any]] | None = None,
     rollout_training: Mapping[str, Mapping[str, Any]] | None = None,
+    traced: Sequence[str] | None = None,
     plots_dir: str | Path | None = None,
     run_label: str | None = None,
     title: str = "Results",
@@ -200,6 +201,9 @@ def write_results_doc(
         rollout_training: run trained on rollouts -> ``{"data", "supervise_stop"}`` (its ``methods.<m>`` settings):
             the rows of the stop-token table (default: every run whose log has ``rollout/stop_rate``, settings
             unknown).
+        traced: the SWITCH runs whose training writes rollout traces (default: all of them); the others (e.g.
+            ``rollout.strategy: student``, :func:`~switch_core.reporting.run_outputs.writes_rollout_traces`) are not
+            missing a trace.
         plots_dir: where the PNGs go (default: ``<out_md folder>/results``); linked relatively.
         run_label: how the run folder is named in the text (default: ``run_dir`` as given).
         title: the first heading.
@@ -241,7 +245,8 @@ def write_results_doc(
     evals = {m: outputs.evaluations[m] for m in models if m in outputs.evaluations}
     rouge, averages = benchmark_scores(evals), average_scores(evals, done)
     buckets = bucket_scores(evals, done)
-    missing = missing_inputs(outputs, models, benchmarks, trained, runs, switch_runs)
+    traced_runs = [r for r in switch_runs if traced is None or r in traced]
+    missing = missing_inputs(outputs, models, benchmarks, trained, runs, switch_runs, traced_runs)
 
     written: list[Path] = []
     links: dict[str, str] = {}
@@ -295,7 +300,7 @@ def write_results_doc(
     md += ["## Status", ""]
     md += (["Missing (the study may still be running; tables show `–`):", ""] + [f"- {m}" for m in missing]
            if missing else [(f"Complete: {len(models)} models × {len(benchmarks)} benchmarks, every training summary "
-                            "and SWITCH trace present.")])
+                            "and expected SWITCH trace present.")])
     overlap = training_overlap(outputs.run_dir, done, models)
     md += ["", "## Data", "", *data_section(outputs.data_report)]
     if overlap:
