@@ -4,6 +4,7 @@ the command line."""
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -383,3 +384,21 @@ def test_provenance_with_uncommitted_changes_compares_bare_shas(tmp_path: Path) 
     assert ("- this document was generated with the code at `def456` with uncommitted changes; `git diff abc123 "
             "def456` shows what changed since the runs (committed changes only)\n") in md
     assert "+ uncommitted changes" not in md
+
+
+def test_a_claim_read_on_a_subset_of_its_cells_is_incomplete(tmp_path: Path) -> None:
+    spec = _strategies(tmp_path / "run")
+    for strategy in ("teacher", "random", "skd"):
+        shutil.rmtree(tmp_path / "run" / "eval" / f"abl-strategies-strategy_{strategy}")
+    doc = write_ablations_doc([spec], tmp_path / "A.md", benchmarks=list(BENCHMARKS), commands=[], commit=None)
+    md = doc.markdown.read_text()
+    assert doc.claims["strategies"] == "incomplete: 2 of 5 cells"
+    assert _claim_status(md, "Strategies").startswith("incomplete: 2 of 5 cells: `abl-strategies-strategy_teacher` "
+                                                      "not evaluated on every benchmark")
+    assert ("Verdict: **incomplete: 2 of 5 cells** (paper: SWITCH beats each); on the 2 cells compared: holds."
+            in md)
+    assert NOT_SEEN not in md
+    # all five cells (the grid has no adaswitch cell): a verdict, not incomplete
+    full = write_ablations_doc([_strategies(tmp_path / "run2")], tmp_path / "B.md", benchmarks=list(BENCHMARKS),
+                               commands=[], commit=None)
+    assert not full.claims["strategies"].startswith("incomplete")
