@@ -372,7 +372,21 @@ def test_command_line_defaults_to_every_grid_of_the_file(tmp_path: Path, capsys:
                         "## Decay λ of the exponential schedule (`decay`)", "## Intervention strategies (`strategies`)",
                         "## Teacher-student gap"]
     assert "claim strategies: not run" in capsys.readouterr().out
-    assert "(Reconstructed from the arguments; `--command` records the exact ones.)" in md
+    assert ("(Reconstructed from the arguments, not recorded: the ablations may have run with other grids or cells; "
+            "`--command` records the exact ones.)") in md
+    # the schedules cells are all there; the other grids ran no cell: their guessed lines say so
+    assert "# schedules:" not in md
+    assert any(line.startswith("# decay: 0 of the ") and line.endswith(
+        " cells of presets/grids/paper-ablations.yaml:decay found: the lines below are a guess, not the recorded "
+        "commands") for line in md.splitlines())
+    # a cell subset of another grid under the same study prefix
+    (run / "models" / "abl-schedules-schedule_cosine").mkdir(parents=True)
+    for folder in ("eval", "models", "state"):
+        shutil.rmtree(run / folder / "abl-schedules-schedule_constant")
+    assert main(["ablation-doc", "--set", f"run_dir={run}", "--set", "eval.benchmarks=[dolly, sinst]", "--out",
+                 str(out), "--ablation", "schedules"]) == 0
+    assert ("# schedules: 2 of the 3 cells of presets/grids/paper-ablations.yaml:schedules found, and 1 other "
+            "abl-schedules-* cells: the lines below are a guess, not the recorded commands") in out.read_text()
 
 
 def test_provenance_with_uncommitted_changes_compares_bare_shas(tmp_path: Path) -> None:
