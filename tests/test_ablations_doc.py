@@ -15,7 +15,13 @@ from switch_core.commands.ablation_doc import parse_ablation
 from switch_core.config import ConfigError, load_config
 from switch_core.grids import grid_points
 from switch_core.reporting.ablation_reading import AGAINST, DIRECTION, HOLDS, NOT_RUN, NOT_SEEN, verdict
-from switch_core.reporting.ablations import AblationSpec, CellSettings, cell_settings, read_ablation
+from switch_core.reporting.ablations import (
+    AblationSpec,
+    CellSettings,
+    cell_settings,
+    read_ablation,
+    reference_settings,
+)
 from switch_core.reporting.ablations_md import GapSpec, write_ablations_doc
 from switch_core.reporting.loading import ReportInputError
 from switch_core.reporting.scores import Comparison
@@ -416,3 +422,25 @@ def test_a_claim_read_on_a_subset_of_its_cells_is_incomplete(tmp_path: Path) -> 
     full = write_ablations_doc([_strategies(tmp_path / "run2")], tmp_path / "B.md", benchmarks=list(BENCHMARKS),
                                commands=[], commit=None)
     assert not full.claims["strategies"].startswith("incomplete")
+
+
+def test_settings_table_shows_tau0_only_where_it_gates_and_lambda_of_the_switch_reference(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    spec = _strategies(run)
+    for cell in spec.points:
+        _summary(run, cell, 0.3)
+    for ref in ("teacher", "switch"):
+        _evaluation(run, ref, _shifted([30.0, 31.0, 32.0], 0.0))
+        _summary(run, ref, 0.3)
+    config = load_config(None, overrides={"runs": {"switch": {"method": "switch"}}})
+    refs = reference_settings(config, ("teacher", "student-sft", "switch"))
+    assert refs == {"switch": CellSettings("switch", "exponential", 0.1)}
+    spec = AblationSpec(spec.name, run, spec.study, spec.points, spec.grid_spec, {**spec.settings, **refs},
+                        references=("teacher", "switch"))
+    md = write_ablations_doc([spec], tmp_path / "A.md", benchmarks=list(BENCHMARKS), commands=[],
+                             commit=None).markdown.read_text()
+    behaviour = "| cell | τ0 | λ |"
+    assert _row(md, "strategy=student", behaviour).startswith("| strategy=student | – | – (strategy student) |")
+    assert _row(md, "strategy=switch", behaviour).startswith("| strategy=switch | 0.3000 (set) | 0.1 |")
+    assert _row(md, "teacher", behaviour).startswith("| teacher | – | – |")
+    assert _row(md, "switch (reference run)", behaviour).startswith("| switch (reference run) | 0.3000 (set) | 0.1 |")

@@ -30,7 +30,7 @@ from switch_core.config import Config, ConfigError
 from switch_core.git_info import git_commit
 from switch_core.grids import grid_names, grid_points, load_grid
 from switch_core.layout import RunLayout
-from switch_core.reporting.ablations import AblationSpec, cell_settings
+from switch_core.reporting.ablations import AblationSpec, cell_settings, reference_settings
 from switch_core.reporting.ablations_md import GapSpec, write_ablations_doc
 
 DEFAULT_GRIDS = "presets/grids/paper-ablations.yaml"
@@ -125,12 +125,14 @@ def run(args: argparse.Namespace) -> int:
     grids_path = _resolve(root, args.grids)
     names = args.ablations or grid_names(grids_path)
     specs = []
+    references = tuple(args.references or DEFAULT_REFERENCES)
     for text in names:
         name, run_dir, study = parse_ablation(text, default_run_dir)
         points = grid_points(study, load_grid(f"{grids_path}:{name}"))
         specs.append(AblationSpec(
             name=name, run_dir=_resolve(root, run_dir), study=study, points=points, grid_spec=f"{args.grids}:{name}",
-            settings=cell_settings(config, args.method, points), references=tuple(args.references or DEFAULT_REFERENCES),
+            settings=cell_settings(config, args.method, points) | reference_settings(config, references),
+            references=references,
             label=run_dir if run_dir != default_run_dir else config.run_dir,
         ))
     gap = GapSpec(

@@ -83,14 +83,15 @@ def _pct(score: Score | None) -> str:
 
 
 def _settings_cells(row: Row) -> tuple[str, str]:
-    """τ0 and λ in force: τ0 from the run's summary (calibrated or set), λ only where the exponential schedule gates
-    SWITCH's strategy."""
+    """τ0 and λ in force: τ0 from the run's summary (calibrated or set) only where it gates, i.e. for SWITCH's strategy
+    (a reference model without rollout settings, teacher or student-sft, has none); λ only where the exponential
+    schedule gates SWITCH's strategy."""
     tau0 = "–" if row.tau0 is None else f"{row.tau0:.4f} ({'calibrated' if row.calibrated else 'set'})"
     s = row.settings
     if s is None:
-        return tau0, "–"
+        return ("–" if row.name in REFERENCE_MODELS else tau0), "–"
     if s.strategy != "switch":
-        return tau0, f"– (strategy {s.strategy})"
+        return "–", f"– (strategy {s.strategy})"
     return tau0, (f"{s.decay:g}" if s.schedule == "exponential" else f"– ({s.schedule} schedule)")
 
 
