@@ -193,13 +193,13 @@ def test_reading_rules(doc) -> None:
     margin_long, margin_all = statistics.mean(long_sw) - statistics.mean(long_dl), diff
     assert (f"{margin_long:+.2f} on the longest references vs {margin_all:+.2f} on average: the paper's claim that "
             "SWITCH gains most on long responses is not seen here.") in reading
-    # teacher share t/60: 2/60 average over positions 0-4, (50..59)/60 average over positions 50-99
+    # teacher share t/60: 2/60 average over positions 0-4, (50..59)/60 average over positions 50-59 (the trace ends at 59)
     early, late = statistics.mean(t / 60 for t in range(5)), statistics.mean(t / 60 for t in range(50, 60))
     overall = statistics.mean(t / 60 for t in range(60))
     assert f"all 480 tokens of SWITCH's training rollouts: {100 * overall:.1f}% (calibration target 53%" in reading
     assert "100% of the rollouts run to the longest length in the trace (60 tokens)." in reading
     assert (f"The teacher share rises with response position: {100 * early:.1f}% at positions 0–4 vs "
-            f"{100 * late:.1f}% at 50–99, as the decaying threshold") in reading
+            f"{100 * late:.1f}% at 50–59, as the decaying threshold") in reading
     # references and the SFT run are missing: those statements say so instead of guessing
     assert "SWITCH vs the SFT student (`sft`): cannot be assessed yet (`sft` not evaluated on every benchmark)." \
         in reading
@@ -340,7 +340,10 @@ def test_position_buckets_hand_case() -> None:
     teacher = [1.0 if p in (3, 4) or p >= 100 else 0.0 for p in range(120)]
     trace = pd.DataFrame({"position": range(120), "teacher": teacher, "count": [1.0] * 120})
     assert position_buckets(trace) == [("0–4", 2 / 5, 5), ("5–9", 0.0, 5), ("10–19", 0.0, 10), ("20–49", 0.0, 30),
-                                       ("50–99", 0.0, 50), ("100+", 1.0, 20)]
+                                       ("50–99", 0.0, 50), ("100–119", 1.0, 20)]
+    # rollouts of 24 tokens: the last bucket is cut at position 23, as the gate profile's "20–23"
+    short = trace[trace["position"] < 24]
+    assert [label for label, _, _ in position_buckets(short)] == ["0–4", "5–9", "10–19", "20–23"]
     assert teacher_share(trace) == (22 / 120, 120) and teacher_share(trace, 3, 4) == (1.0, 2)
     assert teacher_share(trace, 98) == (20 / 22, 22)  # open-ended range
     share, tokens = teacher_share(trace, 200)
