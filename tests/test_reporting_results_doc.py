@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -594,3 +595,21 @@ def test_data_section_of_the_embedded_suite_names_no_path_and_no_dolly_file() ->
     other = data_section({"source": "minillm", "path": "data/alpaca.jsonl", "loaded": 9, "used": 9,
                           "splits": {"train": 8}})
     assert other == ["- source: `minillm` `data/alpaca.jsonl`; 9 records loaded, 9 used", "- splits: train 8"]
+
+
+def test_an_evaluation_older_than_its_model_is_flagged_stale(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path)
+    kwargs = {"commands": [], "commit": None, "models": MODELS, "benchmarks": list(BENCHMARKS), "methods": METHODS}
+    evaluated_at = (run / "eval" / "switch" / "dolly" / "metrics.json").stat().st_mtime_ns
+    for model, offset in (("switch", 10**9), ("distillm", -(10**9))):  # switch retrained 1 s after its evaluation
+        weights = run / "models" / model / "model.safetensors"
+        weights.write_bytes(b"w")
+        os.utime(weights, ns=(evaluated_at + offset, evaluated_at + offset))
+    md = write_results_doc(run, tmp_path / "A.md", **kwargs).markdown.read_text()
+    status = md.split("## Status\n", 1)[1].split("## Data", 1)[0]
+    assert ("Stale (the model files were written after its evaluation, e.g. retrained: these scores are of an earlier "
+            "model; rerun `switch-kd evaluate` for it):\n\n- `switch` on dolly, sinst\n") in status
+    assert "`distillm`" not in status
+    (run / "models" / "switch" / "model.safetensors").unlink()
+    md = write_results_doc(run, tmp_path / "B.md", **kwargs).markdown.read_text()
+    assert "Stale" not in md.split("## Status\n", 1)[1].split("## Data", 1)[0]

@@ -19,7 +19,7 @@ from typing import Any
 from switch_core.atomic import atomic_write_text
 from switch_core.data.prompts import format_prompt
 from switch_core.data.splits import read_records
-from switch_core.evaluation.evaluate import GENERATIONS_FILE
+from switch_core.evaluation.evaluate import GENERATIONS_FILE, METRICS_FILE
 from switch_core.git_info import provenance_lines
 from switch_core.reporting.gate_report import gate_lines, run_thresholds, stop_table
 from switch_core.reporting.loading import ReportInputError, collect_metrics
@@ -90,6 +90,34 @@ def missing_inputs(outputs: RunOutputs, models: Sequence[str], benchmarks: Seque
     if switch_runs and outputs.gate_profile is None:
         missing.append("analysis/gate_profile.json (the warmed-up student's JSD profile, gate-profile)")
     return missing
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+"""Files of a model folder whose rewrite means a new model (a retrained checkpoint)."""
+
+
+def stale_evaluations(run_dir: str | Path, evaluated: Mapping[str, Sequence[str]]) -> list[tuple[str, list[str]]]:
+    """The evaluations older than their model: ``[(model, benchmarks)]`` whose ``eval/<model>/<benchmark>/metrics.json``
+    was written before the newest weight file (:data:`WEIGHT_SUFFIXES`) of ``models/<model>`` (modification times),
+    i.e. the model was retrained after it was evaluated. Models without a local folder or weights are left out.
+
+    Args:
+        run_dir: the run folder.
+        evaluated: model -> the benchmarks it has a metrics.json for.
+    """
+    root = Path(run_dir)
+    out = []
+    for model, benches in evaluated.items():
+        folder = root / "models" / model
+        weights = [p.stat().st_mtime_ns for p in folder.iterdir()
+                   if p.is_file() and p.suffix in WEIGHT_SUFFIXES] if folder.is_dir() else []
+        if not weights:
+            continue
+        newest = max(weights)
+        old = [b for b in benches if (root / "eval" / model / b / METRICS_FILE).stat().st_mtime_ns < newest]
+        if old:
+            out.append((model, old))
+    return out
 
 
 def data_section(report: dict[str, Any] | None) -> list[str]:
@@ -298,9 +326,16 @@ def write_results_doc(
     if notes:
         md += ["Operator's notes (given with `--note`, not generated):", "", *[f"- {n}" for n in notes], ""]
     md += ["## Status", ""]
+    stale = stale_evaluations(outputs.run_dir, {m: list(outputs.evaluations[m]) for m in models
+                                                if m in outputs.evaluations})
     md += (["Missing (the study may still be running; tables show `–`):", ""] + [f"- {m}" for m in missing]
            if missing else [(f"Complete: {len(models)} models × {len(benchmarks)} benchmarks, every training summary "
-                            "and expected SWITCH trace present.")])
+                            "and expected SWITCH trace present" + (", but some evaluations are stale." if stale else
+                                                                   "."))])
+    if stale:
+        md += ["", ("Stale (the model files were written after its evaluation, e.g. retrained: these scores are of an "
+                    "earlier model; rerun `switch-kd evaluate` for it):"), "",
+               *[f"- `{m}` on {', '.join(b)}" for m, b in stale]]
     overlap = training_overlap(outputs.run_dir, done, models)
     md += ["", "## Data", "", *data_section(outputs.data_report)]
     if overlap:
@@ -320,7 +355,7 @@ def write_results_doc(
         md += ["## Methods", "",
                ("Settings in force for each training stage (the configuration with each run's overrides). p is the "
                 "teacher's next-token distribution, q the student's; a loss is per response token, averaged. The kept "
-                "checkpoint is the one evaluated below. `rollout batches (logged)`: the share of the run's optimizer "
+                "checkpoint is the one evaluated below (unless listed as stale under Status). `rollout batches (logged)`: the share of the run's optimizer "
                 "steps that actually trained on rollouts rather than dataset examples, from its training log."), "",
                methods_table({label(n): d for n, d in method_descriptions.items()}, logged), ""]
     md += [
