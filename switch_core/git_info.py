@@ -5,6 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+DIRTY_MARK = " + uncommitted changes"
+"""What :func:`git_commit` appends to the sha when tracked files differ from ``HEAD``."""
+
 
 def git_commit(root: Path, paths: tuple[str, ...] = ()) -> str | None:
     """``HEAD`` of the git checkout at ``root`` (``"<sha> + uncommitted changes"`` when tracked files differ, only those
@@ -17,10 +20,6 @@ def git_commit(root: Path, paths: tuple[str, ...] = ()) -> str | None:
         return None
     sha = head.stdout.strip()
     return f"{sha}{DIRTY_MARK}" if dirty.stdout.strip() else sha
-
-
-DIRTY_MARK = " + uncommitted changes"
-"""What :func:`git_commit` appends to the sha when tracked files differ from ``HEAD``."""
 
 
 def split_commit(commit: str) -> tuple[str, bool]:
