@@ -34,24 +34,25 @@ def _show(value: Any) -> str:
     return text if len(text) <= _LONGEST else text[: _LONGEST - 1] + "…"
 
 
-def _leaves(value: Any, key: str, out: dict[str, Any]) -> None:
+def _leaves(value: Any, key: str, out: dict[str, Any], empty_as_absent: bool) -> None:
     if isinstance(value, Mapping) and value:
         for name, item in value.items():
-            _leaves(item, f"{key}.{name}", out)
-    else:
+            _leaves(item, f"{key}.{name}", out, empty_as_absent)
+    elif not (empty_as_absent and isinstance(value, Mapping)):
         out[key] = value
 
 
-def _flat(tree: Mapping[str, Any], ignore: frozenset[str]) -> dict[str, Any]:
+def _flat(tree: Mapping[str, Any], ignore: frozenset[str], empty_as_absent: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():
         if key not in ignore:
-            _leaves(value, str(key), out)
+            _leaves(value, str(key), out, empty_as_absent)
     return out
 
 
 def dict_changes(
-    before: Mapping[str, Any], after: Mapping[str, Any], *, ignore: frozenset[str] = frozenset()
+    before: Mapping[str, Any], after: Mapping[str, Any], *, ignore: frozenset[str] = frozenset(),
+    empty_as_absent: bool = False,
 ) -> list[Change]:
     """The leaves that differ between two nested dicts, sorted by dotted key.
 
@@ -62,10 +63,12 @@ def dict_changes(
         before: the old dict (e.g. the fingerprint saved with a training state).
         after: the new dict.
         ignore: top-level keys left out of the comparison.
+        empty_as_absent: an empty mapping counts as absent, so ``{}`` -> ``{"lr": 2}`` is the one change
+            ``x.lr (absent -> 2)`` and ``{}`` -> absent none.
 
     Returns:
         One :class:`Change` per differing leaf (``str(change)`` reads ``optim.lr (0.0001 -> 0.0002)``).
     """
-    old, new = _flat(before, ignore), _flat(after, ignore)
+    old, new = _flat(before, ignore, empty_as_absent), _flat(after, ignore, empty_as_absent)
     keys = sorted(k for k in old.keys() | new.keys() if old.get(k, _MISSING) != new.get(k, _MISSING))
     return [Change(k, old.get(k, _MISSING), new.get(k, _MISSING)) for k in keys]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+DIRTY_MARK = " + uncommitted changes"
+"""What :func:`git_commit` appends to the sha when tracked files differ from ``HEAD``."""
+
 
 def git_commit(root: Path, paths: tuple[str, ...] = ()) -> str | None:
     """``HEAD`` of the git checkout at ``root`` (``"<sha> + uncommitted changes"`` when tracked files differ, only those
@@ -16,4 +19,31 @@ def git_commit(root: Path, paths: tuple[str, ...] = ()) -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     sha = head.stdout.strip()
-    return f"{sha} + uncommitted changes" if dirty.stdout.strip() else sha
+    return f"{sha}{DIRTY_MARK}" if dirty.stdout.strip() else sha
+
+
+def split_commit(commit: str) -> tuple[str, bool]:
+    """``(sha, dirty)`` of a commit as :func:`git_commit` states it (``"<sha> + uncommitted changes"`` or ``"<sha>"``)."""
+    dirty = commit.endswith(DIRTY_MARK)
+    return (commit[: -len(DIRTY_MARK)] if dirty else commit).strip(), dirty
+
+
+def provenance_lines(commit: str | None, generated_with: str | None, made: str = "the runs") -> list[str]:
+    """The code lines of a document's provenance: the commit that made ``made`` and, when it differs, the commit that
+    wrote the document, with a ``git diff`` between the bare shas; uncommitted changes are stated in words (they are
+    not recorded, so no command shows them)."""
+    if not commit:
+        return ["- code: git commit unknown (pass `--commit`)"]
+    sha, dirty = split_commit(commit)
+    lines = [f"- code: git commit `{sha}`" + (" with uncommitted changes (not recorded)" if dirty else "")]
+    if not generated_with or generated_with == commit:
+        return lines
+    gen_sha, gen_dirty = split_commit(generated_with)
+    gen_note = " with uncommitted changes" if gen_dirty else ""
+    if gen_sha == sha:
+        lines.append(f"- this document was generated with the code at the same commit `{sha}`"
+                     + (gen_note or " without uncommitted changes"))
+    else:
+        lines.append(f"- this document was generated with the code at `{gen_sha}`{gen_note}; `git diff {sha} {gen_sha}` "
+                     f"shows what changed since {made}" + (" (committed changes only)" if dirty or gen_dirty else ""))
+    return lines

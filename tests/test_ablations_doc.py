@@ -4,6 +4,7 @@ the command line."""
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -14,7 +15,13 @@ from switch_core.commands.ablation_doc import parse_ablation
 from switch_core.config import ConfigError, load_config
 from switch_core.grids import grid_points
 from switch_core.reporting.ablation_reading import AGAINST, DIRECTION, HOLDS, NOT_RUN, NOT_SEEN, verdict
-from switch_core.reporting.ablations import AblationSpec, CellSettings, cell_settings, read_ablation
+from switch_core.reporting.ablations import (
+    AblationSpec,
+    CellSettings,
+    cell_settings,
+    read_ablation,
+    reference_settings,
+)
 from switch_core.reporting.ablations_md import GapSpec, write_ablations_doc
 from switch_core.reporting.loading import ReportInputError
 from switch_core.reporting.scores import Comparison
@@ -294,6 +301,19 @@ def test_cell_settings_from_the_configuration_or_the_grid() -> None:
     assert strategies == {"s-strategy_skd": CellSettings("skd", "exponential", 0.1)}
 
 
+def test_a_student_strategy_cell_writes_no_trace_and_is_not_missing_one(tmp_path: Path) -> None:
+    points = grid_points("s", {"strategy": ["student", "skd"]})
+    settings = cell_settings(load_config(None), "switch", points)
+    assert settings["s-strategy_student"] == CellSettings("student", "exponential", 0.1, traced=False)
+    assert settings["s-strategy_skd"].traced
+    run = tmp_path / "run"
+    for cell in points:
+        _evaluation(run, cell, _shifted([30.0, 31.0, 32.0], 0.0))
+        _summary(run, cell, 0.3)
+    result = read_ablation(AblationSpec("strategies", run, "s", points, "g:strategies", settings), list(BENCHMARKS))
+    assert result.missing == ["state/s-strategy_skd/rollout_traces.jsonl"]
+
+
 def test_read_ablation_lists_missing_outputs(tmp_path: Path) -> None:
     spec = _schedules(tmp_path / "run")
     (tmp_path / "run" / "eval" / "abl-schedules-schedule_linear" / "sinst" / "metrics.json").unlink()
@@ -358,4 +378,69 @@ def test_command_line_defaults_to_every_grid_of_the_file(tmp_path: Path, capsys:
                         "## Decay λ of the exponential schedule (`decay`)", "## Intervention strategies (`strategies`)",
                         "## Teacher-student gap"]
     assert "claim strategies: not run" in capsys.readouterr().out
-    assert "(Reconstructed from the arguments; `--command` records the exact ones.)" in md
+    assert ("(Reconstructed from the arguments, not recorded: the ablations may have run with other grids or cells; "
+            "`--command` records the exact ones.)") in md
+    # the schedules cells are all there; the other grids ran no cell: their guessed lines say so
+    assert "# schedules:" not in md
+    assert any(line.startswith("# decay: 0 of the ") and line.endswith(
+        " cells of presets/grids/paper-ablations.yaml:decay found: the lines below are a guess, not the recorded "
+        "commands") for line in md.splitlines())
+    # a cell subset of another grid under the same study prefix
+    (run / "models" / "abl-schedules-schedule_cosine").mkdir(parents=True)
+    for folder in ("eval", "models", "state"):
+        shutil.rmtree(run / folder / "abl-schedules-schedule_constant")
+    assert main(["ablation-doc", "--set", f"run_dir={run}", "--set", "eval.benchmarks=[dolly, sinst]", "--out",
+                 str(out), "--ablation", "schedules"]) == 0
+    assert ("# schedules: 2 of the 3 cells of presets/grids/paper-ablations.yaml:schedules found, and 1 other "
+            "abl-schedules-* cells: the lines below are a guess, not the recorded commands") in out.read_text()
+
+
+def test_provenance_with_uncommitted_changes_compares_bare_shas(tmp_path: Path) -> None:
+    spec = _schedules(tmp_path / "run")
+    md = write_ablations_doc([spec], tmp_path / "A.md", benchmarks=list(BENCHMARKS), commands=[],
+                             commit="abc123 + uncommitted changes",
+                             generated_with="def456 + uncommitted changes").markdown.read_text()
+    assert "- code: git commit `abc123` with uncommitted changes (not recorded)\n" in md
+    assert ("- this document was generated with the code at `def456` with uncommitted changes; `git diff abc123 "
+            "def456` shows what changed since the runs (committed changes only)\n") in md
+    assert "+ uncommitted changes" not in md
+
+
+def test_a_claim_read_on_a_subset_of_its_cells_is_incomplete(tmp_path: Path) -> None:
+    spec = _strategies(tmp_path / "run")
+    for strategy in ("teacher", "random", "skd"):
+        shutil.rmtree(tmp_path / "run" / "eval" / f"abl-strategies-strategy_{strategy}")
+    doc = write_ablations_doc([spec], tmp_path / "A.md", benchmarks=list(BENCHMARKS), commands=[], commit=None)
+    md = doc.markdown.read_text()
+    assert doc.claims["strategies"] == "incomplete: 2 of 5 cells"
+    assert _claim_status(md, "Strategies").startswith("incomplete: 2 of 5 cells: `abl-strategies-strategy_teacher` "
+                                                      "not evaluated on every benchmark")
+    assert ("Verdict: **incomplete: 2 of 5 cells** (paper: SWITCH beats each); on the 2 cells compared: holds."
+            in md)
+    assert NOT_SEEN not in md
+    # all five cells (the grid has no adaswitch cell): a verdict, not incomplete
+    full = write_ablations_doc([_strategies(tmp_path / "run2")], tmp_path / "B.md", benchmarks=list(BENCHMARKS),
+                               commands=[], commit=None)
+    assert not full.claims["strategies"].startswith("incomplete")
+
+
+def test_settings_table_shows_tau0_only_where_it_gates_and_lambda_of_the_switch_reference(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    spec = _strategies(run)
+    for cell in spec.points:
+        _summary(run, cell, 0.3)
+    for ref in ("teacher", "switch"):
+        _evaluation(run, ref, _shifted([30.0, 31.0, 32.0], 0.0))
+        _summary(run, ref, 0.3)
+    config = load_config(None, overrides={"runs": {"switch": {"method": "switch"}}})
+    refs = reference_settings(config, ("teacher", "student-sft", "switch"))
+    assert refs == {"switch": CellSettings("switch", "exponential", 0.1)}
+    spec = AblationSpec(spec.name, run, spec.study, spec.points, spec.grid_spec, {**spec.settings, **refs},
+                        references=("teacher", "switch"))
+    md = write_ablations_doc([spec], tmp_path / "A.md", benchmarks=list(BENCHMARKS), commands=[],
+                             commit=None).markdown.read_text()
+    behaviour = "| cell | τ0 | λ |"
+    assert _row(md, "strategy=student", behaviour).startswith("| strategy=student | – | – (strategy student) |")
+    assert _row(md, "strategy=switch", behaviour).startswith("| strategy=switch | 0.3000 (set) | 0.1 |")
+    assert _row(md, "teacher", behaviour).startswith("| teacher | – | – |")
+    assert _row(md, "switch (reference run)", behaviour).startswith("| switch (reference run) | 0.3000 (set) | 0.1 |")

@@ -94,3 +94,22 @@ def test_stamps_name_paths_relative_to_the_run_folder(project) -> None:
     assert stamps["report"] == {"argv": ["report", "--models", "teacher,student-init,student-sft,kd,switch"],
                                 "params": {}, "inputs": {"eval": stamps["report"]["inputs"]["eval"]}}
     assert stamps["report"]["inputs"]["eval"].startswith("stat:")
+
+
+def test_a_first_override_of_a_run_names_only_the_changed_leaf(project, capsys) -> None:
+    _, pipeline = project
+    pipeline()
+    capsys.readouterr()
+    assert pipeline("--set", "runs.kd.overrides={optim.lr: 0.002}") == ["distill-kd", "evaluate-kd", "report"]
+    out = capsys.readouterr().out
+    assert ("distill-kd: switch-kd distill --run kd --resume-compatible (changed: "
+            "params.runs.kd.overrides.optim.lr (absent -> 0.002))") in out
+    assert "overrides ({} -> absent)" not in out
+
+
+def test_help_names_what_make_run_runs(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["pipeline", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "behind `make run`" not in text
+    assert "`make run` runs the same stages through the Prefect flow over DVC (`python -m flows.pipeline`)" in text

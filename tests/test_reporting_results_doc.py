@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -13,13 +14,14 @@ import pytest
 import yaml
 
 from switch_core.cli import main
-from switch_core.commands.results_doc import git_commit
+from switch_core.commands.results_doc import _traced, git_commit
+from switch_core.config import load_config
 from switch_core.data.prompts import minillm_prompt
 from switch_core.data.records import InstructionRecord
 from switch_core.data.splits import write_records
 from switch_core.reporting.loading import ReportInputError
 from switch_core.reporting.reading import ReadingInputs, reading
-from switch_core.reporting.results_md import training_overlap, write_results_doc
+from switch_core.reporting.results_md import data_section, training_overlap, write_results_doc
 from switch_core.reporting.scores import Score, compare, rank_of, rollout_batch_share
 from switch_core.reporting.teacher_share import position_buckets, teacher_share
 
@@ -192,13 +194,13 @@ def test_reading_rules(doc) -> None:
     margin_long, margin_all = statistics.mean(long_sw) - statistics.mean(long_dl), diff
     assert (f"{margin_long:+.2f} on the longest references vs {margin_all:+.2f} on average: the paper's claim that "
             "SWITCH gains most on long responses is not seen here.") in reading
-    # teacher share t/60: 2/60 average over positions 0-4, (50..59)/60 average over positions 50-99
+    # teacher share t/60: 2/60 average over positions 0-4, (50..59)/60 average over positions 50-59 (the trace ends at 59)
     early, late = statistics.mean(t / 60 for t in range(5)), statistics.mean(t / 60 for t in range(50, 60))
     overall = statistics.mean(t / 60 for t in range(60))
     assert f"all 480 tokens of SWITCH's training rollouts: {100 * overall:.1f}% (calibration target 53%" in reading
     assert "100% of the rollouts run to the longest length in the trace (60 tokens)." in reading
     assert (f"The teacher share rises with response position: {100 * early:.1f}% at positions 0–4 vs "
-            f"{100 * late:.1f}% at 50–99, as the decaying threshold") in reading
+            f"{100 * late:.1f}% at 50–59, as the decaying threshold") in reading
     # references and the SFT run are missing: those statements say so instead of guessing
     assert "SWITCH vs the SFT student (`sft`): cannot be assessed yet (`sft` not evaluated on every benchmark)." \
         in reading
@@ -271,6 +273,21 @@ def test_a_study_with_only_its_data_split_gives_a_document_of_missing_parts(tmp_
     assert "Teacher share by position: no rollout trace of the SWITCH run yet." in md
 
 
+def test_a_switch_run_whose_strategy_writes_no_trace_is_not_missing_one(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path)
+    (run / "state" / "switch" / "rollout_traces.jsonl").unlink()
+    kwargs = {"commands": [], "commit": None, "models": MODELS, "benchmarks": list(BENCHMARKS), "methods": METHODS}
+    expected = write_results_doc(run, tmp_path / "A.md", **kwargs)
+    assert "state/switch/rollout_traces.jsonl (SWITCH rollouts of `switch`)" in expected.missing
+    student = write_results_doc(run, tmp_path / "B.md", traced=[], **kwargs)
+    assert not any("rollout_traces" in m for m in student.missing)
+    # the command asks the configuration: rollout.strategy student writes none (the training loop's rule)
+    config = load_config(None, overrides={"runs": {
+        "switch": {"method": "switch"}, "switch-student": {"method": "switch", "overrides": {"rollout.strategy": "student"}},
+        "distillm": {"method": "distillm"}}})
+    assert _traced(config) == ["switch"]
+
+
 def test_a_metrics_file_without_per_seed_values_is_an_error_naming_it(tmp_path: Path) -> None:
     run = _fake_run(tmp_path)
     bad = run / "eval" / "switch" / "dolly" / "metrics.json"
@@ -324,7 +341,10 @@ def test_position_buckets_hand_case() -> None:
     teacher = [1.0 if p in (3, 4) or p >= 100 else 0.0 for p in range(120)]
     trace = pd.DataFrame({"position": range(120), "teacher": teacher, "count": [1.0] * 120})
     assert position_buckets(trace) == [("0–4", 2 / 5, 5), ("5–9", 0.0, 5), ("10–19", 0.0, 10), ("20–49", 0.0, 30),
-                                       ("50–99", 0.0, 50), ("100+", 1.0, 20)]
+                                       ("50–99", 0.0, 50), ("100–119", 1.0, 20)]
+    # rollouts of 24 tokens: the last bucket is cut at position 23, as the gate profile's "20–23"
+    short = trace[trace["position"] < 24]
+    assert [label for label, _, _ in position_buckets(short)] == ["0–4", "5–9", "10–19", "20–23"]
     assert teacher_share(trace) == (22 / 120, 120) and teacher_share(trace, 3, 4) == (1.0, 2)
     assert teacher_share(trace, 98) == (20 / 22, 22)  # open-ended range
     share, tokens = teacher_share(trace, 200)
@@ -394,8 +414,8 @@ def test_switch_variants_are_ranked_against_the_baselines_not_each_other() -> No
     lines = reading(_inputs(averages, tau0={"switch-ln2": 0.6931}, decay={"switch-ln2": 0.019}))
     assert lines[0].startswith("Overall, SWITCH (`switch`) ranks **3rd of 3** methods (SWITCH and the baselines)")
     # the variant is not a baseline; DistiLLM is clearly ahead (2 / 0.5 > 2), SFT within twice the seed sd
-    assert lines[1].endswith("**here it does not beat them all**: `distillm` scores clearly higher; `sft` scores as "
-                             "high or higher by less than that.")
+    assert lines[1].endswith("**here it does not beat them all**: `distillm` scores clearly higher; `sft` scores "
+                             "higher by less than that.")
     variant = next(line for line in lines if line.startswith("SWITCH variant"))
     assert variant == (
         "SWITCH variant `switch-ln2` (τ0 = 0.6931, λ = 0.019): average ROUGE-L 13.00 ± 0.50, **1st of 3** against "
@@ -404,6 +424,19 @@ def test_switch_variants_are_ranked_against_the_baselines_not_each_other() -> No
     alike = dict(averages, switch=Score(12.9, 0.5, 5))
     variant = next(x for x in reading(_inputs(alike)) if x.startswith("SWITCH variant"))
     assert "+0.10 ROUGE-L, 0.2× the pooled seed sd 0.50: within seed noise (the two SWITCH settings score alike)" in variant
+
+
+def test_a_tie_for_the_best_average_shares_the_rank_in_every_statement() -> None:
+    averages = {"sft": Score(12.0, 0.5, 5), "distillm": Score(10.0, 0.5, 5), "switch": Score(12.0, 0.5, 5)}
+    lines = reading(_inputs(averages))
+    assert lines[0].startswith("Overall, SWITCH (`switch`) ranks **tied 1st of 3** methods (tied with `sft`) "
+                               "(SWITCH and the baselines) by the average ROUGE-L over 1 benchmarks (12.00 ± 0.50); "
+                               "it shares the best average.")
+    assert "the best method is" not in lines[0]
+    assert lines[1].endswith("**here it does not beat them all**: `sft` ties with it.")
+    ahead = reading(_inputs(dict(averages, switch=Score(9.0, 0.5, 5), distillm=Score(12.0, 0.5, 5))))
+    assert "ranks **3rd of 3** methods" in ahead[0]
+    assert "the best methods are `sft`, `distillm`, tied (12.00 ± 0.50)" in ahead[0]
 
 
 def test_a_best_method_that_hardly_trained_on_rollouts_is_said_to_lead_by_its_loss() -> None:
@@ -459,6 +492,21 @@ def test_zero_exact_match_absent_benchmarks_title_and_generating_commit(tmp_path
     doc = write_results_doc(run, tmp_path / "S.md", commands=[], commit="abc1234", generated_with="def5678")
     assert ("- this document was generated with the code at `def5678`; `git diff abc1234 def5678` shows what changed "
             "since the run") in doc.markdown.read_text()
+
+
+def test_provenance_of_a_checkout_with_uncommitted_changes_compares_bare_shas(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path)
+    doc = write_results_doc(run, tmp_path / "S.md", commands=[], commit="abc1234 + uncommitted changes",
+                            generated_with="def5678 + uncommitted changes")
+    md = doc.markdown.read_text()
+    assert "- code: git commit `abc1234` with uncommitted changes (not recorded)\n" in md
+    assert ("- this document was generated with the code at `def5678` with uncommitted changes; `git diff abc1234 "
+            "def5678` shows what changed since the run (committed changes only)\n") in md
+    assert "+ uncommitted changes" not in md
+    same = write_results_doc(run, tmp_path / "T.md", commands=[], commit="abc1234 + uncommitted changes",
+                             generated_with="abc1234").markdown.read_text()
+    assert "- this document was generated with the code at the same commit `abc1234` without uncommitted changes\n" in same
+    assert "git diff" not in same
 
 
 def test_response_length_table_and_runs_that_never_stop(tmp_path: Path) -> None:
@@ -535,3 +583,33 @@ def test_wall_times_are_read_from_a_timings_file_or_shown_as_not_recorded(tmp_pa
     assert "| distillm | 2 | n/a | n/a |" in md
     assert "| switch | 2 | 2.0 | 12 |" in md  # (90 + 30) s, (900 + 600) tokens
     assert "| **total** | | **3.0** | |" in md  # teacher 60 s + switch 120 s
+
+
+def test_data_section_of_the_embedded_suite_names_no_path_and_no_dolly_file() -> None:
+    lines = data_section({"source": "embedded", "path": None, "loaded": 100, "used": 100,
+                          "splits": {"train": 80, "dev": 20}})
+    assert lines[0] == "- source: `embedded`; 100 records loaded, 100 used"
+    assert lines[2] == ("- training used 80 examples of the embedded procedural suite, not the paper's Dolly data "
+                        "(about 14,000 training examples): the scores are not comparable to the paper's.")
+    assert not any("None" in line or "``" in line or "databricks-dolly-15k" in line for line in lines)
+    other = data_section({"source": "minillm", "path": "data/alpaca.jsonl", "loaded": 9, "used": 9,
+                          "splits": {"train": 8}})
+    assert other == ["- source: `minillm` `data/alpaca.jsonl`; 9 records loaded, 9 used", "- splits: train 8"]
+
+
+def test_an_evaluation_older_than_its_model_is_flagged_stale(tmp_path: Path) -> None:
+    run = _fake_run(tmp_path)
+    kwargs = {"commands": [], "commit": None, "models": MODELS, "benchmarks": list(BENCHMARKS), "methods": METHODS}
+    evaluated_at = (run / "eval" / "switch" / "dolly" / "metrics.json").stat().st_mtime_ns
+    for model, offset in (("switch", 10**9), ("distillm", -(10**9))):  # switch retrained 1 s after its evaluation
+        weights = run / "models" / model / "model.safetensors"
+        weights.write_bytes(b"w")
+        os.utime(weights, ns=(evaluated_at + offset, evaluated_at + offset))
+    md = write_results_doc(run, tmp_path / "A.md", **kwargs).markdown.read_text()
+    status = md.split("## Status\n", 1)[1].split("## Data", 1)[0]
+    assert ("Stale (the model files were written after its evaluation, e.g. retrained: these scores are of an earlier "
+            "model; rerun `switch-kd evaluate` for it):\n\n- `switch` on dolly, sinst\n") in status
+    assert "`distillm`" not in status
+    (run / "models" / "switch" / "model.safetensors").unlink()
+    md = write_results_doc(run, tmp_path / "B.md", **kwargs).markdown.read_text()
+    assert "Stale" not in md.split("## Status\n", 1)[1].split("## Data", 1)[0]

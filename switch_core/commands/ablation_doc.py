@@ -30,7 +30,7 @@ from switch_core.config import Config, ConfigError
 from switch_core.git_info import git_commit
 from switch_core.grids import grid_names, grid_points, load_grid
 from switch_core.layout import RunLayout
-from switch_core.reporting.ablations import AblationSpec, cell_settings
+from switch_core.reporting.ablations import AblationSpec, cell_settings, reference_settings
 from switch_core.reporting.ablations_md import GapSpec, write_ablations_doc
 
 DEFAULT_GRIDS = "presets/grids/paper-ablations.yaml"
@@ -89,12 +89,20 @@ def _resolve(root: Path, path: str) -> Path:
 
 def reconstructed_commands(args: argparse.Namespace, specs: list[AblationSpec]) -> list[str]:
     """The commands that most likely made the ablations: per ablation the flow's command line and the equivalent
-    deployment run, then this command itself."""
+    deployment run, then this command itself. An ablation whose run folder holds not exactly the grid's cells
+    (``models/<cell>`` or ``eval/<cell>``: a subset, or cells of the study prefix from another grid) gets a comment
+    line saying so before its guessed command lines."""
     config_args = (["--preset", args.preset] if args.preset else []) + [
         part for override in args.overrides for part in ("--set", override)
     ]
     commands = []
     for spec in specs:
+        ran = {p.name for folder in ("models", "eval") for p in (spec.run_dir / folder).glob(f"{spec.study}-*")}
+        found, extra = ran & set(spec.points), ran - set(spec.points)
+        if len(found) < len(spec.points) or extra:
+            commands.append(f"# {spec.name}: {len(found)} of the {len(spec.points)} cells of {spec.grid_spec} found"
+                            + (f", and {len(extra)} other {spec.study}-* cells" if extra else "")
+                            + ": the lines below are a guess, not the recorded commands")
         method = [] if args.method == "switch" else ["--method", args.method]
         commands.append(shlex.join(["python", "-m", "flows.ablation", *config_args, "--grid", spec.grid_spec,
                                     "--study", spec.study, *method]))
@@ -117,12 +125,14 @@ def run(args: argparse.Namespace) -> int:
     grids_path = _resolve(root, args.grids)
     names = args.ablations or grid_names(grids_path)
     specs = []
+    references = tuple(args.references or DEFAULT_REFERENCES)
     for text in names:
         name, run_dir, study = parse_ablation(text, default_run_dir)
         points = grid_points(study, load_grid(f"{grids_path}:{name}"))
         specs.append(AblationSpec(
             name=name, run_dir=_resolve(root, run_dir), study=study, points=points, grid_spec=f"{args.grids}:{name}",
-            settings=cell_settings(config, args.method, points), references=tuple(args.references or DEFAULT_REFERENCES),
+            settings=cell_settings(config, args.method, points) | reference_settings(config, references),
+            references=references,
             label=run_dir if run_dir != default_run_dir else config.run_dir,
         ))
     gap = GapSpec(
@@ -134,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
     )
     out = _resolve(root, args.out)
     commands = args.commands or reconstructed_commands(args, specs)
-    note = None if args.commands else "(Reconstructed from the arguments; `--command` records the exact ones.)"
+    note = None if args.commands else (
+        "(Reconstructed from the arguments, not recorded: the ablations may have run with other grids or cells; "
+        "`--command` records the exact ones.)")
     code = git_commit(Path(__file__).resolve().parents[2], ("switch_core",))
     doc = write_ablations_doc(specs, out, benchmarks=config.eval.benchmarks, commands=commands,
                               commit=args.commit or git_commit(root), gap=gap, generated_with=code,

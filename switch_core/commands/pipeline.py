@@ -12,7 +12,8 @@ evaluation and the report rerun. Not covered: the library code (after changing i
 the stage's own output (a hand-made output is kept). An interrupted pipeline continues where it stopped; each
 rerun stage prints what changed.
 
-This is the dependency-free driver behind ``make run``; ``dvc repro`` and the Prefect flows run the same stages.
+This is the dependency-free driver (neither DVC nor Prefect needed); ``make run`` runs the same stages through the
+Prefect flow over DVC (``python -m flows.pipeline``), and ``dvc repro`` runs them alone.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def _why(previous: Any, stamp: dict[str, Any]) -> str:
     """Why a stage with an output reruns: the changed stamp keys (an empty string without a usable old stamp)."""
     if not isinstance(previous, dict):
         return ""
-    changes = dict_changes(previous, stamp)
+    changes = dict_changes(previous, stamp, empty_as_absent=True)
     named = ", ".join(map(str, changes[:_SHOWN_CHANGES]))
     more = f" and {len(changes) - _SHOWN_CHANGES} more" if len(changes) > _SHOWN_CHANGES else ""
     return f" (changed: {named}{more})"

@@ -19,6 +19,7 @@ from switch_core.git_info import git_commit
 from switch_core.layout import RunLayout
 from switch_core.reporting.method_text import describe_run, describe_sft_stages
 from switch_core.reporting.results_md import write_results_doc
+from switch_core.reporting.run_outputs import writes_rollout_traces
 from switch_core.stages import evaluated_models
 from switch_core.training.sources import ROLLOUT_DATA
 
@@ -87,6 +88,17 @@ def _rollout_training(config: Config) -> dict[str, dict[str, Any]]:
             if m.data in ROLLOUT_DATA}
 
 
+def _traced(config: Config) -> list[str]:
+    """The SWITCH runs whose training writes rollout traces (their method's data and rollout strategy)."""
+    out = []
+    for name, spec in config.runs.items():
+        method = config.method_config(name)
+        if spec.method == "switch" and writes_rollout_traces(
+                method.data, method.rollout_strategy or config.run_config(name).rollout.strategy):
+            out.append(name)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     root = Path(args.project_root)
     config: Config = args.config
@@ -107,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         benchmarks=config.eval.benchmarks, methods={name: r.method for name, r in config.runs.items()},
         trained=_trained(config), target_share=config.rollout.target_teacher_share, decays=_decays(config),
         schedules=_schedules(config), rollout_training=_rollout_training(config),
+        traced=_traced(config),
         run_label=args.run_dir or config.run_dir, title=title, commands_note=note, notes=args.notes,
         method_descriptions=descriptions, generated_with=code,
     )

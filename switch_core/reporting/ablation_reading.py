@@ -88,6 +88,17 @@ def _by_value(result: AblationResult | None, axes: tuple[str, ...], values: Sequ
     return found, missing
 
 
+def _grid_count(result: AblationResult, axes: tuple[str, ...], values: Sequence[object]) -> int:
+    """How many of ``values`` some cell of the grid has on ``axes`` (evaluated or not)."""
+    return sum(any(result.value(c, *axes) == v for c in result.cells) for v in values)
+
+
+def incomplete(found: int, total: int) -> str:
+    """The status of a claim read on only ``found`` of its ``total`` cells (the others not evaluated yet): no verdict
+    on the claim, which needs all of them."""
+    return f"incomplete: {found} of {total} cells"
+
+
 def not_run(title: str, missing: Sequence[str]) -> Claim:
     """A claim whose inputs are missing: status :data:`NOT_RUN`, one line naming what is missing."""
     return Claim(title, NOT_RUN, [f"Not run: {'; '.join(missing)}."], tuple(missing))
@@ -121,6 +132,15 @@ def read_schedules(result: AblationResult | None) -> Claim:
     return Claim(title, status, lines)
 
 
+def _verdict_lines(status: str, found: int, total: int, missing: Sequence[str], paper: str) -> list[str]:
+    """The verdict line of a claim read on ``found`` of the grid's ``total`` cells; with fewer than all, it is the
+    verdict on the compared cells only (the claim itself stays :func:`incomplete`)."""
+    lines = [f"Not compared: {'; '.join(missing)}."] if missing else []
+    if found >= total:
+        return [*lines, f"Verdict: **{status}** ({paper})."]
+    return [*lines, f"Verdict: **{incomplete(found, total)}** ({paper}); on the {found} cells compared: {status}."]
+
+
 def read_decay(result: AblationResult | None) -> Claim:
     """Claim (2): λ = 1/10 scores best, against each other λ, with the teacher share each λ gave (paper ≈ 53% at
     1/10)."""
@@ -136,12 +156,13 @@ def read_decay(result: AblationResult | None) -> Claim:
     comparisons = [(v, compare(result.rows[found[best]].average, result.rows[found[v]].average)) for v in others]
     status = verdict([c for _, c in comparisons])
     lines = [f"λ = {PAPER_DECAY:g} − λ = {v:g}, average ROUGE-L: {c.text()}." for v, c in comparisons]
-    if missing:
-        lines.append(f"Not compared: {'; '.join(missing)}.")
-    lines.append(f"Verdict: **{status}** (paper: λ = 1/10 best).")
+    total = _grid_count(result, ("decay", "rollout.decay"), list(dict.fromkeys(v for v in values if v is not None)))
+    lines += _verdict_lines(status, len(found), total, missing, "paper: λ = 1/10 best")
     lines.append("Teacher share of the rollouts: " + ", ".join(
         f"λ = {v:g} {_share_text(result, found[v])}" for v in found) + f" (paper ≈ {percent(PAPER_TEACHER_SHARE)} "
         f"at λ = 1/10).")
+    if len(found) < total:
+        return Claim(title, incomplete(len(found), total), lines, tuple(missing))
     return Claim(title, status, lines)
 
 
@@ -157,9 +178,8 @@ def read_strategies(result: AblationResult | None) -> Claim:
     comparisons = [(s, compare(sw.average, result.rows[found[s]].average)) for s in STRATEGY_LABELS if s in found]
     status = verdict([c for _, c in comparisons])
     lines = [f"SWITCH − {STRATEGY_LABELS[s]}, average ROUGE-L: {c.text()}." for s, c in comparisons]
-    if missing:
-        lines.append(f"Not compared: {'; '.join(missing)}.")
-    lines.append(f"Verdict: **{status}** (paper: SWITCH beats each).")
+    total = _grid_count(result, axes, ["switch", *STRATEGY_LABELS])
+    lines += _verdict_lines(status, len(found), total, missing, "paper: SWITCH beats each")
     if "random" in found and sw.share is not None and result.rows[found["random"]].share is not None:
         mine, rand = sw.share[0], result.rows[found["random"]].share[0]
         matched = abs(mine - rand) <= MATCHED_SHARE
@@ -167,6 +187,8 @@ def read_strategies(result: AblationResult | None) -> Claim:
                      + (" (matched)." if matched else
                         f": random did not run at SWITCH's rate (rerun its cell with --set rollout.random_rate="
                         f"{mine:.2f})."))
+    if len(found) < total:
+        return Claim(title, incomplete(len(found), total), lines, tuple(missing))
     return Claim(title, status, lines)
 
 

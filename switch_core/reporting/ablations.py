@@ -19,18 +19,21 @@ import pandas as pd
 from switch_core.config import Config, validate_dict
 from switch_core.grids import cell_overrides
 from switch_core.reporting.references import REFERENCE_MODELS
-from switch_core.reporting.run_outputs import RunOutputs, load_run_outputs
+from switch_core.reporting.run_outputs import RunOutputs, load_run_outputs, writes_rollout_traces
 from switch_core.reporting.scores import Score, average_scores, benchmark_scores, has_per_seed
 from switch_core.reporting.teacher_share import position_buckets, teacher_share
+from switch_core.training.sources import ROLLOUT_DATA
 
 
 @dataclass(frozen=True)
 class CellSettings:
-    """What a cell's configuration sets for its rollouts: the strategy, the threshold schedule and its λ."""
+    """What a cell's configuration sets for its rollouts: the strategy, the threshold schedule and its λ; ``traced``:
+    whether its training writes rollout traces (:func:`~switch_core.reporting.run_outputs.writes_rollout_traces`)."""
 
     strategy: str
     schedule: str
     decay: float
+    traced: bool = True
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,8 @@ class AblationSpec:
         study: the ``--study`` prefix of the cells' names.
         points: cell name -> its grid values ``{axis: value}`` (:func:`switch_core.grids.grid_points`), in grid order.
         grid_spec: how the flow was given the grid (``presets/grids/paper-ablations.yaml:schedules``), for the commands.
-        settings: cell name -> its settings in force (:func:`cell_settings`); cells without are shown as unknown.
+        settings: cell or reference name -> its settings in force (:func:`cell_settings`,
+            :func:`reference_settings`); rows without are shown as unknown.
         references: other models of the run folder shown as reference rows (the study's ``switch`` run, baselines...).
         label: how the run folder is named in the text (default: ``run_dir``).
     """
@@ -123,8 +127,25 @@ def cell_settings(config: Config, method: str, points: Mapping[str, Mapping[str,
             data["runs"] = {name: {"method": method, "overrides": cell_overrides(method, dict(point))}}
             source = validate_dict(data, origin=f"grid cell {name}")
         rollout = source.run_config(name).rollout
-        strategy = source.method_config(name).rollout_strategy or rollout.strategy
-        out[name] = CellSettings(strategy, rollout.schedule, rollout.decay)
+        method_config = source.method_config(name)
+        strategy = method_config.rollout_strategy or rollout.strategy
+        out[name] = CellSettings(strategy, rollout.schedule, rollout.decay,
+                                 writes_rollout_traces(method_config.data, strategy))
+    return out
+
+
+def reference_settings(config: Config, references: Sequence[str]) -> dict[str, CellSettings]:
+    """The rollout settings of the reference rows that are runs of ``config`` and train on rollouts (e.g. the study's
+    ``switch`` run), so that their τ0 and λ are shown; teacher and student-sft have none."""
+    out = {}
+    for name in references:
+        if name not in config.runs:
+            continue
+        method, rollout = config.method_config(name), config.run_config(name).rollout
+        if method.data in ROLLOUT_DATA:
+            strategy = method.rollout_strategy or rollout.strategy
+            out[name] = CellSettings(strategy, rollout.schedule, rollout.decay,
+                                     writes_rollout_traces(method.data, strategy))
     return out
 
 
@@ -167,7 +188,7 @@ def read_ablation(spec: AblationSpec, benchmarks: Sequence[str]) -> AblationResu
     done = [b for b in benchmarks if any(b in outputs.evaluations.get(c, {}) for c in cells)]
     references = [r for r in spec.references if r in outputs.evaluations]
     rows = {c: _row(outputs, c, spec.points[c], spec.settings.get(c), done) for c in cells}
-    rows |= {r: _row(outputs, r, {}, None, done) for r in references}
+    rows |= {r: _row(outputs, r, {}, spec.settings.get(r), done) for r in references}
     missing = []
     for cell in cells:
         absent = [b for b in benchmarks if b not in outputs.evaluations.get(cell, {})]
@@ -175,7 +196,8 @@ def read_ablation(spec: AblationSpec, benchmarks: Sequence[str]) -> AblationResu
             missing.append(f"evaluation of `{cell}` on {', '.join(absent)}")
         if cell not in outputs.summaries:
             missing.append(f"models/{cell}/train_summary.json")
-        if cell not in outputs.traces:
+        settings = spec.settings.get(cell)
+        if (settings is None or settings.traced) and cell not in outputs.traces:
             missing.append(f"state/{cell}/rollout_traces.jsonl")
     missing += [f"evaluation of the reference `{r}`" for r in spec.references if r not in references]
     traces = {c: outputs.traces[c] for c in cells if c in outputs.traces}

@@ -99,9 +99,18 @@ def _read_ranking(r: ReadingInputs) -> list[str]:
         return [f"Ranking over methods: cannot be assessed yet ({len(ranked)} method(s) with every benchmark "
                 "evaluated, SWITCH " + ("among them" if sw in ranked else "not among them") + ")."]
     rank, count = rank_of(ranked, sw)
-    best = max(ranked, key=lambda m: ranked[m].mean)
-    leader = "it is the best method" if best == sw else f"the best method is `{best}` ({ranked[best].cell()})"
-    lines = [(f"Overall, SWITCH (`{sw}`) ranks **{_ordinal(rank)} of {count}** methods (SWITCH and the baselines) by "
+    top = max(s.mean for s in ranked.values())
+    leaders = [m for m in ranked if ranked[m].mean == top]  # ties share the rank, as in rank_of
+    tied = [m for m in ranked if m != sw and ranked[m].mean == ranked[sw].mean]
+    best = sw if sw in leaders else leaders[0]
+    if best != sw:
+        leader = f"the best method is `{best}` ({ranked[best].cell()})" if len(leaders) == 1 else (
+            f"the best methods are {_listed(leaders)}, tied ({ranked[best].cell()})")
+    else:
+        leader = "it is the best method" if len(leaders) == 1 else "it shares the best average"
+    placed = f"{'tied ' if tied else ''}{_ordinal(rank)} of {count}"
+    lines = [(f"Overall, SWITCH (`{sw}`) ranks **{placed}** methods"
+              + (f" (tied with {_listed(tied)})" if tied else "") + " (SWITCH and the baselines) by "
               f"the average ROUGE-L over {len(r.benchmarks)} benchmarks ({ranked[sw].cell()}); {leader}. Below, "
               "\"clear\" means a difference of more than twice the pooled sd over generation seeds, each method "
               "trained once: the spread between training runs is not measured.")]
@@ -113,10 +122,11 @@ def _read_ranking(r: ReadingInputs) -> list[str]:
     claim = "The paper's abstract says SWITCH outperforms traditional KD methods"
     if beaten_by:
         clearly = [m for m in beaten_by if compare(ranked[m], ranked[sw]).verdict == "clear"]
-        close = [m for m in beaten_by if m not in clearly]
+        close = [m for m in beaten_by if m not in clearly and m not in tied]
         parts = ([f"{_with_verb(clearly, 'scores', 'score')} clearly higher"] if clearly else []) + (
-            [f"{_with_verb(close, 'scores', 'score')} as high or higher by less than that" if clearly else
-             f"{_with_verb(close, 'scores', 'score')} as high or higher, though not clearly"] if close else [])
+            [f"{_with_verb(close, 'scores', 'score')} higher by less than that" if clearly else
+             f"{_with_verb(close, 'scores', 'score')} higher, though not clearly"] if close else []) + (
+            [f"{_with_verb(tied, 'ties', 'tie')} with it"] if tied else [])
         lines.append(f"{claim}; **here it does not beat them all**: {'; '.join(parts)}.")
     else:
         lines.append(f"{claim}; here it does on average "

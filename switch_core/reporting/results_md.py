@@ -19,7 +19,8 @@ from typing import Any
 from switch_core.atomic import atomic_write_text
 from switch_core.data.prompts import format_prompt
 from switch_core.data.splits import read_records
-from switch_core.evaluation.evaluate import GENERATIONS_FILE
+from switch_core.evaluation.evaluate import GENERATIONS_FILE, METRICS_FILE
+from switch_core.git_info import provenance_lines
 from switch_core.reporting.gate_report import gate_lines, run_thresholds, stop_table
 from switch_core.reporting.loading import ReportInputError, collect_metrics
 from switch_core.reporting.method_text import MethodDescription, methods_table
@@ -69,10 +70,10 @@ class ResultsDoc:
 
 
 def missing_inputs(outputs: RunOutputs, models: Sequence[str], benchmarks: Sequence[str], trained: Sequence[str],
-                   runs: Sequence[str], switch_runs: Sequence[str]) -> list[str]:
+                   runs: Sequence[str], switch_runs: Sequence[str], traced: Sequence[str] | None = None) -> list[str]:
     """Human-readable list of the expected outputs not (yet) in the run folder: the data report, each model's
-    evaluation on each benchmark, the train_summary.json of each trained stage and run, each SWITCH run's trace, and
-    the gate profile when there is a SWITCH run."""
+    evaluation on each benchmark, the train_summary.json of each trained stage and run, the trace of each SWITCH run
+    in ``traced`` (default: every one), and the gate profile when there is a SWITCH run."""
     missing = []
     if outputs.data_report is None:
         missing.append("data/data_report.json (prepare-data)")
@@ -83,7 +84,7 @@ def missing_inputs(outputs: RunOutputs, models: Sequence[str], benchmarks: Seque
     for name, label in training_stages(trained, runs):
         if name not in outputs.summaries:
             missing.append(f"models/{name}/train_summary.json ({label})")
-    for run in switch_runs:
+    for run in switch_runs if traced is None else traced:
         if run not in outputs.traces:
             missing.append(f"state/{run}/rollout_traces.jsonl (SWITCH rollouts of `{run}`)")
     if switch_runs and outputs.gate_profile is None:
@@ -91,21 +92,51 @@ def missing_inputs(outputs: RunOutputs, models: Sequence[str], benchmarks: Seque
     return missing
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+"""Files of a model folder whose rewrite means a new model (a retrained checkpoint)."""
+
+
+def stale_evaluations(run_dir: str | Path, evaluated: Mapping[str, Sequence[str]]) -> list[tuple[str, list[str]]]:
+    """The evaluations older than their model: ``[(model, benchmarks)]`` whose ``eval/<model>/<benchmark>/metrics.json``
+    was written before the newest weight file (:data:`WEIGHT_SUFFIXES`) of ``models/<model>`` (modification times),
+    i.e. the model was retrained after it was evaluated. Models without a local folder or weights are left out.
+
+    Args:
+        run_dir: the run folder.
+        evaluated: model -> the benchmarks it has a metrics.json for.
+    """
+    root = Path(run_dir)
+    out = []
+    for model, benches in evaluated.items():
+        folder = root / "models" / model
+        weights = [p.stat().st_mtime_ns for p in folder.iterdir()
+                   if p.is_file() and p.suffix in WEIGHT_SUFFIXES] if folder.is_dir() else []
+        if not weights:
+            continue
+        newest = max(weights)
+        old = [b for b in benches if (root / "eval" / model / b / METRICS_FILE).stat().st_mtime_ns < newest]
+        if old:
+            out.append((model, old))
+    return out
+
+
 def data_section(report: dict[str, Any] | None) -> list[str]:
     """Markdown lines on the training data: source, records, split sizes, and how it differs from the paper's."""
     if report is None:
         return ["The data report (data/data_report.json) is not there yet."]
     splits = report.get("splits", {})
-    lines = [(f"- source: `{report.get('source')}` `{report.get('path')}`; {report.get('loaded')} records loaded, "
-             f"{report.get('used')} used"),
+    kind, path = report.get("source"), str(report.get("path") or "")
+    lines = [(f"- source: `{kind}`" + (f" `{path}`" if path else "") + f"; {report.get('loaded')} records loaded, "
+              f"{report.get('used')} used"),
              "- splits: " + ", ".join(f"{name} {count}" for name, count in splits.items())]
     train = int(splits.get("train", 0))
-    if train < PAPER_DOLLY_TRAIN:
-        source = str(report.get("path") or "")
-        origin = (" — the 1,000 human-written rows of MiniLLM's Dolly dev split" if source.endswith("dolly/dev.jsonl")
-                  else "")
+    if kind == "embedded":
+        lines.append(f"- training used {train} examples of the embedded procedural suite, not the paper's Dolly data "
+                     f"(about {PAPER_DOLLY_TRAIN:,} training examples): the scores are not comparable to the paper's.")
+    elif train < PAPER_DOLLY_TRAIN and (kind == "dolly_raw" or "dolly" in path.lower()):
+        origin = " — the 1,000 human-written rows of MiniLLM's Dolly dev split" if path.endswith("dolly/dev.jsonl") else ""
         lines.append(f"- **the full databricks-dolly-15k training set is not available here** (no hub access): "
-                     f"training used {train} examples from `{source}`{origin}, where the paper trains on about "
+                     f"training used {train} examples from `{path}`{origin}, where the paper trains on about "
                      f"{PAPER_DOLLY_TRAIN:,}.")
     return lines
 
@@ -168,6 +199,7 @@ def write_results_doc(
     decays: Mapping[str, float] | None = None,
     schedules: Mapping[str, Mapping[str, Any]] | None = None,
     rollout_training: Mapping[str, Mapping[str, Any]] | None = None,
+    traced: Sequence[str] | None = None,
     plots_dir: str | Path | None = None,
     run_label: str | None = None,
     title: str = "Results",
@@ -197,6 +229,9 @@ def write_results_doc(
         rollout_training: run trained on rollouts -> ``{"data", "supervise_stop"}`` (its ``methods.<m>`` settings):
             the rows of the stop-token table (default: every run whose log has ``rollout/stop_rate``, settings
             unknown).
+        traced: the SWITCH runs whose training writes rollout traces (default: all of them); the others (e.g.
+            ``rollout.strategy: student``, :func:`~switch_core.reporting.run_outputs.writes_rollout_traces`) are not
+            missing a trace.
         plots_dir: where the PNGs go (default: ``<out_md folder>/results``); linked relatively.
         run_label: how the run folder is named in the text (default: ``run_dir`` as given).
         title: the first heading.
@@ -238,7 +273,8 @@ def write_results_doc(
     evals = {m: outputs.evaluations[m] for m in models if m in outputs.evaluations}
     rouge, averages = benchmark_scores(evals), average_scores(evals, done)
     buckets = bucket_scores(evals, done)
-    missing = missing_inputs(outputs, models, benchmarks, trained, runs, switch_runs)
+    traced_runs = [r for r in switch_runs if traced is None or r in traced]
+    missing = missing_inputs(outputs, models, benchmarks, trained, runs, switch_runs, traced_runs)
 
     written: list[Path] = []
     links: dict[str, str] = {}
@@ -280,11 +316,8 @@ def write_results_doc(
         (f"Generated by `switch-kd results-doc` from the outputs in `{label}`; do not edit by hand (rerun the "
         "command)."), "",
         "## Provenance", "",
-        f"- code: git commit `{commit}`" if commit else "- code: git commit unknown (pass `--commit`)",
+        *provenance_lines(commit, generated_with, "the run"),
     ]
-    if generated_with and commit and generated_with != commit:
-        md.append(f"- this document was generated with the code at `{generated_with}`; `git diff {commit} "
-                  f"{generated_with.split()[0]}` shows what changed since the run")
     md += [
         "- commands:", "", "```", *commands, "```", "",
     ]
@@ -293,9 +326,16 @@ def write_results_doc(
     if notes:
         md += ["Operator's notes (given with `--note`, not generated):", "", *[f"- {n}" for n in notes], ""]
     md += ["## Status", ""]
+    stale = stale_evaluations(outputs.run_dir, {m: list(outputs.evaluations[m]) for m in models
+                                                if m in outputs.evaluations})
     md += (["Missing (the study may still be running; tables show `–`):", ""] + [f"- {m}" for m in missing]
            if missing else [(f"Complete: {len(models)} models × {len(benchmarks)} benchmarks, every training summary "
-                            "and SWITCH trace present.")])
+                            "and expected SWITCH trace present" + (", but some evaluations are stale." if stale else
+                                                                   "."))])
+    if stale:
+        md += ["", ("Stale (the model files were written after its evaluation, e.g. retrained: these scores are of an "
+                    "earlier model; rerun `switch-kd evaluate` for it):"), "",
+               *[f"- `{m}` on {', '.join(b)}" for m, b in stale]]
     overlap = training_overlap(outputs.run_dir, done, models)
     md += ["", "## Data", "", *data_section(outputs.data_report)]
     if overlap:
@@ -315,7 +355,7 @@ def write_results_doc(
         md += ["## Methods", "",
                ("Settings in force for each training stage (the configuration with each run's overrides). p is the "
                 "teacher's next-token distribution, q the student's; a loss is per response token, averaged. The kept "
-                "checkpoint is the one evaluated below. `rollout batches (logged)`: the share of the run's optimizer "
+                "checkpoint is the one evaluated below (unless listed as stale under Status). `rollout batches (logged)`: the share of the run's optimizer "
                 "steps that actually trained on rollouts rather than dataset examples, from its training log."), "",
                methods_table({label(n): d for n, d in method_descriptions.items()}, logged), ""]
     md += [

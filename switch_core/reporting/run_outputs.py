@@ -19,6 +19,15 @@ from switch_core.reporting.loading import (
     read_training_log,
 )
 from switch_core.reporting.teacher_share import teacher_share_by_position
+from switch_core.training.sources import ROLLOUT_DATA
+
+
+def writes_rollout_traces(data: str, strategy: str) -> bool:
+    """Whether training writes ``state/<run>/rollout_traces.jsonl`` for a run of method data source ``data`` and
+    rollout generator ``strategy`` (``method.rollout_strategy or rollout.strategy``): the training loop records the
+    teacher share by position only for rollouts that may take teacher tokens, i.e. on rollout data and with a
+    generator other than the student alone (switch_core/training/loop.py)."""
+    return data in ROLLOUT_DATA and strategy != "student"
 
 
 @dataclass

@@ -81,15 +81,20 @@ def position_buckets(trace: pd.DataFrame, edges: Sequence[int] = POSITION_EDGES)
 
     Args:
         trace: :func:`teacher_share_by_position` output (position, teacher, count).
-        edges: bucket starts after 0: ``[0, e1-1], [e1, e2-1], ..., [ek, ∞)``.
+        edges: bucket starts after 0: ``[0, e1-1], [e1, e2-1], ..., [ek, ∞)``; the bucket holding the trace's last
+            position (``max_new_tokens − 1`` of the rollouts) is cut and labelled there, as the gate profile's
+            (:func:`switch_core.reporting.gate_profile.position_buckets`): ``"20–23"`` for 24 tokens, not ``"20–49"``.
     """
+    last = int(trace["position"].max()) if len(trace) else -1
     lows = [0, *edges]
     out = []
     for i, low in enumerate(lows):
-        high = lows[i + 1] - 1 if i + 1 < len(lows) else None
+        if low > last:
+            break
+        high = min(lows[i + 1] - 1, last) if i + 1 < len(lows) else last
         share, tokens = teacher_share(trace, low, high)
         if tokens > 0:
-            out.append((f"{low}–{high}" if high is not None else f"{low}+", share, tokens))
+            out.append((f"{low}–{high}", share, tokens))
     return out
 
 
