@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 MethodName = Literal["sft", "kd", "seqkd", "imitkd", "gkd", "distillm", "switch", "minillm"]
 DivergenceName = Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd"]
+ROLLOUT_DATA = ("rollout", "mixed", "adaptive", "policy_gradient")
+"""``MethodConfig.data`` modes that draw rollouts (they need the teacher and rollout settings)."""
 StrategyName = Literal["switch", "student", "teacher", "random", "mixture", "skd", "adaswitch"]
 """Token source rules of the rollout engine (`switch_core.rollout.engine`)."""
 ScheduleName = Literal["exponential", "linear", "constant"]

@@ -14,14 +14,13 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from switch_core.config import Config
+from switch_core.config import ROLLOUT_DATA, Config
 from switch_core.git_info import git_commit
 from switch_core.layout import RunLayout
 from switch_core.reporting.method_text import describe_run, describe_sft_stages
 from switch_core.reporting.results_md import write_results_doc
 from switch_core.reporting.run_outputs import writes_rollout_traces
 from switch_core.stages import evaluated_models
-from switch_core.training.sources import ROLLOUT_DATA
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

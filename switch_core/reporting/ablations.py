@@ -16,13 +16,12 @@ from typing import Any
 
 import pandas as pd
 
-from switch_core.config import Config, validate_dict
+from switch_core.config import ROLLOUT_DATA, Config, validate_dict
 from switch_core.grids import cell_overrides
 from switch_core.reporting.references import REFERENCE_MODELS
 from switch_core.reporting.run_outputs import RunOutputs, load_run_outputs, writes_rollout_traces
 from switch_core.reporting.scores import Score, average_scores, benchmark_scores, has_per_seed
 from switch_core.reporting.teacher_share import position_buckets, teacher_share
-from switch_core.training.sources import ROLLOUT_DATA
 
 
 @dataclass(frozen=True)

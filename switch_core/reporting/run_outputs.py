@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from switch_core.config import ROLLOUT_DATA
 from switch_core.evaluation.evaluate import METRICS_FILE
 from switch_core.layout import RunLayout
 from switch_core.reporting.loading import (
@@ -19,7 +20,6 @@ from switch_core.reporting.loading import (
     read_training_log,
 )
 from switch_core.reporting.teacher_share import teacher_share_by_position
-from switch_core.training.sources import ROLLOUT_DATA
 
 
 def writes_rollout_traces(data: str, strategy: str) -> bool:

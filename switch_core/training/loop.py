@@ -39,6 +39,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
+from switch_core.config import ROLLOUT_DATA
 from switch_core.evaluation.generate import eos_token_ids
 from switch_core.processes import make_accelerator
 from switch_core.rollout import RolloutSettings, calibrate_settings
@@ -55,7 +56,7 @@ from switch_core.training.objective import batch_loss, check_output_head
 from switch_core.training.optim import build_optimizer, build_scheduler
 from switch_core.training.outputs import publish, remove_output, save_best
 from switch_core.training.progress import Progress
-from switch_core.training.sources import ROLLOUT_DATA, BatchSource
+from switch_core.training.sources import BatchSource
 from switch_core.training.state import (
     Resumable,
     StateMismatchError,

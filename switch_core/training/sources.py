@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from switch_core.config import MethodConfig
+from switch_core.config import ROLLOUT_DATA, MethodConfig
 from switch_core.data.tokenize import TrainExample, left_pad
 from switch_core.models.device import model_device
 from switch_core.rollout import RolloutBatch, RolloutSettings, rollout
@@ -67,9 +67,6 @@ from switch_core.training.batches import (
 from switch_core.training.policy_gradient import ReduceSum, rollout_policy_tokens
 from switch_core.training.replay import ReplayBuffer
 from switch_core.training.stop_tokens import append_stop, stop_statistics
-
-ROLLOUT_DATA = ("rollout", "mixed", "adaptive", "policy_gradient")
-"""``data`` modes that draw rollouts (they need the teacher and rollout settings)."""
 
 ADAPTIVE_PHI_STEP = 0.1
 """DistiLLM ``finetune.py``: φ grows by 0.1 (capped at 1.0) when the dev loss rose by at least ε."""

@@ -32,10 +32,10 @@ import torch
 from accelerate import Accelerator
 
 from switch_core.atomic import atomic_write_json, atomic_write_text
+from switch_core.config import ROLLOUT_DATA
 from switch_core.dict_diff import dict_changes
 from switch_core.hashing import source_fingerprint
 from switch_core.training.job import TrainJob
-from switch_core.training.sources import ROLLOUT_DATA
 
 LATEST = "latest"
 
