@@ -43,7 +43,7 @@ def run_rank(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_training import _examples
+    from bench_training import StepRecorder, _examples
 
     from switch_core.config import DistributedConfig, EvalConfig, OptimConfig, RolloutConfig, _default_methods
     from switch_core.models.embedded import embedded_teacher_dir
@@ -58,21 +58,7 @@ def run_rank(args: argparse.Namespace) -> dict:
     teacher = load_causal_lm(folder)
     student = prune_layers(teacher, 6)
     examples = _examples(tokenizer, args.batch * args.steps + 1, args.prompt, args.response)
-    steps: list[dict] = []
-
-    class Recorder:
-        def log_params(self, params: dict) -> None:
-            del params
-
-        def log_metrics(self, metrics: dict, step: int) -> None:
-            if "train/step_seconds" in metrics:
-                steps.append(metrics)
-
-        def log_artifact(self, path: object) -> None:
-            del path
-
-        def set_tags(self, tags: dict) -> None:
-            del tags
+    recorder = StepRecorder()
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.shared) if args.shared else Path(tmp)
@@ -87,11 +73,12 @@ def run_rank(args: argparse.Namespace) -> dict:
             generation=EvalConfig(max_new_tokens=1), max_prompt_length=args.prompt,
             distributed=DistributedConfig(**SETUPS[args.setup][1]),
         )
-        train(job, accelerator=accelerator, tracker=Recorder())
+        train(job, accelerator=accelerator, tracker=recorder)
     if torch.cuda.is_available():
         peak = torch.cuda.max_memory_allocated(accelerator.device) / 2**30
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    steps = recorder.steps
     timed = steps[1:] or steps
     return {
         "rank": accelerator.process_index,

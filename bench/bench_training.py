@@ -28,6 +28,26 @@ from pathlib import Path
 METHODS = ("sft", "kd", "seqkd", "imitkd", "gkd", "distillm", "switch", "minillm")
 
 
+class StepRecorder:
+    """A training tracker that keeps the metrics of every optimizer step (those with ``train/step_seconds``)."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict] = []
+
+    def log_params(self, params: dict) -> None:
+        del params
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        if "train/step_seconds" in metrics:
+            self.steps.append(metrics)
+
+    def log_artifact(self, path: object) -> None:
+        del path
+
+    def set_tags(self, tags: dict) -> None:
+        del tags
+
+
 def _examples(tokenizer, count: int, prompt_len: int, response_len: int) -> list:
     """``count`` examples of exactly ``prompt_len + response_len`` tokens built from the embedded suite's text."""
     from switch_core.data import format_prompt, generate_embedded_suite, tokenize_example
@@ -69,21 +89,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     method = _default_methods()[name]
     if name == "distillm":
         method = method.model_copy(update={"init_threshold": 1.0})
-    steps: list[dict] = []
-
-    class Recorder:
-        def log_params(self, params: dict) -> None:
-            del params
-
-        def log_metrics(self, metrics: dict, step: int) -> None:
-            if "train/step_seconds" in metrics:
-                steps.append(metrics)
-
-        def log_artifact(self, path: object) -> None:
-            del path
-
-        def set_tags(self, tags: dict) -> None:
-            del tags
+    recorder = StepRecorder()
 
     with tempfile.TemporaryDirectory() as tmp:
         job = TrainJob(
@@ -96,7 +102,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
             rollout=RolloutConfig(tau0=args.tau0, max_new_tokens=args.response, batch_size=args.batch),
             generation=EvalConfig(max_new_tokens=1), max_prompt_length=args.prompt,
         )
-        train(job, tracker=Recorder())
+        train(job, tracker=recorder)
+    steps = recorder.steps
     timed = steps[1:] or steps
 
     def mean(key: str) -> float:

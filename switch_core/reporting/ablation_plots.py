@@ -13,9 +13,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from switch_core.reporting.ablations import GapPair
-from switch_core.reporting.plots import save_png
+from switch_core.reporting.plots import draw_teacher_share, save_png
 from switch_core.reporting.scores import Score
-from switch_core.reporting.teacher_share import teacher_share
 
 
 def _sd(score: Score) -> float:
@@ -43,16 +42,7 @@ def plot_ablation(averages: Mapping[str, Score], names: Sequence[str], labels: M
     ax.set_xlabel("average ROUGE-L over benchmarks (mean ± sd over seeds)")
     ax.grid(axis="x", alpha=0.3)
     if traces:
-        ax = axes[1]
-        for name, frame in traces.items():
-            valid = frame[frame["count"] > 0]
-            ax.plot(valid["position"], valid["share"],
-                    label=f"{labels.get(name, name)} (overall {100 * teacher_share(frame)[0]:.1f}%)")
-        ax.set_xlabel("response position (tokens)")
-        ax.set_ylabel("teacher share")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        draw_teacher_share(axes[1], traces, labels)
     return save_png(fig, path)
 
 

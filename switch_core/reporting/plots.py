@@ -61,17 +61,23 @@ def plot_rouge_by_length(metrics: pd.DataFrame, path: str | Path) -> Path:
 def plot_teacher_share(traces: Mapping[str, pd.DataFrame], path: str | Path) -> Path:
     """Teacher share by response position, one line per run (positions with no token are skipped)."""
     fig = Figure(figsize=(6.4, 3.8), layout="constrained")
-    ax = fig.subplots()
+    draw_teacher_share(fig.subplots(), traces)
+    return save_png(fig, path)
+
+
+def draw_teacher_share(ax: Any, traces: dict[str, pd.DataFrame], labels: Mapping[str, str] | None = None) -> None:
+    """Draw on ``ax`` one line per run of its teacher share by response position (positions with no token skipped),
+    labelled ``labels[run]`` (default: the run name) with the overall share."""
     for name, frame in traces.items():
         valid = frame[frame["count"] > 0]
         total = teacher_share(frame)[0]
-        ax.plot(valid["position"], valid["share"], label=f"{name} (overall {100 * total:.1f}%)")
+        ax.plot(valid["position"], valid["share"],
+                label=f"{(labels or {}).get(name, name)} (overall {100 * total:.1f}%)")
     ax.set_xlabel("response position (tokens)")
     ax.set_ylabel("teacher share")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return save_png(fig, path)
 
 
 def _slug(name: str) -> str:
