@@ -7,19 +7,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator, debug_launcher
 from accelerate.state import AcceleratorState
+from kill_resume import kill_at_step, run_to_end, write_script
 from pydantic import ValidationError
 from safetensors.torch import load_file
 from test_training_support import make_job, method
@@ -151,80 +146,30 @@ def test_switch_rollout_with_sharded_student_and_teacher_gives_the_unsharded_tok
     assert len(set(lengths)) > 1, "test set-up: rank 1's rows should stop at different steps"
 
 
-RESUME_CHILD = textwrap.dedent(
-    """
-    import sys, time
-    from pathlib import Path
-    import torch
-    torch.set_num_threads(1)
-    sys.path.insert(0, {tests!r})
-    from accelerate import Accelerator
-    from switch_core.config import DistributedConfig
-    from switch_core.tracking import JsonlTracker
-    from switch_core.training import train
-    from test_training_support import make_job, method
+RESUME_CHILD = """
+from accelerate import Accelerator
+from switch_core.config import DistributedConfig
 
-    root, resume, kill_at = Path(sys.argv[1]), sys.argv[2] == "resume", int(sys.argv[3])
-
-    class Hang(JsonlTracker):
-        def log_metrics(self, metrics, step):
-            super().log_metrics(metrics, step)
-            if step == kill_at and "train/loss" in metrics:
-                (root / "ready").write_text("x")
-                time.sleep(600)  # the test kills the process group here
-
-    accelerator = Accelerator(cpu=True)
-    job = make_job(root, method("kd"), resume=resume, save_every=2, epochs=2)
-    job.distributed = DistributedConfig(strategy="fsdp2", teacher="shard")
-    train(job, accelerator=accelerator, tracker=Hang(root / "events.jsonl"))
-    """
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch(script: Path, root: Path, mode: str, kill_at: int) -> subprocess.Popen:
-    """Two gloo ranks of ``script`` (torch.distributed.run), in their own process group."""
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(_free_port()), str(script), str(root), mode, str(kill_at),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env
-    )
+accelerator = Accelerator(cpu=True)
+job = make_job(root, method("kd"), resume=resume, save_every=2, epochs=2)
+job.distributed = DistributedConfig(strategy="fsdp2", teacher="shard")
+train(job, accelerator=accelerator, tracker=Hang(root / "events.jsonl"))
+"""
 
 
 @pytest.mark.slow  # three launches of two ranks (about 1 min on 2 busy cores)
 def test_sharded_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path) -> None:
-    script = tmp_path / "child.py"
-    script.write_text(RESUME_CHILD.format(tests=TESTS_DIR))
+    script = write_script(tmp_path / "child.py", RESUME_CHILD)
     killed, reference = tmp_path / "killed", tmp_path / "uninterrupted"
     killed.mkdir()
     reference.mkdir()
-    child = _launch(script, killed, "fresh", kill_at=7)
-    deadline = time.monotonic() + 240
-    while not (killed / "ready").exists():
-        assert child.poll() is None, child.stdout.read().decode()
-        assert time.monotonic() < deadline, "the run never reached step 7"
-        time.sleep(0.2)
-    os.killpg(child.pid, signal.SIGKILL)
-    child.wait(timeout=30)
+    kill_at_step(script, killed, 7, processes=2, timeout=240)
     folder = latest_state(killed / "state" / "run")
     assert folder.name == "step-00000006"  # mid-epoch 2 (steps 6-10); saved as a distributed checkpoint
     assert (folder / "sharded").is_dir() and not (folder / "model.pt").exists()
 
-    resumed = _launch(script, killed, "resume", kill_at=-1)
-    output = resumed.communicate(timeout=400)[0].decode()
-    assert resumed.returncode == 0, output
-    assert "resuming at step 6/10" in output
-    uninterrupted = _launch(script, reference, "fresh", kill_at=-1)
-    output = uninterrupted.communicate(timeout=400)[0].decode()
-    assert uninterrupted.returncode == 0, output
+    assert "resuming at step 6/10" in run_to_end(script, killed, "resume", processes=2, timeout=400)
+    run_to_end(script, reference, "fresh", processes=2, timeout=400)
 
     got = json.loads((killed / "models" / "run" / "train_summary.json").read_text())
     want = json.loads((reference / "models" / "run" / "train_summary.json").read_text())

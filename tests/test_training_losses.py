@@ -115,8 +115,18 @@ def _naive_sum(model: torch.nn.Module, teach: torch.nn.Module | None, batch: Tra
     return ((1 - spec.kd_ratio) * ce + spec.kd_ratio * skl).sum()
 
 
+def _count_accumulations(model: torch.nn.Module) -> dict[str, int]:
+    """Per parameter, how many backward calls have accumulated a gradient into it (filled in as they happen)."""
+    counts = dict.fromkeys((name for name, _ in model.named_parameters()), 0)
+    for name, parameter in model.named_parameters():
+        parameter.register_post_accumulate_grad_hook(lambda _p, name=name: counts.__setitem__(name, counts[name] + 1))
+    return counts
+
+
+@pytest.mark.parametrize("collective", [False, True])
 @pytest.mark.parametrize("chunk", [1, 7, 10_000])
-def test_chunked_batch_loss_and_gradient_match_naive_reference(chunk: int) -> None:
+def test_chunked_batch_loss_and_gradient_match_naive_reference(chunk: int, collective: bool) -> None:
+    """Also with ``collective`` (the engine's DDP/FSDP2 path): the same loss and gradients from one backward call."""
     model, teach = student(), teacher()
     batch = batch_from_examples(examples()[:3], tokenizer().pad_token_id)
     spec = LossSpec("skl", kd_ratio=0.7, alpha=0.1)
@@ -126,10 +136,31 @@ def test_chunked_batch_loss_and_gradient_match_naive_reference(chunk: int) -> No
     expected_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
 
-    total = batch_loss(model, teach, batch, spec, chunk_tokens=chunk, scale=1.0, backward=torch.Tensor.backward)
+    counts = _count_accumulations(model)
+    total = batch_loss(model, teach, batch, spec, chunk_tokens=chunk, scale=1.0, backward=torch.Tensor.backward,
+                       collective=collective)
     assert float(total) == pytest.approx(float(reference.detach()), rel=1e-5)
     for got, want in zip((p.grad for p in model.parameters()), expected_grads):
         torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-6)
+    head = next(n for n, p in model.named_parameters() if p is model.get_output_embeddings().weight)
+    chunks = math.ceil(batch.num_loss_tokens / chunk)
+    assert counts[head] == (1 if collective else chunks + 1)  # per chunk into the head, then the final call
+
+
+def test_collective_batch_loss_back_propagates_a_batch_without_response_tokens() -> None:
+    """DDP and FSDP need one backward call on every process, also for a micro-batch without response tokens."""
+    full = batch_from_examples(examples()[:2], tokenizer().pad_token_id)
+    empty = TrainBatch(full.input_ids, full.attention_mask, torch.full_like(full.labels, -100))
+    spec = LossSpec("fkl", kd_ratio=1.0)
+    for collective in (False, True):
+        model = student()
+        counts = _count_accumulations(model)
+        total = batch_loss(model, teacher(), empty, spec, chunk_tokens=4, scale=1.0, backward=torch.Tensor.backward,
+                           collective=collective)
+        assert float(total) == 0.0
+        assert set(counts.values()) == {1 if collective else 0}
+        if collective:
+            assert all(torch.count_nonzero(p.grad) == 0 for p in model.parameters())
 
 
 def test_sft_batch_loss_equals_cross_entropy_of_hf_model() -> None:

@@ -2,16 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from kill_resume import kill_at_step, run_to_end, write_script
 from safetensors.torch import load_file
 from test_training_support import make_job, method
 
@@ -19,42 +14,15 @@ from switch_core.hashing import source_fingerprint
 from switch_core.training import StateError, StateMismatchError, state, train
 from switch_core.training.state import latest_state, resume_fingerprint, will_resume
 
-TESTS_DIR = Path(__file__).resolve().parent
 # DistiLLM's adaptive schedule from φ = 0.5 with a small buffer: ground-truth, fresh-rollout and replay steps all
 # occur, so the resumed run must restore the replay buffer, φ and every random stream.
 METHOD = {"init_threshold": 0.5, "replay_capacity": 8}
 OPTIM = {"save_every": 2, "epochs": 2}  # 5 steps per epoch: states at 2, 4, 5, 6, 8, 10
 
-CHILD = textwrap.dedent(
-    """
-    import sys, time
-    from pathlib import Path
-    import torch
-    torch.set_num_threads(1)
-    sys.path.insert(0, {tests!r})
-    from switch_core.tracking import JsonlTracker
-    from switch_core.training import train
-    from test_training_support import make_job, method
-
-    root, resume, kill_at = Path(sys.argv[1]), sys.argv[2] == "resume", int(sys.argv[3])
-
-    class Hang(JsonlTracker):
-        def log_metrics(self, metrics, step):
-            super().log_metrics(metrics, step)
-            if step == kill_at and "train/loss" in metrics:
-                (root / "ready").write_text("x")
-                time.sleep(600)  # the test kills us here
-
-    job = make_job(root, method("distillm", **{method_kw}), resume=resume, **{optim_kw})
-    train(job, tracker=Hang(root / "events.jsonl"))
-    """
-)
-
-
-def _run_child(script: Path, root: Path, mode: str, kill_at: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(script), str(root), mode, str(kill_at)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+CHILD = """
+job = make_job(root, method("distillm", **{method_kw}), resume=resume, **{optim_kw})
+train(job, tracker=Hang(root / "events.jsonl"))
+"""
 
 
 def _state_tensors(state_dir: Path) -> dict[str, torch.Tensor]:
@@ -63,25 +31,14 @@ def _state_tensors(state_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow  # two subprocesses, each importing torch + transformers (~10 s apiece on 2 busy cores)
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path) -> None:
-    script = tmp_path / "child.py"
-    script.write_text(CHILD.format(tests=str(TESTS_DIR), method_kw=repr(METHOD), optim_kw=repr(OPTIM)))
+    script = write_script(tmp_path / "child.py", CHILD.format(method_kw=repr(METHOD), optim_kw=repr(OPTIM)))
     killed = tmp_path / "killed"
     killed.mkdir()
 
-    child = _run_child(script, killed, "fresh", kill_at=7)
-    deadline = time.monotonic() + 120
-    while not (killed / "ready").exists():
-        assert child.poll() is None, child.stdout.read().decode()
-        assert time.monotonic() < deadline, "the child never reached step 7"
-        time.sleep(0.1)
-    os.kill(child.pid, signal.SIGKILL)
-    assert child.wait(timeout=30) == -signal.SIGKILL
+    kill_at_step(script, killed, 7)
     assert latest_state(killed / "state" / "run").name == "step-00000006"  # mid-epoch 2 (steps 6-10)
 
-    resumed = _run_child(script, killed, "resume", kill_at=-1)
-    output = resumed.communicate(timeout=300)[0].decode()
-    assert resumed.returncode == 0, output
-    assert "resuming at step 6/10" in output
+    assert "resuming at step 6/10" in run_to_end(script, killed, "resume")
 
     reference = make_job(tmp_path / "uninterrupted", method("distillm", **METHOD), **OPTIM)
     result = train(reference)

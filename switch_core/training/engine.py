@@ -17,13 +17,14 @@ Engines (``distributed.strategy``):
   every device, with that layout.
 
 One backward per micro-batch: DDP marks each parameter ready once per synchronised backward, and the chunked loss
-(:mod:`.objective`) back-propagates every chunk into the (tied) output head separately. Here each chunk's gradients
-with respect to its hidden states and to the head weight are computed at once (``torch.autograd.grad``) and summed,
-then one ``torch.autograd.backward`` carries both into the model: the gradient is the same sum, only its
-accumulation order differs (float rounding). The student's forward runs through its root module (the DDP wrapper or
-the root FSDP unit, so their hooks run) with ``logits_to_keep`` empty; its final hidden states are taken from the base
-model's output by a forward hook. Both engines average gradients over processes, so the loss scale is multiplied by
-the process count to keep the gradient of the global token mean (docs/METHOD.md §A.4).
+(:mod:`.objective`) back-propagates every chunk into the (tied) output head separately. Here (``batch_loss`` with
+``collective``) each chunk is back-propagated into detached copies of its hidden states and of the head's weight and
+bias, where the chunks' gradients add up, then one ``torch.autograd.backward`` carries the sums into the model: the
+gradient is the same sum, only its accumulation order differs (float rounding). The student's forward runs through its
+root module (the DDP wrapper or the root FSDP unit, so their hooks run) with ``logits_to_keep`` empty; its final
+hidden states are taken from the base model's output by a forward hook. Both engines average gradients over processes,
+so the loss scale is multiplied by the process count to keep the gradient of the global token mean (docs/METHOD.md
+§A.4).
 
 Rollouts and evaluation with sharded models (:meth:`Engine.gathered`): FSDP requires every rank to call a sharded
 model's forward the same number of times, but a rollout's number of forward calls depends on its rows (rows stop, the
@@ -50,7 +51,7 @@ from switch_core.processes import foreign_engine_message
 from switch_core.training.batches import TrainBatch
 from switch_core.training.job import TrainingSetupError
 from switch_core.training.losses import LossSpec
-from switch_core.training.objective import chunk_loss_terms
+from switch_core.training.objective import batch_loss
 
 
 def _fsdp() -> Any:
@@ -254,76 +255,27 @@ class Engine:
         Raises:
             ValueError: ``chunk_tokens < 1``, or a teacher needed but not given.
         """
-        if chunk_tokens < 1:
-            raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
         acc = self.accelerator
-        mask = batch.loss_mask
-        targets = batch.labels[:, 1:][mask]
-        policy = batch.packed_policy() if spec.policy_gradient else None
-        needs_teacher = spec.uses_teacher(policy is not None)
-        kept = batch.packed_teacher_logits() if needs_teacher else None
-        stop = batch.packed_stop_labels()
-        teacher_hidden = None
-        if needs_teacher and kept is None:
-            if self.teacher is None:
-                raise ValueError(f"loss {spec.name!r} needs the teacher, but no teacher was given")
-            with torch.no_grad(), acc.autocast():
-                teacher_hidden = _root_hidden_states(self.teacher, self.teacher, batch)[:, :-1][mask]
         with self.gradient_sync(sync):
-            with acc.autocast():
-                hidden = _root_hidden_states(self.forward_model, self.student, batch)[:, :-1][mask]  # [N, H]
-            head = self.student.get_output_embeddings()
-            # detached copies of the hidden states and the head's parameters: the chunks' gradients with respect
-            # to them are summed, then one backward carries the sums into the model
-            leaf, weight_leaf, bias_leaf = (
-                None if t is None else t.detach().requires_grad_(t.requires_grad)
-                for t in (hidden, head.weight, head.bias)
+            return batch_loss(
+                self.student, self.teacher, batch, spec, chunk_tokens=chunk_tokens,
+                # the process count undoes the engines' gradient averaging (module docstring)
+                scale=scale * acc.num_processes, backward=acc.backward, autocast=acc.autocast, terms=terms,
+                hidden_states=self._root_hidden_states, collective=True,
             )
-            pairs = [(t, c) for t, c in ((hidden, leaf), (head.weight, weight_leaf), (head.bias, bias_leaf))
-                     if t is not None and t.requires_grad]
-            roots, leaves = [t for t, _ in pairs], [c for _, c in pairs]
-            grads = [torch.zeros_like(c) for c in leaves]
-            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            # the process count undoes the engines' gradient averaging (module docstring)
-            chunk_scale = scale * acc.num_processes
-            for start in range(0, targets.numel(), chunk_tokens):
-                rows = slice(start, start + chunk_tokens)
-                teacher_logits = kept[rows] if kept is not None else None
-                if teacher_hidden is not None:
-                    with torch.no_grad(), acc.autocast():
-                        teacher_logits = self.teacher.get_output_embeddings()(teacher_hidden[rows])
-                with acc.autocast():
-                    student_logits = nn.functional.linear(leaf[rows], weight_leaf, bias_leaf)
-                chunk_terms = chunk_loss_terms(spec, student_logits, targets, teacher_logits, policy, stop, rows)
-                chunk_sum = chunk_terms.pop("loss").sum()
-                if terms is not None:
-                    for name, per_token in chunk_terms.items():
-                        terms[name] = terms.get(name, 0.0) + per_token.detach().sum().double()
-                for grad, chunk_grad in zip(
-                    grads, torch.autograd.grad(_scaled(acc, chunk_sum * chunk_scale), leaves), strict=True
-                ):
-                    grad += chunk_grad
-                total = total + chunk_sum.detach().float()
-            torch.autograd.backward(roots, grads)
-        return total
 
-
-def _scaled(accelerator: Accelerator, loss: Tensor) -> Tensor:
-    """``loss`` times the fp16 loss scale when accelerate scales losses (``accelerator.backward`` does the same)."""
-    scaler = getattr(accelerator, "scaler", None)
-    return scaler.scale(loss) if scaler is not None else loss
-
-
-def _root_hidden_states(forward_model: nn.Module, model: nn.Module, batch: TrainBatch) -> Tensor:
-    """``[B, L, H]`` final hidden states of ``model`` computed by a forward of ``forward_model`` (``model`` or its
-    DDP wrapper), so the engine's hooks run; the output head projects no position (``logits_to_keep`` empty)."""
-    captured: list[Tensor] = []
-    hook = model.base_model.register_forward_hook(lambda _m, _a, out: captured.append(out.last_hidden_state))
-    try:
-        forward_model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-            use_cache=False, logits_to_keep=torch.empty(0, dtype=torch.long, device=batch.input_ids.device),
-        )
-    finally:
-        hook.remove()
-    return captured[0]
+    def _root_hidden_states(self, model: nn.Module, batch: TrainBatch) -> Tensor:
+        """``[B, L, H]`` final hidden states of ``model`` (the student or the teacher) computed by a forward of its root
+        module (the DDP wrapper for the student under ``ddp``), so the engine's hooks run; the output head projects no
+        position (``logits_to_keep`` empty)."""
+        root = self.forward_model if model is self.student else model
+        captured: list[Tensor] = []
+        hook = model.base_model.register_forward_hook(lambda _m, _a, out: captured.append(out.last_hidden_state))
+        try:
+            root(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                use_cache=False, logits_to_keep=torch.empty(0, dtype=torch.long, device=batch.input_ids.device),
+            )
+        finally:
+            hook.remove()
+        return captured[0]

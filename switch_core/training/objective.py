@@ -6,7 +6,9 @@ takes the final hidden states of the response positions, ``[N, H]``, and walks o
 ``chunk_tokens``: each chunk projects to logits, computes the per-token loss (:mod:`switch_core.training.losses`) and,
 when training, back-propagates it at once into the output head and into a detached copy of the hidden states.
 One final backward call then carries the accumulated hidden-state gradient through the transformer. Peak memory is
-one chunk of logits, and the output projection runs once forward and once backward (no recomputation).
+one chunk of logits, and the output projection runs once forward and once backward (no recomputation). A student
+wrapped by DDP or FSDP2 (``collective``, :mod:`.engine`) back-propagates the chunks into detached copies of the head's
+weight and bias as well, so that the final call is the model's only backward call of the batch.
 
 Normalisation (docs/METHOD.md §A.4): the per-token losses are *summed* and scaled by
 ``1 / N_global``, the number of response tokens in the whole global batch (all micro-batches of all processes), so
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from operator import itemgetter
 from typing import Any
 
@@ -102,6 +105,8 @@ def batch_loss(
     backward: Callable[[Tensor], None] | None = None,
     autocast: Callable[[], AbstractContextManager[None]] = nullcontext,
     terms: dict[str, Tensor] | None = None,
+    hidden_states: Callable[[nn.Module, TrainBatch], Tensor] = final_hidden_states,
+    collective: bool = False,
 ) -> Tensor:
     """Sum of the per-token losses over the batch's response tokens; optionally back-propagate ``scale ×`` it.
 
@@ -109,6 +114,11 @@ def batch_loss(
     teacher's distributions on the same mixed prefix, docs/METHOD.md §1.3), else from a no-grad teacher forward. A batch
     with policy values (MiniLLM, ``batch.policy``) hands each position's values to the per-token loss. A batch with
     ``stop_labels`` (``supervise_stop``) adds the cross-entropy of those labels (term ``stop_ce``).
+
+    Each chunk's scaled loss is back-propagated at once into a detached copy of the student's hidden states (and into
+    the output head); one final backward call carries the hidden states' accumulated gradient through the model. With
+    ``collective`` (a student wrapped by DDP or FSDP2, :mod:`.engine`) the head's weight and bias are detached copies
+    too, so that final call is the model's only backward call, made even for a batch without response tokens.
 
     Args:
         student: the student (train or eval mode is the caller's choice).
@@ -123,6 +133,11 @@ def batch_loss(
         terms: when given, the sums over the batch's tokens of the loss's named terms other than ``loss``
             (:func:`~switch_core.training.losses.token_loss_terms`: ``pg``, ``reg``, ``clipped`` for MiniLLM;
             ``stop_ce`` with ``stop_labels``) are added into it (0-dim float64 tensors, detached).
+        hidden_states: ``(model, batch) -> [B, L, H]`` final hidden states of the student or the teacher (the engine
+            runs the forward through the root module, so DDP's and FSDP's hooks run).
+        collective: the student is wrapped by DDP or FSDP2, which need one student forward and one backward call
+            per batch on every process: the loss runs even without response tokens (0 loss, zero gradients), and
+            the head's weight and bias are detached copies too (above).
 
     Returns:
         0-dim float32 tensor (detached): the summed (unscaled) loss of the batch's response tokens.
@@ -137,7 +152,7 @@ def batch_loss(
     mask = batch.loss_mask
     targets = batch.labels[:, 1:][mask]
     total = torch.zeros((), dtype=torch.float32, device=batch.input_ids.device)
-    if targets.numel() == 0:
+    if targets.numel() == 0 and not collective:
         return total
     policy = batch.packed_policy() if spec.policy_gradient else None
     needs_teacher = spec.uses_teacher(policy is not None)
@@ -147,12 +162,26 @@ def batch_loss(
     if needs_teacher and kept is None:
         if teacher is None:
             raise ValueError(f"loss {spec.name!r} needs the teacher, but no teacher was given")
+        device = model_device(teacher)
         with torch.no_grad(), autocast():
-            teacher_hidden = final_hidden_states(teacher, batch.to(model_device(teacher)))[:, :-1][mask.to(model_device(teacher))]
+            teacher_hidden = hidden_states(teacher, batch.to(device))[:, :-1][mask.to(device)]
     with autocast():
-        hidden = final_hidden_states(student, batch)[:, :-1][mask]  # [N, H]
+        hidden = hidden_states(student, batch)[:, :-1][mask]  # [N, H]
     leaf = hidden.detach().requires_grad_(backward is not None)
+    roots, leaves = [hidden], [leaf]  # the final backward carries the gradients added up in the leaves into the roots
     student_head = student.get_output_embeddings()
+    if collective and backward is not None:
+        # the head's parameters get detached copies too, and every leaf starts from zeros (the final backward runs
+        # even without chunks)
+        params = (student_head.weight, student_head.bias)
+        weight, bias = (None if p is None else p.detach().requires_grad_(p.requires_grad) for p in params)
+        for root, detached in zip(params, (weight, bias), strict=True):
+            if detached is not None and detached.requires_grad:
+                roots.append(root)
+                leaves.append(detached)
+        for detached in leaves:
+            detached.grad = torch.zeros_like(detached)
+        student_head = partial(F.linear, weight=weight, bias=bias)
     for start in range(0, targets.numel(), chunk_tokens):
         rows = slice(start, start + chunk_tokens)
         teacher_logits = None
@@ -172,5 +201,5 @@ def batch_loss(
             backward(chunk_sum * scale)
         total = total + chunk_sum.detach().float()
     if backward is not None:
-        torch.autograd.backward(hidden, leaf.grad)
+        torch.autograd.backward(roots, [detached.grad for detached in leaves])
     return total
