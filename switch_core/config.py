@@ -29,6 +29,10 @@ StrategyName = Literal["switch", "student", "teacher", "random", "mixture", "skd
 """Token source rules of the rollout engine (`switch_core.rollout.engine`)."""
 ScheduleName = Literal["exponential", "linear", "constant"]
 """Threshold schedules τ_t of SWITCH's gate (`switch_core.rollout.schedules`)."""
+DtypeName = Literal["float32", "bfloat16", "float16"]
+"""Parameter dtypes of a loaded model (`switch_core.models.loading.load_causal_lm`)."""
+MixedPrecision = Literal["no", "bf16", "fp16"]
+"""Autocast settings of a run's forwards (accelerate's ``mixed_precision``; `switch_core.processes.autocast`)."""
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 
 
@@ -96,7 +100,11 @@ class TeacherConfig(_Strict):
     name_or_path: str | None = None
     gguf_file: str | None = None
     tiny: TinyModelConfig = TinyModelConfig()
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Frozen teacher's dtype.")
+    dtype: DtypeName = Field(
+        "float32", description="Frozen teacher's dtype (distillation, gate-profile, seqkd-data), and the dtype "
+        "setup-teacher saves models/teacher-base in (the student is pruned from it). The teacher's SFT loads "
+        "teacher-base in float32 and trains float32 weights (under teacher_optim.mixed_precision).",
+    )
     sft: bool = Field(True, description="Fine-tune the teacher on the training split before distillation.")
 
     @model_validator(mode="after")
@@ -188,7 +196,12 @@ class OptimConfig(_Strict):
     loss_chunk_tokens: int = Field(
         256, ge=1, description="Response tokens per chunk of the full-vocabulary loss (bounds the logits' memory)."
     )
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: MixedPrecision = Field(
+        "no", description="Autocast of a training run's forwards: losses, dev losses, dev ROUGE-L generations and "
+        "every rollout; optim's also covers the gate-profile and seqkd-data stages, which stand for the distillation "
+        "runs' rollouts. bf16 pays off on CPUs with AMX / avx512_bf16 (and on GPUs); results then differ from "
+        "float32 at rounding level.",
+    )
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -442,6 +455,11 @@ class EvalConfig(_Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     no_repeat_ngram_size: int = Field(6, ge=0)
     batch_size: int = Field(16, ge=1)
+    dtype: DtypeName = Field(
+        "float32", description="Parameter dtype of the evaluated model (bfloat16: about 2x faster on CPUs with AMX / "
+        "avx512_bf16; scores differ from float32 at rounding level). Part of the protocol record: a change "
+        "re-evaluates.",
+    )
 
     @field_validator("seeds")
     @classmethod

@@ -6,6 +6,10 @@ accelerate 1.15 decides whether a launch is distributed in ``PartialState._prepa
 ``accelerate launch --multi_gpu --num_processes N`` (or ``torchrun``) as a lone main process, so each rank trains on
 its own and writes the same checkpoint. switch-kd therefore always builds the state with ``cpu`` = "no accelerator
 here", on every code path (training loop, trackers, SeqKD generation).
+
+Mixed precision (``optim.mixed_precision``): a training run's forwards, rollouts and dev generations run under its
+accelerator's ``autocast``; the stand-alone commands that stand for a run's rollouts (``gate-profile``,
+``seqkd-data``, ``rollout``, ``calibrate``) enter the same autocast with :func:`autocast`.
 """
 from __future__ import annotations
 
@@ -16,10 +20,12 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 
 ACCELERATE_ARGS_ENV = "SWITCHKD_ACCELERATE_ARGS"
 """When set (e.g. ``--multi_gpu --num_processes 2``), training commands re-launch themselves under
@@ -83,6 +89,11 @@ def process_state() -> PartialState:
 def make_accelerator(mixed_precision: str = "no") -> Accelerator:
     """An :class:`~accelerate.Accelerator` for training, consistent with :func:`process_state`.
 
+    accelerate keeps one mixed-precision setting per process and refuses an Accelerator with another; the stages of
+    ``switch-kd pipeline`` run in one process, each with its own optimisation section (``teacher_optim``,
+    ``warmup_optim``, ``optim``), so a different setting resets accelerate's state first (not the process state:
+    ranks and process group stay).
+
     Args:
         mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` (``optim.mixed_precision``).
 
@@ -90,7 +101,30 @@ def make_accelerator(mixed_precision: str = "no") -> Accelerator:
         ForeignEngineError: see :func:`refuse_foreign_engine`.
     """
     refuse_foreign_engine()
+    if AcceleratorState._shared_state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state()
     return Accelerator(cpu=use_cpu(), mixed_precision=mixed_precision)
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""The autocast dtype of each ``optim.mixed_precision`` but ``no`` (accelerate's mapping)."""
+
+
+def autocast(mixed_precision: str, device: torch.device | str) -> AbstractContextManager[None]:
+    """The autocast a training run's accelerator enters for ``mixed_precision`` (``Accelerator.autocast``), on
+    ``device``'s type: ``torch.autocast(device type, dtype=AUTOCAST_DTYPES[mixed_precision])``, or a null context
+    for ``"no"``.
+
+    Args:
+        mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` (`switch_core.config.MixedPrecision`).
+        device: where the models run (``"cpu"``, ``"cuda:0"``...).
+
+    Raises:
+        KeyError: an unknown ``mixed_precision``.
+    """
+    if mixed_precision == "no":
+        return nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=AUTOCAST_DTYPES[mixed_precision])
 
 
 def relaunch_command(argv: Sequence[str], environ: dict[str, str] | None = None) -> list[str] | None:

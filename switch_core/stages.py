@@ -70,11 +70,13 @@ def pipeline_stages(config: Config, layout: RunLayout) -> list[Stage]:
     student = "student-sft" if config.student.warmup else "student-init"
     stages.append(Stage("gate-profile", ("gate-profile",), layout.gate_profile,
                         params=("gate_profile", "seed", "student.warmup", "teacher.dtype", "teacher.sft",
-                                "data.prompt_format", "data.max_prompt_length", *ROLLOUT_DECODING),
+                                "optim.mixed_precision", "data.prompt_format", "data.max_prompt_length",
+                                *ROLLOUT_DECODING),
                         inputs=(layout.split("dev"), layout.model("teacher"), layout.model(student))))
     if any(config.method_config(name).data == "seqkd" for name in config.runs):
         stages.append(Stage("seqkd-data", ("seqkd-data",), layout.seqkd_data,
-                            params=("data", "seed", "teacher.dtype", "teacher.sft", "eval.batch_size"),
+                            params=("data", "seed", "teacher.dtype", "teacher.sft", "optim.mixed_precision",
+                                    "eval.batch_size"),
                             inputs=(layout.data_dir, layout.model("teacher"))))
     stages += [_distill(config, layout, n) for n in config.runs]
     stages += [

@@ -126,6 +126,21 @@ def test_unquoted_no_from_yaml_1_2_writers_means_no_mixed_precision(tmp_path):
     assert load_config(params).optim.mixed_precision == "no"
 
 
+def test_precision_settings_are_validated_once_naming_the_key():
+    """``eval.dtype`` and each section's ``mixed_precision`` accept their choices only; the message names the key,
+    the allowed values and the nearest one."""
+    config = load_config(None, overrides=["eval.dtype=bfloat16", "optim.mixed_precision=bf16"])
+    assert (config.eval.dtype, config.optim.mixed_precision, config.teacher_optim.mixed_precision) == (
+        "bfloat16", "bf16", "no")
+    assert Config().eval.dtype == "float32"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides=["eval.dtype=bf16", "warmup_optim.mixed_precision=bfloat16"])
+    assert str(err.value).splitlines()[1:] == [
+        "  - warmup_optim.mixed_precision = 'bfloat16': must be one of 'no', 'bf16' or 'fp16' (did you mean 'bf16'?)",
+        "  - eval.dtype = 'bf16': must be one of 'float32', 'bfloat16' or 'float16' (did you mean 'bfloat16'?)",
+    ]
+
+
 def test_a_value_outside_a_union_of_literals_is_one_line_listing_every_choice():
     """methods.*.loss is ``DivergenceName | Literal["ce"]``: pydantic reports each member; the user sees one line."""
     with pytest.raises(ConfigError) as err:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 from pathlib import Path
 
 import pytest
 import sacrebleu
+import torch
 from rouge_score import rouge_scorer
 
 from switch_core.config import Config
@@ -147,6 +149,38 @@ def test_a_changed_protocol_or_force_recomputes(evaluated, workspace, tmp_path):
     assert forced.outcomes[0].skipped is False
 
 
+def test_the_dtype_is_part_of_the_protocol_record_unless_float32(evaluated, workspace, tmp_path, monkeypatch):
+    """``eval.dtype`` loads the model in that dtype and enters the protocol record, so a change re-evaluates; a
+    float32 record is the one written before the setting existed (no ``dtype`` key): those results stay valid."""
+    from switch_core.models import loading
+
+    float32 = json.loads((evaluated["out"] / "dolly" / "metrics.json").read_text())
+    assert "dtype" not in float32["protocol"] and PROTOCOL.dtype == "float32"
+    out = tmp_path / "tiny"
+    shutil.copytree(evaluated["out"] / "dolly", out / "dolly")
+    loaded: list[torch.nn.Module] = []
+    load = loading.load_causal_lm
+
+    def recording_load(*args, **kwargs):
+        loaded.append(load(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(loading, "load_causal_lm", recording_load)
+    bf16 = EvalProtocol(**{**PROTOCOL.__dict__, "dtype": "bfloat16"})
+    benches = evaluated["benches"][:1]
+    first = evaluate_model(workspace["model"], benches, bf16, out, throughput_prompts=0, show_progress=False)
+    assert first.outcomes[0].skipped is False and [m.dtype for m in loaded] == [torch.bfloat16]
+    metrics = first.outcomes[0].metrics
+    assert metrics["protocol"] == {**float32["protocol"], "dtype": "bfloat16"}
+    assert metrics["fingerprint"] != float32["fingerprint"]
+    again = evaluate_model(workspace["model"], benches, bf16, out, throughput_prompts=0, show_progress=False)
+    assert again.outcomes[0].skipped is True and len(loaded) == 1
+    back = evaluate_model(workspace["model"], benches, PROTOCOL, tmp_path / "back", throughput_prompts=0,
+                          show_progress=False)
+    assert [m.dtype for m in loaded] == [torch.bfloat16, torch.float32]
+    assert back.outcomes[0].metrics["fingerprint"] == float32["fingerprint"]  # float32: the record it always had
+
+
 def test_protocol_rejects_bad_settings():
     with pytest.raises(EvaluationError, match="seed"):
         EvalProtocol(seeds=())
@@ -156,6 +190,8 @@ def test_protocol_rejects_bad_settings():
         EvalProtocol(length_bucket_edges=(10, 5))
     with pytest.raises(EvaluationError, match="temperature"):  # the eval.* rules of the configuration apply
         EvalProtocol(temperature=0.0)
+    with pytest.raises(EvaluationError, match=r"dtype = 'bf16': must be one of .*'bfloat16'"):
+        EvalProtocol(dtype="bf16")
     protocol = EvalProtocol.from_config(Config())
     assert protocol.seeds == (10, 20, 30, 40, 50) and protocol.top_k == 0 and protocol.no_repeat_ngram_size == 6
     assert (protocol.max_prompt_length, protocol.max_new_tokens, protocol.batch_size) == (256, 256, 16)
@@ -195,6 +231,29 @@ def test_cli_evaluates_the_run_test_split_and_prints_the_summary(workspace, tmp_
     metrics = json.loads((tmp_path / "run" / "eval" / "tiny" / "embedded" / "metrics.json").read_text())
     assert metrics["limit"] == 2 and metrics["protocol"]["max_new_tokens"] == 6
     assert metrics["protocol"]["seeds"] == [3]
+
+
+def test_cli_dtype_defaults_to_eval_dtype(tmp_path):
+    """``--dtype`` is declared by ``eval.dtype``: its default is the configuration's value, a given one wins."""
+    from switch_core.commands import evaluate as command
+
+    config = Config.model_validate({"eval": {"dtype": "bfloat16"}})
+    seen: list[EvalProtocol] = []
+
+    def record(model, benchmarks, protocol, out, **kwargs):
+        seen.append(protocol)
+        raise SystemExit(0)
+
+    for argv, dtype in (([], "bfloat16"), (["--dtype", "float32"], "float32")):
+        args = _cli_args(["--model", "m", "--benchmarks", "embedded", *argv], config, tmp_path)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(command, "read_benchmark", lambda *a, **k: None)
+            patch.setattr(command, "evaluate_model", record)
+            with pytest.raises(SystemExit):
+                command.run(args)
+        assert seen[-1].dtype == dtype
+    with pytest.raises(SystemExit):  # argparse: not a dtype
+        _cli_args(["--model", "m", "--dtype", "int8"], config, tmp_path)
 
 
 def test_median_length_window_takes_similar_lengths_longest_first():

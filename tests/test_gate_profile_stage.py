@@ -121,6 +121,18 @@ def test_profile_equals_a_hand_computation_and_reruns_byte_identical(project: Pa
     assert path.read_bytes() == written
 
 
+def test_the_profile_follows_optim_mixed_precision(project: Path) -> None:
+    """With ``optim.mixed_precision: bf16`` the stage decodes as a bf16 distillation run does, under bfloat16 autocast,
+    and records it under ``decoding`` (a float32 profile has no such key: the file it was before the setting)."""
+    assert _cli(project, "gate-profile", "--set", "optim.mixed_precision=bf16") == 0
+    profile = json.loads((project / "runs" / "tiny" / "analysis" / "gate_profile.json").read_text())
+    assert profile["decoding"]["mixed_precision"] == "bf16"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        jsd = _independent_rollouts(project)[1]
+    assert profile["jsd"] == jsd
+    assert jsd != _independent_rollouts(project)[1]  # float32 decodes other values
+
+
 def test_a_missing_warmed_up_student_names_the_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     assert _cli(tmp_path, "gate-profile") == 2

@@ -17,6 +17,7 @@ from switch_core.commands.rollout_inputs import (
     OptionError,
     PromptFileError,
     ignored_options,
+    precision,
     read_prompts,
     rollout_config,
 )
@@ -271,3 +272,32 @@ def test_rollout_warns_about_an_ignored_option_and_still_runs(
     assert "switch-kd rollout: warning: --max-draft-tokens applies to --engine speculative only; ignored with " \
            "--engine lockstep\n" in err
     assert len((tmp_path / "o").read_text().splitlines()) == 2
+
+
+def test_mixed_precision_decodes_under_the_autocast_of_a_run(checkpoints: tuple[Path, Path], tmp_path: Path) -> None:
+    """``--mixed-precision`` is declared by ``optim.mixed_precision`` (default ``no``): bf16 decodes under the
+    bfloat16 autocast a run with that setting uses; the JSDs then differ from float32 at bfloat16 rounding level, and
+    the calibration record names the precision."""
+    assert _parsed(rollout_command, []).mixed_precision == "no"
+    with precision(_parsed(calibrate_command, ["--mixed-precision", "bf16"])):
+        assert (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")) == (True, torch.bfloat16)
+    with pytest.raises(SystemExit):
+        _parsed(rollout_command, ["--mixed-precision", "bfloat16"])
+    teacher, student = checkpoints
+    prompts = _prompts_file(tmp_path, PROMPTS)
+    common = ["--teacher", str(teacher), "--student", str(student), "--prompts", str(prompts), "--tau0", "0.6",
+              "--decay", "0.2", "--max-new-tokens", "6", "--greedy"]
+    rows = {}
+    for name in ("no", "bf16"):
+        assert _run(rollout_command, [*common, "--mixed-precision", name, "--out", str(tmp_path / name)]) == 0
+        rows[name] = [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+    assert [r["divergence"] for r in rows["no"]] != [r["divergence"] for r in rows["bf16"]]
+    for float32, bf16 in zip(rows["no"], rows["bf16"], strict=True):
+        same = [a == b for a, b in zip(float32["token_ids"], bf16["token_ids"])] + [False]
+        agree = same.index(False)
+        assert agree > 0 and bf16["divergence"][:agree] == pytest.approx(float32["divergence"][:agree], abs=5e-3)
+    out = tmp_path / "calibration.json"
+    argv = [*common[:6], "--max-new-tokens", "6", "--max-evaluations", "1", "--max-prompts", "2", "--out", str(out)]
+    assert _run(calibrate_command, [*argv, "--mixed-precision", "bf16"]) == 0
+    assert {k: json.loads(out.read_text())[k] for k in ("dtype", "mixed_precision")} == {
+        "dtype": "float32", "mixed_precision": "bf16"}

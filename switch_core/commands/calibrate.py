@@ -1,7 +1,8 @@
 """Find SWITCH's τ0 for a target teacher share by bisection over real rollouts (docs/METHOD.md §1.2).
 
-The teacher share depends on the response length, the schedule, λ and the decoding settings: calibrate with the
-settings the training run will use. Prints every evaluated (τ0, share) and the result; ``--out`` writes it as JSON.
+The teacher share depends on the response length, the schedule, λ, the decoding settings and the precision
+(``--mixed-precision``, the run's ``optim.mixed_precision``): calibrate with the settings the training run will use.
+Prints every evaluated (τ0, share) and the result; ``--out`` writes it as JSON.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from switch_core.commands.rollout_inputs import (
     add_model_arguments,
     load_models,
     load_shared_tokenizer,
+    precision,
     read_prompts,
     rollout_config,
     search_tau0,
@@ -41,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_config(config, tokenizer)
     batches = tokenized_batches(prompts, tokenizer, args, args.prompts)
     teacher, student = load_models(args, tokenizer)
-    result = search_tau0(student, teacher, batches, settings, config, args.seed)
+    with precision(args):
+        result = search_tau0(student, teacher, batches, settings, config, args.seed)
     print(f"tau0 = {result.tau0:.6g} gives teacher share {result.achieved_share:.4f} "
           f"(target {config.target_teacher_share}) on {len(prompts)} prompts, {settings.schedule} schedule, "
           f"decay {settings.decay}")
@@ -57,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
             "greedy": settings.greedy,
             "temperature": settings.temperature,
             "seed": args.seed,
+            "dtype": args.dtype,
+            "mixed_precision": args.mixed_precision,
         }
         atomic_write_json(args.out, payload)
     return 0

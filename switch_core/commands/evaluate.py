@@ -7,10 +7,12 @@ examples are skipped unless ``--force``.
 from __future__ import annotations
 
 import argparse
+import typing
 from pathlib import Path
 
 import torch
 
+from switch_core.config import DtypeName
 from switch_core.evaluation.benchmarks import read_benchmark
 from switch_core.evaluation.evaluate import EvalProtocol, EvaluationSummary, evaluate_model
 from switch_core.evaluation.metrics import DEFAULT_BUCKET_EDGES
@@ -46,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="upper bounds of the reference-length buckets in tokens (default: 5,10,20,50)",
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default=None, choices=typing.get_args(DtypeName),
+                        help="parameter dtype of the model (default: eval.dtype)")
     parser.add_argument("--greedy", action="store_true", help="argmax decoding (not the paper protocol)")
     parser.add_argument("--no-hub", action="store_true", help="never download a benchmark from the hub")
     parser.add_argument(
@@ -81,11 +84,12 @@ def format_summary(summary: EvaluationSummary) -> str:
         agg = m["aggregate"]
         seeds = ",".join(str(s) for s in m["protocol"]["seeds"])
         limit = "all" if m["limit"] is None else str(m["limit"])
+        dtype = f", {m['protocol']['dtype']}" if "dtype" in m["protocol"] else ""  # recorded unless float32
         state = "resumed" if outcome.skipped else f"{m['throughput']['tokens_per_s']:.1f} tok/s"
         lines.append(
             f"  {outcome.name:<10} ROUGE-L {agg['rouge_l']['mean']:6.2f} ± {agg['rouge_l']['sd']:5.2f}  "
             f"BLEU {agg['bleu']['mean']:6.2f}  EM {agg['exact_match']['mean']:6.2f}  "
-            f"(n={m['num_examples']} of {m['available_examples']}, limit {limit}, seeds {seeds}; {state})"
+            f"(n={m['num_examples']} of {m['available_examples']}, limit {limit}, seeds {seeds}{dtype}; {state})"
         )
     t = summary.throughput
     if t is not None:
@@ -109,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["seeds"] = tuple(args.seeds)
     if args.limit is not None:
         overrides["limit"] = args.limit
+    if args.dtype is not None:
+        overrides["dtype"] = args.dtype
     protocol = EvalProtocol.from_config(config, **overrides)
     data_dir = _resolve(args.data_dir or config.eval.data_dir, root)
     benchmarks = [
@@ -124,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     # timings out of the (DVC-tracked) results: timings/eval/<name> for a folder of the run, else beside the results
     timings = layout.timings(out) if out.resolve().is_relative_to(layout.root.resolve()) else None
     summary = evaluate_model(
-        model, benchmarks, protocol, out, force=args.force, device=device, dtype=args.dtype,
+        model, benchmarks, protocol, out, force=args.force, device=device,
         throughput_prompts=args.throughput_prompts, throughput_tokens=args.throughput_tokens,
         show_progress=not args.quiet, timings_dir=timings,
     )

@@ -4,11 +4,12 @@ response position, written to run_dir/analysis/gate_profile.json (``switch-kd ga
 The student that distillation starts from (``models/student-sft``; ``models/student-init`` without a warm-up)
 answers ``gate_profile.prompts`` dev prompts alone (a subset drawn with ``seed``, in dev-file order): the ``rollout``
 section's decoding settings with strategy ``student``, the teacher run alongside so that the gate's JSD (β = 0.5,
-after the temperature, docs/METHOD.md §1.1) is recorded at every token. The file holds the profile
-(:func:`switch_core.reporting.gate_profile.jsd_profile`: quantiles, mean and count per position and per position
-bucket), the share of tokens above τ_t when ``rollout.tau0`` is set, and the per-token values themselves (so a
-report can compare them with any run's τ_t). Batch i is decoded with a generator seeded ``seed + i``: the same
-inputs give the same file, byte for byte; it holds no timing.
+after the temperature, docs/METHOD.md §1.1) is recorded at every token; under the autocast of
+``optim.mixed_precision``, as the distillation runs decode their rollouts (recorded under ``decoding`` when it is not
+``no``). The file holds the profile (:func:`switch_core.reporting.gate_profile.jsd_profile`: quantiles, mean and
+count per position and per position bucket), the share of tokens above τ_t when ``rollout.tau0`` is set, and the
+per-token values themselves (so a report can compare them with any run's τ_t). Batch i is decoded with a generator
+seeded ``seed + i``: the same inputs give the same file, byte for byte; it holds no timing.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from switch_core.layout import RunLayout
 from switch_core.models.compat import check_compatible
 from switch_core.models.device import model_device
 from switch_core.models.loading import load_causal_lm, load_tokenizer
-from switch_core.processes import process_state
+from switch_core.processes import autocast, process_state
 from switch_core.reporting.gate_profile import exceed_shares, jsd_profile, schedule_thresholds
 from switch_core.rollout import RolloutSettings, rollout
 from switch_core.training.run_setup import require, teacher_dir
@@ -100,7 +101,9 @@ def gate_profile(config: Config, layout: RunLayout) -> Path:
         for r in records
     ]
     settings = student_settings(config, tokenizer)
-    jsd = decode_divergences(student, teacher, prompts, settings, config.seed, config.rollout.batch_size)
+    precision = config.optim.mixed_precision
+    with autocast(precision, device):
+        jsd = decode_divergences(student, teacher, prompts, settings, config.seed, config.rollout.batch_size)
     steps = settings.max_new_tokens
     rollout_config = config.rollout
     payload: dict[str, Any] = {
@@ -109,6 +112,8 @@ def gate_profile(config: Config, layout: RunLayout) -> Path:
                      "temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p},
         **jsd_profile(jsd, steps=steps),
     }
+    if precision != "no":  # recorded only then: a float32 profile stays the file it was before the setting existed
+        payload["decoding"]["mixed_precision"] = precision
     if rollout_config.tau0 is not None:
         spec = {"tau0": rollout_config.tau0, "schedule": rollout_config.schedule, "decay": rollout_config.decay,
                 "horizon": rollout_config.horizon, "max_new_tokens": steps}

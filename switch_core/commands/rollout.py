@@ -11,7 +11,8 @@ The decoding options are the ``rollout`` config section's fields (`switch_core.c
 ranges and help); an option given for another strategy or engine (e.g. ``--skd-top-k`` without ``--strategy skd``,
 ``--max-draft-tokens`` with ``--engine lockstep``) is ignored with a warning. As in a training run, ``--strategy
 switch`` without ``--tau0`` first calibrates τ0 to ``--target-share`` on the first ``--max-prompts`` prompts (the
-``calibrate`` command's search).
+``calibrate`` command's search). ``--mixed-precision`` (a run's ``optim.mixed_precision``) decodes under the autocast
+a training run with that setting uses.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from switch_core.commands.rollout_inputs import (
     ignored_options,
     load_models,
     load_shared_tokenizer,
+    precision,
     read_prompts,
     rollout_config,
     search_tau0,
@@ -82,17 +84,18 @@ def run(args: argparse.Namespace) -> int:
     batches = tokenized_batches(prompts, tokenizer, args, args.prompts)
     settings = settings_from_config(config, tokenizer)
     teacher, student = load_models(args, tokenizer)
-    if settings.needs_calibration:  # no --tau0: calibrated on the first --max-prompts prompts, as a training run does
-        chosen = tokenized_batches(prompts[: config.calibration_prompts], tokenizer, args, args.prompts)
-        result = search_tau0(student, teacher, chosen, settings, config, args.seed)
-        settings = result.settings
-        print(f"calibrated tau0 = {settings.tau0:.6g} (teacher share {result.achieved_share:.4f}, target "
-              f"{config.target_teacher_share})", flush=True)
-        if result.reason is not None:
-            print(result.reason, flush=True)
-    rows: list[dict[str, Any]] = [{} for _ in prompts]
-    for index, row in _decode_all(teacher, student, tokenizer, batches, settings, args.seed):
-        rows[index] = {"prompt": prompts[index], **row}
+    with precision(args):
+        if settings.needs_calibration:  # no --tau0: calibrated on the first --max-prompts prompts, as a run does
+            chosen = tokenized_batches(prompts[: config.calibration_prompts], tokenizer, args, args.prompts)
+            result = search_tau0(student, teacher, chosen, settings, config, args.seed)
+            settings = result.settings
+            print(f"calibrated tau0 = {settings.tau0:.6g} (teacher share {result.achieved_share:.4f}, target "
+                  f"{config.target_teacher_share})", flush=True)
+            if result.reason is not None:
+                print(result.reason, flush=True)
+        rows: list[dict[str, Any]] = [{} for _ in prompts]
+        for index, row in _decode_all(teacher, student, tokenizer, batches, settings, args.seed):
+            rows[index] = {"prompt": prompts[index], **row}
     atomic_write_jsonl(args.out, rows)
     tokens = sum(len(r["token_ids"]) for r in rows)
     teacher_tokens = sum(s == "teacher" for r in rows for s in r["sources"])

@@ -1,6 +1,6 @@
 """The inputs of the ``rollout`` and ``calibrate`` commands: their shared options (declared by the ``rollout`` config
-section's schema), the prompts file, the models and tokenizer, the tokenised prompt batches, the settings and the τ0
-search.
+section's schema; ``--mixed-precision`` by ``optim.mixed_precision``'s, the autocast a training run's rollouts run
+under), the prompts file, the models and tokenizer, the tokenised prompt batches, the settings and the τ0 search.
 """
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import argparse
 import json
 import re
 import typing
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,9 +16,10 @@ import torch
 from pydantic import BaseModel, ValidationError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from switch_core.config import DataConfig, RolloutConfig
+from switch_core.config import DataConfig, DtypeName, OptimConfig, RolloutConfig
 from switch_core.data.prompts import instruction_prompt
 from switch_core.data.tokenize import left_pad, tokenize_prompt
+from switch_core.processes import autocast
 from switch_core.rollout import CalibrationResult, RolloutSettings, calibrate_tau0
 
 
@@ -164,8 +166,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--student", required=True, help="checkpoint folder, .gguf file or hub name")
     models.add_argument("--prompts", required=True, type=Path, help=PROMPTS_HELP)
     add_config_option(models, DataConfig, "prompt_format")
-    models.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
+    models.add_argument("--dtype", default="float32", choices=typing.get_args(DtypeName), help="model dtype")
     models.add_argument("--device", default="cpu", help="device of both models, e.g. cpu or cuda:0 (default: cpu)")
+    add_config_option(models, OptimConfig, "mixed_precision")
     add_config_option(models, RolloutConfig, "batch_size")
     add_config_option(models, DataConfig, "max_prompt_length")
     models.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
@@ -223,6 +226,12 @@ def load_models(
     student = load_causal_lm(args.student, dtype=args.dtype, device=args.device)
     check_compatible(teacher, student, tokenizer, student_tokenizer)
     return teacher, student
+
+
+def precision(args: argparse.Namespace) -> AbstractContextManager[None]:
+    """The autocast the models run under: ``--mixed-precision`` on ``--device`` (as a training run with that
+    ``optim.mixed_precision`` decodes its rollouts; `switch_core.processes.autocast`)."""
+    return autocast(args.mixed_precision, args.device)
 
 
 def settings_from_config(config: RolloutConfig, tokenizer: PreTrainedTokenizerBase) -> RolloutSettings:

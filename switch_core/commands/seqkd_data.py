@@ -2,7 +2,8 @@
 
 Sampling as the reference scripts' ``generate_data_seqkd.sh``: temperature 1, top-k 0 (off), top-p 1, prompts
 truncated to ``data.max_prompt_length``, up to ``data.max_length − data.max_prompt_length`` new tokens, no n-gram
-blocking (the samples are the teacher's own distribution). The file holds one record per training record (same id,
+blocking (the samples are the teacher's own distribution), under the autocast of ``optim.mixed_precision`` (the
+distillation runs' setting, as their rollouts). The file holds one record per training record (same id,
 instruction and input; the teacher's response as the only reference), so every SeqKD run reuses it; with
 ``data.seqkd_limit: N`` only the first N training records are answered (a short SeqKD run sees no more). A run whose
 inputs (training split, teacher weights, sampling settings, seed) did not change is skipped: ``seqkd/meta.json``
@@ -27,7 +28,7 @@ from switch_core.evaluation.generate import generate_batch
 from switch_core.hashing import checkpoint_fingerprint, files_fingerprint
 from switch_core.layout import RunLayout
 from switch_core.models.loading import load_causal_lm, load_tokenizer
-from switch_core.processes import process_state
+from switch_core.processes import autocast, process_state
 from switch_core.training.run_setup import require, teacher_dir
 
 
@@ -36,13 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sampling_settings(config: Config) -> dict[str, Any]:
-    """Decoding settings of the SeqKD generations (docs/METHOD.md §6.3)."""
+    """Decoding settings of the SeqKD generations (docs/METHOD.md §6.3); ``mixed_precision`` only when it is not
+    ``no`` (float32 data made before the setting existed keep their fingerprint and are not generated again)."""
     data = config.data
-    return {
+    settings = {
         "max_prompt_length": data.max_prompt_length, "max_new_tokens": data.max_length - data.max_prompt_length,
         "temperature": 1.0, "top_k": 0, "top_p": 1.0, "no_repeat_ngram_size": 0, "seed": config.seed,
         "prompt_format": data.prompt_format, "limit": data.seqkd_limit,
     }
+    if config.optim.mixed_precision != "no":
+        settings["mixed_precision"] = config.optim.mixed_precision
+    return settings
 
 
 def input_fingerprint(config: Config, layout: RunLayout) -> dict[str, Any]:
@@ -84,7 +89,8 @@ def _generate(
     tokenizer = load_tokenizer(folder)
     teacher = load_causal_lm(folder, dtype=config.teacher.dtype, device=state.device)
     prompts = [format_prompt(r, style=config.data.prompt_format, tokenizer=tokenizer) for r in records]
-    with tqdm(total=len(prompts), desc="seqkd-data", disable=None) as bar:
+    with (tqdm(total=len(prompts), desc="seqkd-data", disable=None) as bar,
+          autocast(config.optim.mixed_precision, state.device)):
         result = generate_batch(
             teacher, tokenizer, prompts, max_prompt_length=settings["max_prompt_length"],
             max_new_tokens=settings["max_new_tokens"], temperature=settings["temperature"], top_k=settings["top_k"],

@@ -14,6 +14,9 @@ out of these files: ``timings.json`` per benchmark and ``throughput.json`` go to
 (``timings_dir``; the benchmark folders themselves when not given), and the result files are the same bytes for the
 same model, data and protocol.
 
+The model is loaded in the protocol's ``dtype`` (``eval.dtype``, float32 by default; bfloat16 about halves the
+generation time on CPUs with AMX / avx512_bf16 and changes the scores at rounding level).
+
 Metrics (METHOD.md §5.5): ROUGE-L F-measure with stemming, max over references, ×100, averaged over examples; the mean
 and sample standard deviation over seeds. Also corpus BLEU (sacrebleu) and exact match, and ROUGE-L per
 reference-length bucket (METHOD.md §2). A benchmark whose ``metrics.json`` already holds the same fingerprint (model
@@ -75,9 +78,9 @@ class EvalProtocol:
     evaluation adds. Build it with :meth:`from_config`.
 
     Attributes:
-        seeds, max_prompt_length, max_new_tokens, temperature, top_k, top_p, no_repeat_ngram_size, batch_size, limit:
-            ``eval.*`` (``batch_size`` is part of the protocol: it changes the random draws; ``limit`` = examples per
-            benchmark, a seeded subsample, None = all).
+        seeds, max_prompt_length, max_new_tokens, temperature, top_k, top_p, no_repeat_ngram_size, batch_size, limit,
+            dtype: ``eval.*`` (``batch_size`` is part of the protocol: it changes the random draws; ``limit`` =
+            examples per benchmark, a seeded subsample, None = all; ``dtype`` = the model's parameter dtype).
         subsample_seed: seed of that subsample (the configuration's ``seed``).
         prompt_style: ``"minillm"`` (the benchmark's own prompt) or ``"chat_template"`` (``data.prompt_format``).
         length_bucket_edges: upper bounds of the reference-length buckets in tokens.
@@ -93,6 +96,7 @@ class EvalProtocol:
     no_repeat_ngram_size: int = _config_default("no_repeat_ngram_size")
     batch_size: int = _config_default("batch_size")
     limit: int | None = _config_default("limit")
+    dtype: str = _config_default("dtype")
     subsample_seed: int = 0
     prompt_style: PromptStyle = "minillm"
     length_bucket_edges: tuple[int, ...] = DEFAULT_BUCKET_EDGES
@@ -123,10 +127,16 @@ class EvalProtocol:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples as lists)."""
+        """JSON-ready dict (tuples as lists): the protocol record of metrics.json and of the resume fingerprint.
+
+        ``dtype`` is left out when it is float32, so that results evaluated before ``eval.dtype`` existed (all in
+        float32) keep their record and fingerprint; any other dtype is recorded, so changing it re-evaluates.
+        """
         data = asdict(self)
         data["seeds"] = list(self.seeds)
         data["length_bucket_edges"] = list(self.length_bucket_edges)
+        if self.dtype == "float32":
+            del data["dtype"]
         return data
 
     def generation_kwargs(self) -> dict[str, Any]:
@@ -458,7 +468,6 @@ def evaluate_model(
     *,
     force: bool = False,
     device: str = "cpu",
-    dtype: str = "float32",
     throughput_prompts: int = 16,
     throughput_tokens: int = 64,
     show_progress: bool = True,
@@ -474,11 +483,10 @@ def evaluate_model(
     Args:
         model_path: checkpoint folder, ``.gguf`` file, ``"embedded"`` or a cached hub name.
         benchmarks: loaded benchmarks (see :func:`~switch_core.evaluation.benchmarks.read_benchmark`).
-        protocol: decoding and scoring settings.
+        protocol: decoding and scoring settings; the model is loaded in ``protocol.dtype``.
         out_dir: the model's evaluation folder; results go to ``{out_dir}/{benchmark}/``.
         force: recompute benchmarks whose results are up to date.
         device: where the model runs (``"cpu"``, ``"cuda"``...).
-        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         throughput_prompts: prompts of the throughput probe; 0 = no probe.
         throughput_tokens: new-token cap of the probe.
         show_progress: tqdm bars over generation batches.
@@ -508,7 +516,7 @@ def evaluate_model(
     }
     throughput = None
     if todo:
-        model = load_causal_lm(source.name_or_path, gguf_file=source.gguf_file, dtype=dtype, device=device)
+        model = load_causal_lm(source.name_or_path, gguf_file=source.gguf_file, dtype=protocol.dtype, device=device)
         tokenizer = load_tokenizer(source.name_or_path, gguf_file=source.gguf_file)
         for item in todo:
             total = len(item.loaded.records) * len(protocol.seeds)

@@ -8,7 +8,8 @@
   protocol's decoding settings (docs/METHOD.md §5.4–5.5) on a fixed, seeded subset of the dev prompts.
 
 Dev losses are sharded over processes and summed; the ROUGE-L generations run on the main process only and the
-result is broadcast, so the score does not depend on the number of processes.
+result is broadcast, so the score does not depend on the number of processes. Both run under the accelerator's
+autocast (``optim.mixed_precision``).
 """
 from __future__ import annotations
 
@@ -97,16 +98,20 @@ def dev_rouge_l(
 ) -> float:
     """100 × mean ROUGE-L of the student's sampled responses on ``dev.prompts`` (main process; broadcast).
 
+    The generations run under ``accelerator.autocast()`` (the run's ``optim.mixed_precision``), as its losses and
+    rollouts do; ``generation.dtype`` (the evaluate stage's weight dtype) does not apply here.
+
     Returns NaN when there are no prompts.
     """
     result = [float("nan")]
     if accelerator.is_main_process and dev.prompts:
-        responses = generate_responses(
-            student, tokenizer, dev.prompts, max_prompt_length=max_prompt_length,
-            max_new_tokens=generation.max_new_tokens, temperature=generation.temperature, top_k=generation.top_k,
-            top_p=generation.top_p, no_repeat_ngram_size=generation.no_repeat_ngram_size,
-            batch_size=generation.batch_size, seed=seed,
-        )
+        with accelerator.autocast():
+            responses = generate_responses(
+                student, tokenizer, dev.prompts, max_prompt_length=max_prompt_length,
+                max_new_tokens=generation.max_new_tokens, temperature=generation.temperature, top_k=generation.top_k,
+                top_p=generation.top_p, no_repeat_ngram_size=generation.no_repeat_ngram_size,
+                batch_size=generation.batch_size, seed=seed,
+            )
         scores = [rouge_l(pred, refs) for pred, refs in zip(responses, dev.references, strict=True)]
         result = [100.0 * sum(scores) / len(scores)]
     if accelerator.num_processes > 1:

@@ -131,10 +131,11 @@ class _Run:
         with self.engine.gathered():
             if self.acc.is_main_process:
                 seed = seeding.derive_seed(self.optim.seed, seeding.Stream.CALIBRATION) % 2**31
-                result = [calibrate_settings(
-                    self.student, self.teacher, [e.prompt_ids for e in self.job.train], self.settings,
-                    self.job.rollout, seed=seed,
-                )]
+                with self.acc.autocast():
+                    result = [calibrate_settings(
+                        self.student, self.teacher, [e.prompt_ids for e in self.job.train], self.settings,
+                        self.job.rollout, seed=seed,
+                    )]
         if self.acc.num_processes > 1:
             broadcast_object_list(result, from_process=0)
         self.settings, self.calibration = result[0].settings, result[0].to_dict()
@@ -175,6 +176,7 @@ class _Run:
             keep_teacher_logits=self.job.method.reuse_rollout_teacher_logits and self.spec.needs_teacher,
             rank=self.acc.process_index,
             reduce_sum=(lambda t: self.acc.reduce(t, reduction="sum")) if self.acc.num_processes > 1 else None,
+            autocast=self.acc.autocast,
         )
 
     # ------------------------------------------------------------------ state

@@ -34,6 +34,9 @@ while decoding: one teacher forward over the finished batch is much cheaper than
 MiniLLM's rollouts run both models (rewards need the teacher's and the student's log-probability of every token) but
 never keep the teacher logits: the stored batch lives for ``ppo_epochs`` steps and is part of the resumable state.
 
+Rollouts (and the stop-token statistics' forwards) run under the run's autocast (``optim.mixed_precision``: the
+``autocast`` the loop passes, its accelerator's), as the losses do.
+
 Every fresh rollout also reports its stop-token statistics (:func:`switch_core.training.stop_tokens.stop_statistics`).
 With ``supervise_stop`` (docs/METHOD.md §6.10) the rollout's responses that were cut without a stop token get one
 appended before they are trained on or pushed into the buffer, and every batch made of rollouts (fresh or replayed)
@@ -44,7 +47,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -199,6 +203,8 @@ class BatchSource:
         rank: this process's index (for its replay-buffer draws).
         reduce_sum: sums a tensor over processes (MiniLLM's advantage whitening uses global statistics); None = one
             process.
+        autocast: context manager factory the rollouts run under (the run's ``accelerator.autocast``, as for the
+            losses); default none.
 
     Raises:
         MethodSetupError: a rollout method without teacher or settings, the adaptive schedule without replay,
@@ -220,6 +226,7 @@ class BatchSource:
         keep_teacher_logits: bool,
         rank: int = 0,
         reduce_sum: ReduceSum | None = None,
+        autocast: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self.uses_rollouts = method.data in ROLLOUT_DATA
         if self.uses_rollouts and (teacher is None or settings is None):
@@ -244,6 +251,7 @@ class BatchSource:
         self.phi = method.init_threshold
         self.prev_dev_loss: float | None = None
         self.reduce_sum = reduce_sum
+        self.autocast = autocast
         self.stored: TrainBatch | None = None  # MiniLLM: the rollout of the current PPO epochs
 
     def next(self, step: int, examples: Sequence[TrainExample], offset: int) -> SourceOutput:
@@ -294,11 +302,12 @@ class BatchSource:
         device = model_device(self.student)
         began = time.perf_counter()
         chunks: list[RolloutBatch] = []
-        for start in range(0, len(examples), self.rollout_batch_size):
-            part = examples[start : start + self.rollout_batch_size]
-            prompt_ids, prompt_mask = left_pad([e.prompt_ids for e in part], self.pad_token_id)
-            gen = seeding.generator(self.seed, seeding.Stream.ROLLOUT, step, offset + start, device=device)
-            chunks.append(rollout(self.student, self.teacher, prompt_ids, prompt_mask, settings, generator=gen))
+        with self.autocast():
+            for start in range(0, len(examples), self.rollout_batch_size):
+                part = examples[start : start + self.rollout_batch_size]
+                prompt_ids, prompt_mask = left_pad([e.prompt_ids for e in part], self.pad_token_id)
+                gen = seeding.generator(self.seed, seeding.Stream.ROLLOUT, step, offset + start, device=device)
+                chunks.append(rollout(self.student, self.teacher, prompt_ids, prompt_mask, settings, generator=gen))
         sequences = [s for rb in chunks for s in _sequences(rb)]
         if self.method.supervise_stop:
             sequences = append_stop(sequences, settings.stop_token_ids)
@@ -314,11 +323,12 @@ class BatchSource:
             "teacher_tokens": float(sum(int(rb.teacher_counts()[0].sum()) for rb in chunks)),
             "rollout_seconds": time.perf_counter() - began,
         }
-        for rb in chunks:
-            for name, value in stop_statistics(
-                rb, settings.stop_token_ids, student=self.student, teacher=self.teacher
-            ).items():
-                stats[name] = stats.get(name, 0.0) + value
+        with self.autocast():
+            for rb in chunks:
+                for name, value in stop_statistics(
+                    rb, settings.stop_token_ids, student=self.student, teacher=self.teacher
+                ).items():
+                    stats[name] = stats.get(name, 0.0) + value
         width = max(rb.tokens.shape[1] for rb in chunks)
         teacher_at, tokens_at = torch.zeros(width, dtype=torch.long), torch.zeros(width, dtype=torch.long)
         for rb in chunks:
