@@ -145,7 +145,19 @@ class StudentConfig(_Strict):
 
     init: Literal["prune", "hf", "config", "tiny"] = "prune"
     name_or_path: str | None = Field(None, description="HF name/folder (init=hf) or config folder/json (init=config).")
-    keep_layers: int | list[int] = Field(6, description="init=prune: a count (evenly spaced) or explicit indices.")
+    keep_layers: int | list[int] = Field(
+        6, description="init=prune: a count (chosen by layer_selection) or explicit, strictly increasing indices."
+    )
+    layer_selection: Literal["even", "block_influence"] = Field(
+        "even", description="init=prune with a count: which teacher layers to keep; even = evenly spaced, first and "
+        "last included; block_influence = the highest Block Influence (ShortGPT, Men et al. 2024: BI = 1 - mean "
+        "token cosine between a layer's input and output hidden states) on selection_examples train examples, ties "
+        "to the lower index (METHOD.md §1.2).",
+    )
+    selection_examples: int = Field(
+        32, ge=1, description="layer_selection=block_influence: first train examples (prompt + reference) BI is "
+        "measured on.",
+    )
     config_overrides: dict[str, Any] = Field(default_factory=dict, description="init=config: config fields to set.")
     tiny: TinyModelConfig = TinyModelConfig(hidden=32, layers=1, heads=2, seed=1)
     warmup: bool = Field(True, description="SFT warm-up ('init') before distillation (METHOD.md §1.2, §6.7).")
@@ -167,6 +179,12 @@ class StudentConfig(_Strict):
     def _needs_path(self) -> StudentConfig:
         if self.init in ("hf", "config") and not self.name_or_path:
             raise ValueError(f"student.name_or_path is required when student.init = {self.init!r}")
+        if self.layer_selection == "block_influence" and isinstance(self.keep_layers, list):
+            raise ValueError(
+                f"student.layer_selection = 'block_influence' chooses the layers itself, but student.keep_layers = "
+                f"{self.keep_layers} lists them: give student.keep_layers as a count, or set "
+                "student.layer_selection = 'even' to keep exactly these indices"
+            )
         return self
 
 

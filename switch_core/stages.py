@@ -60,7 +60,8 @@ def pipeline_stages(config: Config, layout: RunLayout) -> list[Stage]:
               params=("teacher.sft", "teacher_optim", "data", *EVAL_DECODING),
               inputs=(layout.data_dir, layout.model("teacher-base"))),
         Stage("build-student", ("build-student",), layout.model("student-init"),
-              params=("student", "data.max_length", "seed"), inputs=(layout.model("teacher-base"),)),
+              params=("student", "data.max_length", "data.max_prompt_length", "data.prompt_format", "seed"),
+              inputs=(layout.split("train"), layout.model("teacher-base"))),
     ]
     if config.student.warmup:
         stages.append(Stage("sft-student", ("sft", "--role", "student", "--resume-compatible"),

@@ -1,19 +1,25 @@
-"""Student construction: evenly spaced layers, layer pruning, fresh models from configs, parameter counts."""
+"""Student construction: evenly spaced layers, Block Influence layer selection, layer pruning, fresh models from
+configs, parameter counts."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
+from torch import nn
 from transformers import AutoModelForCausalLM, DynamicCache
 
+from switch_core.data.tokenize import TrainExample, collate_train
 from switch_core.models.student import (
     StudentConfigError,
+    block_influence,
     count_parameters,
     evenly_spaced_layers,
     model_from_config,
     prune_layers,
+    top_influence_layers,
 )
 from switch_core.models.tiny import tiny_causal_lm
 
@@ -58,6 +64,80 @@ def test_evenly_spaced_layers(num_layers, keep, expected):
 def test_evenly_spaced_layers_rejects_impossible_counts(num_layers, keep):
     with pytest.raises(StudentConfigError, match=f"num_layers={num_layers}|keep={keep}"):
         evenly_spaced_layers(num_layers, keep)
+
+
+# The final norm of each family, applied after the last decoder layer (output_hidden_states[-1] is after it).
+FINAL_NORM = {"gpt2": ("transformer", "ln_f"), "opt": ("model.decoder", "final_layer_norm"), "llama": ("model", "norm")}
+
+
+def _hand_block_influence(model, arch, input_ids):
+    """1 - mean token cosine (float64) between consecutive ``output_hidden_states``, on a copy whose final norm is
+    the identity, so the last state is the last layer's raw output."""
+    bare = copy.deepcopy(model)
+    parent = bare
+    for name in FINAL_NORM[arch][0].split("."):
+        parent = getattr(parent, name)
+    setattr(parent, FINAL_NORM[arch][1], nn.Identity())
+    with torch.no_grad():
+        states = bare(input_ids, output_hidden_states=True).hidden_states
+    return torch.tensor([
+        1 - nn.functional.cosine_similarity(states[i].double(), states[i + 1].double(), dim=-1).mean().item()
+        for i in range(len(states) - 1)
+    ], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "opt", "llama"])
+def test_block_influence_equals_hand_computation_from_hidden_states(arch):
+    teacher = _teacher(arch, layers=4)
+    ids = torch.randint(1, VOCAB, (3, 9), generator=torch.Generator().manual_seed(0))
+    influence = block_influence(teacher, ids, torch.ones_like(ids))
+    assert influence.dtype == torch.float64 and influence.shape == (4,)
+    torch.testing.assert_close(influence, _hand_block_influence(teacher, arch, ids), rtol=0, atol=1e-6)
+    assert influence.min() > 0  # random layers turn their input a little
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "opt", "llama"])
+def test_block_influence_of_a_padded_batch_is_the_token_weighted_mean_of_its_rows(arch):
+    teacher = _teacher(arch, layers=3)
+    teacher.train()
+    rows = [[5, 9, 3, 17, 2, 8, 11], [4, 6], [30, 31, 32, 33]]
+    singles = [block_influence(teacher, torch.tensor([r]), torch.ones(1, len(r), dtype=torch.long)) for r in rows]
+    expected = 1 - sum(len(r) * (1 - bi) for r, bi in zip(rows, singles, strict=True)) / sum(map(len, rows))
+    batch = collate_train([TrainExample(str(i), r, r, 0) for i, r in enumerate(rows)], pad_token_id=0)
+    for batch_size in (1, 2, 8):
+        torch.testing.assert_close(
+            block_influence(teacher, batch["input_ids"], batch["attention_mask"], batch_size=batch_size), expected,
+            rtol=0, atol=1e-6,
+        )
+    one = batch["input_ids"][1:2], batch["attention_mask"][1:2]  # one padded row = the same row unpadded
+    torch.testing.assert_close(block_influence(teacher, *one), singles[1], rtol=0, atol=1e-6)
+    assert teacher.training  # mode restored
+
+
+def test_block_influence_rejects_bad_inputs():
+    teacher = _teacher("llama", layers=2)
+    ids = torch.ones(2, 3, dtype=torch.long)
+    with pytest.raises(StudentConfigError, match="all 0"):
+        block_influence(teacher, ids, torch.zeros_like(ids))
+    with pytest.raises(StudentConfigError, match=r"\[batch, length\]"):
+        block_influence(teacher, ids, torch.ones(2, 4, dtype=torch.long))
+    with pytest.raises(StudentConfigError, match="batch_size=0"):
+        block_influence(teacher, ids, torch.ones_like(ids), batch_size=0)
+
+
+@pytest.mark.parametrize(
+    ("keep", "expected"),
+    [(1, [3]), (2, [0, 3]), (3, [0, 2, 3]), (4, [0, 2, 3, 4]), (5, [0, 1, 2, 3, 4])],
+)
+def test_top_influence_layers_keeps_the_highest_in_index_order_ties_to_the_lower_index(keep, expected):
+    influence = torch.tensor([0.5, 0.1, 0.5, 0.9, 0.2], dtype=torch.float64)
+    assert top_influence_layers(influence, keep) == expected
+
+
+@pytest.mark.parametrize("keep", [0, 6])
+def test_top_influence_layers_rejects_impossible_counts(keep):
+    with pytest.raises(StudentConfigError, match=f"keep={keep} layers by block influence out of 5"):
+        top_influence_layers([0.5, 0.1, 0.5, 0.9, 0.2], keep)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "opt", "llama"])

@@ -38,6 +38,7 @@ from switch_core.data.tokenize import (
     shift_labels,
     tokenize_example,
     tokenize_prompt,
+    tokenize_records,
 )
 
 __all__ = [
@@ -74,6 +75,7 @@ __all__ = [
     "split_records",
     "tokenize_example",
     "tokenize_prompt",
+    "tokenize_records",
     "write_records",
     "write_splits",
 ]

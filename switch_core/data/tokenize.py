@@ -20,11 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from switch_core.data.prompts import MINILLM_INPUT_MARKER, MINILLM_INSTRUCTION_MARKER, prompt_ends
+from switch_core.data.prompts import MINILLM_INPUT_MARKER, MINILLM_INSTRUCTION_MARKER, format_prompt, prompt_ends
+from switch_core.data.records import InstructionRecord
+
+if TYPE_CHECKING:
+    from switch_core.config import DataConfig
 
 IGNORE_INDEX = -100
 """Label value ignored by the loss (``torch.nn.functional.cross_entropy(ignore_index=-100)``)."""
@@ -249,6 +253,23 @@ def tokenize_example(
         response_truncated=len(kept) < len(response_ids),
         prompt_truncated=encoded.truncated,
     )
+
+
+def tokenize_records(records: Sequence[InstructionRecord], tokenizer: Any, data: DataConfig) -> list[TrainExample]:
+    """Tokenise records as training examples: each prompt formatted with ``data.prompt_format``, its first reference
+    as the response (:func:`tokenize_example` with ``data.max_length`` and ``data.max_prompt_length``).
+
+    Raises:
+        EmptyExampleError: a record whose prompt or response is empty after truncation (the message names the record
+            id).
+    """
+    return [
+        tokenize_example(
+            r.id, format_prompt(r, style=data.prompt_format, tokenizer=tokenizer), r.reference, tokenizer,
+            max_length=data.max_length, max_prompt_length=data.max_prompt_length,
+        )
+        for r in records
+    ]
 
 
 def collate_train(examples: Sequence[TrainExample], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -16,10 +16,12 @@ from switch_core.models.loading import (
 )
 from switch_core.models.student import (
     StudentConfigError,
+    block_influence,
     count_parameters,
     evenly_spaced_layers,
     model_from_config,
     prune_layers,
+    top_influence_layers,
 )
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "ModelLoadError",
     "ModelSource",
     "StudentConfigError",
+    "block_influence",
     "check_compatible",
     "count_parameters",
     "embedded_teacher_dir",
@@ -42,4 +45,5 @@ __all__ = [
     "resolve_dtype",
     "resolve_model_source",
     "save_pretrained_atomic",
+    "top_influence_layers",
 ]

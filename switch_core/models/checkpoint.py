@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from switch_core.atomic import follow_umask
+from switch_core.atomic import atomic_write_json, follow_umask
 from switch_core.models.lora import has_lora, merged_state_dict
 
 
@@ -140,6 +140,7 @@ def save_pretrained_atomic(
     folder: str | Path,
     *,
     state_dict: dict[str, Any] | None = None,
+    records: dict[str, Any] | None = None,
 ) -> Path:
     """Save a model and its tokenizer with ``save_pretrained`` so the folder appears (or is replaced) atomically.
 
@@ -173,6 +174,8 @@ def save_pretrained_atomic(
             model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        for name, value in (records or {}).items():
+            atomic_write_json(tmp / name, value)
         follow_umask(tmp)  # safetensors writes its files owner-only
         replace_folder(tmp, folder)
     finally:

@@ -6,6 +6,9 @@ Layer pruning keeps a subset of the teacher's decoder layers with their weights,
 and output head, as DistilBERT / "first-k layers" KD students do. The pruned model is rebuilt from a config with the
 new layer count, so each attention module gets its new ``layer_idx`` (the KV cache is indexed by it in
 transformers 5) and the result saves and loads with ``from_pretrained`` like any checkpoint.
+
+Which layers to keep: evenly spaced (:func:`evenly_spaced_layers`) or those with the highest Block Influence
+(:func:`block_influence`, :func:`top_influence_layers`; ShortGPT, Men et al. 2024).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import copy
 import itertools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +94,101 @@ def _selected_layers(num_layers: int, keep: int | Sequence[int]) -> list[int]:
     if any(a >= b for a, b in itertools.pairwise(indices)):
         raise StudentConfigError(f"keep={indices} must be strictly increasing (no repeats, original order)")
     return indices
+
+
+def block_influence(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, batch_size: int = 8
+) -> torch.Tensor:
+    """Block Influence of every decoder layer of ``model`` on a batch of token sequences.
+
+    ShortGPT (Men et al. 2024, "ShortGPT: Layers in Large Language Models are More Redundant Than You Expect",
+    arXiv:2403.03853, eq. 1): ``BI_i = 1 - E_t[cos(x_{i,t}, x_{i+1,t})]`` with ``x_i`` the hidden state entering
+    layer ``i`` and ``x_{i+1}`` the one leaving it, the expectation over every real token ``t`` of every row (rows
+    weighted by their token count; positions where ``attention_mask`` is 0 are left out). A layer that barely turns
+    its input (BI near 0) is the least needed one. The states are taken from forward hooks on the layers
+    themselves, so the last layer's output is its raw output, before the model's final norm (which
+    ``output_hidden_states`` would give instead).
+
+    The forwards run in ``model``'s dtype (float32 for the teacher ``build-student`` loads) without gradients, in eval
+    mode (the model's train/eval mode is restored afterwards), ``batch_size`` rows at a time; the cosines and their
+    mean are float64. The result does not depend on how the rows are padded or batched beyond rounding.
+
+    Args:
+        model: a causal LM of an architecture :func:`prune_layers` supports.
+        input_ids: ``[B, T]`` ``torch.long`` token ids, right- or left-padded.
+        attention_mask: ``[B, T]``, 1 on real tokens, 0 on padding; at least one real token in all.
+        batch_size: rows per forward pass (>= 1).
+
+    Returns:
+        ``[L]`` float64 tensor on the CPU, ``L`` the number of decoder layers, each value in [0, 2].
+
+    Raises:
+        StudentConfigError: unsupported architecture, mismatched shapes, no real token, or ``batch_size < 1``.
+    """
+    _, layers = _layer_container(model)
+    if input_ids.dim() != 2 or input_ids.shape != attention_mask.shape:
+        raise StudentConfigError(
+            f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must both be "
+            "[batch, length]"
+        )
+    if batch_size < 1:
+        raise StudentConfigError(f"batch_size={batch_size} must be >= 1")
+    tokens = int(attention_mask.sum())
+    if tokens == 0:
+        raise StudentConfigError("block influence needs at least one real token (attention_mask is all 0)")
+    similarity = torch.zeros(len(layers), dtype=torch.float64)
+    real: list[torch.Tensor] = []  # the current batch's [b, T] bool mask, read by the hooks
+
+    def hook(index: int) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], None]:
+        def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            del module
+            entering = args[0] if args else kwargs["hidden_states"]
+            leaving = output[0] if isinstance(output, tuple) else output
+            cosine = nn.functional.cosine_similarity(entering.double(), leaving.double(), dim=-1)
+            similarity[index] += cosine[real[0]].sum().cpu()
+
+        return record
+
+    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    training = model.training
+    device = next(model.parameters()).device
+    try:
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, input_ids.shape[0], batch_size):
+                ids = input_ids[start : start + batch_size].to(device)
+                mask = attention_mask[start : start + batch_size].to(device)
+                real[:] = [mask.bool()]
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(training)
+    return 1.0 - similarity / tokens
+
+
+def top_influence_layers(influence: torch.Tensor | Sequence[float], keep: int) -> list[int]:
+    """The ``keep`` layers with the highest Block Influence (:func:`block_influence`), in increasing index order.
+
+    Ties go to the lower index, so the choice is deterministic.
+
+    Args:
+        influence: ``[L]`` Block Influence per layer.
+        keep: layers to keep, ``1 <= keep <= L``.
+
+    Returns:
+        Sorted distinct layer indices.
+
+    Raises:
+        StudentConfigError: ``keep`` out of range.
+    """
+    values = [float(v) for v in influence]
+    if not 1 <= keep <= len(values):
+        raise StudentConfigError(
+            f"keep={keep} layers by block influence out of {len(values)} is impossible: use 1 <= keep <= {len(values)}"
+        )
+    ranked = sorted(range(len(values)), key=lambda i: (-values[i], i))
+    return sorted(ranked[:keep])
 
 
 def prune_layers(model: PreTrainedModel, keep: int | Sequence[int]) -> PreTrainedModel:

@@ -1,8 +1,8 @@
 """Split files -> the tokenised examples and dev data a training run needs (docs/METHOD.md §5.2–5.3).
 
 Each record's prompt is formatted with ``data.prompt_format`` and tokenised with its first reference as the response
-(``tokenize_example``: a long prompt cut inside its text with the format's end kept, response truncated to
-``max_length``, EOS appended and kept as a label).
+(:func:`~switch_core.data.tokenize.tokenize_records`: a long prompt cut inside its text with the format's end kept,
+response truncated to ``max_length``, EOS appended and kept as a label).
 """
 from __future__ import annotations
 
@@ -14,27 +14,10 @@ import torch
 
 from switch_core.config import DataConfig
 from switch_core.data.prompts import format_prompt
-from switch_core.data.records import InstructionRecord
 from switch_core.data.splits import read_records
-from switch_core.data.tokenize import TrainExample, count_truncated, tokenize_example
+from switch_core.data.tokenize import TrainExample, count_truncated, tokenize_records
 from switch_core.training import seeding
 from switch_core.training.dev import DevData
-
-
-def tokenize_records(records: list[InstructionRecord], tokenizer: Any, data: DataConfig) -> list[TrainExample]:
-    """Tokenise records for training.
-
-    Raises:
-        switch_core.data.tokenize.EmptyExampleError: a record whose prompt or response is empty after truncation
-            (the message names the record id).
-    """
-    return [
-        tokenize_example(
-            r.id, format_prompt(r, style=data.prompt_format, tokenizer=tokenizer), r.reference, tokenizer,
-            max_length=data.max_length, max_prompt_length=data.max_prompt_length,
-        )
-        for r in records
-    ]
 
 
 def load_examples(path: Path, tokenizer: Any, data: DataConfig) -> list[TrainExample]:
@@ -42,7 +25,7 @@ def load_examples(path: Path, tokenizer: Any, data: DataConfig) -> list[TrainExa
 
     Raises:
         switch_core.data.records.DataFormatError: missing or malformed file.
-        switch_core.data.tokenize.EmptyExampleError: see :func:`tokenize_records`.
+        switch_core.data.tokenize.EmptyExampleError: see :func:`~switch_core.data.tokenize.tokenize_records`.
     """
     examples = tokenize_records(read_records(path), tokenizer, data)
     counts = count_truncated(examples)
