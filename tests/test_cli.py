@@ -49,6 +49,37 @@ def test_data_teacher_student_stages_on_tiny_preset(tmp_path):
     ).get_vocab()
 
 
+def test_build_student_keeps_the_teacher_layers_of_highest_block_influence(tmp_path, capsys):
+    import torch
+
+    from switch_core.config import load_config
+    from switch_core.data.splits import read_records
+    from switch_core.data.tokenize import collate_train, tokenize_records
+    from switch_core.models.student import block_influence, prune_layers, top_influence_layers
+
+    assert _stage(tmp_path, "prepare-data") == 0
+    assert _stage(tmp_path, "setup-teacher", "--set", "teacher.tiny.layers=5") == 0
+    choice = ["--set", "student.init=prune", "--set", "student.keep_layers=3", "--set",
+              "student.layer_selection=block_influence", "--set", "student.selection_examples=6"]
+    assert _stage(tmp_path, "build-student", *choice) == 0
+    record = json.loads((tmp_path / "models" / "student-init" / "layer_selection.json").read_text())
+    teacher = load_causal_lm(tmp_path / "models" / "teacher-base")
+    tokenizer = load_tokenizer(tmp_path / "models" / "teacher-base")
+    data = load_config(None, preset="tiny").data
+    batch = collate_train(tokenize_records(read_records(tmp_path / "data" / "train.jsonl")[:6], tokenizer, data),
+                          tokenizer.pad_token_id)
+    influence = block_influence(teacher, batch["input_ids"], batch["attention_mask"])
+    assert record["examples"] == 6 and record["tokens"] == int(batch["attention_mask"].sum())
+    assert record["block_influence"] == pytest.approx(influence.tolist(), abs=1e-9)
+    assert record["kept_layers"] == top_influence_layers(influence, 3) and len(record["kept_layers"]) == 3
+    assert f"kept layers (highest block influence, 6 train examples, {record['tokens']} tokens): " \
+        f"{record['kept_layers']}" in capsys.readouterr().out
+    student = load_causal_lm(tmp_path / "models" / "student-init")
+    expected = prune_layers(teacher, record["kept_layers"]).state_dict()
+    assert student.config.num_hidden_layers == 3 and student.state_dict().keys() == expected.keys()
+    assert all(torch.equal(student.state_dict()[k], v) for k, v in expected.items())
+
+
 def test_student_with_another_vocabulary_is_refused(tmp_path, capsys):
     assert _stage(tmp_path, "prepare-data") == 0
     assert _stage(tmp_path, "setup-teacher") == 0

@@ -165,3 +165,16 @@ def test_each_optimisation_section_knows_its_key_for_messages():
     with pytest.raises(TrainingSetupError, match=r"3 training examples are fewer than one batch "
                                                  r"\(teacher_optim.batch_size=8\)"):
         StepLayout.of(config.teacher_optim, 1, 3)
+
+
+def test_student_layer_selection_errors_name_the_fields():
+    cfg = load_config(None, overrides=["student.layer_selection=block_influence", "student.keep_layers=15"])
+    assert (cfg.student.layer_selection, cfg.student.keep_layers, cfg.student.selection_examples) == (
+        "block_influence", 15, 32)
+    assert load_config(None).student.layer_selection == "even"
+    with pytest.raises(ConfigError, match=r"student.layer_selection = 'block_influence'.*student.keep_layers = \[0, 3\]"):
+        load_config(None, overrides=["student.layer_selection=block_influence", "student.keep_layers=[0, 3]"])
+    with pytest.raises(ConfigError, match="student.selection_examples"):
+        load_config(None, overrides=["student.selection_examples=0"])
+    with pytest.raises(ConfigError, match="student.layer_selection"):
+        load_config(None, overrides=["student.layer_selection=shortgpt"])
