@@ -88,9 +88,15 @@ def run_to_end(script: Path, root: Path, mode: str, *, processes: int = 1, timeo
     """Run ``script`` in ``root`` (``mode`` ``fresh`` or ``resume``) to its end; return its output.
 
     Raises:
-        AssertionError: the run failed (its output is the message).
+        AssertionError: the run failed or ran past ``timeout`` seconds (then its process group is killed); the
+            message holds its output.
     """
     child = launch(script, root, mode, processes=processes)
-    output = child.communicate(timeout=timeout)[0].decode()
+    try:
+        output = child.communicate(timeout=timeout)[0].decode()
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)  # a hung run (e.g. deadlocked ranks) fails instead of blocking
+        output = child.communicate()[0].decode()
+        raise AssertionError(f"the run did not end within {timeout} s:\n{output}") from None
     assert child.returncode == 0, output
     return output

@@ -180,6 +180,40 @@ def test_sharded_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_p
     assert all(torch.equal(best_got[k], best_want[k]) for k in best_want)
 
 
+DEV_MID_RUN_CHILD = """
+import torch.distributed as dist
+from accelerate import Accelerator
+from switch_core.config import DistributedConfig
+from switch_core.models.tiny import tiny_causal_lm
+from test_training_support import tokenizer
+
+accelerator = Accelerator(cpu=True)
+job = make_job(root, method("kd"), max_steps=6, eval_every=2, micro_batch_size=2)
+job.student = tiny_causal_lm("llama", len(tokenizer()), hidden=32, layers=2, heads=2, seed=1).double()
+job.teacher.double()
+if dist.is_initialized():
+    job.distributed = DistributedConfig(strategy="fsdp2", teacher="shard")
+train(job, accelerator=accelerator)
+"""
+
+
+@pytest.mark.slow  # two launches (about 30 s on 2 busy cores)
+def test_sharded_two_layer_run_with_dev_evaluations_mid_run_ends_with_the_weights_of_one_process(tmp_path) -> None:
+    # dev ROUGE-L generation runs on rank 0 only: its forwards used to leave FSDP2's backward-prefetch order
+    # different on the ranks, and with two decoder layers the next backward deadlocked (all-gather vs reduce-scatter)
+    script = write_script(tmp_path / "child.py", DEV_MID_RUN_CHILD)
+    two, one = tmp_path / "two", tmp_path / "one"
+    output = run_to_end(script, two, "fresh", processes=2, timeout=240)
+    assert "dev @ step 2:" in output and "dev @ step 4:" in output and "dev @ step 6:" in output
+    run_to_end(script, one, "fresh", processes=1, timeout=240)
+    summary = json.loads((two / "models" / "run" / "train_summary.json").read_text())
+    assert summary["steps"] == 6
+    got, want = (load_file(root / "models" / "run" / "model.safetensors") for root in (two, one))
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=TOLERANCE, atol=TOLERANCE, msg=key)
+
+
 def test_a_state_of_another_engine_is_refused(tmp_path) -> None:
     folder = tmp_path / "step-00000002"
     folder.mkdir()

@@ -95,6 +95,25 @@ def _units(model: nn.Module | None) -> list[Any]:
     return [m for m in model.modules() if isinstance(m, _fsdp().FSDPModule)] if is_sharded(model) else []
 
 
+def _forget_forward_order(units: list[Any]) -> None:
+    """Clear the forward order that FSDP2 records for the backward prefetch of ``units``.
+
+    Every forward of a unit appends it to its root's ``post_forward_order`` (and the index to the unit's
+    ``_post_forward_indices``), with or without grad; torch clears these only at the end of a backward. The next
+    backward prefetches (all-gathers) the unit recorded before each one, so forwards without backward that differ
+    between ranks (dev ROUGE-L generation on rank 0, rollouts with rows that stop early, more dev examples on one
+    rank) make the ranks all-gather different units in the next training backward: rank 0 reduce-scatters while
+    rank 1 all-gathers, and both wait for ever. Cleared on every rank after such forwards, the next backward sees
+    only the training forward's order, the same on every rank. (torch 2.x private attributes: FSDP2 has no public
+    call for it.)
+    """
+    for unit in units:
+        state = unit._get_fsdp_state()
+        state._comm_ctx.post_forward_order.clear()
+        for group in state._fsdp_param_groups:
+            group._post_forward_indices.clear()
+
+
 def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The full (unsharded) CPU state dict of a sharded model on the main process, ``{}`` on the others
     (collective: every process calls it). A tied parameter appears once, under its first name (as
@@ -207,6 +226,7 @@ class Engine:
             for model in (self.student, self.teacher):
                 for unit in _units(model):
                     unit.set_reshard_after_forward(unit is not model, recurse=False)
+            _forget_forward_order(units)
 
     @contextmanager
     def gradient_sync(self, sync: bool) -> Iterator[None]:
