@@ -133,7 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     try:  # start-up: imports (seconds) and argument parsing; nothing has been done yet
         from transformers.utils import logging as hf_logging
 
-        from switch_core.processes import is_main_rank, rank_exit_status, register_rank, relaunch, relaunch_command
+        from switch_core.processes import (
+            die_with_launcher,
+            end_process_group,
+            is_main_rank,
+            rank_exit_status,
+            register_rank,
+            relaunch,
+            relaunch_command,
+        )
 
         hf_logging.disable_progress_bar()  # per-shard bars drown our own progress bars
         args = build_parser(argv).parse_args(argv)
@@ -143,8 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     command = relaunch_command(argv) if args.command in MULTI_PROCESS else None
     if command is not None:
         return relaunch(command)
+    die_with_launcher()
     register_rank()
-    return rank_exit_status(_run(args, argv, main_rank=is_main_rank()))
+    status = 1
+    try:
+        status = _run(args, argv, main_rank=is_main_rank())
+    finally:
+        end_process_group(synchronise=status == 0)
+    return rank_exit_status(status)
 
 
 def _run(args: argparse.Namespace, argv: list[str], *, main_rank: bool) -> int:

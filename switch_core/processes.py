@@ -165,6 +165,43 @@ def register_rank(environ: dict[str, str] | None = None) -> None:
     (Path(folder) / f"pid-{env.get('RANK', '0')}").write_text(str(os.getpid()))
 
 
+def die_with_launcher(environ: dict[str, str] | None = None) -> None:
+    """In a rank started by :func:`relaunch` on Linux: ask the kernel to send this process SIGKILL when its parent
+    (the launcher's agent) dies (``prctl(PR_SET_PDEATHSIG)``). torch elastic starts ranks in sessions of their own, so
+    a SIGKILL of the ``switch-kd`` command's process group would otherwise leave them training. Does nothing
+    elsewhere; exits at once (status 1) when the parent already died."""
+    env = os.environ if environ is None else environ
+    if not env.get(STATUS_DIR_ENV) or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the launcher died before prctl took effect
+        os._exit(1)
+
+
+def end_process_group(*, synchronise: bool) -> None:
+    """Destroy torch's default process group, if any, before the interpreter exits (a gloo group left to the exit
+    handlers can abort a rank with ``terminate called without an active exception``).
+
+    Args:
+        synchronise: wait at a barrier first (a command that succeeded on every rank); False on an error or
+            Ctrl-C path, where another rank may never reach it.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if synchronise:
+        try:
+            dist.barrier()
+        except RuntimeError:  # gloo: another rank ended without reaching it (that rank reports its own error)
+            pass
+    dist.destroy_process_group()
+
+
 def rank_exit_status(status: int, environ: dict[str, str] | None = None) -> int:
     """The exit status for a rank ending with ``status``: in a rank started by :func:`relaunch`, ``status`` is
     written to its status folder and 0 returned (the launcher then exits quietly); elsewhere ``status``."""

@@ -2,6 +2,7 @@
 two CPU ranks (gloo) trains to the weights of the one-process command, with one main process."""
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from test_training_support import make_job, method
 
 from switch_core.cli import main, rerun_command
 from switch_core.processes import (
@@ -19,10 +21,13 @@ from switch_core.processes import (
     LAUNCHED_ENV,
     STATUS_DIR_ENV,
     ForeignEngineError,
+    end_process_group,
     rank_exit_status,
     refuse_foreign_engine,
     relaunch_command,
 )
+from switch_core.training import train
+from switch_core.training.state import RunLockedError, lock_path, run_lock
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TWO_CPU_RANKS = "--multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no"
@@ -175,3 +180,63 @@ def test_ctrl_c_of_a_relaunch_reaches_the_ranks_and_ends_quietly(trained_once, t
         stderr)
     for noise in ("Traceback", "SignalException", "ChildFailedError"):
         assert noise not in stderr, stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ", 1)[1].startswith("Z"))  # a zombie has died
+
+
+@pytest.mark.slow  # two ranks start (~20 s on 2 busy cores)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_sigkill_of_a_relaunch_ends_its_ranks_and_frees_the_run(trained_once, tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in (ACCELERATE_ARGS_ENV, LAUNCHED_ENV)}
+    env[ACCELERATE_ARGS_ENV] = "--multi_gpu --num_processes 2"
+    env["TMPDIR"] = str(tmp_path)  # where relaunch makes its status folder (the ranks' pids)
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_once, run_dir, ignore=shutil.ignore_patterns("state", "tracking"))
+    argv = ["distill", "--run", "kd", *_config_args(run_dir), "--set", "optim.max_steps=100000",
+            "--set", "optim.save_every=2"]
+    parent = subprocess.Popen([sys.executable, "-m", "switch_core.cli", *argv], env=env, stderr=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while not (run_dir / "state" / "kd" / "latest").exists():  # both ranks are training
+            assert parent.poll() is None
+            time.sleep(0.2)
+        pids = [int(path.read_text()) for path in tmp_path.glob("switchkd-ranks-*/pid-*")]
+        assert len(pids) == 2
+        os.killpg(parent.pid, signal.SIGKILL)  # the command and the launcher; the ranks have sessions of their own
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in pids):
+            assert time.monotonic() < deadline, "the ranks outlived their launcher"
+            time.sleep(0.2)
+    finally:
+        parent.kill()
+    with lock_path(run_dir / "state" / "kd").open() as handle:  # the dead rank 0 no longer holds the run's lock
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_second_training_of_the_same_run_is_refused(tmp_path) -> None:
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    job = make_job(tmp_path, method("sft"), max_steps=1)
+    refusal = f"another training of this run is running \\(pid {os.getpid()} "
+    with run_lock(job.state_dir, accelerator), pytest.raises(RunLockedError, match=refusal):
+        train(job, accelerator=accelerator)
+    assert lock_path(job.state_dir) == tmp_path / "state" / "run.lock"
+    assert train(job, accelerator=accelerator).steps == 1  # released when the block ended
+
+
+def test_end_process_group_destroys_the_group(tmp_path) -> None:
+    import torch.distributed as dist
+
+    end_process_group(synchronise=True)  # no group: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    end_process_group(synchronise=True)
+    assert not dist.is_initialized()

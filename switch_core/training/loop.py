@@ -64,6 +64,7 @@ from switch_core.training.state import (
     lenient_keys,
     load_state,
     resume_fingerprint,
+    run_lock,
     save_state,
 )
 from switch_core.training.step import StepLayout, step_examples
@@ -433,6 +434,9 @@ def train(job: TrainJob, *, accelerator: Accelerator | None = None, tracker: Tra
         TrainingSetupError: batch sizes, data size or a missing teacher.
         switch_core.training.objective.OutputHeadError: an architecture whose logits the chunked loss cannot rebuild.
         switch_core.training.state.StateError: ``resume`` with an incompatible saved state.
+        switch_core.training.state.RunLockedError: another training of the same run holds its lock
+            (:func:`~switch_core.training.state.run_lock`).
     """
     accelerator = accelerator or make_accelerator(job.optim.mixed_precision)
-    return _Run(job, accelerator, tracker or NullTracker()).run()
+    with run_lock(job.state_dir, accelerator):
+        return _Run(job, accelerator, tracker or NullTracker()).run()

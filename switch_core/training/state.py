@@ -22,14 +22,19 @@ leaves ``latest`` naming a complete folder.
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 
 from switch_core.atomic import atomic_write_json, atomic_write_text
 from switch_core.config import ROLLOUT_DATA
@@ -50,6 +55,55 @@ class StateMismatchError(StateError):
     def __init__(self, message: str, changed: list[str]) -> None:
         super().__init__(message)
         self.changed = changed
+
+
+class RunLockedError(StateError):
+    """Another training of the same run (same state folder) is running."""
+
+
+def lock_path(state_dir: Path) -> Path:
+    """The lock file of the run whose state folder is ``state_dir``: ``<state_dir>.lock`` next to it (the folder
+    itself is removed when a run starts over)."""
+    return state_dir.with_name(state_dir.name + ".lock")
+
+
+@contextmanager
+def run_lock(state_dir: Path, accelerator: Accelerator) -> Iterator[None]:
+    """Hold the run's lock (:func:`lock_path`, an exclusive ``fcntl.flock`` taken by the main process, released when
+    the block ends or the process dies) while the block runs; collective (every process learns whether it was taken).
+
+    Raises:
+        RunLockedError: on every process, when another process (e.g. the ranks of an earlier ``switch-kd`` command
+            that are still training) holds the lock.
+    """
+    handle = None
+    result: list[str | None] = [None]
+    if accelerator.is_main_process:
+        path = lock_path(state_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            handle = None
+            result = [f"another training of this run is running (pid {holder} holds {path}); stop it or wait for it"]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(result, from_process=0)
+    if result[0] is not None:
+        raise RunLockedError(result[0])
+    try:
+        yield
+    finally:
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
 
 
 @dataclass
