@@ -148,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("switch-kd: interrupted during start-up; nothing was done", file=sys.stderr)
         return 130
-    command = relaunch_command(argv) if args.command in MULTI_PROCESS else None
+    try:
+        command = relaunch_command(argv) if args.command in MULTI_PROCESS else None
+    except ValueError as err:  # SWITCHKD_ACCELERATE_ARGS that switch-kd refuses (before any process starts)
+        print(f"switch-kd {args.command}: error: {err}", file=sys.stderr)
+        return 2
     if command is not None:
         return relaunch(command)
     die_with_launcher()

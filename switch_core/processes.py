@@ -47,6 +47,10 @@ FOREIGN_ENGINES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "D
 """The environment ``accelerate launch --use_fsdp / --use_deepspeed`` sets, and the engine each turns on."""
 
 
+FOREIGN_LAUNCH_OPTIONS = {"--use_fsdp": "FSDP", "--use_deepspeed": "DEEPSPEED"}
+"""The ``accelerate launch`` options that turn on an engine of accelerate's own (refused by :func:`relaunch_command`)."""
+
+
 class ForeignEngineError(ValueError):
     """accelerate was launched with its own FSDP / DeepSpeed engine; switch-kd's is ``distributed.strategy``."""
 
@@ -130,22 +134,50 @@ def autocast(mixed_precision: str, device: torch.device | str) -> AbstractContex
 def relaunch_command(argv: Sequence[str], environ: dict[str, str] | None = None) -> list[str] | None:
     """The ``accelerate launch`` command that re-runs ``switch-kd <argv>`` on several processes, or None.
 
-    The options of :data:`LAUNCH_DEFAULTS` not in :data:`ACCELERATE_ARGS_ENV` are added. None when
-    :data:`ACCELERATE_ARGS_ENV` is unset or empty, or when this process already is a launched rank
-    (:data:`LAUNCHED_ENV`, or a ``WORLD_SIZE`` from a launcher).
+    The options of :data:`LAUNCH_DEFAULTS` not in :data:`ACCELERATE_ARGS_ENV` are added, and ``--multi_gpu`` when
+    ``--num_processes`` is above 1 without it (``accelerate launch`` would otherwise start one process on a CPU-only
+    machine). None when :data:`ACCELERATE_ARGS_ENV` is unset or empty, or when this process already is a launched
+    rank (:data:`LAUNCHED_ENV`, or a ``WORLD_SIZE`` from a launcher).
 
     Args:
         argv: the ``switch-kd`` arguments (without the program name).
         environ: the environment to read (default ``os.environ``).
+
+    Raises:
+        ForeignEngineError: the arguments hold ``--use_fsdp`` or ``--use_deepspeed`` (:data:`FOREIGN_LAUNCH_OPTIONS`).
+        ValueError: ``--num_processes`` is not an integer.
     """
     env = os.environ if environ is None else environ
     launch_args = shlex.split(env.get(ACCELERATE_ARGS_ENV, ""))
     if not launch_args or env.get(LAUNCHED_ENV) or "WORLD_SIZE" in env:
         return None
     given = {arg.split("=", 1)[0] for arg in launch_args}
+    for option, engine in FOREIGN_LAUNCH_OPTIONS.items():
+        if option in given:
+            raise ForeignEngineError(foreign_engine_message(engine))
     defaults = [arg for option, value in LAUNCH_DEFAULTS if option not in given for arg in (option, value)]
+    if "--multi_gpu" not in given and _num_processes(launch_args) > 1:
+        defaults.append("--multi_gpu")
     return [sys.executable, "-m", "accelerate.commands.launch", *launch_args, *defaults,
             "-m", "switch_core.cli", *argv]
+
+
+def _num_processes(launch_args: list[str]) -> int:
+    """The ``--num_processes`` of ``accelerate launch`` arguments (``--num_processes N`` or ``--num_processes=N``);
+    1 when absent.
+
+    Raises:
+        ValueError: its value is missing or not an integer.
+    """
+    for index, arg in enumerate(launch_args):
+        option, _, value = arg.partition("=")
+        if option == "--num_processes":
+            value = value or (launch_args[index + 1] if index + 1 < len(launch_args) else "")
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(f"{ACCELERATE_ARGS_ENV}: --num_processes needs an integer, got {value!r}") from None
+    return 1
 
 
 def is_main_rank(environ: dict[str, str] | None = None) -> bool:

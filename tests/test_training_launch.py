@@ -73,6 +73,26 @@ def test_a_rank_of_a_relaunch_reports_its_status_in_the_folder(tmp_path) -> None
     assert rank_exit_status(2, {"RANK": "1"}) == 2  # a plain `accelerate launch`: the launcher sees the status
 
 
+@pytest.mark.parametrize("launch", ["--num_processes 3", "--num_processes=3 --cpu"])
+def test_several_processes_without_multi_gpu_get_it(launch) -> None:
+    command = relaunch_command(["distill"], {ACCELERATE_ARGS_ENV: launch})
+    assert command[command.index("--dynamo_backend") + 2] == "--multi_gpu"
+    assert command.count("--multi_gpu") == 1
+    assert "--multi_gpu" not in relaunch_command(["distill"], {ACCELERATE_ARGS_ENV: "--num_processes 1"})
+    with pytest.raises(ValueError, match="--num_processes needs an integer, got 'two'"):
+        relaunch_command(["distill"], {ACCELERATE_ARGS_ENV: "--num_processes two"})
+
+
+@pytest.mark.parametrize(("option", "engine"), [("--use_fsdp", "FSDP"), ("--use_deepspeed", "DEEPSPEED")])
+def test_accelerate_engine_options_are_refused_before_launching(option, engine, capsys, monkeypatch) -> None:
+    with pytest.raises(ForeignEngineError, match=f"launched with {engine}"):
+        relaunch_command(["distill"], {ACCELERATE_ARGS_ENV: f"{option} --num_processes 2"})
+    monkeypatch.setenv(ACCELERATE_ARGS_ENV, f"{option} --num_processes 2")
+    assert main(["distill", "--run", "kd"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"switch-kd distill: error: accelerate was launched with {engine}")
+
+
 @pytest.mark.parametrize("environ", [{}, {ACCELERATE_ARGS_ENV: "  "}, {ACCELERATE_ARGS_ENV: "--multi_gpu",
                                      LAUNCHED_ENV: "1"}, {ACCELERATE_ARGS_ENV: "--multi_gpu", "WORLD_SIZE": "2"}])
 def test_no_relaunch_without_args_or_inside_a_launch(environ) -> None:

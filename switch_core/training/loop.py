@@ -371,6 +371,9 @@ class _Run:
 
     def run(self) -> TrainResult:
         job = self.job
+        count = self.acc.num_processes
+        self._say(f"training on {count} process{'es' if count > 1 else ''} ({self.acc.device.type}, "
+                  f"{self.engine.strategy or 'no distributed engine'})")
         resumed = job.resume and self.restore()
         if not resumed:
             clear_state(job.state_dir, self.acc)
