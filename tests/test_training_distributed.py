@@ -22,7 +22,7 @@ from test_training_support import make_job, method
 from switch_core.config import DistributedConfig
 from switch_core.data.tokenize import left_pad
 from switch_core.rollout import RolloutSettings, rollout
-from switch_core.training import Action, choose_action, train
+from switch_core.training import TRACE_FILE, Action, choose_action, read_traces, train
 from switch_core.training.engine import Engine, is_sharded
 from switch_core.training.seeding import Stream, uniform
 from switch_core.training.state import StateMismatchError, check_resumable, latest_state
@@ -85,6 +85,12 @@ def test_two_processes_under_ddp_and_fsdp2_equal_one_process(tmp_path) -> None:
                 )
             summary = json.loads((tmp_path / "two" / engine / "models" / name / "train_summary.json").read_text())
             assert summary["steps"] == OPTIM["max_steps"]
+    # the rollout trace counts the rows of both processes: the same lines as one process's (rollout.batch_size
+    # divides each process's batch, so the rows draw the same tokens)
+    trace = read_traces(tmp_path / "one" / "ddp" / "state" / "switch-mixed" / TRACE_FILE)
+    assert trace and sum(trace[0]["count_by_position"]) > 0
+    for engine in ENGINES:
+        assert read_traces(tmp_path / "two" / engine / "state" / "switch-mixed" / TRACE_FILE) == trace, engine
 
 
 VOCAB = 97

@@ -174,6 +174,13 @@ def test_read_traces_keeps_the_last_line_of_each_step(tmp_path: Path) -> None:
         read_traces(path)
 
 
+def test_trace_counts_of_several_processes_add_up_by_position() -> None:
+    from switch_core.training.traces import sum_by_position
+
+    assert sum_by_position([([1, 0, 2], [2, 2, 2]), None, ([1], [3])]) == ([2, 0, 2], [5, 2, 2])
+    assert sum_by_position([None, None]) is None
+
+
 def test_summary_is_the_same_bytes_for_a_rerun_and_timings_are_apart(tmp_path: Path) -> None:
     files = []
     for name in ("a", "b"):

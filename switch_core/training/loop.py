@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, gather_object
 
 from switch_core.config import ROLLOUT_DATA
 from switch_core.evaluation.generate import eos_token_ids
@@ -69,7 +69,7 @@ from switch_core.training.state import (
 )
 from switch_core.training.step import StepLayout, step_examples
 from switch_core.training.step_stats import StepSums, is_better, mean_metrics, policy_metrics, rollout_metrics
-from switch_core.training.traces import append_trace, truncate_traces
+from switch_core.training.traces import append_trace, sum_by_position, truncate_traces
 
 
 class _Run:
@@ -285,8 +285,11 @@ class _Run:
             metrics |= policy_metrics(sums, response_tokens, self.spec.single_step_reg)
         if lm_loss is not None:
             metrics["train/lm_loss"] = lm_loss
-        if out.by_position is not None and with_share and acc.is_main_process:
-            append_trace(self.job.state_dir, self.step, *out.by_position)
+        by_position = out.by_position
+        if with_share and acc.num_processes > 1:  # every process's rows (collective)
+            by_position = sum_by_position(gather_object([out.by_position]))
+        if by_position is not None and with_share and acc.is_main_process:
+            append_trace(self.job.state_dir, self.step, *by_position)
         return metrics
 
     def _lm_loss(self, start: int) -> float:

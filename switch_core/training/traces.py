@@ -1,5 +1,5 @@
-"""The rollout trace of a run: one JSON line per optimizer step with the main process's teacher share at each
-response position (the teacher-share-by-position diagnostic of docs/METHOD.md §1.3), in ``state/<run>/``.
+"""The rollout trace of a run: one JSON line per optimizer step with the teacher share at each response position over
+the rows of every process (the teacher-share-by-position diagnostic of docs/METHOD.md §1.3), in ``state/<run>/``.
 
 A resumed run continues the trace from its saved step: :func:`truncate_traces` drops the lines of steps done after
 that state was saved (the killed process wrote them, the resumed one writes them again), so the file holds one line
@@ -33,6 +33,25 @@ def append_trace(state_dir: Path, step: int, teacher_at: list[int], tokens_at: l
     state_dir.mkdir(parents=True, exist_ok=True)
     with open(state_dir / TRACE_FILE, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(row) + "\n")
+
+
+def sum_by_position(parts: list[tuple[list[int], list[int]] | None]) -> tuple[list[int], list[int]] | None:
+    """The per-position ``(teacher_tokens, tokens)`` counts of several processes added up position by position (a
+    shorter list counts 0 beyond its end); None parts (no rollout) are skipped, None when all are.
+
+    Args:
+        parts: one ``(teacher_at, tokens_at)`` (equal lengths) or None per process.
+    """
+    given = [part for part in parts if part is not None]
+    if not given:
+        return None
+    width = max(len(tokens) for _, tokens in given)
+    teacher_at, tokens_at = [0] * width, [0] * width
+    for teacher, tokens in given:
+        for position, (t, n) in enumerate(zip(teacher, tokens, strict=True)):
+            teacher_at[position] += t
+            tokens_at[position] += n
+    return teacher_at, tokens_at
 
 
 def read_traces(path: Path) -> list[dict[str, Any]]:
