@@ -32,7 +32,9 @@ speculative planner picks chunk lengths) and calibration runs on rank 0 only. In
 (which would reach into the rollout engine), every FSDP unit is all-gathered once before these phases and kept
 unsharded until they end (``set_reshard_after_forward(False)``), so their forward calls need no collective and each
 rank runs its rollouts independently, as with replicated models. The cost: the full student and teacher weights must
-fit on each device during rollouts and evaluation (the optimizer state and gradients stay sharded).
+fit on each device during rollouts and evaluation (the optimizer state and gradients stay sharded). On exit every rank
+clears the forward order FSDP2 recorded for its next backward's prefetch (:func:`_forget_forward_order`), which those
+rank-dependent forwards would otherwise leave different on each rank (a deadlock in the next backward).
 """
 from __future__ import annotations
 
