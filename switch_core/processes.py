@@ -198,12 +198,13 @@ def register_rank(environ: dict[str, str] | None = None) -> None:
 
 
 def die_with_launcher(environ: dict[str, str] | None = None) -> None:
-    """In a rank started by :func:`relaunch` on Linux: ask the kernel to send this process SIGKILL when its parent
-    (the launcher's agent) dies (``prctl(PR_SET_PDEATHSIG)``). torch elastic starts ranks in sessions of their own, so
-    a SIGKILL of the ``switch-kd`` command's process group would otherwise leave them training. Does nothing
-    elsewhere; exits at once (status 1) when the parent already died."""
+    """In a rank started by torch elastic (``accelerate launch``, ``torchrun``, :func:`relaunch`; it sets
+    ``TORCHELASTIC_RUN_ID``) on Linux: ask the kernel to send this process SIGKILL when its parent (the launcher's
+    agent) dies (``prctl(PR_SET_PDEATHSIG)``). torch elastic starts ranks in sessions of their own, so a SIGKILL of the
+    ``switch-kd`` command's process group would otherwise leave them training. Does nothing elsewhere; calling it
+    again changes nothing; exits at once (status 1) when the parent already died."""
     env = os.environ if environ is None else environ
-    if not env.get(STATUS_DIR_ENV) or not sys.platform.startswith("linux"):
+    if "TORCHELASTIC_RUN_ID" not in env or not sys.platform.startswith("linux"):
         return
     import ctypes
 

@@ -41,7 +41,7 @@ from accelerate.utils import broadcast_object_list, gather_object
 
 from switch_core.config import ROLLOUT_DATA
 from switch_core.evaluation.generate import eos_token_ids
-from switch_core.processes import make_accelerator
+from switch_core.processes import die_with_launcher, make_accelerator
 from switch_core.rollout import RolloutSettings, calibrate_settings
 from switch_core.rollout.schedules import gate_summary
 from switch_core.tracking import NullTracker, Tracker
@@ -443,6 +443,7 @@ def train(job: TrainJob, *, accelerator: Accelerator | None = None, tracker: Tra
         switch_core.training.state.RunLockedError: another training of the same run holds its lock
             (:func:`~switch_core.training.state.run_lock`).
     """
+    die_with_launcher()  # before taking the run's lock: a rank orphaned by a killed launcher would keep it
     accelerator = accelerator or make_accelerator(job.optim.mixed_precision)
     with run_lock(job.state_dir, accelerator):
         return _Run(job, accelerator, tracker or NullTracker()).run()
