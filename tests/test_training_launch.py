@@ -224,14 +224,16 @@ def test_sigkill_of_a_relaunch_ends_its_ranks_and_frees_the_run(trained_once, tm
     parent = subprocess.Popen([sys.executable, "-m", "switch_core.cli", *argv], env=env, stderr=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, start_new_session=True)
     try:
-        while not (run_dir / "state" / "kd" / "latest").exists():  # both ranks are training
+        pid_files: list[Path] = []
+        while not (run_dir / "state" / "kd" / "latest").exists() or len(pid_files) < 2:  # both ranks are training
             assert parent.poll() is None
             time.sleep(0.2)
-        pids = [int(path.read_text()) for path in tmp_path.glob("switchkd-ranks-*/pid-*")]
+            pid_files = [path for path in tmp_path.glob("switchkd-ranks-*/pid-*") if path.read_text().strip()]
+        pids = [int(path.read_text()) for path in pid_files]
         assert len(pids) == 2
         os.killpg(parent.pid, signal.SIGKILL)  # the command and the launcher; the ranks have sessions of their own
-        parent.wait(timeout=30)
-        deadline = time.monotonic() + 30
+        parent.wait(timeout=60)
+        deadline = time.monotonic() + 120  # generous: a loaded machine delays the kernel's parent-death signal handling
         while any(_alive(pid) for pid in pids):
             assert time.monotonic() < deadline, "the ranks outlived their launcher"
             time.sleep(0.2)
