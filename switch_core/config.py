@@ -160,7 +160,12 @@ class StudentConfig(_Strict):
     )
     config_overrides: dict[str, Any] = Field(default_factory=dict, description="init=config: config fields to set.")
     tiny: TinyModelConfig = TinyModelConfig(hidden=32, layers=1, heads=2, seed=1)
-    warmup: bool = Field(True, description="SFT warm-up ('init') before distillation (METHOD.md §1.2, §6.7).")
+    warmup: bool = Field(True, description="Warm-up ('init') before distillation (METHOD.md §1.2, §6.7).")
+    warmup_method: Literal["sft", "kd"] = Field(
+        "sft", description="The warm-up's loss on the reference responses: sft = cross-entropy (DistiLLM's 'init'); "
+        "kd = forward KL to the teacher's token distributions (METHOD.md §6.2), the usual way to recover a pruned "
+        "student (Minitron, Muralidharan et al. 2024); kd loads the teacher (models/teacher).",
+    )
     lora: LoraConfig | None = Field(
         None, description="Train the student's LoRA adapters only (warm-up and every run; checkpoints are saved "
         "merged); null = full fine-tuning.",

@@ -66,8 +66,10 @@ def pipeline_stages(config: Config, layout: RunLayout) -> list[Stage]:
     if config.student.warmup:
         stages.append(Stage("sft-student", ("sft", "--role", "student", "--resume-compatible"),
                             layout.model("student-sft"),
-                            params=("student.warmup", "student.lora", "warmup_optim", "data", *EVAL_DECODING),
-                            inputs=(layout.data_dir, layout.model("student-init"))))
+                            params=("student.warmup", "student.warmup_method", "student.lora", "warmup_optim",
+                                    "teacher.dtype", "teacher.sft", "data", *EVAL_DECODING),
+                            # the teacher only for warmup_method kd; declared always, as dvc.yaml is static
+                            inputs=(layout.data_dir, layout.model("student-init"), layout.model("teacher"))))
     student = "student-sft" if config.student.warmup else "student-init"
     stages.append(Stage("gate-profile", ("gate-profile",), layout.gate_profile,
                         params=("gate_profile", "seed", "student.warmup", "teacher.dtype", "teacher.sft",

@@ -218,7 +218,7 @@ def test_teacher_share_time_data_and_provenance(doc) -> None:
     assert f"| switch | {100 * early:.1f}% (40) |" in md  # positions 0-4: 5 positions × 8 tokens
     assert _table_row(md, "Training and evaluation time", "distill `switch`") == "| distill `switch` | 40 | 20 | 2.0 |"
     assert "| **total of the finished stages** | | | **13.5** |" in md  # (600 + 90 + 120) s
-    assert "| student warm-up (SFT) | not finished | | |" in md
+    assert "| student warm-up | not finished | | |" in md
     assert "| **total** | | **3.0** | |" in md  # 6 evaluations of 30 s
     assert ("τ0 search of `switch` on its calibration prompts (τ0 → teacher share, by τ0): 0.1 → 71.0%, 0.25 → 50.0%, "
             "0.3 → 42.0%; kept 0.25 (50.0%).") in md
@@ -242,7 +242,7 @@ def test_missing_inputs_are_listed(doc) -> None:
         "evaluation of `student-init` on dolly, sinst",
         "evaluation of `student-sft` on dolly, sinst",
         "evaluation of `sft` on dolly, sinst",
-        "models/student-sft/train_summary.json (student warm-up (SFT))",
+        "models/student-sft/train_summary.json (student warm-up)",
         "models/sft/train_summary.json (distill `sft`)",
         "analysis/gate_profile.json (the warmed-up student's JSD profile, gate-profile)",
     ]
@@ -332,7 +332,7 @@ def test_cli_writes_the_document_from_the_configuration(tmp_path: Path) -> None:
     assert "| skew KL KL(p‖αp+(1−α)q) (α = 0.1) |" in _table_row(md, "Methods", "`distillm`")
     # the default configuration trains the teacher and warms the student up: their stages head the table
     assert _table_row(md, "Methods", "teacher SFT").startswith("| teacher SFT | sft | teacher-base | the training")
-    assert "| best dev loss on" in _table_row(md, "Methods", "student warm-up (SFT)")
+    assert "| best dev loss on" in _table_row(md, "Methods", "student warm-up")
     assert md.startswith("# Results\n")  # no --preset: the plain title
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from contextlib import AbstractContextManager, nullcontext
 from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import Tensor
 
 from switch_core.commands import rollout as rollout_command
 from switch_core.commands.rollout_inputs import OptionError, rollout_config, settings_from_config
@@ -312,12 +314,13 @@ REAL_FLOAT32_PARTING_RATE = 2 / 454
 """Rows parted per position compared on the embedded pair in float32 (bench/bench_rollout.py, batch 8, 64 tokens)."""
 
 
-@pytest.mark.real_model
-@pytest.mark.slow
-def test_float32_parting_rate_on_the_embedded_pair(smollm2_available: None) -> None:
-    """SmolLM2-135M teacher and its 6-layer pruned copy, float32, sampled: with 49,152 CDF steps per position the
-    float32 rounding of the chunk forward parts a row now and then (a different token; the rows then go their own
-    ways). Measured about 0.4% of positions; held below 1.5% here."""
+def _embedded_pair_parting(
+    autocast: AbstractContextManager[None],
+) -> tuple[RolloutBatch, RolloutBatch, RolloutTimer, Tensor, int, int]:
+    """Both engines on the SmolLM2-135M teacher and its 6-layer pruned copy (16 embedded prompts, 32 sampled
+    tokens) under ``autocast``: ``(lockstep, speculative, timer, same, compared, parted)``, ``same`` ``[16, 32]``
+    bool (token and source agree), ``compared`` the positions up to and including each row's first parting,
+    ``parted`` the rows that part."""
     from switch_core.data.embedded import generate_embedded_suite
     from switch_core.data.prompts import format_prompt
     from switch_core.data.tokenize import tokenize_prompt
@@ -332,10 +335,21 @@ def test_float32_parting_rate_on_the_embedded_pair(smollm2_available: None) -> N
                for r in generate_embedded_suite(16, seed=0)]
     settings = RolloutSettings(pad_token_id=int(tokenizer.pad_token_id), tau0=2.0, decay=0.1, max_new_tokens=32,
                                keep_teacher_logits=True, teacher_logits_dtype="float32")
-    lockstep, speculative, timer = both_engines(student, teacher, settings, prompts=prompts)
+    with autocast:
+        lockstep, speculative, timer = both_engines(student, teacher, settings, prompts=prompts)
     same = (lockstep.tokens == speculative.tokens) & (lockstep.teacher_chosen == speculative.teacher_chosen)
     compared = sum(row.numel() if row.all() else int((~row).nonzero()[0]) + 1 for row in same)
     parted = int((~same.all(dim=1)).sum())
+    return lockstep, speculative, timer, same, compared, parted
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_float32_parting_rate_on_the_embedded_pair(smollm2_available: None) -> None:
+    """SmolLM2-135M teacher and its 6-layer pruned copy, float32, sampled: with 49,152 CDF steps per position the
+    float32 rounding of the chunk forward parts a row now and then (a different token; the rows then go their own
+    ways). Measured about 0.4% of positions; held below 1.5% here."""
+    lockstep, speculative, timer, same, compared, parted = _embedded_pair_parting(nullcontext())
     assert 0.2 < lockstep.teacher_share() < 0.9 and timer.counts["accepted"] > 0
     assert compared > 400
     assert parted / compared <= 0.015
@@ -354,25 +368,8 @@ def test_bf16_parting_rate_on_the_embedded_pair(smollm2_available: None) -> None
     """The float32 test's set-up under bfloat16 autocast (``optim.mixed_precision: bf16``): with 49,152 CDF steps
     per position and logits rounded to bfloat16 differently by the chunk forward, rows part at about 7% of positions
     (every row within 32 tokens); held below twice that. Both engines still write the same share of teacher tokens."""
-    from switch_core.data.embedded import generate_embedded_suite
-    from switch_core.data.prompts import format_prompt
-    from switch_core.data.tokenize import tokenize_prompt
-    from switch_core.models.embedded import embedded_teacher_dir
-    from switch_core.models.loading import load_causal_lm, load_tokenizer
-    from switch_core.models.student import prune_layers
-
-    folder = embedded_teacher_dir()
-    teacher, tokenizer = load_causal_lm(folder), load_tokenizer(folder)
-    student = prune_layers(teacher, 6)
-    prompts = [tokenize_prompt(format_prompt(r), tokenizer, max_prompt_length=64)
-               for r in generate_embedded_suite(16, seed=0)]
-    settings = RolloutSettings(pad_token_id=int(tokenizer.pad_token_id), tau0=2.0, decay=0.1, max_new_tokens=32,
-                               keep_teacher_logits=True, teacher_logits_dtype="float32")
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        lockstep, speculative, timer = both_engines(student, teacher, settings, prompts=prompts)
-    same = (lockstep.tokens == speculative.tokens) & (lockstep.teacher_chosen == speculative.teacher_chosen)
-    compared = sum(row.numel() if row.all() else int((~row).nonzero()[0]) + 1 for row in same)
-    parted = int((~same.all(dim=1)).sum())
+    lockstep, speculative, timer, _, compared, parted = _embedded_pair_parting(
+        torch.autocast("cpu", dtype=torch.bfloat16))
     assert 0.2 < lockstep.teacher_share() < 0.9 and timer.counts["accepted"] > 0
     assert abs(lockstep.teacher_share() - speculative.teacher_share()) < 0.1
     assert compared > 150

@@ -5,11 +5,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from switch_core.cli import main
+from switch_core.config import load_config
 from switch_core.tracking import read_jsonl_events
+from switch_core.training.examples import load_examples
 
 PARAMS = {
     "preset": "tiny",
@@ -134,3 +137,32 @@ def test_a_method_without_a_run_names_the_setting_that_adds_one(project: Path, c
     assert "'gkd' is a method that no run uses: add a run of it with --set runs.gkd.method=gkd" in err
     assert _cli(project, "distill", "--run", "switch-hihg") == 2
     assert "is a method" not in capsys.readouterr().err
+
+
+def test_kd_warmup_trains_the_student_on_the_teachers_distributions(project: Path) -> None:
+    """``student.warmup_method: kd``: the warm-up's dev loss at step 0 is the token-mean forward KL(p‖q) of the teacher
+    p and the untrained student q over the dev responses, recomputed here in float64 from the two checkpoints."""
+    run = project / "runs" / "tiny"
+    assert _cli(project, "sft", "--role", "teacher") == 0
+    assert _cli(project, "sft", "--role", "student", "--set", "student.warmup_method=kd", "--restart") == 0
+    log = run / "tracking" / "student-sft" / "metrics.jsonl"
+    assert read_jsonl_events(log, "tags")[0]["tags"]["method"] == "kd"
+    logged = next(e["metrics"] for e in read_jsonl_events(log, "metrics") if e["step"] == 0)
+
+    config = load_config(project / "params.yaml")
+    tokenizer = AutoTokenizer.from_pretrained(run / "models" / "student-init")
+    dev = load_examples(run / "data" / "dev.jsonl", tokenizer, config.data)
+    models = [AutoModelForCausalLM.from_pretrained(run / "models" / name, dtype=torch.float64).eval()
+              for name in ("teacher", "student-init")]
+    kl_sum, ce_sum, tokens = 0.0, 0.0, 0
+    with torch.no_grad():
+        for example in dev:
+            ids = torch.tensor([example.input_ids])
+            labels = torch.tensor(example.labels[1:])
+            mask = labels != -100
+            teacher, student = (m(ids).logits[0, :-1][mask].log_softmax(-1) for m in models)
+            kl_sum += float((teacher.exp() * (teacher - student)).sum())
+            ce_sum += float(-student.gather(1, labels[mask][:, None]).sum())
+            tokens += int(mask.sum())
+    assert logged["dev/loss"] == pytest.approx(kl_sum / tokens, rel=1e-4)
+    assert logged["dev/ce"] == pytest.approx(ce_sum / tokens, rel=1e-4)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from safetensors.torch import load_file
@@ -175,17 +176,28 @@ def test_an_fsdp_launch_is_refused_with_one_line(trained_once) -> None:
     _assert_one_line_refusal(refused, "switch-kd picks its engine from distributed.strategy")
 
 
-@pytest.mark.slow  # two ranks start (~20 s on 2 busy cores)
-def test_ctrl_c_of_a_relaunch_reaches_the_ranks_and_ends_quietly(trained_once, tmp_path) -> None:
+def _endless_relaunch(trained_once: Path, tmp_path: Path, **popen: Any) -> tuple[subprocess.Popen, Path]:
+    """Start ``switch-kd distill --run kd`` relaunched on 2 ranks (``SWITCHKD_ACCELERATE_ARGS``) in a copy of
+    ``trained_once`` under ``tmp_path / "run"``, with 100,000 steps and a state every 2: ``(process, run folder)``.
+    ``TMPDIR`` is ``tmp_path``, where relaunch makes its status folder (the ranks' pids); ``popen`` goes to
+    :class:`subprocess.Popen` (stdout is discarded)."""
     env = {k: v for k, v in os.environ.items() if k not in (ACCELERATE_ARGS_ENV, LAUNCHED_ENV)}
     env[ACCELERATE_ARGS_ENV] = "--multi_gpu --num_processes 2"
-    env["TMPDIR"] = str(tmp_path)  # where relaunch makes its status folder
+    env["TMPDIR"] = str(tmp_path)
     run_dir = tmp_path / "run"
     shutil.copytree(trained_once, run_dir, ignore=shutil.ignore_patterns("state", "tracking"))
     argv = ["distill", "--run", "kd", *_config_args(run_dir), "--set", "optim.max_steps=100000",
             "--set", "optim.save_every=2"]
-    parent = subprocess.Popen([sys.executable, "-m", "switch_core.cli", *argv], env=env, stderr=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "switch_core.cli", *argv], env=env, stdout=subprocess.DEVNULL,
+                               **popen)
+    return process, run_dir
+
+
+@pytest.mark.slow  # two ranks start (~20 s on 2 busy cores)
+def test_ctrl_c_of_a_relaunch_reaches_the_ranks_and_ends_quietly(trained_once, tmp_path) -> None:
+    # a test run in the background (`make test &`) inherits SIGINT ignored, which Python then keeps: restore it
+    parent, run_dir = _endless_relaunch(trained_once, tmp_path, stderr=subprocess.PIPE, text=True,
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         while not (run_dir / "state" / "kd" / "latest").exists():  # both ranks are training
             assert parent.poll() is None, parent.stderr.read()
@@ -214,15 +226,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow  # two ranks start (~20 s on 2 busy cores)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
 def test_sigkill_of_a_relaunch_ends_its_ranks_and_frees_the_run(trained_once, tmp_path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in (ACCELERATE_ARGS_ENV, LAUNCHED_ENV)}
-    env[ACCELERATE_ARGS_ENV] = "--multi_gpu --num_processes 2"
-    env["TMPDIR"] = str(tmp_path)  # where relaunch makes its status folder (the ranks' pids)
-    run_dir = tmp_path / "run"
-    shutil.copytree(trained_once, run_dir, ignore=shutil.ignore_patterns("state", "tracking"))
-    argv = ["distill", "--run", "kd", *_config_args(run_dir), "--set", "optim.max_steps=100000",
-            "--set", "optim.save_every=2"]
-    parent = subprocess.Popen([sys.executable, "-m", "switch_core.cli", *argv], env=env, stderr=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, start_new_session=True)
+    parent, run_dir = _endless_relaunch(trained_once, tmp_path, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         pid_files: list[Path] = []
         while not (run_dir / "state" / "kd" / "latest").exists() or len(pid_files) < 2:  # both ranks are training

@@ -1,5 +1,7 @@
 """Supervised fine-tuning: the teacher (models/teacher-base -> models/teacher) or the student's warm-up
-(models/student-init -> models/student-sft), cross-entropy on the ground-truth responses (docs/METHOD.md §6.1).
+(models/student-init -> models/student-sft), cross-entropy on the ground-truth responses (docs/METHOD.md §6.1); with
+``student.warmup_method: kd`` the warm-up's loss is instead the forward KL to the teacher on the same responses
+(§6.2).
 
 ``--role teacher`` uses ``teacher_optim`` and keeps the checkpoint with the best dev ROUGE-L; ``--role student`` uses
 ``warmup_optim`` and keeps the one with the lowest dev loss (DistiLLM "init" scripts, docs/METHOD.md §1.2, §5.6).
@@ -33,6 +35,9 @@ from switch_core.training.run_setup import (
 SFT_METHOD = MethodConfig(loss="ce", kd_ratio=0.0)
 """Plain cross-entropy on the ground-truth responses."""
 
+KD_WARMUP_METHOD = MethodConfig(loss="fkl")
+"""``student.warmup_method: kd``: forward KL to the teacher on the ground-truth responses (word-level KD)."""
+
 ROLES = {
     # role: (input checkpoint, its producer, output name, optimiser section, default selection)
     "teacher": ("teacher-base", "setup-teacher", "teacher", "teacher_optim", "rouge_l"),
@@ -62,14 +67,15 @@ def sft(
         raise ValueError(f"unknown role {role!r}; use one of {', '.join(sorted(ROLES))}")
     source, producer, name, section, default_select = ROLES[role]
     optim = getattr(config, section)
+    kd = role == "student" and config.student.warmup_method == "kd"
     job = build_job(
-        config, layout, name=name, init_dir=require(layout.model(source), producer), method=SFT_METHOD, optim=optim,
-        select_by=resolve_select_by(optim, default_select),
-        train_file=require(layout.split("train"), "prepare-data"), resume=resume, with_teacher=False,
+        config, layout, name=name, init_dir=require(layout.model(source), producer),
+        method=KD_WARMUP_METHOD if kd else SFT_METHOD, optim=optim, select_by=resolve_select_by(optim, default_select),
+        train_file=require(layout.split("train"), "prepare-data"), resume=resume, with_teacher=kd,
         restart_if_incompatible=restart_if_incompatible,
     )
     tracker = stage_tracker(config, layout, job, tracker)
-    tracker.set_tags({"stage": f"sft-{role}", "run": name, "method": "sft"})
+    tracker.set_tags({"stage": f"sft-{role}", "run": name, "method": "kd" if kd else "sft"})
     tracker.log_params({f"{section}.{k}": v for k, v in flatten(optim.model_dump()).items()} | {"init_from": source})
     with closing_tracker(tracker):
         return train(job, tracker=tracker)

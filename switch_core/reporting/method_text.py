@@ -130,8 +130,10 @@ def describe_sft_stages(config: Config) -> dict[str, MethodDescription]:
             "sft", "teacher-base", "the training split's reference responses", sft,
             optimizer_text(config.teacher_optim), selection_text(config.teacher_optim))
     if config.student.warmup:
-        stages["student warm-up (SFT)"] = MethodDescription(
-            "sft", "student-init", "the training split's reference responses", sft,
+        kd = config.student.warmup_method == "kd"
+        stages["student warm-up"] = MethodDescription(
+            config.student.warmup_method, "student-init", "the training split's reference responses",
+            loss_text(MethodConfig(loss="fkl")) if kd else sft,
             optimizer_text(config.warmup_optim), selection_text(config.warmup_optim, warmup=True))
     return stages
 

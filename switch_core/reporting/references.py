@@ -8,7 +8,7 @@ REFERENCE_MODELS: tuple[str, ...] = ("teacher", "student-init", "student-sft")
 """Reference rows: the teacher, the untrained (pruned) student and the warmed-up student."""
 REFERENCE_LABELS = {"teacher": "teacher (reference)", "student-init": "student-init (untrained student)",
                     "student-sft": "student-sft (warmed-up student)"}
-TRAINED_STAGES: tuple[tuple[str, str], ...] = (("teacher", "teacher SFT"), ("student-sft", "student warm-up (SFT)"))
+TRAINED_STAGES: tuple[tuple[str, str], ...] = (("teacher", "teacher SFT"), ("student-sft", "student warm-up"))
 """The reference models a run may train, with the name of their training stage."""
 PAPER_TEACHER_SHARE = 0.53
 """Teacher share of SWITCH rollouts at the paper's best decay 1/10 (docs/METHOD.md §1.1 item 4, secondary source)."""
