@@ -767,6 +767,14 @@ def resolve_preset(preset: str, base_dir: Path) -> Path:
     )
 
 
+PRESET_BASES = {
+    "params": "on top of the params file (the embedded default in params.yaml), for presets that change a few keys",
+    "defaults": "on top of the schema defaults (the paper protocol, docs/METHOD.md §5), ignoring the params file's "
+    "values, for presets that describe a whole experiment",
+}
+"""What a preset file's optional top-level ``base`` key may name: what the preset is applied on top of."""
+
+
 def load_config(
     params: str | Path | None = "params.yaml",
     *,
@@ -777,7 +785,9 @@ def load_config(
 
     Args:
         params: the params file (DVC's ``params.yaml``); None = schema defaults only.
-        preset: a preset name or path applied on top of ``params`` (default: the file's own ``preset`` key).
+        preset: a preset name or path applied on top of ``params`` (default: the file's own ``preset`` key); a
+            preset with ``base: defaults`` is applied on top of the schema defaults instead (:data:`PRESET_BASES`),
+            so that the embedded default's short runs do not leak into a whole-experiment preset.
         overrides: ``["a.b=value", ...]`` (CLI ``--set``) or ``{"a.b": value}``, applied last.
 
     Returns:
@@ -798,7 +808,14 @@ def load_config(
     chosen = preset or overrides.get("preset") or data.get("preset")
     if chosen:
         preset_path = resolve_preset(str(chosen), base_dir)
-        data = _merge_layer(data, _read_yaml(preset_path))
+        layer = _read_yaml(preset_path)
+        base = layer.pop("base", "params")
+        if base not in PRESET_BASES:
+            raise ConfigError(f"{preset_path}: base = {base!r}; use one of {', '.join(PRESET_BASES)} "
+                              f"({'; '.join(f'{k}: {v}' for k, v in PRESET_BASES.items())})")
+        if base == "defaults":
+            data, origin = Config().model_dump(), "defaults"
+        data = _merge_layer(data, layer)
         data["preset"] = str(chosen)
         origin += f" + preset {preset_path.name}"
     if overrides:

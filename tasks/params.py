@@ -296,7 +296,8 @@ def apply_params(
 
     Args:
         params_path: the params file (``<project>/params.yaml``).
-        preset: preset name or path (``presets/NAME.yaml``), applied on top of the current params.yaml.
+        preset: preset name or path (``presets/NAME.yaml``), applied on top of the current params.yaml (on top of
+            the schema defaults when the preset says ``base: defaults``).
         methods: run or method names to keep in ``runs`` (see :func:`select_runs`); None keeps ``runs``.
         overrides: ``["a.b=value"]`` or ``{"a.b": value}``, applied last.
         dry_run: compute the changes without writing.

@@ -26,6 +26,32 @@ def test_every_preset_validates(preset):
     assert cfg.preset == preset
 
 
+WHOLE_EXPERIMENTS = sorted(p.stem for p in (ROOT / "presets").glob("*.yaml") if p.stem != "tiny")
+
+
+@pytest.mark.parametrize("preset", WHOLE_EXPERIMENTS)
+def test_an_experiment_preset_takes_nothing_from_the_embedded_default(preset):
+    """The paper-pair and study presets say ``base: defaults``: params.yaml's short embedded runs (8 distillation
+    steps, 64 new tokens, 2 seeds) do not leak into them; they resolve as on the schema defaults alone."""
+    over_params = load_config(ROOT / "params.yaml", preset=preset).model_dump()
+    assert over_params == load_config(None, preset=preset).model_dump()
+    assert over_params["optim"]["max_steps"] != load_config(ROOT / "params.yaml").optim.max_steps
+
+
+def test_a_preset_base_is_checked_and_defaults_drops_the_params_file(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"optim": {"max_steps": 8}, "eval": {"seeds": [10, 20]}}))
+    (tmp_path / "on-params.yaml").write_text(yaml.safe_dump({"optim": {"lr": 1e-3}}))
+    (tmp_path / "on-defaults.yaml").write_text(yaml.safe_dump({"base": "defaults", "optim": {"lr": 1e-3}}))
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump({"base": "default"}))
+    kept = load_config(params, preset=str(tmp_path / "on-params.yaml"))
+    assert (kept.optim.max_steps, kept.eval.seeds, kept.optim.lr) == (8, [10, 20], 1e-3)
+    fresh = load_config(params, preset=str(tmp_path / "on-defaults.yaml"), overrides=["optim.max_steps=3"])
+    assert (fresh.optim.max_steps, fresh.eval.seeds, fresh.optim.lr) == (3, Config().eval.seeds, 1e-3)
+    with pytest.raises(ConfigError, match="base = 'default'; use one of params, defaults"):
+        load_config(params, preset=str(tmp_path / "typo.yaml"))
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
