@@ -246,3 +246,19 @@ def test_labels_follow_hf_convention(tokenizer: PreTrainedTokenizerFast) -> None
             out.logits.float().flatten(0, 1), shift_labels(batch["labels"]).flatten(), ignore_index=-100
         )
     assert ours.item() == pytest.approx(out.loss.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(("rank", "said"), [("0", True), ("1", False)])
+def test_cut_prompts_are_reported_once_over_ranks(tokenizer, tmp_path, monkeypatch, capsys, rank, said) -> None:
+    """``load_examples`` says how many prompts were cut, on the main rank only (each rank loads the same split)."""
+    from switch_core.config import DataConfig
+    from switch_core.data.splits import write_records
+    from switch_core.training.examples import load_examples
+
+    long_input = " ".join(["colour"] * 400)
+    path = write_records([InstructionRecord(id="r1", instruction="Name three colours.", input=long_input,
+                                            references=["Red."])], tmp_path / "train.jsonl")
+    monkeypatch.setenv("RANK", rank)
+    examples = load_examples(path, tokenizer, DataConfig(max_length=512, max_prompt_length=256))
+    assert examples[0].prompt_truncated
+    assert ("data: 1 of 1 prompts in train.jsonl are longer than" in capsys.readouterr().err) is said

@@ -16,12 +16,14 @@ from switch_core.config import DataConfig
 from switch_core.data.prompts import format_prompt
 from switch_core.data.splits import read_records
 from switch_core.data.tokenize import TrainExample, count_truncated, tokenize_records
+from switch_core.processes import is_main_rank
 from switch_core.training import seeding
 from switch_core.training.dev import DevData
 
 
 def load_examples(path: Path, tokenizer: Any, data: DataConfig) -> list[TrainExample]:
-    """Read a split file and tokenise it; say on stderr how many prompts were cut to ``data.max_prompt_length``.
+    """Read a split file and tokenise it; say on stderr how many prompts were cut to ``data.max_prompt_length`` (on
+    the main rank only, when several processes train).
 
     Raises:
         switch_core.data.records.DataFormatError: missing or malformed file.
@@ -29,7 +31,7 @@ def load_examples(path: Path, tokenizer: Any, data: DataConfig) -> list[TrainExa
     """
     examples = tokenize_records(read_records(path), tokenizer, data)
     counts = count_truncated(examples)
-    if counts["prompts_truncated"]:
+    if counts["prompts_truncated"] and is_main_rank():
         print(f"data: {counts['prompts_truncated']} of {counts['examples']} prompts in {path.name} are longer than "
               f"data.max_prompt_length={data.max_prompt_length} tokens: cut inside the instruction/input, the "
               "prompt format's end kept", file=sys.stderr)
