@@ -195,3 +195,16 @@ def test_training_curves_leave_out_timings(tmp_path: Path) -> None:
     frame = pd.DataFrame({"step": [1, 2, 1, 2, 1, 2], "value": [2.0, 1.5, 3.1, 2.9, 40.0, 41.0],
                           "metric": ["train/loss"] * 2 + ["train/seconds"] * 2 + ["train/tokens_per_second"] * 2})
     assert list(plot_training_curves({"kd": frame}, tmp_path)) == ["train/loss"]
+
+
+def test_the_settings_table_names_the_weights_dtype(tmp_path: Path) -> None:
+    evals = _write_evals(tmp_path)
+    bf16 = _metrics("dolly", 25.0, 1.0)
+    bf16["protocol"]["dtype"] = "bfloat16"  # written by `evaluate --dtype bfloat16` (absent for float32)
+    (evals / "teacher" / "dolly").mkdir(parents=True)
+    (evals / "teacher" / "dolly" / "metrics.json").write_text(json.dumps(bf16))
+    md = build_report(evals, tmp_path / "report").markdown.read_text()
+    settings = md.split("Settings per model:", 1)[1].split("##", 1)[0]
+    rows = [row.split("|") for row in settings.splitlines() if row.startswith("| ")][1:]
+    weights = {cells[1].strip(): cells[5].strip() for cells in rows}
+    assert weights == {"teacher (reference)": "bfloat16", "kd": "float32", "sft": "float32", "switch": "float32"}

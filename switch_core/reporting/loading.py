@@ -86,8 +86,9 @@ def collect_metrics(evals_dir: str | Path, models: Sequence[str] | None = None) 
 
     Returns:
         Columns ``model, benchmark, rouge_l_mean, rouge_l_sd, bleu_mean, bleu_sd, exact_match_mean,
-        exact_match_sd, n, available, limit, seeds, max_new_tokens, model_path, by_length`` (``by_length`` is the
-        aggregate dict ``{label: {"n", "mean", "sd"}}``); ``limit`` is None when the full set was used.
+        exact_match_sd, n, available, limit, seeds, max_new_tokens, dtype, model_path, by_length`` (``by_length`` is
+        the aggregate dict ``{label: {"n", "mean", "sd"}}``); ``limit`` is None when the full set was used; ``dtype``
+        is the evaluated weights' dtype (``float32`` when the protocol does not name one).
 
     Raises:
         ReportInputError: no metrics.json found, a requested model has none, or a file is not valid JSON.
@@ -124,6 +125,7 @@ def collect_metrics(evals_dir: str | Path, models: Sequence[str] | None = None) 
                 "limit": m.get("limit"),
                 "seeds": ",".join(str(s) for s in m["protocol"]["seeds"]),
                 "max_new_tokens": m["protocol"]["max_new_tokens"],
+                "dtype": m["protocol"].get("dtype", "float32"),
                 "model_path": m.get("model"),
                 "by_length": agg.get("by_length", {}),
             })

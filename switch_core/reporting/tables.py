@@ -79,15 +79,17 @@ def markdown_table(metrics: pd.DataFrame) -> str:
 
 
 def settings_table(metrics: pd.DataFrame) -> str:
-    """Markdown table of each model's evaluation settings: seeds, max new tokens, limit, checkpoint path."""
-    lines = ["| model | seeds | max new tokens | limit | checkpoint |", "|---|---|---|---|---|"]
+    """Markdown table of each model's evaluation settings: seeds, max new tokens, limit, weights' dtype, checkpoint
+    path."""
+    lines = ["| model | seeds | max new tokens | limit | weights | checkpoint |", "|---|---|---|---|---|---|"]
     for model, part in metrics.groupby("model", sort=False):
         seeds = " / ".join(sorted(set(part["seeds"])))
         tokens = " / ".join(str(t) for t in sorted(set(part["max_new_tokens"])))
         limits = {int(x) for x in part["limit"] if x is not None and not pd.isna(x)}
         limit = " / ".join(str(x) for x in sorted(limits)) if limits else "none"
+        dtypes = " / ".join(sorted(set(part["dtype"])))
         paths = " / ".join(f"`{p}`" for p in sorted({str(p) for p in part["model_path"]}))
-        lines.append(f"| {model_label(model)} | {seeds} | {tokens} | {limit} | {paths} |")
+        lines.append(f"| {model_label(model)} | {seeds} | {tokens} | {limit} | {dtypes} | {paths} |")
     return "\n".join(lines)
 
 
