@@ -78,12 +78,14 @@ def _jsd64(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
 
 
 def test_profile_equals_a_hand_computation_and_reruns_byte_identical(project: Path) -> None:
-    low_tau = ("--set", "rollout.tau0=0.01")  # τ_t crosses the tiny models' JSD (~0.005) inside the 24 positions
+    ids, jsd, prompts, teacher, student = _independent_rollouts(project)
+    # τ0 = twice the median JSD: τ_t = τ0·e^(−0.1 t) crosses the tiny models' JSD inside the 24 positions
+    tau0 = float(f"{2 * np.median([v for row in jsd for v in row]):.3g}")
+    low_tau = ("--set", f"rollout.tau0={tau0}")
     assert _cli(project, "gate-profile", *low_tau) == 0
     path = project / "runs" / "tiny" / "analysis" / "gate_profile.json"
     written = path.read_bytes()
     profile = json.loads(written)
-    ids, jsd, prompts, teacher, student = _independent_rollouts(project)
     assert profile["records"] == ids and profile["student"] == "student-sft" and profile["teacher"] == "teacher-base"
     assert profile["jsd"] == jsd and profile["rollouts"] == 5
     assert profile["decoding"] == {"strategy": "student", "max_new_tokens": 24, "greedy": False, "temperature": 1.0,
@@ -109,11 +111,11 @@ def test_profile_equals_a_hand_computation_and_reruns_byte_identical(project: Pa
             assert got[label][name] == pytest.approx(np.percentile(values, q), rel=1e-12), (label, name)
     at_0 = np.array([row[0] for row in jsd])
     assert profile["positions"][0]["p50"] == pytest.approx(np.median(at_0), rel=1e-12)
-    # τ_t = 0.01·e^(−0.1 t) as the engine stores it (float32); share of tokens above it
-    tau = [float(np.float32(0.01 * math.exp(-0.1 * t))) for t in range(24)]
+    # τ_t = τ0·e^(−0.1 t) as the engine stores it (float32); share of tokens above it
+    tau = [float(np.float32(tau0 * math.exp(-0.1 * t))) for t in range(24)]
     above = sum(v > tau[t] for row in jsd for t, v in enumerate(row))
     assert 0 < above < every.size
-    assert profile["threshold"]["tau0"] == 0.01 and profile["threshold"]["overall"] == above / every.size
+    assert profile["threshold"]["tau0"] == tau0 and profile["threshold"]["overall"] == above / every.size
     late_above = sum(v > tau[t] for row in jsd for t, v in enumerate(row) if t >= 20)
     assert profile["threshold"]["buckets"][2] == {"label": "20–23", "share": late_above / late.size, "count": late.size}
     # a re-run: the same bytes
