@@ -452,6 +452,13 @@ def _default_methods() -> dict[str, MethodConfig]:
     }
 
 
+def reference_stage_method(name: Literal["sft", "kd"]) -> MethodConfig:
+    """The loss of a stage trained on the reference responses before distillation (the teacher's SFT: ``sft``; the
+    student's warm-up: ``student.warmup_method``): the built-in method's defaults, not ``methods.<name>``, whose
+    overrides belong to the distillation runs."""
+    return _default_methods()[name]
+
+
 class DistillRun(_Strict):
     """One named training run: a method, its starting checkpoint, and config overrides for that run only."""
 

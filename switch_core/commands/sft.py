@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 
 from switch_core.commands.training_flags import add_resume_arguments, resume_options
-from switch_core.config import Config, MethodConfig, flatten
+from switch_core.config import Config, flatten, reference_stage_method
 from switch_core.layout import RunLayout
 from switch_core.models.checkpoint import copy_checkpoint
 from switch_core.tracking import Tracker, closing_tracker
@@ -27,16 +27,11 @@ from switch_core.training.loop import train
 from switch_core.training.run_setup import (
     build_job,
     is_main_process,
+    needs_teacher,
     require,
     resolve_select_by,
     stage_tracker,
 )
-
-SFT_METHOD = MethodConfig(loss="ce", kd_ratio=0.0)
-"""Plain cross-entropy on the ground-truth responses."""
-
-KD_WARMUP_METHOD = MethodConfig(loss="fkl")
-"""``student.warmup_method: kd``: forward KL to the teacher on the ground-truth responses (word-level KD)."""
 
 ROLES = {
     # role: (input checkpoint, its producer, output name, optimiser section, default selection)
@@ -67,15 +62,16 @@ def sft(
         raise ValueError(f"unknown role {role!r}; use one of {', '.join(sorted(ROLES))}")
     source, producer, name, section, default_select = ROLES[role]
     optim = getattr(config, section)
-    kd = role == "student" and config.student.warmup_method == "kd"
+    method_name = config.student.warmup_method if role == "student" else "sft"
+    method = reference_stage_method(method_name)
     job = build_job(
-        config, layout, name=name, init_dir=require(layout.model(source), producer),
-        method=KD_WARMUP_METHOD if kd else SFT_METHOD, optim=optim, select_by=resolve_select_by(optim, default_select),
-        train_file=require(layout.split("train"), "prepare-data"), resume=resume, with_teacher=kd,
+        config, layout, name=name, init_dir=require(layout.model(source), producer), method=method, optim=optim,
+        select_by=resolve_select_by(optim, default_select),
+        train_file=require(layout.split("train"), "prepare-data"), resume=resume, with_teacher=needs_teacher(method),
         restart_if_incompatible=restart_if_incompatible,
     )
     tracker = stage_tracker(config, layout, job, tracker)
-    tracker.set_tags({"stage": f"sft-{role}", "run": name, "method": "kd" if kd else "sft"})
+    tracker.set_tags({"stage": f"sft-{role}", "run": name, "method": method_name})
     tracker.log_params({f"{section}.{k}": v for k, v in flatten(optim.model_dump()).items()} | {"init_from": source})
     with closing_tracker(tracker):
         return train(job, tracker=tracker)

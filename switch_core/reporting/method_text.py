@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from switch_core.config import Config, MethodConfig, OptimConfig, RolloutConfig
+from switch_core.config import Config, MethodConfig, OptimConfig, RolloutConfig, reference_stage_method
 
 
 @dataclass(frozen=True)
@@ -123,17 +123,17 @@ def describe_run(config: Config, run: str) -> MethodDescription:
 
 def describe_sft_stages(config: Config) -> dict[str, MethodDescription]:
     """The teacher SFT and the student warm-up, when the configuration trains them, keyed by their stage label."""
-    sft = loss_text(MethodConfig(loss="ce", kd_ratio=0.0))
     stages = {}
     if config.teacher.sft:
         stages["teacher SFT"] = MethodDescription(
-            "sft", "teacher-base", "the training split's reference responses", sft,
+            "sft", "teacher-base", "the training split's reference responses",
+            loss_text(reference_stage_method("sft")),
             optimizer_text(config.teacher_optim), selection_text(config.teacher_optim))
     if config.student.warmup:
-        kd = config.student.warmup_method == "kd"
+        warmup = config.student.warmup_method
         stages["student warm-up"] = MethodDescription(
-            config.student.warmup_method, "student-init", "the training split's reference responses",
-            loss_text(MethodConfig(loss="fkl")) if kd else sft,
+            warmup, "student-init", "the training split's reference responses",
+            loss_text(reference_stage_method(warmup)),
             optimizer_text(config.warmup_optim), selection_text(config.warmup_optim, warmup=True))
     return stages
 
