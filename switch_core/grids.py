@@ -4,7 +4,8 @@ the cells) and ``switch-kd ablation-doc`` (which finds their outputs).
 
 A grid maps axes to lists of values; its cells are every combination, in axis order. An axis is a dotted config key
 or an alias of :data:`AXES`. Cell ``<study>-<axis>_<value>-...`` (the last part of a dotted axis; ``.`` in a value
-becomes ``p``, ``-`` becomes ``m``, other characters outside letters, digits and ``_`` are dropped).
+becomes ``p``, ``-`` becomes ``m``, other characters outside letters, digits and ``_`` are dropped). An axis with one
+value (a setting every cell shares, e.g. the λ of a schedules grid) is left out of the names, unless no axis has more.
 """
 from __future__ import annotations
 
@@ -88,12 +89,14 @@ def grid_points(study: str, grid: dict[str, list[Any]]) -> dict[str, dict[str, A
     for axis in axes:
         if not isinstance(grid[axis], list) or not grid[axis]:
             raise GridError(f"grid.{axis}: give a non-empty list of values")
+    named = [a for a in axes if len(grid[a]) > 1] or axes
     points: dict[str, dict[str, Any]] = {}
     for combo in itertools.product(*(grid[a] for a in axes)):
-        name = "-".join([study] + [f"{a.rsplit('.', 1)[-1]}_{_slug(v)}" for a, v in zip(axes, combo, strict=True)])
+        point = dict(zip(axes, combo, strict=True))
+        name = "-".join([study] + [f"{a.rsplit('.', 1)[-1]}_{_slug(point[a])}" for a in named])
         if name in points:
             raise GridError(f"grid: two cells are both named {name!r}; use distinct values")
-        points[name] = dict(zip(axes, combo, strict=True))
+        points[name] = point
     return points
 
 

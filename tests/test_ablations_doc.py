@@ -292,11 +292,11 @@ def test_reruns_are_byte_identical(tmp_path: Path) -> None:
 
 def test_cell_settings_from_the_configuration_or_the_grid() -> None:
     points = grid_points("abl-x", {"schedule": ["exponential", "linear"], "decay": [0.2]})
-    config = load_config(None, overrides={"runs": {"abl-x-schedule_linear-decay_0p2": {
+    config = load_config(None, overrides={"runs": {"abl-x-schedule_linear": {
         "method": "switch", "overrides": {"rollout.schedule": "linear", "rollout.decay": 0.3}}}})
     settings = cell_settings(config, "switch", points)
-    assert settings == {"abl-x-schedule_exponential-decay_0p2": CellSettings("switch", "exponential", 0.2),
-                        "abl-x-schedule_linear-decay_0p2": CellSettings("switch", "linear", 0.3)}
+    assert settings == {"abl-x-schedule_exponential": CellSettings("switch", "exponential", 0.2),
+                        "abl-x-schedule_linear": CellSettings("switch", "linear", 0.3)}
     strategies = cell_settings(load_config(None), "switch", grid_points("s", {"strategy": ["skd"]}))
     assert strategies == {"s-strategy_skd": CellSettings("skd", "exponential", 0.1)}
 

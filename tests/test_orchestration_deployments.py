@@ -40,6 +40,11 @@ def test_grid_cells_name_and_override_each_combination() -> None:
         "method": "switch", "init_from": "student-sft",
         "overrides": {"rollout.tau0": 0.3, "methods.switch.loss": "jsd"},
     }
+    shared = grid_cells("abl", "switch", {"schedule": ["linear", "constant"], "decay": [0.045], "tau0": [None]})
+    assert {name: spec["overrides"] for name, spec in shared.items()} == {  # one-value axes: in every cell, no name
+        "abl-schedule_linear": {"rollout.schedule": "linear", "rollout.decay": 0.045, "rollout.tau0": None},
+        "abl-schedule_constant": {"rollout.schedule": "constant", "rollout.decay": 0.045, "rollout.tau0": None},
+    }
     dotted = grid_cells("s", "gkd", {"rollout.decay": [0.05]}, init_from="student-init")
     assert dotted == {"s-decay_0p05": {"method": "gkd", "init_from": "student-init",
                                        "overrides": {"rollout.decay": 0.05}}}
