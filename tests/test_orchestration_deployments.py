@@ -1,6 +1,7 @@
 """Deployments (prefect.yaml and flows/serve.py agree) and the ablation grid (cell names and overrides)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -83,13 +84,22 @@ def test_the_paper_ablation_grids_are_valid_runs() -> None:
         "decay": ("decay", [0.2, 0.1, 0.05]),
         "strategies": ("strategy", ["student", "teacher", "random", "skd", "adaswitch", "switch"]),
     }
+    ln2 = math.log(2)
+    shared = {  # the one-value axes: settings every cell of the grid shares (the file's comments say why)
+        "schedules": {"decay": 0.045, "tau0": None},
+        "decay": {"tau0": ln2},
+        "strategies": {"decay": 0.045, "tau0": ln2, "random_rate": 0.558},
+    }
     for name, (axis, values) in expected.items():
         grid = load_grid(f"{spec}:{name}", PROJECT)
-        assert grid == {axis: values}
+        assert grid[axis] == values and all(len(v) == 1 for a, v in grid.items() if a != axis)
         cells = grid_cells(f"abl-{name}", "switch", grid)
+        assert list(cells) == [f"abl-{name}-{axis}_{str(v).replace('.', 'p')}" for v in values]
         config = load_config(None, overrides={"runs": cells})
-        got = [getattr(config.run_config(cell).rollout, AXES[axis].split(".")[1]) for cell in cells]
-        assert got == values
+        rollouts = [config.run_config(cell).rollout for cell in cells]
+        assert [getattr(r, AXES[axis].split(".")[1]) for r in rollouts] == values
+        for key, value in shared[name].items():
+            assert all(getattr(r, key) == value for r in rollouts), (name, key)
 
 
 def test_load_grid_reads_json_one_grid_files_and_names(tmp_path: Path) -> None:
