@@ -9,6 +9,14 @@ DIRTY_MARK = " + uncommitted changes"
 """What :func:`git_commit` appends to the sha when tracked files differ from ``HEAD``."""
 
 
+STUDY_FILES = ("params.yaml", "dvc.lock")
+"""Tracked files a study rewrites by design (the preset applied, the stages' hashes): not code, so not a change to the
+code that made it."""
+
+CODE_PATHS = (".", *(f":(exclude){name}" for name in STUDY_FILES))
+"""The pathspec of :func:`git_commit` for the code of a study's checkout: everything tracked but :data:`STUDY_FILES`."""
+
+
 def git_commit(root: Path, paths: tuple[str, ...] = ()) -> str | None:
     """``HEAD`` of the git checkout at ``root`` (``"<sha> + uncommitted changes"`` when tracked files differ, only those
     under ``paths`` when given), or None when ``root`` is not a git checkout or git is missing."""

@@ -19,6 +19,7 @@ from switch_core.config import load_config
 from switch_core.data.prompts import minillm_prompt
 from switch_core.data.records import InstructionRecord
 from switch_core.data.splits import write_records
+from switch_core.git_info import CODE_PATHS
 from switch_core.reporting.loading import ReportInputError
 from switch_core.reporting.reading import ReadingInputs, reading
 from switch_core.reporting.results_md import data_section, training_overlap, write_results_doc
@@ -557,6 +558,24 @@ def test_git_commit_marks_uncommitted_changes_only_under_the_given_paths(tmp_pat
     (tmp_path / "code" / "a.py").write_text("x = 2\n")
     assert git_commit(tmp_path, ("code",)) == f"{sha} + uncommitted changes"
     assert git_commit(tmp_path / "not-a-checkout") is None
+
+
+def test_a_study_checkout_with_its_params_and_lock_rewritten_is_clean_code(tmp_path: Path) -> None:
+    """A study applies its preset to params.yaml and records its stages in dvc.lock: that is not a code change."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True).stdout
+
+    git("init", "-q")
+    for name in ("params.yaml", "dvc.lock", "a.py"):
+        (tmp_path / name).write_text("old\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    sha = git("rev-parse", "HEAD").strip()
+    (tmp_path / "params.yaml").write_text("new\n")
+    (tmp_path / "dvc.lock").write_text("new\n")
+    assert git_commit(tmp_path, CODE_PATHS) == sha and git_commit(tmp_path) == f"{sha} + uncommitted changes"
+    (tmp_path / "a.py").write_text("new\n")
+    assert git_commit(tmp_path, CODE_PATHS) == f"{sha} + uncommitted changes"
 
 
 def test_wall_times_are_read_from_a_timings_file_or_shown_as_not_recorded(tmp_path: Path) -> None:

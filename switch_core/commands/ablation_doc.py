@@ -27,7 +27,7 @@ import shlex
 from pathlib import Path
 
 from switch_core.config import Config, ConfigError
-from switch_core.git_info import git_commit
+from switch_core.git_info import CODE_PATHS, git_commit
 from switch_core.grids import grid_names, grid_points, load_grid
 from switch_core.layout import RunLayout
 from switch_core.reporting.ablations import AblationSpec, cell_settings, reference_settings
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         "`--command` records the exact ones.)")
     code = git_commit(Path(__file__).resolve().parents[2], ("switch_core",))
     doc = write_ablations_doc(specs, out, benchmarks=config.eval.benchmarks, commands=commands,
-                              commit=args.commit or git_commit(root), gap=gap, generated_with=code,
+                              commit=args.commit or git_commit(root, CODE_PATHS), gap=gap, generated_with=code,
                               commands_note=note, notes=args.notes, title=args.title)
     print(f"ablations: {doc.markdown}")
     print(f"plots: {', '.join(str(p) for p in doc.plots) or 'none yet'}")

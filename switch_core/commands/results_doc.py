@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from switch_core.config import ROLLOUT_DATA, Config
-from switch_core.git_info import git_commit
+from switch_core.git_info import CODE_PATHS, git_commit
 from switch_core.layout import RunLayout
 from switch_core.reporting.method_text import describe_run, describe_sft_stages
 from switch_core.reporting.results_md import write_results_doc
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     out = out if out.is_absolute() else root / out
     commands = args.commands or reconstructed_commands(args, run_dir)
     note = None if args.commands else "(Reconstructed from the run folder; `--command` records the exact ones.)"
-    head = git_commit(root)
+    head = git_commit(root, CODE_PATHS)
     code_root = Path(__file__).resolve().parents[2]  # the checkout whose switch_core writes the document
     code = git_commit(code_root, ("switch_core",))
     title = args.title or (f"Results: the {Path(args.preset).stem} study" if args.preset else "Results")
