@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_rollout.py
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_generation.py
+	$(BIN)/python bench/bench_precision.py --quick
 
 clean-runs:
 	rm -rf runs/
