@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,13 @@ def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "", text) or "x"
 
 
+def varying_axes(points: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The axes (of the first point, in order) on which ``points`` take more than one value; every axis when none
+    does. They name the cells (:func:`grid_points`) and label the rows of ABLATIONS.md."""
+    axes = list(points[0]) if points else []
+    return [a for a in axes if len({repr(p[a]) for p in points}) > 1] or axes
+
+
 def grid_points(study: str, grid: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
     """Every cell of a grid: ``{cell name: {axis: value}}`` (module docstring), in ``itertools.product`` order.
 
@@ -89,10 +97,10 @@ def grid_points(study: str, grid: dict[str, list[Any]]) -> dict[str, dict[str, A
     for axis in axes:
         if not isinstance(grid[axis], list) or not grid[axis]:
             raise GridError(f"grid.{axis}: give a non-empty list of values")
-    named = [a for a in axes if len(grid[a]) > 1] or axes
+    combos = [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*(grid[a] for a in axes))]
+    named = varying_axes(combos)
     points: dict[str, dict[str, Any]] = {}
-    for combo in itertools.product(*(grid[a] for a in axes)):
-        point = dict(zip(axes, combo, strict=True))
+    for point in combos:
         name = "-".join([study] + [f"{a.rsplit('.', 1)[-1]}_{_slug(point[a])}" for a in named])
         if name in points:
             raise GridError(f"grid: two cells are both named {name!r}; use distinct values")

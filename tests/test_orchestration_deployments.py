@@ -85,7 +85,7 @@ def test_the_paper_ablation_grids_are_valid_runs() -> None:
         "strategies": ("strategy", ["student", "teacher", "random", "skd", "adaswitch", "switch"]),
     }
     ln2 = math.log(2)
-    shared = {  # the one-value axes: settings every cell of the grid shares (the file's comments say why)
+    shared = {  # settings every cell of a grid has (its one-value axes; schedules keeps tau0 null to calibrate)
         "schedules": {"decay": 0.045, "tau0": None},
         "decay": {"tau0": ln2},
         "strategies": {"decay": 0.045, "tau0": ln2, "random_rate": 0.558},

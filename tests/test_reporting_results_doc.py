@@ -541,17 +541,22 @@ def test_response_length_table_and_runs_that_never_stop(tmp_path: Path) -> None:
     assert "## Response length" not in md and "of its answers with a stop token" not in md
 
 
-def test_git_commit_marks_uncommitted_changes_only_under_the_given_paths(tmp_path: Path) -> None:
+def _checkout(root: Path, files: dict[str, str]) -> str:
+    """A git repository at ``root`` with ``files`` (relative path -> text) committed; returns the commit's sha."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True).stdout
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True).stdout
 
     git("init", "-q")
-    (tmp_path / "code").mkdir()
-    (tmp_path / "code" / "a.py").write_text("x = 1\n")
-    (tmp_path / "RESULTS.md").write_text("old\n")
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
-    sha = git("rev-parse", "HEAD").strip()
+    return git("rev-parse", "HEAD").strip()
+
+
+def test_git_commit_marks_uncommitted_changes_only_under_the_given_paths(tmp_path: Path) -> None:
+    sha = _checkout(tmp_path, {"code/a.py": "x = 1\n", "RESULTS.md": "old\n"})
     assert git_commit(tmp_path) == sha
     (tmp_path / "RESULTS.md").write_text("new\n")  # the document being rewritten is not a change of the code
     assert git_commit(tmp_path, ("code",)) == sha and git_commit(tmp_path) == f"{sha} + uncommitted changes"
@@ -562,15 +567,7 @@ def test_git_commit_marks_uncommitted_changes_only_under_the_given_paths(tmp_pat
 
 def test_a_study_checkout_with_its_params_and_lock_rewritten_is_clean_code(tmp_path: Path) -> None:
     """A study applies its preset to params.yaml and records its stages in dvc.lock: that is not a code change."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True).stdout
-
-    git("init", "-q")
-    for name in ("params.yaml", "dvc.lock", "a.py"):
-        (tmp_path / name).write_text("old\n")
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
-    sha = git("rev-parse", "HEAD").strip()
+    sha = _checkout(tmp_path, dict.fromkeys(("params.yaml", "dvc.lock", "a.py"), "old\n"))
     (tmp_path / "params.yaml").write_text("new\n")
     (tmp_path / "dvc.lock").write_text("new\n")
     assert git_commit(tmp_path, CODE_PATHS) == sha and git_commit(tmp_path) == f"{sha} + uncommitted changes"

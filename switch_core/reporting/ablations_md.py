@@ -15,6 +15,7 @@ from pathlib import Path
 
 from switch_core.atomic import atomic_write_text
 from switch_core.git_info import provenance_lines
+from switch_core.grids import varying_axes
 from switch_core.reporting.ablation_plots import plot_ablation, plot_gap
 from switch_core.reporting.ablation_reading import (
     GAP_TITLE,
@@ -67,21 +68,17 @@ class AblationsDoc:
     missing: list[str]
 
 
-def cell_label(point: Mapping[str, object], axes: Sequence[str] | None = None) -> str:
-    """A cell's row label: its values on ``axes`` (default: every axis of ``point``), ``axis=value`` joined by ``, ``
-    (the last part of a dotted axis)."""
-    shown = point if axes is None else {a: point[a] for a in axes}
-    return ", ".join(f"{axis.rsplit('.', 1)[-1]}={value}" for axis, value in shown.items())
+def cell_label(point: Mapping[str, object], axes: Sequence[str]) -> str:
+    """A cell's row label: its values on ``axes``, ``axis=value`` joined by ``, `` (the last part of a dotted axis)."""
+    return ", ".join(f"{axis.rsplit('.', 1)[-1]}={point[axis]}" for axis in axes)
 
 
 def _keys(result: AblationResult) -> dict[str, str]:
-    """Row name -> table key: cells by the grid values that differ between them (an axis with one value is a setting
-    they share, shown in the settings table as the names of :mod:`switch_core.grids` leave it out), references by name
-    (those of the run folder marked)."""
-    points = [result.spec.points[c] for c in result.cells]
-    axes = list(points[0]) if points else []
-    varying = [a for a in axes if len({repr(p.get(a)) for p in points}) > 1] or axes
-    keys = {c: cell_label(result.spec.points[c], varying) for c in result.cells}
+    """Row name -> table key: cells by the grid values that differ between them (:func:`switch_core.grids.varying_axes`,
+    as their names; a setting they share is in the settings table), references by name (those of the run folder
+    marked)."""
+    axes = varying_axes([result.spec.points[c] for c in result.cells])
+    keys = {c: cell_label(result.spec.points[c], axes) for c in result.cells}
     return keys | {r: r if r in REFERENCE_MODELS else f"{r} (reference run)" for r in result.references}
 
 
