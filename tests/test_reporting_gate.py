@@ -16,8 +16,10 @@ from switch_core.reporting.gate_profile import (
     position_buckets,
     quantile,
 )
+from switch_core.reporting.gate_report import stop_handling_lines
 from switch_core.reporting.loading import ReportInputError
 from switch_core.reporting.results_md import write_results_doc
+from switch_core.reporting.scores import Score
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STEPS = 24
@@ -183,6 +185,22 @@ def test_stop_token_table_first_and_last_logged_values(tmp_path: Path) -> None:
                              methods=METHODS).markdown.read_text()
     assert [line.split(" |")[0] for line in _section(bare, "Stop tokens in rollout training").splitlines()
             if line.startswith("| `")] == ["| `sw-bounded`"]
+
+
+def test_stop_handling_sentences_name_the_rule_and_the_stop_rate_range() -> None:
+    stops = {"teacher": Score(0.65, 0.02, 5), "sw": Score(0.30, 0.01, 5), "gkd": Score(0.55, 0.03, 5),
+             "kd": Score(0.625, 0.05, 5)}
+    off = {"sw": {"data": "rollout", "supervise_stop": False}, "gkd": {"data": "mixed", "supervise_stop": False}}
+    rule, rates = stop_handling_lines(off, stops, ["teacher", "sw", "gkd", "kd"])
+    assert rule.startswith("Stop-token handling: none of the mitigations") and "for all 2 runs" in rule
+    assert rates == ("Their evaluation answers end with a stop token in 30.0% (`sw`) to 55.0% (`gkd`) of cases; the "
+                     "other models: `teacher` 65.0%, `kd` 62.5% (Response length section). A stop-token collapse "
+                     "shows as a rate near 0%.")
+    mixed = {"sw": {"data": "rollout", "supervise_stop": True}, "gkd": {"data": "mixed", "supervise_stop": False}}
+    assert stop_handling_lines(mixed, {}, []) == [(
+        "Stop-token handling: `supervise_stop` on for `sw`, off for the other 1 runs trained on rollouts "
+        "(docs/METHOD.md §6.10).")]
+    assert stop_handling_lines({"sw": {}}, {}, []) == []  # settings unknown, nothing evaluated: nothing claimed
 
 
 def test_missing_profile_and_runs_are_said(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ act as a gate?).
 - :func:`gate_table`: per SWITCH run, τ0, how its calibration ended (reached, out of reach at ln 2 = ``bounded``, or
   out of budget), whether τ0 > ln 2 makes the gate a position switch, and the share of positions where τ_t < ln 2;
 - :func:`stop_table`: per run trained on rollouts, the stop-token diagnostics of its training log (first and last
-  logged values) and whether ``supervise_stop`` and dataset batches were in force (docs/METHOD.md §6.10).
+  logged values) and whether ``supervise_stop`` and dataset batches were in force (docs/METHOD.md §6.10);
+- :func:`stop_handling_lines`: which stop-token handling those runs trained with, and how often their evaluation
+  answers end with a stop token against the runs trained on reference responses.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import pandas as pd
 from switch_core.reporting.gate_profile import exceed_shares, schedule_thresholds
 from switch_core.reporting.loading import metric_series
 from switch_core.reporting.run_outputs import RunOutputs
-from switch_core.reporting.scores import rollout_batch_share
+from switch_core.reporting.scores import Score, rollout_batch_share
 from switch_core.rollout.schedules import JSD_MAX, gate_summary
 
 STOP_METRICS: tuple[tuple[str, str, str], ...] = (
@@ -170,6 +172,39 @@ def stop_table(outputs: RunOutputs, runs: Mapping[str, Mapping[str, Any]]) -> st
             cells += [_first_last(metric_series(log, name), form) for name, _, form in STOP_METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def stop_handling_lines(runs: Mapping[str, Mapping[str, Any]], stops: Mapping[str, Score],
+                        reference: Sequence[str]) -> list[str]:
+    """The sentences under the stop-token table: the stop-token handling in force for the runs trained on rollouts
+    (``supervise_stop`` and the batches of each, from the configuration) and the range of their evaluation answers'
+    stop rates against the other evaluated models.
+
+    Args:
+        runs: run name -> ``{"data", "supervise_stop"}`` as configured (empty mappings when the settings are unknown).
+        stops: model -> share of evaluation answers ended by a stop token (fraction in [0, 1], over seeds).
+        reference: the models to compare with (reference rows and runs trained on reference responses), in order.
+    """
+    known = {r: s for r, s in runs.items() if "supervise_stop" in s}
+    lines = []
+    if known:
+        on = [f"`{r}`" for r, s in known.items() if s["supervise_stop"]]
+        lines.append(
+            ("Stop-token handling: none of the mitigations of docs/METHOD.md §6.10 — `supervise_stop` off and each "
+             f"method's own batches (the `data` column) for all {len(known)} runs trained on rollouts: the one rule "
+             "that section sets for every rollout method, from its pilot on the dolly-smollm2 pair.") if not on else
+            (f"Stop-token handling: `supervise_stop` on for {', '.join(on)}, off for the other "
+             f"{len(known) - len(on)} runs trained on rollouts (docs/METHOD.md §6.10)."))
+    rated = {r: stops[r].mean for r in runs if r in stops}
+    others = [(m, stops[m].mean) for m in reference if m in stops and m not in runs]
+    if rated:
+        low, high = min(rated, key=rated.get), max(rated, key=rated.get)
+        lines.append(f"Their evaluation answers end with a stop token in {100 * rated[low]:.1f}% (`{low}`) to "
+                     f"{100 * rated[high]:.1f}% (`{high}`) of cases"
+                     + ("; the other models: " + ", ".join(f"`{m}` {100 * v:.1f}%" for m, v in others)
+                        if others else "")
+                     + " (Response length section). A stop-token collapse shows as a rate near 0%.")
+    return lines
 
 
 def gate_lines(outputs: RunOutputs, switch_runs: Sequence[str], schedules: Mapping[str, Mapping[str, Any]],

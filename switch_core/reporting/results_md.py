@@ -21,7 +21,7 @@ from switch_core.data.prompts import format_prompt
 from switch_core.data.splits import read_records
 from switch_core.evaluation.evaluate import GENERATIONS_FILE, METRICS_FILE
 from switch_core.git_info import provenance_lines
-from switch_core.reporting.gate_report import gate_lines, run_thresholds, stop_table
+from switch_core.reporting.gate_report import gate_lines, run_thresholds, stop_handling_lines, stop_table
 from switch_core.reporting.loading import ReportInputError, collect_metrics
 from switch_core.reporting.method_text import MethodDescription, methods_table
 from switch_core.reporting.plots import (
@@ -391,7 +391,8 @@ def write_results_doc(
                 "(temperature 1), first and last logged value (docs/METHOD.md §6.10). `data`: `rollout` trains on "
                 "rollouts only, `mixed` / `adaptive` / `policy_gradient` mix them with dataset batches or policy "
                 "updates; `supervise_stop` on: rollouts cut without a stop token get one appended and supervised."),
-               "", stop_table(outputs, rollout_training), ""]
+               "", stop_table(outputs, rollout_training), "",
+               *[x for line in stop_handling_lines(rollout_training, stops, models) for x in (line, "")]]
     else:
         md += ["No run trained on rollouts.", ""]
     md += ["## SWITCH teacher share", "",
