@@ -208,3 +208,15 @@ def test_the_settings_table_names_the_weights_dtype(tmp_path: Path) -> None:
     rows = [row.split("|") for row in settings.splitlines() if row.startswith("| ")][1:]
     weights = {cells[1].strip(): cells[5].strip() for cells in rows}
     assert weights == {"teacher (reference)": "bfloat16", "kd": "float32", "sft": "float32", "switch": "float32"}
+
+
+def test_model_styles_tell_twenty_methods_and_the_reference_rows_apart() -> None:
+    from switch_core.reporting.plots import model_styles
+
+    methods = [f"m{i}" for i in range(20)]
+    styles = model_styles(["teacher", "student-init", "student-sft", *methods])
+    looks = {(str(s["color"]), s["marker"], s["linestyle"]) for s in styles.values()}
+    assert len(looks) == 23  # no two lines alike
+    assert len({str(styles[m]["color"]) for m in methods}) == 20  # and a colour of its own per method
+    assert {styles[r]["linestyle"] for r in ("teacher", "student-init", "student-sft")} == {"--"}
+    assert {styles[m]["linestyle"] for m in methods} == {"-"}

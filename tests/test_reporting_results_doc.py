@@ -203,7 +203,7 @@ def test_reading_rules(doc) -> None:
     assert (f"The teacher share rises with response position: {100 * early:.1f}% at positions 0–4 vs "
             f"{100 * late:.1f}% at 50–59, as the decaying threshold") in reading
     # references and the SFT run are missing: those statements say so instead of guessing
-    assert "SWITCH vs the SFT student (`sft`): cannot be assessed yet (`sft` not evaluated on every benchmark)." \
+    assert "SWITCH vs the SFT run (`sft`): cannot be assessed yet (`sft` not evaluated on every benchmark)." \
         in reading
     assert "Teacher–student gap: cannot be assessed yet" in reading
     dolly = statistics.mean(_seed_values("switch", "dolly")) - statistics.mean(_seed_values("distillm", "dolly"))

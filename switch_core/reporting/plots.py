@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from switch_core.atomic import atomic_write_bytes
@@ -32,14 +33,32 @@ def save_png(fig: Figure, path: str | Path) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+def model_styles(models: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """One matplotlib line style per model, distinct for up to 20 models: reference models (teacher, students) grey
+    and dashed, the others a tab20 colour each, with markers cycling so that two lines never look alike."""
+    markers = "os^Dv<>pX*"
+    tab20 = colormaps["tab20"].colors  # pairs (dark, light): the dark ones first, then the light ones
+    styles = {}
+    methods = [m for m in models if m not in REFERENCE_MODELS]
+    greys = ["0.15", "0.45", "0.65"]
+    for i, model in enumerate(m for m in models if m in REFERENCE_MODELS):
+        styles[model] = {"color": greys[i % len(greys)], "marker": markers[i % len(markers)], "linestyle": "--"}
+    for i, model in enumerate(methods):
+        styles[model] = {"color": tab20[(2 * i) % 20 + (i // 10) % 2], "marker": markers[i % len(markers)],
+                         "linestyle": "-"}
+    return styles
+
+
 def plot_rouge_by_length(metrics: pd.DataFrame, path: str | Path) -> Path:
-    """ROUGE-L by reference-length bucket, one panel per benchmark, one line per model (mean ± sd over seeds).
+    """ROUGE-L by reference-length bucket, one panel per benchmark, one line per model (mean ± sd over seeds; one
+    style per model in every panel, :func:`model_styles`; the legend beside the panels).
 
     Returns:
         The PNG path.
     """
     benchmarks = benchmark_order(metrics["benchmark"])
-    fig = Figure(figsize=(4.2 * len(benchmarks), 3.6), layout="constrained")
+    styles = model_styles(list(dict.fromkeys(metrics["model"])))
+    fig = Figure(figsize=(4.2 * len(benchmarks) + 1.8, 3.8), layout="constrained")
     axes = fig.subplots(1, len(benchmarks), squeeze=False)[0]
     for ax, bench in zip(axes, benchmarks):
         part = metrics[metrics["benchmark"] == bench]
@@ -48,13 +67,15 @@ def plot_rouge_by_length(metrics: pd.DataFrame, path: str | Path) -> Path:
         for _, row in part.iterrows():
             ys = [row["by_length"].get(lab, {}).get("mean", math.nan) for lab in labels]
             sds = [row["by_length"].get(lab, {}).get("sd", math.nan) for lab in labels]
-            ax.errorbar(range(len(labels)), ys, yerr=sds, marker="o", capsize=3, label=row["model"])
+            ax.errorbar(range(len(labels)), ys, yerr=sds, capsize=3, markersize=4, label=row["model"],
+                        **styles[row["model"]])
         ax.set_xticks(range(len(labels)), labels, rotation=30)
         ax.set_title(bench)
         ax.set_xlabel("reference length (tokens)")
         ax.set_ylabel("ROUGE-L")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside right center", fontsize="small")
     return save_png(fig, path)
 
 

@@ -336,7 +336,7 @@ def reading(r: ReadingInputs) -> list[str]:
         return ["This study has no SWITCH run: nothing to read against the paper."]
     lines = _read_ranking(r)
     lines.append(_read_against(r, _named(r, "distillm"), "DistiLLM"))
-    lines.append(_read_against(r, _named(r, "sft"), "the SFT student"))
+    lines.append(_read_against(r, _named(r, "sft"), "the SFT run"))
     lines += _read_long(r)
     dolly = _read_dolly(r)
     if dolly:

@@ -404,6 +404,11 @@ def write_results_doc(
     md += [teacher_share_table(outputs, switch_runs, target_share) if switch_runs else "No SWITCH run.", ""]
     if "share" in links:
         md += [f"![teacher share by position]({links['share']})", ""]
+        others = [f"`{r}`" for r in share_runs if r not in switch_runs]
+        if others:
+            md += [(f"The plot also draws the rollout traces of {', '.join(others)}, which have no gate: there the "
+                    "teacher share is that of the run's own sampler (MiniLLM's mixture α·p + (1−α)·q draws a token from "
+                    "the teacher's component with probability α, `rollout.mixture_alpha`; docs/METHOD.md §6.5)."), ""]
     md += ["## The gate", "", *gate_lines(outputs, switch_runs, schedules, links.get("jsd"))]
     md += ["## Training and evaluation time", "", training_time_table(outputs.summaries, trained, runs), "",
            evaluation_time_table(evals, models), "", compute_summary(outputs, trained, runs, models), ""]
