@@ -34,18 +34,19 @@ def save_png(fig: Figure, path: str | Path) -> Path:
 
 
 def model_styles(models: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """One matplotlib line style per model, distinct for up to 20 models: reference models (teacher, students) grey
-    and dashed, the others a tab20 colour each, with markers cycling so that two lines never look alike."""
+    """One matplotlib line style per model: reference models (teacher, students) grey and dashed, the others solid in
+    a colour of tab20 without its greys (18: distinct colours for up to 18 models) with markers cycling, so that up
+    to 90 lines never look alike."""
     markers = "os^Dv<>pX*"
-    tab20 = colormaps["tab20"].colors  # pairs (dark, light): the dark ones first, then the light ones
+    pairs = [c for j, c in enumerate(colormaps["tab20"].colors) if j not in (14, 15)]  # tab20 less its greys
+    colours = pairs[0::2] + pairs[1::2]  # the 9 dark ones first, then the 9 light ones
     styles = {}
     methods = [m for m in models if m not in REFERENCE_MODELS]
     greys = ["0.15", "0.45", "0.65"]
     for i, model in enumerate(m for m in models if m in REFERENCE_MODELS):
         styles[model] = {"color": greys[i % len(greys)], "marker": markers[i % len(markers)], "linestyle": "--"}
     for i, model in enumerate(methods):
-        styles[model] = {"color": tab20[(2 * i) % 20 + (i // 10) % 2], "marker": markers[i % len(markers)],
-                         "linestyle": "-"}
+        styles[model] = {"color": colours[i % len(colours)], "marker": markers[i % len(markers)], "linestyle": "-"}
     return styles
 
 
