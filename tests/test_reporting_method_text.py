@@ -26,8 +26,8 @@ def test_loss_text_names_the_divergence_its_parameter_and_the_ce_mix() -> None:
 def test_generator_text_states_the_threshold_schedule_and_tau0() -> None:
     calibrated = RolloutConfig(target_teacher_share=0.4, decay=0.05)
     assert generator_text("switch", calibrated) == (
-        "SWITCH rollouts (the teacher writes a token when JSD > τ_t = τ0·exp(−0.05·t); τ0 calibrated inside (0, ln 2] towards a 40% "
-        "teacher share)")
+        "SWITCH rollouts (the teacher writes a token when JSD > τ_t = τ0·exp(−0.05·t); τ0 calibrated inside (0, ln 2] "
+        "towards a 40% teacher share)")
     linear = RolloutConfig(schedule="linear", tau0=0.2, max_new_tokens=32)
     assert "τ_t = τ0·(1 − t/32); τ0 = 0.2" in generator_text("switch", linear)
     assert generator_text("mixture", RolloutConfig(mixture_alpha=0.2)) == "rollouts sampled from 0.2·p + 0.8·q"

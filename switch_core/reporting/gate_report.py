@@ -175,7 +175,7 @@ def stop_table(outputs: RunOutputs, runs: Mapping[str, Mapping[str, Any]]) -> st
 
 
 def stop_handling_lines(runs: Mapping[str, Mapping[str, Any]], stops: Mapping[str, Score],
-                        reference: Sequence[str]) -> list[str]:
+                        models: Sequence[str]) -> list[str]:
     """The sentences under the stop-token table: the stop-token handling in force for the runs trained on rollouts
     (``supervise_stop`` and the batches of each, from the configuration) and the range of their evaluation answers'
     stop rates against the other evaluated models.
@@ -183,20 +183,22 @@ def stop_handling_lines(runs: Mapping[str, Mapping[str, Any]], stops: Mapping[st
     Args:
         runs: run name -> ``{"data", "supervise_stop"}`` as configured (empty mappings when the settings are unknown).
         stops: model -> share of evaluation answers ended by a stop token (fraction in [0, 1], over seeds).
-        reference: the models to compare with (reference rows and runs trained on reference responses), in order.
+        models: the document's models, in its order; those not in ``runs`` are the ones compared with.
     """
     known = {r: s for r, s in runs.items() if "supervise_stop" in s}
     lines = []
     if known:
         on = [f"`{r}`" for r, s in known.items() if s["supervise_stop"]]
-        lines.append(
-            ("Stop-token handling: none of the mitigations of docs/METHOD.md §6.10 — `supervise_stop` off and each "
-             f"method's own batches (the `data` column) for all {len(known)} runs trained on rollouts: the one rule "
-             "that section sets for every rollout method, from its pilot on the dolly-smollm2 pair.") if not on else
-            (f"Stop-token handling: `supervise_stop` on for {', '.join(on)}, off for the other "
-             f"{len(known) - len(on)} runs trained on rollouts (docs/METHOD.md §6.10)."))
+        if on:
+            lines.append(f"Stop-token handling: `supervise_stop` on for {', '.join(on)}, off for the other "
+                         f"{len(known) - len(on)} runs trained on rollouts (docs/METHOD.md §6.10).")
+        else:
+            lines.append("Stop-token handling: none of the mitigations of docs/METHOD.md §6.10 — `supervise_stop` off "
+                         f"and each method's own batches (the `data` column) for all {len(known)} runs trained on "
+                         "rollouts: the one rule that section sets for every rollout method, from its pilot on the "
+                         "dolly-smollm2 pair.")
     rated = {r: stops[r].mean for r in runs if r in stops}
-    others = [(m, stops[m].mean) for m in reference if m in stops and m not in runs]
+    others = [(m, stops[m].mean) for m in models if m in stops and m not in runs]
     if rated:
         low, high = min(rated, key=rated.get), max(rated, key=rated.get)
         lines.append(f"Their evaluation answers end with a stop token in {100 * rated[low]:.1f}% (`{low}`) to "

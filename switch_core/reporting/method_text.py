@@ -55,7 +55,8 @@ def loss_text(method: MethodConfig) -> str:
 def generator_text(strategy: str, rollout: RolloutConfig) -> str:
     """Who writes the tokens of a rollout (the engine's strategies, docs/METHOD.md §1)."""
     if strategy == "switch":
-        tau0 = (f"τ0 calibrated inside (0, ln 2] towards a {100 * rollout.target_teacher_share:.0f}% teacher share" if rollout.tau0 is None
+        share = f"{100 * rollout.target_teacher_share:.0f}%"
+        tau0 = (f"τ0 calibrated inside (0, ln 2] towards a {share} teacher share" if rollout.tau0 is None
                 else f"τ0 = {rollout.tau0:g}")
         schedule = {"exponential": f"τ_t = τ0·exp(−{rollout.decay:g}·t)",
                     "linear": f"τ_t = τ0·(1 − t/{rollout.horizon or rollout.max_new_tokens})",
