@@ -129,7 +129,13 @@ def _gap(root: Path) -> GapSpec:
         _evaluation(folder, "teacher", _shifted([40.0, 41.0, 42.0], 0.0))
         _evaluation(folder, "student-sft", _shifted([student, student + 1, student + 2], 0.0))
     _evaluation(small, "kd", _shifted([50.0, 51.0, 52.0], 0.0))
-    return GapSpec(small, large, method_of={"switch-b": "switch"}, labels=("runs/small", "runs/large"))
+    # the large pair's SWITCH: stop rates 0.3, 0.5, 0.7 per seed (50 ± 20%), τ0 0.3, rollouts 80% teacher
+    _evaluation(large, "switch", _shifted([25.0, 26.0, 27.0], 0.0),
+                stops={"dolly": [0.2, 0.4, 0.6], "sinst": [0.4, 0.6, 0.8]})
+    _summary(large, "switch", 0.3)
+    _trace(large, "switch", [S] * 2 + [T] * 8)
+    return GapSpec(small, large, method_of={"switch-b": "switch"}, labels=("runs/small", "runs/large"),
+                   settings={"switch": CellSettings("switch", "exponential", 0.1)})
 
 
 def _row(md: str, label: str, after: str = "") -> str:
@@ -240,6 +246,15 @@ def test_decay_strategies_and_gap_readings(tmp_path: Path) -> None:
            "`student-sft`)." in md
     assert _row(md, "large gap") == ("| large gap | `runs/large` | dolly, sinst | 31.00 ± 1.00 | 26.00 ± 1.00 | "
                                      "46.00 ± 1.00 | 18.00 ± 1.00 (`student-sft`) |")
+    assert _row(md, "large gap: switch") == "| large gap: switch | 0.3000 (set) | 0.1 | 80.0% of 20 | 50.00 ± 20.00 | " \
+                                             "20.00 ± 0.00 |"
+    assert _row(md, "small gap: switch") == "| small gap: switch | – | 0.1 | – | 100.00 ± 0.00 | 20.00 ± 0.00 |"
+    assert _row(md, "large gap: distillm").startswith("| large gap: distillm | – | – | – | 100.00 ± 0.00 |")
+    assert _row(md, "large gap: student-sft").startswith("| large gap: student-sft |")
+    assert "| small gap: student-sft |" in md and "gap: gkd" not in md and "gap: teacher" not in md
+    # by position: only the traced run (positions 0–4: 3 of 5 tokens from the teacher; 5–9: all)
+    assert _row(md, "large gap: switch", after="Teacher share by response position of their training rollouts") == \
+        "| large gap: switch | 60.0% (10) | 100.0% (10) |"
     assert sorted(p.name for p in doc.plots) == ["decay.png", "gap.png", "schedules.png", "strategies.png"]
     assert _claim_status(md, "Gap:") == HOLDS
 

@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         large_dir=_resolve(root, args.gap_large) if args.gap_large else None,
         switch=args.gap_switch, baseline=args.gap_baseline,
         method_of={name: r.method for name, r in config.runs.items()},
+        settings=reference_settings(config, list(config.runs)),
         labels=(args.gap_small or config.run_dir, args.gap_large or ""),
     )
     out = _resolve(root, args.out)

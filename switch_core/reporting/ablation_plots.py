@@ -47,22 +47,23 @@ def plot_ablation(averages: Mapping[str, Score], names: Sequence[str], labels: M
 
 
 def plot_gap(pairs: Sequence[GapPair], switch: str, baseline: str, path: str | Path) -> Path:
-    """Average ROUGE-L of SWITCH and the baseline on each pair (grouped bars, seed-sd error bars; a missing score is
-    left out).
+    """Average ROUGE-L of SWITCH, the baseline and the student they started from on each pair (grouped bars, seed-sd
+    error bars; a missing score is left out).
 
     Returns:
         The PNG path.
     """
     fig = Figure(figsize=(6.4, 3.8), layout="constrained")
     ax = fig.subplots()
-    width = 0.38
-    for k, (name, get) in enumerate(((switch, lambda p: p.switch), (baseline, lambda p: p.baseline))):
-        xs = [i + (k - 0.5) * width for i, p in enumerate(pairs) if get(p) is not None]
+    width = 0.27
+    bars = ((switch, "C0", lambda p: p.switch), (baseline, "C1", lambda p: p.baseline),
+            ("warmed-up student", "0.6", lambda p: p.student and p.student[1]))
+    for k, (name, color, get) in enumerate(bars):
+        xs = [i + (k - 1) * width for i, p in enumerate(pairs) if get(p) is not None]
         scores = [get(p) for p in pairs if get(p) is not None]
-        ax.bar(xs, [s.mean for s in scores], width, yerr=[_sd(s) for s in scores], capsize=3, label=name,
-               color=f"C{k}")
+        ax.bar(xs, [s.mean for s in scores], width, yerr=[_sd(s) for s in scores], capsize=3, label=name, color=color)
     ax.set_xticks(range(len(pairs)), [p.label for p in pairs])
     ax.set_ylabel("average ROUGE-L (mean ± sd over seeds)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
     return save_png(fig, path)

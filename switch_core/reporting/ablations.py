@@ -208,8 +208,10 @@ def read_ablation(spec: AblationSpec, benchmarks: Sequence[str]) -> AblationResu
 class GapPair:
     """SWITCH and a baseline in the run folder of one teacher-student pair (the gap ablation).
 
-    ``switch`` / ``baseline`` are their average ROUGE-L over ``benchmarks`` (None: not evaluated on every one), ``gap``
-    the teacher − warmed-up student (or untrained student) average, with that student's name.
+    ``switch`` / ``baseline`` / ``teacher`` are their average ROUGE-L over ``benchmarks`` (None: not evaluated on every
+    one), ``student`` the warmed-up (else the untrained) student's, with its name; ``rows`` the :class:`Row` of each of
+    SWITCH, the baseline and that student evaluated there (τ0, teacher share of the training rollouts, stop rate,
+    response length), in that order.
     """
 
     label: str
@@ -219,6 +221,7 @@ class GapPair:
     baseline: Score | None
     teacher: Score | None
     student: tuple[str, Score] | None
+    rows: Mapping[str, Row] = field(default_factory=dict)
 
 
 def strongest_baseline(small: RunOutputs, large: RunOutputs, switch: str, benchmarks: Sequence[str],
@@ -236,19 +239,23 @@ def strongest_baseline(small: RunOutputs, large: RunOutputs, switch: str, benchm
 
 
 def gap_pair(outputs: RunOutputs, label: str, run_label: str, switch: str, baseline: str | None,
-             benchmarks: Sequence[str]) -> GapPair:
+             benchmarks: Sequence[str], settings: Mapping[str, CellSettings] | None = None) -> GapPair:
     """One pair of the gap ablation from its run folder's outputs (averages over the ``benchmarks`` that SWITCH was
-    evaluated on)."""
+    evaluated on); ``settings``: run name -> its rollout settings (:func:`reference_settings`), for the rows' τ0 and
+    λ."""
     done = [b for b in benchmarks if b in outputs.evaluations.get(switch, {})]
     averages = average_scores(outputs.evaluations, done)
     student = next(((s, averages[s]) for s in ("student-sft", "student-init") if s in averages), None)
+    names = [n for n in (switch, baseline, student and student[0]) if n and n in outputs.evaluations]
+    rows = {n: _row(outputs, n, {}, (settings or {}).get(n), done) for n in names}
     return GapPair(label, run_label, done, averages.get(switch), averages.get(baseline) if baseline else None,
-                   averages.get("teacher"), student)
+                   averages.get("teacher"), student, rows)
 
 
 def read_gap_pairs(small_dir: str | Path, large_dir: str | Path, *, switch: str, baseline: str | None,
-             benchmarks: Sequence[str], method_of: Mapping[str, str] | None = None, labels: tuple[str, str] | None = None
-             ) -> tuple[GapPair, GapPair, str | None]:
+                   benchmarks: Sequence[str], method_of: Mapping[str, str] | None = None,
+                   labels: tuple[str, str] | None = None, settings: Mapping[str, CellSettings] | None = None
+                   ) -> tuple[GapPair, GapPair, str | None]:
     """The gap ablation: SWITCH and the strongest baseline on the small-gap and the large-gap pair.
 
     Args:
@@ -258,6 +265,7 @@ def read_gap_pairs(small_dir: str | Path, large_dir: str | Path, *, switch: str,
         benchmarks: the benchmarks expected.
         method_of: run name -> method, to keep SWITCH runs out of the baselines (None: by name only).
         labels: how the two folders are named in the text (default: as given).
+        settings: run name -> its rollout settings (:func:`reference_settings`), for the rows' τ0 and λ.
 
     Returns:
         ``(small pair, large pair, baseline name or None)``.
@@ -269,5 +277,5 @@ def read_gap_pairs(small_dir: str | Path, large_dir: str | Path, *, switch: str,
     if baseline is None:
         baseline = strongest_baseline(small, large, switch, benchmarks, method_of or {})
     names = labels or (str(small_dir), str(large_dir))
-    return (gap_pair(small, "small gap", names[0], switch, baseline, benchmarks),
-            gap_pair(large, "large gap", names[1], switch, baseline, benchmarks), baseline)
+    return (gap_pair(small, "small gap", names[0], switch, baseline, benchmarks, settings),
+            gap_pair(large, "large gap", names[1], switch, baseline, benchmarks, settings), baseline)

@@ -26,7 +26,15 @@ from switch_core.reporting.ablation_reading import (
     read_schedules,
     read_strategies,
 )
-from switch_core.reporting.ablations import AblationResult, AblationSpec, GapPair, Row, read_ablation, read_gap_pairs
+from switch_core.reporting.ablations import (
+    AblationResult,
+    AblationSpec,
+    CellSettings,
+    GapPair,
+    Row,
+    read_ablation,
+    read_gap_pairs,
+)
 from switch_core.reporting.loading import ReportInputError
 from switch_core.reporting.references import REFERENCE_MODELS
 from switch_core.reporting.scores import Score
@@ -48,7 +56,7 @@ class GapSpec:
     """The teacher-student gap ablation: the run folders of the small-gap and the large-gap pair (None: not given),
     the SWITCH run's name in both, and the baseline's (None: the strongest evaluated in both, :func:`~switch_core.
     reporting.ablations.strongest_baseline`); ``method_of`` (run -> method) keeps SWITCH runs out of the baselines;
-    ``labels`` name the folders in the text."""
+    ``labels`` name the folders in the text; ``settings`` (run -> rollout settings) give the runs' τ0 and λ."""
 
     small_dir: Path | None
     large_dir: Path | None
@@ -56,6 +64,7 @@ class GapSpec:
     baseline: str | None = None
     method_of: Mapping[str, str] = field(default_factory=dict)
     labels: tuple[str, str] | None = None
+    settings: Mapping[str, CellSettings] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,34 +108,44 @@ def _settings_cells(row: Row) -> tuple[str, str]:
     return tau0, (f"{s.decay:g}" if s.schedule == "exponential" else f"– ({s.schedule} schedule)")
 
 
-def behaviour_table(result: AblationResult) -> str:
-    """Markdown table per row: τ0 and λ in force, teacher share over all rollout tokens, stop rate (%) and response
-    length (tokens) of the evaluation answers, mean ± sd over seeds."""
-    keys = _keys(result)
+def behaviour_lines(rows: Sequence[tuple[str, Row]]) -> str:
+    """Markdown table of ``(label, row)`` rows: τ0 and λ in force, teacher share over all rollout tokens, stop rate (%)
+    and response length (tokens) of the evaluation answers, mean ± sd over seeds."""
     lines = ["| cell | τ0 | λ | teacher share (rollout tokens) | ended by a stop token (%) | response length (tokens) |",
              "|---|---|---|---|---|---|"]
-    for name in [*result.cells, *result.references]:
-        row = result.rows[name]
+    for label, row in rows:
         tau0, decay = _settings_cells(row)
         share = "–" if row.share is None else f"{100 * row.share[0]:.1f}% of {row.share[1]}"
         length = "–" if row.length is None else row.length.cell()
-        lines.append(f"| {keys[name]} | {tau0} | {decay} | {share} | {_pct(row.stop)} | {length} |")
+        lines.append(f"| {label} | {tau0} | {decay} | {share} | {_pct(row.stop)} | {length} |")
+    return "\n".join(lines)
+
+
+def behaviour_table(result: AblationResult) -> str:
+    """:func:`behaviour_lines` of an ablation's cells, then its references."""
+    keys = _keys(result)
+    return behaviour_lines([(keys[n], result.rows[n]) for n in [*result.cells, *result.references]])
+
+
+def position_lines(rows: Sequence[tuple[str, Row]]) -> str | None:
+    """Markdown table of the teacher share per response-position bucket (:data:`~switch_core.reporting.
+    teacher_share.POSITION_EDGES`) of each ``(label, row)`` with a rollout trace, tokens in brackets; None when none
+    has one."""
+    traced = [(label, row.buckets) for label, row in rows if row.buckets]
+    if not traced:
+        return None
+    labels = list(dict.fromkeys(lab for _, buckets in traced for lab, _, _ in buckets))
+    lines = ["| cell | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]
+    for label, buckets in traced:
+        found = {lab: f"{100 * share:.1f}% ({tokens})" for lab, share, tokens in buckets}
+        lines.append(f"| {label} | " + " | ".join(found.get(lab, "–") for lab in labels) + " |")
     return "\n".join(lines)
 
 
 def position_table(result: AblationResult) -> str | None:
-    """Markdown table of the teacher share per response-position bucket (:data:`~switch_core.reporting.
-    teacher_share.POSITION_EDGES`) of each traced cell, tokens in brackets; None when no cell has a trace."""
-    rows = {c: result.rows[c].buckets for c in result.cells if result.rows[c].buckets}
-    if not rows:
-        return None
-    labels = list(dict.fromkeys(lab for buckets in rows.values() for lab, _, _ in buckets))
+    """:func:`position_lines` of an ablation's cells."""
     keys = _keys(result)
-    lines = ["| cell | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]
-    for cell, buckets in rows.items():
-        found = {lab: f"{100 * share:.1f}% ({tokens})" for lab, share, tokens in buckets}
-        lines.append(f"| {keys[cell]} | " + " | ".join(found.get(lab, "–") for lab in labels) + " |")
-    return "\n".join(lines)
+    return position_lines([(keys[c], result.rows[c]) for c in result.cells])
 
 
 def _status(claim: Claim) -> str:
@@ -184,6 +203,13 @@ def _gap_section(pairs: tuple[GapPair, GapPair] | None, gap: GapSpec | None, bas
             f"sd over seeds; baseline: `{baseline or 'none'}`"
             + (" (given)." if gap.baseline else " (the strongest evaluated in both folders on the small-gap pair).")),
            "", "\n".join(lines), ""]
+    rows = [(f"{p.label}: {name}", row) for p in pairs for name, row in p.rows.items()]
+    if rows:
+        md += [("Settings in force and behaviour of each pair's runs and warmed-up student (columns as in the tables "
+                "above):"), "", behaviour_lines(rows), ""]
+    positions = position_lines(rows)
+    if positions:
+        md += ["Teacher share by response position of their training rollouts (tokens in brackets):", "", positions, ""]
     if plot:
         md += [f"![gap]({plot})", ""]
     return md + ["Reading:", "", *[f"- {line}" for line in claim.lines], ""]
@@ -233,7 +259,8 @@ def write_ablations_doc(
     pairs, baseline = None, None
     if gap is not None and gap.small_dir is not None and gap.large_dir is not None:
         small, large, baseline = read_gap_pairs(gap.small_dir, gap.large_dir, switch=gap.switch, baseline=gap.baseline,
-                                                benchmarks=benchmarks, method_of=gap.method_of, labels=gap.labels)
+                                                benchmarks=benchmarks, method_of=gap.method_of, labels=gap.labels,
+                                                settings=gap.settings)
         pairs = (small, large)
     gap_ran = pairs is not None and any(p.switch is not None or p.baseline is not None for p in pairs)
     if not any(r.ran() for r in results) and not gap_ran:
