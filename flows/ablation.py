@@ -45,7 +45,7 @@ from tasks.dvc_stages import stage_names
 from tasks.mlflow_tracking import MlflowRun
 from tasks.params import ParamsError, check_run_names
 from tasks.prefect_tasks import apply_params_task, check_dvc_status
-from tasks.stage_record import eval_metrics, train_summary_metrics
+from tasks.stage_record import cell_metrics, eval_metrics, train_summary_metrics
 
 DEFAULT_GRID: dict[str, list[Any]] = {"tau0": [0.1, 0.3], "decay": [0.05, 0.2]}
 """τ0 × λ, 2 × 2 cells."""
@@ -102,7 +102,8 @@ def ablation_cell(cell: str, values: dict[str, Any], project_dir: str, context: 
         stage_context = context | {"mlflow": mlflow_context(config, run)}
         results = run_stages(root, [f"distill@{cell}", f"evaluate@{cell}"], stage_context)
         layout = RunLayout.from_config(config, root)
-        metrics = train_summary_metrics(layout.model(cell)) | eval_metrics(layout.eval_dir(cell), layout.timings(layout.eval_dir(cell)))
+        metrics = (cell_metrics(layout, cell) | train_summary_metrics(layout.model(cell))
+                   | eval_metrics(layout.eval_dir(cell), layout.timings(layout.eval_dir(cell))))
         if run:
             run.log_metrics(metrics, step=0)
     return {"stages": {name: r["state"] for name, r in results.items()}, "metrics": metrics}

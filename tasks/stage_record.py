@@ -7,11 +7,16 @@ without the plugin) the stage's JSONL tracker file is replayed into the run, so 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from switch_core.config import Config
+from switch_core.evaluation.evaluate import METRICS_FILE
 from switch_core.layout import RunLayout
+from switch_core.reporting.loading import TRACE_FILE, check_metrics, read_json
+from switch_core.reporting.scores import average_scores, has_per_seed
+from switch_core.reporting.teacher_share import teacher_share, teacher_share_by_position
 from tasks.dvc_stages import dep_hashes, lock_entry, out_hashes, stage_group
 from tasks.mlflow_tracking import WEIGHT_SUFFIXES, MlflowRun, replay_jsonl
 
@@ -65,6 +70,37 @@ def eval_metrics(eval_dir: str | Path, timings_dir: str | Path | None = None) ->
         if isinstance(data.get("throughput"), dict) and "tokens_per_s" in data["throughput"]:
             metrics[f"{bench}/tokens_per_s"] = float(data["throughput"]["tokens_per_s"])
     return metrics
+
+
+def cell_metrics(layout: RunLayout, run: str) -> dict[str, float]:
+    """What an ablation's compare view ranks its cells by, computed as docs/ABLATIONS.md does
+    (:mod:`switch_core.reporting.ablations`): over the benchmarks ``run`` was evaluated on, per seed, then mean over
+    seeds, ``average/rouge_l`` (``average/rouge_l_sd``: the sd over two or more seeds), ``average/stop_rate`` (% of
+    answers ended by a stop token) and ``average/tokens_per_answer`` (response length); ``rollout/teacher_share`` (% of
+    its training rollouts' tokens the teacher wrote) when it left a rollout trace. Empty when nothing was evaluated or
+    traced. ``average/rouge_l`` sorts first: the MLflow compare view plots the first metric the runs share.
+
+    Raises:
+        ReportInputError: an output file that exists but is not readable (names the file).
+    """
+    evals = {}
+    for path in sorted(layout.eval_dir(run).glob(f"*/{METRICS_FILE}")):
+        evals[path.parent.name] = check_metrics(path, read_json(path))
+    out: dict[str, float] = {}
+    for key, metric, scale in (("rouge_l", "rouge_l", 1.0), ("stop_rate", "stopped_fraction", 100.0),
+                               ("tokens_per_answer", "mean_prediction_length", 1.0)):
+        if evals and has_per_seed({run: evals}, metric):
+            score = average_scores({run: evals}, sorted(evals), metric).get(run)
+            if score is not None:
+                out[f"average/{key}"] = scale * score.mean
+                if key == "rouge_l" and not math.isnan(score.sd):
+                    out["average/rouge_l_sd"] = score.sd
+    trace = layout.state(run) / TRACE_FILE
+    if trace.is_file():
+        share, tokens = teacher_share(teacher_share_by_position(trace))
+        if tokens:
+            out["rollout/teacher_share"] = 100.0 * share
+    return out
 
 
 def train_summary_metrics(model_dir: str | Path) -> dict[str, float]:

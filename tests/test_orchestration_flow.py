@@ -154,7 +154,11 @@ def test_ablation_cells_are_child_flows_and_nested_runs(story: dict[str, Any]) -
     assert list(abl["cells"]) == CELLS
     for cell in CELLS:
         assert abl["cells"][cell]["stages"] == {f"distill@{cell}": "Completed", f"evaluate@{cell}": "Completed"}
-        assert "embedded/rouge_l" in abl["cells"][cell]["metrics"]
+        metrics = abl["cells"][cell]["metrics"]
+        assert "embedded/rouge_l" in metrics
+        # one benchmark: its per-seed average is its own ROUGE-L; SWITCH cells trace their rollouts
+        assert metrics["average/rouge_l"] == pytest.approx(metrics["embedded/rouge_l"])
+        assert 0.0 <= metrics["rollout/teacher_share"] <= 100.0 and 0.0 <= metrics["average/stop_rate"] <= 100.0
     shared = {n: s for n, s in abl["stages"].items() if n != "report"}
     assert set(shared.values()) == {"Cached"} and abl["stages"]["report"] == "Completed"
     mlflow = client(story["root"])
@@ -166,7 +170,8 @@ def test_ablation_cells_are_child_flows_and_nested_runs(story: dict[str, Any]) -
     assert by_name["abl-tau0_0p2"].data.params["rollout.tau0"] == "0.2"
     assert by_name["abl-tau0_0p4"].data.params["rollout.tau0"] == "0.4"
     for cell, run in by_name.items():
-        assert run.data.metrics["embedded/rouge_l"] == pytest.approx(abl["cells"][cell]["metrics"]["embedded/rouge_l"])
+        for key in ("embedded/rouge_l", "average/rouge_l", "rollout/teacher_share"):
+            assert run.data.metrics[key] == pytest.approx(abl["cells"][cell]["metrics"][key])
         stages = mlflow.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
         assert sorted(r.data.tags["dvc.stage"] for r in stages) == [f"distill@{cell}", f"evaluate@{cell}"]
     # every cell is a DVC stage pair of its own
