@@ -7,6 +7,11 @@ Used by the browser test and to make the README screenshot::
 The UI runs as ``mlflow ui --workers 1`` on 127.0.0.1 (a free port) with job execution off, and is stopped on exit.
 Chromium is Debian's ``chromium`` with the flags that work on closed networks (no background networking).
 
+Assistant panel: MLflow 3.17 opens its "MLflow Assistant" beside every page for a browser on the server's own host
+(the assistant serves loopback clients only) and a fresh browser profile, so it covers a quarter of the screenshot.
+``--host`` with a non-loopback address of this machine (``hostname -I``) serves the UI there, where the panel is not
+offered; the UI is then reachable from the network for as long as the screenshot takes.
+
 Landing page: MLflow 3.17's UI opens an experiment on its GenAI overview (traces, latency, token usage: empty for this
 project) unless its sidebar switch is on "Model training" (the browser remembers the choice) or the URL carries
 ``workflowType=machine_learning``; :func:`experiment_url` gives that URL. The experiment's ``mlflow.experimentKind``
@@ -41,6 +46,10 @@ CHROMIUM_FLAGS = [
 ]
 
 
+LOOPBACK = "127.0.0.1"
+"""Where the UI is served by default."""
+
+
 class UiError(RuntimeError):
     """The MLflow UI did not start, Chromium is missing or failed, or the store holds no ablation."""
 
@@ -65,22 +74,27 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 
 
 @contextmanager
-def mlflow_ui(store_uri: str, *, timeout: float = 120.0, log: Path | None = None) -> Iterator[str]:
-    """Run ``mlflow ui`` on ``store_uri`` (127.0.0.1, free port, one worker); yield its base URL; stop it on exit.
+def mlflow_ui(store_uri: str, *, host: str = LOOPBACK, timeout: float = 120.0, log: Path | None = None
+              ) -> Iterator[str]:
+    """Run ``mlflow ui`` on ``store_uri`` (on ``host``, a free port, one worker); yield its base URL; stop it on exit.
+
+    Another ``host`` than 127.0.0.1 is added to the UI's allowed hosts and CORS origins (MLflow refuses requests
+    from other hosts and origins by default).
 
     Raises:
         UiError: it did not answer ``/health`` within ``timeout`` seconds (the message holds its log tail).
     """
     port = free_port()
+    base = f"http://{host}:{port}"
     env = dict(os.environ) | TELEMETRY_OFF | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    access = [] if host == LOOPBACK else ["--allowed-hosts", f"{host},{host}:{port}", "--cors-allowed-origins", base]
     log_path = log or Path(tempfile.mkstemp(prefix="mlflow-ui-", suffix=".log")[1])
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store_uri, "--host", "127.0.0.1",
-             "--port", str(port), "--workers", "1"],
+            [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store_uri, "--host", host,
+             "--port", str(port), "--workers", "1", *access],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
-    base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -178,8 +192,9 @@ def ablation_cells(store_uri: str, study: str | None = None) -> tuple[str, list[
     return parent.info.experiment_id, sorted(pairs, key=lambda p: p[1])
 
 
-def screenshot_ablation(store_uri: str, out: Path, study: str | None = None) -> list[str]:
-    """Serve the UI on ``store_uri``, open the compare view of the latest ablation's cells, save a screenshot.
+def screenshot_ablation(store_uri: str, out: Path, study: str | None = None, host: str = LOOPBACK) -> list[str]:
+    """Serve the UI on ``store_uri`` (on ``host``), open the compare view of the latest ablation's cells, save a
+    screenshot.
 
     Returns:
         The cell run names, every one of which was found in the rendered page.
@@ -188,7 +203,7 @@ def screenshot_ablation(store_uri: str, out: Path, study: str | None = None) -> 
         UiError: the UI, Chromium or the store failed, or a cell name is missing from the page.
     """
     experiment, cells = ablation_cells(store_uri, study)
-    with mlflow_ui(store_uri) as base:
+    with mlflow_ui(store_uri, host=host) as base:
         url = compare_url(base, [run_id for run_id, _ in cells], [experiment])
         dom = chromium(url, screenshot=out)
     missing = [name for _, name in cells if name not in dom]
@@ -203,9 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", required=True, help="MLflow store URI, e.g. sqlite:////abs/mlflow.db")
     parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
     parser.add_argument("--study", default=None, help="ablation study name (default: the latest ablation)")
+    parser.add_argument("--host", default=LOOPBACK, help="address to serve the UI on (default 127.0.0.1; a "
+                        "non-loopback address of this machine hides the MLflow Assistant panel, see the module doc)")
     args = parser.parse_args(argv)
     try:
-        names = screenshot_ablation(args.store, args.out, args.study)
+        names = screenshot_ablation(args.store, args.out, args.study, args.host)
     except (UiError, TrackerError) as err:
         print(f"tasks.mlflow_ui: {err}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ the command line."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import statistics
 from pathlib import Path
@@ -54,11 +55,12 @@ def _shifted(base: list[float], shift: float) -> dict[str, list[float]]:
     return {"dolly": [v + shift for v in base], "sinst": [v + shift + 10 for v in base]}
 
 
-def _summary(run: Path, name: str, tau0: float | None, calibrated: bool = False) -> None:
+def _summary(run: Path, name: str, tau0: float | None, calibrated: bool = False, bounded: bool = False) -> None:
     path = run / "models" / name / "train_summary.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    calibration = {"tau0": tau0, "achieved_share": 0.5, "bounded": bounded}
     path.write_text(json.dumps({"run": name, "steps": 10, "best_step": 10, "best": {}, "final": {}, "tau0": tau0}
-                               | ({"calibration": {"tau0": tau0, "achieved_share": 0.5}} if calibrated else {})))
+                               | ({"calibration": calibration} if calibrated else {})))
 
 
 def _trace(run: Path, name: str, sources: list[str], steps: int = 2) -> None:
@@ -86,7 +88,7 @@ def _schedules(run: Path, base: dict[str, list[float]] = SCHEDULE_BASE) -> Ablat
         _summary(run, cell, 0.25 if calibrated else 0.3, calibrated)
         _trace(run, cell, SCHEDULE_TRACES[schedule])
     _evaluation(run, "switch", _shifted([20.0, 20.0, 23.0], 0.0))
-    settings = {c: CellSettings("switch", p["schedule"], 0.1) for c, p in points.items()}
+    settings = {c: CellSettings("switch", p["schedule"], 0.1, horizon=64) for c, p in points.items()}
     return AblationSpec("schedules", run, "abl-schedules", points, "presets/grids/paper-ablations.yaml:schedules",
                         settings, references=("switch", "distillm"), label="runs/x")
 
@@ -134,8 +136,18 @@ def _gap(root: Path) -> GapSpec:
                 stops={"dolly": [0.2, 0.4, 0.6], "sinst": [0.4, 0.6, 0.8]})
     _summary(large, "switch", 0.3)
     _trace(large, "switch", [S] * 2 + [T] * 8)
+    _trace(small, "switch", [S] * 5 + [T] * 5)
+    for folder, layers in ((small, 20), (large, 6)):
+        _model_config(folder, "student-sft", {"num_hidden_layers": layers})
+    _model_config(large, "teacher", {"n_layer": 30})  # GPT-2's key
     return GapSpec(small, large, method_of={"switch-b": "switch"}, labels=("runs/small", "runs/large"),
                    settings={"switch": CellSettings("switch", "exponential", 0.1)})
+
+
+def _model_config(run: Path, name: str, config: dict[str, int]) -> None:
+    path = run / "models" / name / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config))
 
 
 def _row(md: str, label: str, after: str = "") -> str:
@@ -167,7 +179,7 @@ def test_schedules_table_numbers(tmp_path: Path) -> None:
     behaviour = "| cell | τ0 | λ |"
     assert _row(md, "schedule=exponential", behaviour) == (
         "| schedule=exponential | 0.2500 (calibrated) | 0.1 | 50.0% of 20 | 80.00 ± 10.00 | 27.00 ± 2.00 |")
-    assert _row(md, "schedule=linear", behaviour).startswith("| schedule=linear | 0.3000 (set) | – (linear schedule) "
+    assert _row(md, "schedule=linear", behaviour).startswith("| schedule=linear | 0.3000 (set) | – (linear schedule, T = 64) "
                                                               "| 50.0% of 20 |")
     assert "| schedule=constant | 0.3000 (set) | – (constant schedule) | 30.0% of 20 |" in md
     # teacher share by position bucket
@@ -178,6 +190,16 @@ def test_schedules_table_numbers(tmp_path: Path) -> None:
     assert "![schedules](ablations/schedules.png)" in md
     assert [p.name for p in doc.plots] == ["schedules.png"]
     assert doc.plots[0].read_bytes().startswith(PNG_MAGIC)
+
+
+def test_tau0_at_the_calibration_bound_is_marked(tmp_path: Path) -> None:
+    spec = _schedules(tmp_path / "run")
+    _summary(tmp_path / "run", "abl-schedules-schedule_exponential", math.log(2), calibrated=True, bounded=True)
+    md = write_ablations_doc([spec], tmp_path / "ABLATIONS.md", benchmarks=list(BENCHMARKS), commands=[],
+                             commit=None).markdown.read_text()
+    assert _row(md, "schedule=exponential", "| cell | τ0 | λ |").startswith(
+        "| schedule=exponential | 0.6931 (calibrated, at the ln 2 bound) | 0.1 |")
+    assert "| schedule=linear | 0.3000 (set) |" in md
 
 
 def test_schedules_reading_clear_step_and_step_within_the_spread(tmp_path: Path) -> None:
@@ -193,7 +215,9 @@ def test_schedules_reading_clear_step_and_step_within_the_spread(tmp_path: Path)
             "within seed noise.") in md
     assert doc.claims["schedules"] == DIRECTION
     assert f"Verdict: **{DIRECTION}**" in md
-    assert f"- Exponential best of the three (what docs/METHOD.md §1.1 item 5 confirms): **{HOLDS}**." in md
+    assert (f"- Exponential best of the three (the part of the claim every source states, docs/METHOD.md §1.1 item 5): "
+            f"**{HOLDS}**.") in md
+    assert "- Order of the means: exponential 36.00 > linear 31.00 > constant 30.83." in md
     assert "The shares differ by 20.0 points" in md  # 50% vs 30%: not matched
     # constant clearly lower: the claim holds
     clear = dict(SCHEDULE_BASE, constant=[20.0, 21.0, 22.0])
@@ -237,18 +261,22 @@ def test_decay_strategies_and_gap_readings(tmp_path: Path) -> None:
     assert "random did not run at SWITCH's rate (rerun its cell with --set rollout.random_rate=0.50)" in md
     assert "| abl-decay-decay_0p1" not in md and "| decay=0.1 | 0.2000 (set) | 0.1 | 50.0% of 20 |" in md
     assert "| strategy=student | – | – (strategy student) | 0.0% of 20 |" in md
-    # gap: margins +1 (small) and +5 (large), each pooled sd 1: change +4, 4× -> clear; distillm chosen as baseline
+    # gap: margins +1 (small) and +5 (large), each with sd √2 (the sd of a difference of two scores of sd 1): change +4
+    # against the pooled sd sqrt((1 + 1 + 1 + 1) / 2) = √2, 2.8× -> clear; distillm chosen as baseline
     assert "- small gap (`runs/small`): SWITCH − `distillm`, average ROUGE-L: +1.00 ROUGE-L, 1.0× the pooled seed " \
            "sd 1.00: within seed noise." in md
-    assert "- Change of the margin, large − small gap: +4.00 ROUGE-L, 4.0× the pooled seed sd 1.00: clear." in md
+    assert "- Change of the margin, large − small gap: +4.00 ROUGE-L, 2.8× the pooled seed sd 1.41: clear." in md
     assert doc.claims["gap"] == HOLDS
     assert "Teacher − student, average ROUGE-L: small gap +18.00 (vs `student-sft`); large gap +28.00 (vs " \
            "`student-sft`)." in md
-    assert _row(md, "large gap") == ("| large gap | `runs/large` | dolly, sinst | 31.00 ± 1.00 | 26.00 ± 1.00 | "
-                                     "46.00 ± 1.00 | 18.00 ± 1.00 (`student-sft`) |")
+    assert _row(md, "large gap") == ("| large gap | 6 of 30 layers | `runs/large` | dolly, sinst | 31.00 ± 1.00 | "
+                                     "26.00 ± 1.00 | 46.00 ± 1.00 | 18.00 ± 1.00 (`student-sft`) |")
+    assert _row(md, "small gap").startswith("| small gap | 20 layers | `runs/small` |")  # no teacher config.json
+    assert ("- SWITCH's teacher share of its training rollouts differs between the pairs (small gap 50.0%, large gap "
+            "80.0%): the change of the margin mixes the gap with how much the teacher wrote.") in md
     assert _row(md, "large gap: switch") == "| large gap: switch | 0.3000 (set) | 0.1 | 80.0% of 20 | 50.00 ± 20.00 | " \
                                              "20.00 ± 0.00 |"
-    assert _row(md, "small gap: switch") == "| small gap: switch | – | 0.1 | – | 100.00 ± 0.00 | 20.00 ± 0.00 |"
+    assert _row(md, "small gap: switch") == "| small gap: switch | – | 0.1 | 50.0% of 20 | 100.00 ± 0.00 | 20.00 ± 0.00 |"
     assert _row(md, "large gap: distillm").startswith("| large gap: distillm | – | – | – | 100.00 ± 0.00 |")
     assert _row(md, "large gap: student-sft").startswith("| large gap: student-sft |")
     assert "| small gap: student-sft |" in md and "gap: gkd" not in md and "gap: teacher" not in md
@@ -308,18 +336,21 @@ def test_reruns_are_byte_identical(tmp_path: Path) -> None:
 def test_cell_settings_from_the_configuration_or_the_grid() -> None:
     points = grid_points("abl-x", {"schedule": ["exponential", "linear"], "decay": [0.2]})
     config = load_config(None, overrides={"runs": {"abl-x-schedule_linear": {
-        "method": "switch", "overrides": {"rollout.schedule": "linear", "rollout.decay": 0.3}}}})
+        "method": "switch", "overrides": {"rollout.schedule": "linear", "rollout.decay": 0.3, "rollout.horizon": 40}}}})
     settings = cell_settings(config, "switch", points)
-    assert settings == {"abl-x-schedule_exponential": CellSettings("switch", "exponential", 0.2),
-                        "abl-x-schedule_linear": CellSettings("switch", "linear", 0.3)}
+    # the horizon T: rollout.horizon where set, else rollout.max_new_tokens
+    max_new = config.rollout.max_new_tokens
+    assert settings == {"abl-x-schedule_exponential": CellSettings("switch", "exponential", 0.2, horizon=max_new),
+                        "abl-x-schedule_linear": CellSettings("switch", "linear", 0.3, horizon=40)}
     strategies = cell_settings(load_config(None), "switch", grid_points("s", {"strategy": ["skd"]}))
-    assert strategies == {"s-strategy_skd": CellSettings("skd", "exponential", 0.1)}
+    assert strategies == {"s-strategy_skd": CellSettings("skd", "exponential", 0.1, horizon=max_new)}
 
 
 def test_a_student_strategy_cell_writes_no_trace_and_is_not_missing_one(tmp_path: Path) -> None:
     points = grid_points("s", {"strategy": ["student", "skd"]})
     settings = cell_settings(load_config(None), "switch", points)
-    assert settings["s-strategy_student"] == CellSettings("student", "exponential", 0.1, traced=False)
+    assert settings["s-strategy_student"] == CellSettings("student", "exponential", 0.1, traced=False,
+                                                          horizon=load_config(None).rollout.max_new_tokens)
     assert settings["s-strategy_skd"].traced
     run = tmp_path / "run"
     for cell in points:
@@ -378,7 +409,7 @@ def test_gap_with_a_baseline_missing_in_one_folder_is_not_run(tmp_path: Path) ->
     md = doc.markdown.read_text()
     assert doc.claims["gap"] == NOT_RUN
     assert _claim_status(md, "Gap:") == "not run: `distillm` not evaluated on every benchmark in `runs/large`"
-    assert _row(md, "large gap").split(" | ")[4] == "–"  # the baseline's cell
+    assert _row(md, "large gap").split(" | ")[5] == "–"  # the baseline's cell
 
 
 def test_command_line_defaults_to_every_grid_of_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -449,7 +480,7 @@ def test_settings_table_shows_tau0_only_where_it_gates_and_lambda_of_the_switch_
         _summary(run, ref, 0.3)
     config = load_config(None, overrides={"runs": {"switch": {"method": "switch"}}})
     refs = reference_settings(config, ("teacher", "student-sft", "switch"))
-    assert refs == {"switch": CellSettings("switch", "exponential", 0.1)}
+    assert refs == {"switch": CellSettings("switch", "exponential", 0.1, horizon=config.rollout.max_new_tokens)}
     spec = AblationSpec(spec.name, run, spec.study, spec.points, spec.grid_spec, {**spec.settings, **refs},
                         references=("teacher", "switch"))
     md = write_ablations_doc([spec], tmp_path / "A.md", benchmarks=list(BENCHMARKS), commands=[],

@@ -1,9 +1,11 @@
 """tasks.mlflow_tracking: the project store, the MlflowTracker plugin, run linking through the environment."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -260,6 +262,43 @@ def test_mlflow_ui_opens_the_experiment_on_its_runs(project: Path) -> None:
         dom = chromium(experiment_url(base, experiment))
     assert "landing-run-7f3" in dom  # the runs table
     assert "Overview" not in dom and "Token Usage" not in dom  # the GenAI overview's title and panels
+
+
+def _non_loopback_address() -> str | None:
+    """An IPv4 address of this machine other than loopback (the source address of a route out), None without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent, the kernel only picks the route
+        except OSError:
+            return None
+        address = sock.getsockname()[0]
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+@pytest.mark.slow
+def test_mlflow_ui_on_a_non_loopback_address_shows_the_runs_without_the_assistant(project: Path) -> None:
+    """The README screenshot's way to keep MLflow's Assistant panel out: the panel is offered to loopback clients
+    only, and another host than 127.0.0.1 must be allowed (hosts, CORS) for the page to load its runs."""
+    from tasks.mlflow_ui import UiError, chromium, chromium_binary, experiment_url, mlflow_ui
+
+    try:
+        chromium_binary()
+    except UiError:
+        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium)")
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    run = MlflowRun.start(project, experiment="remote", name="remote-run-5c1")
+    run.end()
+    experiment = run.client.get_run(run.run_id).info.experiment_id
+    store = f"sqlite:///{project / 'mlflow.db'}"
+    with mlflow_ui(store) as base:
+        local = chromium(experiment_url(base, experiment))
+    with mlflow_ui(store, host=address) as base:
+        assert base.startswith(f"http://{address}:")
+        remote = chromium(experiment_url(base, experiment))
+    assert "remote-run-5c1" in local and "remote-run-5c1" in remote
+    assert "MLflow Assistant" in local and "MLflow Assistant" not in remote
 
 
 def test_the_flow_summary_links_to_the_experiments_runs(tmp_path: Path) -> None:

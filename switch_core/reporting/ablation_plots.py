@@ -23,8 +23,8 @@ def _sd(score: Score) -> float:
 
 def plot_ablation(averages: Mapping[str, Score], names: Sequence[str], labels: Mapping[str, str],
                   references: Sequence[str], traces: Mapping[str, pd.DataFrame], path: str | Path) -> Path:
-    """Average ROUGE-L per row (``names`` order, bars labelled by ``labels``, ``references`` in grey) with seed-sd error
-    bars; with ``traces``, a second panel of the teacher share by response position, one line per traced cell
+    """Average ROUGE-L per row (``names`` order, dots labelled by ``labels``, ``references`` in grey) with seed-sd error
+    bars, on an axis spanning the scores (not from 0); with ``traces``, a second panel of the teacher share by response position, one line per traced cell
     (positions with no token skipped).
 
     Returns:
@@ -35,10 +35,11 @@ def plot_ablation(averages: Mapping[str, Score], names: Sequence[str], labels: M
     fig = Figure(figsize=(6.4 * panels, 0.45 * len(shown) + 1.6), layout="constrained")
     axes = fig.subplots(1, panels, squeeze=False)[0]
     ax = axes[0]
-    ax.barh(range(len(shown)), [averages[n].mean for n in shown], xerr=[_sd(averages[n]) for n in shown], capsize=3,
-            color=["0.6" if n in references else "C0" for n in shown])
+    for i, name in enumerate(shown):  # dots, not bars: the axis spans the scores, so differences of tenths show
+        ax.errorbar(averages[name].mean, i, xerr=_sd(averages[name]), fmt="o", capsize=3,
+                    color="0.5" if name in references else "C0")
     ax.set_yticks(range(len(shown)), [labels.get(n, n) for n in shown])
-    ax.invert_yaxis()
+    ax.set_ylim(len(shown) - 0.5, -0.5)
     ax.set_xlabel("average ROUGE-L over benchmarks (mean ± sd over seeds)")
     ax.grid(axis="x", alpha=0.3)
     if traces:
@@ -48,7 +49,7 @@ def plot_ablation(averages: Mapping[str, Score], names: Sequence[str], labels: M
 
 def plot_gap(pairs: Sequence[GapPair], switch: str, baseline: str, path: str | Path) -> Path:
     """Average ROUGE-L of SWITCH, the baseline and the student they started from on each pair (grouped bars, seed-sd
-    error bars; a missing score is left out).
+    error bars; a missing score is left out), each pair labelled with its student's size when known.
 
     Returns:
         The PNG path.
@@ -62,7 +63,7 @@ def plot_gap(pairs: Sequence[GapPair], switch: str, baseline: str, path: str | P
         xs = [i + (k - 1) * width for i, p in enumerate(pairs) if get(p) is not None]
         scores = [get(p) for p in pairs if get(p) is not None]
         ax.bar(xs, [s.mean for s in scores], width, yerr=[_sd(s) for s in scores], capsize=3, label=name, color=color)
-    ax.set_xticks(range(len(pairs)), [p.label for p in pairs])
+    ax.set_xticks(range(len(pairs)), [p.label + (f"\n({p.layers_text()})" if p.layers_text() else "") for p in pairs])
     ax.set_ylabel("average ROUGE-L (mean ± sd over seeds)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)

@@ -119,8 +119,10 @@ def read_schedules(result: AblationResult | None) -> Claim:
     ends = compare(rows[first].average, rows[last].average)
     lines = [f"{a} − {b}, average ROUGE-L: {c.text()}." for a, b, c in [*steps, (first, last, ends)]]
     lines.append(f"Verdict: **{status}** (paper: exponential > linear > constant).")
-    lines.append(f"Exponential best of the three (what docs/METHOD.md §1.1 item 5 confirms): "
-                 f"**{verdict([steps[0][2], ends])}**.")
+    lines.append(f"Exponential best of the three (the part of the claim every source states, docs/METHOD.md §1.1 "
+                 f"item 5): **{verdict([steps[0][2], ends])}**.")
+    order = sorted(SCHEDULES, key=lambda s: -rows[s].average.mean)
+    lines.append("Order of the means: " + " > ".join(f"{s} {rows[s].average.mean:.2f}" for s in order) + ".")
     shares = {s: rows[s].share for s in SCHEDULES}
     lines.append("Teacher share of the rollouts: " + ", ".join(f"{s} {_share_text(result, found[s])}"
                                                                for s in SCHEDULES) + ".")
@@ -197,9 +199,11 @@ GAP_TITLE = "Gap: SWITCH's gain over the strongest baseline grows with the teach
 
 def read_gap(small: GapPair, large: GapPair, baseline: str | None, switch: str) -> Claim:
     """Claim (4): SWITCH − the strongest baseline grows from the small-gap to the large-gap pair. The change of the
-    margin is judged as a comparison of the two margins, each carrying its pooled seed sd, so its pooled sd is that of
-    the four scores (``sqrt((sd1² + sd2² + sd3² + sd4²) / 4)``); the teacher − student gap of each pair is stated, to
-    check that the large-gap pair has the larger one."""
+    margin is judged as a comparison of the two margins, each carrying the sd of a difference of two independent
+    scores (``sqrt(sd_switch² + sd_baseline²)``), so its pooled sd is ``sqrt((sd1² + sd2² + sd3² + sd4²) / 2)``: the sd
+    of the four-score contrast over √2, the same ratio as the pooled sd of two scores to the sd of their difference, so
+    "clear" means the same for both; the teacher − student gap of each pair is stated, to check that the large-gap pair
+    has the larger one."""
     missing = [] if baseline is not None else ["no baseline evaluated in both run folders (--gap-baseline names it)"]
     for pair in (small, large):
         absent = [f"`{n}`" for n, score in ((switch, pair.switch), (baseline, pair.baseline))
@@ -212,12 +216,17 @@ def read_gap(small: GapPair, large: GapPair, baseline: str | None, switch: str) 
     lines = []
     for pair in (small, large):
         c = compare(pair.switch, pair.baseline)
-        margins.append(Score(c.diff, c.pooled_sd, pair.switch.seeds))
+        margins.append(Score(c.diff, math.hypot(pair.switch.sd, pair.baseline.sd), pair.switch.seeds))
         lines.append(f"{pair.label} (`{pair.run_dir}`): SWITCH − `{baseline}`, average ROUGE-L: {c.text()}.")
     change = compare(margins[1], margins[0])
     status = verdict([change])
     lines.append(f"Change of the margin, large − small gap: {change.text()}.")
     lines.append(f"Verdict: **{status}** (paper: the gain grows with the gap).")
+    shares = [p.rows[switch].share for p in (small, large) if switch in p.rows and p.rows[switch].share is not None]
+    if len(shares) == 2 and abs(shares[1][0] - shares[0][0]) > MATCHED_SHARE:
+        lines.append(f"SWITCH's teacher share of its training rollouts differs between the pairs ({small.label} "
+                     f"{100 * shares[0][0]:.1f}%, {large.label} {100 * shares[1][0]:.1f}%): the change of the margin "
+                     "mixes the gap with how much the teacher wrote.")
     gaps = [(p, compare(p.teacher, p.student[1])) for p in (small, large) if p.teacher and p.student]
     if len(gaps) == 2:
         lines.append("Teacher − student, average ROUGE-L: " + "; ".join(

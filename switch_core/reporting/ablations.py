@@ -16,8 +16,10 @@ from typing import Any
 
 import pandas as pd
 
-from switch_core.config import ROLLOUT_DATA, Config, validate_dict
+from switch_core.config import ROLLOUT_DATA, Config, MethodConfig, RolloutConfig, validate_dict
 from switch_core.grids import cell_overrides
+from switch_core.layout import RunLayout
+from switch_core.reporting.loading import read_json
 from switch_core.reporting.references import REFERENCE_MODELS
 from switch_core.reporting.run_outputs import RunOutputs, load_run_outputs, writes_rollout_traces
 from switch_core.reporting.scores import Score, average_scores, benchmark_scores, has_per_seed
@@ -26,13 +28,15 @@ from switch_core.reporting.teacher_share import position_buckets, teacher_share
 
 @dataclass(frozen=True)
 class CellSettings:
-    """What a cell's configuration sets for its rollouts: the strategy, the threshold schedule and its λ; ``traced``:
-    whether its training writes rollout traces (:func:`~switch_core.reporting.run_outputs.writes_rollout_traces`)."""
+    """What a cell's configuration sets for its rollouts: the strategy, the threshold schedule, its λ and the linear
+    schedule's horizon T in tokens (``rollout.horizon``, else ``rollout.max_new_tokens``); ``traced``: whether its
+    training writes rollout traces (:func:`~switch_core.reporting.run_outputs.writes_rollout_traces`)."""
 
     strategy: str
     schedule: str
     decay: float
     traced: bool = True
+    horizon: int | None = None
 
 
 @dataclass(frozen=True)
@@ -67,16 +71,16 @@ class Row:
 
     ``share`` is ``(teacher tokens / tokens, tokens)`` over all rollout tokens of its trace, ``buckets``
     ``[(position label, share, tokens)]`` (:func:`~switch_core.reporting.teacher_share.position_buckets`), ``tau0``
-    the τ0 of its train_summary.json (``calibrated`` when the run searched it), ``stop`` the share of evaluation
-    answers ended by a stop token and ``length`` their mean length in tokens, both averaged over the benchmarks per
-    seed.
+    the τ0 of its train_summary.json and ``tau0_source`` where it came from (:func:`tau0_source`), ``stop`` the share
+    of evaluation answers ended by a stop token and ``length`` their mean length in tokens, both averaged over the
+    benchmarks per seed.
     """
 
     name: str
     point: Mapping[str, Any]
     settings: CellSettings | None
     tau0: float | None
-    calibrated: bool
+    tau0_source: str
     average: Score | None
     per_benchmark: Mapping[str, Score]
     share: tuple[float, int] | None
@@ -125,12 +129,15 @@ def cell_settings(config: Config, method: str, points: Mapping[str, Mapping[str,
             data = config.model_dump()
             data["runs"] = {name: {"method": method, "overrides": cell_overrides(method, dict(point))}}
             source = validate_dict(data, origin=f"grid cell {name}")
-        rollout = source.run_config(name).rollout
-        method_config = source.method_config(name)
-        strategy = method_config.rollout_strategy or rollout.strategy
-        out[name] = CellSettings(strategy, rollout.schedule, rollout.decay,
-                                 writes_rollout_traces(method_config.data, strategy))
+        out[name] = _settings(source.method_config(name), source.run_config(name).rollout)
     return out
+
+
+def _settings(method: MethodConfig, rollout: RolloutConfig) -> CellSettings:
+    """The :class:`CellSettings` of a run's method and rollout sections (after its overrides)."""
+    strategy = method.rollout_strategy or rollout.strategy
+    return CellSettings(strategy, rollout.schedule, rollout.decay, writes_rollout_traces(method.data, strategy),
+                        rollout.horizon or rollout.max_new_tokens)
 
 
 def reference_settings(config: Config, references: Sequence[str]) -> dict[str, CellSettings]:
@@ -140,12 +147,20 @@ def reference_settings(config: Config, references: Sequence[str]) -> dict[str, C
     for name in references:
         if name not in config.runs:
             continue
-        method, rollout = config.method_config(name), config.run_config(name).rollout
+        method = config.method_config(name)
         if method.data in ROLLOUT_DATA:
-            strategy = method.rollout_strategy or rollout.strategy
-            out[name] = CellSettings(strategy, rollout.schedule, rollout.decay,
-                                     writes_rollout_traces(method.data, strategy))
+            out[name] = _settings(method, config.run_config(name).rollout)
     return out
+
+
+def tau0_source(summary: Mapping[str, Any]) -> str:
+    """Where a run's τ0 came from, from its ``train_summary.json``: ``"set"`` (configured), ``"calibrated"`` (searched
+    to the target teacher share) or ``"calibrated, at the ln 2 bound"`` (the search stopped at the largest τ0, ln 2,
+    the JSD's maximum, with the target share out of reach: the run's share is above its target)."""
+    calibration = summary.get("calibration")
+    if calibration is None:
+        return "set"
+    return "calibrated, at the ln 2 bound" if calibration.get("bounded") else "calibrated"
 
 
 def _row(outputs: RunOutputs, name: str, point: Mapping[str, Any], settings: CellSettings | None,
@@ -160,7 +175,7 @@ def _row(outputs: RunOutputs, name: str, point: Mapping[str, Any], settings: Cel
     return Row(
         name=name, point=dict(point), settings=settings,
         tau0=None if summary.get("tau0") is None else float(summary["tau0"]),
-        calibrated=summary.get("calibration") is not None,
+        tau0_source=tau0_source(summary),
         average=average, per_benchmark=benchmark_scores(evals).get(name, {}),
         share=teacher_share(trace) if trace is not None else None,
         buckets=position_buckets(trace) if trace is not None else [],
@@ -211,7 +226,8 @@ class GapPair:
     ``switch`` / ``baseline`` / ``teacher`` are their average ROUGE-L over ``benchmarks`` (None: not evaluated on every
     one), ``student`` the warmed-up (else the untrained) student's, with its name; ``rows`` the :class:`Row` of each of
     SWITCH, the baseline and that student evaluated there (τ0, teacher share of the training rollouts, stop rate,
-    response length), in that order.
+    response length), in that order; ``layers`` the decoder layers of that student and of the teacher
+    (:func:`model_layers`).
     """
 
     label: str
@@ -222,6 +238,32 @@ class GapPair:
     teacher: Score | None
     student: tuple[str, Score] | None
     rows: Mapping[str, Row] = field(default_factory=dict)
+    layers: tuple[int | None, int | None] = (None, None)
+
+    def layers_text(self) -> str | None:
+        """``"20 of 30 layers"`` (student of teacher), ``"20 layers"`` without the teacher's; None when unknown."""
+        student, teacher = self.layers
+        if student is None:
+            return None
+        return f"{student} of {teacher} layers" if teacher is not None else f"{student} layers"
+
+
+LAYER_KEYS = ("num_hidden_layers", "n_layer")
+"""Keys of a Hugging Face ``config.json`` that hold the number of decoder layers (``n_layer``: GPT-2)."""
+
+
+def model_layers(run_dir: str | Path, name: str) -> int | None:
+    """The number of decoder layers of the run folder's model ``name`` (``models/<name>/config.json``,
+    :data:`LAYER_KEYS`); None when the checkpoint or the key is absent (e.g. outputs kept without their models).
+
+    Raises:
+        ReportInputError: a config.json that is not a JSON object.
+    """
+    path = RunLayout(Path(run_dir)).model(name) / "config.json"
+    if not path.is_file():
+        return None
+    config = read_json(path)
+    return next((int(config[k]) for k in LAYER_KEYS if isinstance(config.get(k), int)), None)
 
 
 def strongest_baseline(small: RunOutputs, large: RunOutputs, switch: str, benchmarks: Sequence[str],
@@ -248,8 +290,9 @@ def gap_pair(outputs: RunOutputs, label: str, run_label: str, switch: str, basel
     student = next(((s, averages[s]) for s in ("student-sft", "student-init") if s in averages), None)
     names = [n for n in (switch, baseline, student and student[0]) if n and n in outputs.evaluations]
     rows = {n: _row(outputs, n, {}, (settings or {}).get(n), done) for n in names}
+    layers = (model_layers(outputs.run_dir, student[0]) if student else None, model_layers(outputs.run_dir, "teacher"))
     return GapPair(label, run_label, done, averages.get(switch), averages.get(baseline) if baseline else None,
-                   averages.get("teacher"), student, rows)
+                   averages.get("teacher"), student, rows, layers)
 
 
 def read_gap_pairs(small_dir: str | Path, large_dir: str | Path, *, switch: str, baseline: str | None,

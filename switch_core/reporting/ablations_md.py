@@ -99,13 +99,16 @@ def _settings_cells(row: Row) -> tuple[str, str]:
     """τ0 and λ in force: τ0 from the run's summary (calibrated or set) only where it gates, i.e. for SWITCH's strategy
     (a reference model without rollout settings, teacher or student-sft, has none); λ only where the exponential
     schedule gates SWITCH's strategy."""
-    tau0 = "–" if row.tau0 is None else f"{row.tau0:.4f} ({'calibrated' if row.calibrated else 'set'})"
+    tau0 = "–" if row.tau0 is None else f"{row.tau0:.4f} ({row.tau0_source})"
     s = row.settings
     if s is None:
         return ("–" if row.name in REFERENCE_MODELS else tau0), "–"
     if s.strategy != "switch":
         return "–", f"– (strategy {s.strategy})"
-    return tau0, (f"{s.decay:g}" if s.schedule == "exponential" else f"– ({s.schedule} schedule)")
+    if s.schedule == "exponential":
+        return tau0, f"{s.decay:g}"
+    horizon = f", T = {s.horizon}" if s.schedule == "linear" and s.horizon is not None else ""
+    return tau0, f"– ({s.schedule} schedule{horizon})"
 
 
 def behaviour_lines(rows: Sequence[tuple[str, Row]]) -> str:
@@ -170,9 +173,11 @@ def _ablation_section(result: AblationResult, title: str, claim: Claim | None, p
             f"{len(result.benchmarks)} benchmarks evaluated ({', '.join(result.benchmarks) or 'none yet'}), then mean "
             "± sd over seeds. Bold: the best cell per column (reference rows are not ranked)."), "",
            score_table(scores, models, result.benchmarks, averages, [keys[c] for c in result.cells]), "",
-           ("Settings in force and behaviour: τ0 of the run's train_summary.json, λ of its configuration; teacher "
-            "share over all tokens of the cell's training rollouts (its rollout trace); stop rate and response length "
-            "of the evaluation answers, averaged over the benchmarks per seed, then mean ± sd over seeds."), "",
+           ("Settings in force and behaviour: τ0 of the run's train_summary.json, λ of its configuration (the teacher "
+            "writes token t when the JSD exceeds τ_t: exponential schedule τ_t = τ0·exp(−λ·t), linear τ_t = "
+            "τ0·max(0, 1 − t/T), constant τ_t = τ0, t = 0 at the first response token); teacher share over all tokens "
+            "of the cell's training rollouts (its rollout trace); stop rate and response length of the evaluation "
+            "answers, averaged over the benchmarks per seed, then mean ± sd over seeds."), "",
            behaviour_table(result), ""]
     positions = position_table(result)
     if positions:
@@ -193,15 +198,18 @@ def _gap_section(pairs: tuple[GapPair, GapPair] | None, gap: GapSpec | None, bas
     md = ["## Teacher-student gap", ""]
     if pairs is None:
         return md + [f"Reading: {claim.lines[0]}", ""]
-    lines = ["| pair | run folder | benchmarks | SWITCH | baseline | teacher | student |", "|---|---|---|---|---|---|---|"]
+    lines = ["| pair | student size | run folder | benchmarks | SWITCH | baseline | teacher | student |",
+             "|---|---|---|---|---|---|---|---|"]
     for p in pairs:
         student = "–" if p.student is None else f"{p.student[1].cell()} (`{p.student[0]}`)"
         cells = [s.cell() if s is not None else "–" for s in (p.switch, p.baseline, p.teacher)]
-        lines.append(f"| {p.label} | `{p.run_dir}` | {', '.join(p.benchmarks) or '–'} | " + " | ".join(cells)
-                     + f" | {student} |")
+        lines.append(f"| {p.label} | {p.layers_text() or '–'} | `{p.run_dir}` | {', '.join(p.benchmarks) or '–'} | "
+                     + " | ".join(cells) + f" | {student} |")
     md += [(f"Average ROUGE-L over the benchmarks SWITCH (`{gap.switch}`) was evaluated on in each run folder, mean ± "
             f"sd over seeds; baseline: `{baseline or 'none'}`"
-            + (" (given)." if gap.baseline else " (the strongest evaluated in both folders on the small-gap pair).")),
+            + (" (given)." if gap.baseline else " (of the baselines evaluated in both folders, the strongest on the "
+                                                "small-gap pair). Student size: decoder layers of the warmed-up student "
+                                                "and of the teacher (their config.json).")),
            "", "\n".join(lines), ""]
     rows = [(f"{p.label}: {name}", row) for p in pairs for name, row in p.rows.items()]
     if rows:
@@ -318,8 +326,10 @@ def write_ablations_doc(
     titles = {name: claims[name].title for name in claims}
     md += ["## Status of the paper's claims", "",
            ("\"clear\" means a difference of more than twice the pooled sd over generation seeds "
-            "(sqrt((sd_a² + sd_b²) / 2)); each cell is trained once, so the spread between training runs is not "
-            "measured."), "",
+            "(sqrt((sd_a² + sd_b²) / 2); for the gap's change of margin, a contrast of four scores, "
+            "sqrt((sd_1² + sd_2² + sd_3² + sd_4²) / 2)); each cell is trained once, so the spread between training "
+            "runs is not measured. Differences are computed from the unrounded means, so they may differ from the "
+            "rounded table values in the last digit."), "",
            "| claim | status |", "|---|---|",
            *[f"| {titles[n]} | {_status(claims[n])} |" for n in claims], ""]
     md += sections
