@@ -24,8 +24,8 @@ def _sd(score: Score) -> float:
 def plot_ablation(averages: Mapping[str, Score], names: Sequence[str], labels: Mapping[str, str],
                   references: Sequence[str], traces: Mapping[str, pd.DataFrame], path: str | Path) -> Path:
     """Average ROUGE-L per row (``names`` order, dots labelled by ``labels``, ``references`` in grey) with seed-sd error
-    bars, on an axis spanning the scores (not from 0); with ``traces``, a second panel of the teacher share by response position, one line per traced cell
-    (positions with no token skipped).
+    bars, on an axis spanning the scores (not from 0); with ``traces``, a second panel of the teacher share by response
+    position, one line per traced cell (positions with no token skipped).
 
     Returns:
         The PNG path.
@@ -63,7 +63,7 @@ def plot_gap(pairs: Sequence[GapPair], switch: str, baseline: str, path: str | P
         xs = [i + (k - 1) * width for i, p in enumerate(pairs) if get(p) is not None]
         scores = [get(p) for p in pairs if get(p) is not None]
         ax.bar(xs, [s.mean for s in scores], width, yerr=[_sd(s) for s in scores], capsize=3, label=name, color=color)
-    ax.set_xticks(range(len(pairs)), [p.label + (f"\n({p.layers_text()})" if p.layers_text() else "") for p in pairs])
+    ax.set_xticks(range(len(pairs)), [p.label + (f"\n({text})" if (text := p.layers_text()) else "") for p in pairs])
     ax.set_ylabel("average ROUGE-L (mean ± sd over seeds)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
