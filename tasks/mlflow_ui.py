@@ -2,7 +2,8 @@
 
 Used by the browser test and to make the README screenshot::
 
-    python -m tasks.mlflow_ui --store sqlite:////abs/project/mlflow.db --study abl-strategies --out docs/ablations/strategies_compare.png
+    python -m tasks.mlflow_ui --store sqlite:////abs/project/mlflow.db --study abl-strategies \
+        --out docs/ablations/strategies_compare.png
 
 The UI runs as ``mlflow ui --workers 1`` on 127.0.0.1 (a free port) with job execution off, and is stopped on exit.
 Chromium is Debian's ``chromium`` with the flags that work on closed networks (no background networking).
