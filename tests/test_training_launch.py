@@ -243,8 +243,16 @@ def test_sigkill_of_a_relaunch_ends_its_ranks_and_frees_the_run(trained_once, tm
             time.sleep(0.2)
     finally:
         parent.kill()
-    with lock_path(run_dir / "state" / "kd").open() as handle:  # the dead rank 0 no longer holds the run's lock
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    # the dead rank 0 no longer holds the run's lock. A killed process's threads exit one by one: its main thread can
+    # already read as a zombie while another thread still holds the open files, so the lock is awaited too.
+    with lock_path(run_dir / "state" / "kd").open() as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, f"the run's lock is still held by pid {handle.read().strip()}"
+                time.sleep(0.2)
 
 
 def test_a_second_training_of_the_same_run_is_refused(tmp_path) -> None:
